@@ -1,0 +1,296 @@
+// Package bus is Medius's NATS JetStream layer: the streams, subjects and KV
+// buckets every service agrees on, publishing with a message id (JetStream
+// de-duplication) and the trace context in headers, and consuming with ack,
+// retry and termination decided by the handler's error.
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	"google.golang.org/protobuf/proto"
+)
+
+// Streams and buckets.
+const (
+	// StreamEvents carries every event between services (limits retention:
+	// several durable consumers read it).
+	StreamEvents = "MEDIUS_EVENTS"
+	// StreamWork carries work items to workers; a message is removed once a
+	// worker acks it.
+	StreamWork = "MEDIUS_WORK"
+
+	BucketJobs       = "medius_jobs"
+	BucketExecutions = "medius_executions"
+)
+
+// Subjects.
+const (
+	SubjectJobCreated    = "medius.events.job.created"
+	SubjectJobCancel     = "medius.events.job.cancel"
+	subjectJobStatus     = "medius.events.job.status."
+	SubjectJobStatusAll  = subjectJobStatus + "*"
+	subjectExecution     = "medius.events.exec."
+	SubjectExecutionAll  = subjectExecution + "*"
+	subjectInstance      = "medius.events.instance."
+	SubjectInstanceAll   = subjectInstance + "*"
+	subjectWork          = "medius.work."
+	subjectCancelControl = "medius.control.cancel."
+)
+
+// SubjectJobStatus is where the processor reports changes of job id.
+func SubjectJobStatus(jobID string) string { return subjectJobStatus + jobID }
+
+// SubjectExecution is where workers report on job id's attempts.
+func SubjectExecution(jobID string) string { return subjectExecution + jobID }
+
+// SubjectInstance is where the registry reports instance changes of a service.
+func SubjectInstance(service string) string { return subjectInstance + service }
+
+// SubjectWork is the work queue of a service.
+func SubjectWork(service string) string { return subjectWork + service }
+
+// SubjectCancel is the core-NATS subject a worker running job id listens on to
+// be told to stop it. Not persisted: a worker that misses it is stopped by the
+// processor's timeout or a later resend.
+func SubjectCancel(jobID string) string { return subjectCancelControl + jobID }
+
+// Connect dials NATS and keeps reconnecting forever: a NATS restart must never
+// take a service down with it.
+func Connect(url, name string) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.RetryOnFailedConnect(true),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				slog.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { slog.Info("nats reconnected", "url", c.ConnectedUrl()) }),
+	)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect nats %s: %w", url, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return nc, js, nil
+}
+
+// Provision creates or updates the streams and buckets. Every service calls it
+// on start; it is idempotent, so no start-up order is needed between them.
+func Provision(ctx context.Context, js jetstream.JetStream) error {
+	streams := []jetstream.StreamConfig{{
+		Name:       StreamEvents,
+		Subjects:   []string{"medius.events.>"},
+		Storage:    jetstream.FileStorage,
+		Retention:  jetstream.LimitsPolicy,
+		MaxAge:     7 * 24 * time.Hour,
+		Duplicates: 10 * time.Minute,
+	}, {
+		Name:       StreamWork,
+		Subjects:   []string{subjectWork + ">"},
+		Storage:    jetstream.FileStorage,
+		Retention:  jetstream.WorkQueuePolicy,
+		Duplicates: 10 * time.Minute,
+	}}
+	for _, cfg := range streams {
+		if err := retry(ctx, func() error {
+			_, err := js.CreateOrUpdateStream(ctx, cfg)
+			return err
+		}); err != nil {
+			return fmt.Errorf("provision stream %s: %w", cfg.Name, err)
+		}
+	}
+	for _, b := range []string{BucketJobs, BucketExecutions} {
+		if err := retry(ctx, func() error {
+			_, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: b, Storage: jetstream.FileStorage, History: 1})
+			return err
+		}); err != nil {
+			return fmt.Errorf("provision bucket %s: %w", b, err)
+		}
+	}
+	return nil
+}
+
+// retry runs f until it succeeds or ctx ends: right after a (re)start NATS may
+// not have JetStream ready yet.
+func retry(ctx context.Context, f func() error) error {
+	var err error
+	for {
+		if err = f(); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Publish sends m on subject with msgID as the JetStream message id, so a
+// retried publish of the same logical event is stored once. The trace context
+// of ctx travels in the headers.
+func Publish(ctx context.Context, js jetstream.JetStream, subject, msgID string, m proto.Message) error {
+	data, err := proto.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("marshal %T: %w", m, err)
+	}
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	msg.Header.Set(HeaderType, string(m.ProtoReflect().Descriptor().FullName()))
+	otel.GetTextMapPropagator().Inject(ctx, HeaderCarrier(msg.Header))
+	opts := []jetstream.PublishOpt{}
+	if msgID != "" {
+		opts = append(opts, jetstream.WithMsgID(msgID))
+	}
+	if _, err := js.PublishMsg(ctx, msg, opts...); err != nil {
+		return fmt.Errorf("publish %s: %w", subject, err)
+	}
+	return nil
+}
+
+// PublishCore sends m on a core NATS subject (not persisted), with trace context.
+func PublishCore(ctx context.Context, nc *nats.Conn, subject string, m proto.Message) error {
+	data, err := proto.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("marshal %T: %w", m, err)
+	}
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	msg.Header.Set(HeaderType, string(m.ProtoReflect().Descriptor().FullName()))
+	otel.GetTextMapPropagator().Inject(ctx, HeaderCarrier(msg.Header))
+	if err := nc.PublishMsg(msg); err != nil {
+		return fmt.Errorf("publish %s: %w", subject, err)
+	}
+	return nil
+}
+
+// HeaderType names the protobuf message type of a payload.
+const HeaderType = "Medius-Type"
+
+// ContextFromHeader returns ctx carrying the trace context found in h.
+func ContextFromHeader(ctx context.Context, h nats.Header) context.Context {
+	if h == nil {
+		return ctx
+	}
+	return otel.GetTextMapPropagator().Extract(ctx, HeaderCarrier(h))
+}
+
+// Decode unmarshals a message payload into m.
+func Decode(data []byte, m proto.Message) error {
+	if err := proto.Unmarshal(data, m); err != nil {
+		return Permanent(fmt.Errorf("decode %T: %w", m, err))
+	}
+	return nil
+}
+
+// permanentError marks a message that can never be handled (undecodable,
+// refers to something that does not exist): it is terminated, not redelivered.
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
+// Permanent wraps err so the consumer terminates the message instead of
+// retrying it.
+func Permanent(err error) error { return permanentError{err} }
+
+// IsPermanent reports whether err was marked Permanent.
+func IsPermanent(err error) bool { return errors.As(err, new(permanentError)) }
+
+// Handler handles one message. nil acks it; a Permanent error terminates it;
+// any other error naks it for redelivery after a delay.
+type Handler func(ctx context.Context, msg jetstream.Msg) error
+
+// ConsumerConfig is a durable pull consumer on a stream.
+type ConsumerConfig struct {
+	Stream  string
+	Durable string
+	Filter  []string
+	// AckWait is how long a message may be held before redelivery.
+	AckWait time.Duration
+	// MaxAckPending bounds the messages in flight across all replicas.
+	MaxAckPending int
+}
+
+// Consume runs handler on every message of the durable consumer until ctx
+// ends. Several processes consuming the same durable share the work. It
+// returns only when ctx ends or the consumer cannot be set up.
+func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, handler Handler) error {
+	cons, err := EnsureConsumer(ctx, js, cfg)
+	if err != nil {
+		return err
+	}
+	log := slog.With("consumer", cfg.Durable)
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		mctx := ContextFromHeader(ctx, msg.Headers())
+		err := handler(mctx, msg)
+		switch {
+		case err == nil:
+			if err := msg.Ack(); err != nil {
+				log.WarnContext(mctx, "ack failed", "subject", msg.Subject(), "err", err)
+			}
+		case IsPermanent(err):
+			log.ErrorContext(mctx, "message dropped", "subject", msg.Subject(), "err", err)
+			_ = msg.Term()
+		default:
+			log.WarnContext(mctx, "message will be retried", "subject", msg.Subject(), "err", err)
+			_ = msg.NakWithDelay(500 * time.Millisecond)
+		}
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if ctx.Err() == nil && !errors.Is(err, jetstream.ErrNoHeartbeat) {
+			log.Debug("consume", "err", err)
+		}
+	}))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", cfg.Durable, err)
+	}
+	<-ctx.Done()
+	// Drain lets the handler in progress finish and ack before we return.
+	cc.Drain()
+	<-cc.Closed()
+	return nil
+}
+
+// EnsureConsumer creates or updates the durable consumer, retrying while
+// JetStream is not ready.
+func EnsureConsumer(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig) (jetstream.Consumer, error) {
+	if cfg.AckWait == 0 {
+		cfg.AckWait = 30 * time.Second
+	}
+	if cfg.MaxAckPending == 0 {
+		cfg.MaxAckPending = 1000
+	}
+	cc := jetstream.ConsumerConfig{
+		Durable:       cfg.Durable,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.AckWait,
+		MaxAckPending: cfg.MaxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
+	if len(cfg.Filter) == 1 {
+		cc.FilterSubject = cfg.Filter[0]
+	} else {
+		cc.FilterSubjects = cfg.Filter
+	}
+	var cons jetstream.Consumer
+	err := retry(ctx, func() error {
+		var err error
+		cons, err = js.CreateOrUpdateConsumer(ctx, cfg.Stream, cc)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Durable, cfg.Stream, err)
+	}
+	return cons, nil
+}

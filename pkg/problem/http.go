@@ -1,0 +1,71 @@
+package problem
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ContentType of problem responses (RFC 7807).
+const ContentType = "application/problem+json"
+
+// HTTPStatus maps a gRPC code to its HTTP status.
+func HTTPStatus(c codes.Code) int { return runtime.HTTPStatusFromCode(c) }
+
+// Write writes p as application/problem+json with its status.
+func Write(w http.ResponseWriter, p *jobsv1.Problem) {
+	body := map[string]any{"type": p.Type, "title": p.Title, "status": p.Status, "detail": p.Detail}
+	if p.Field != "" {
+		body["field"] = p.Field
+	}
+	w.Header().Set("Content-Type", ContentType)
+	w.WriteHeader(int(p.Status))
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+// WriteError writes err (mapped through ToStatus) as problem JSON.
+func WriteError(ctx context.Context, w http.ResponseWriter, err error) {
+	st, _ := status.FromError(ToStatus(ctx, err))
+	Write(w, FromStatus(st))
+}
+
+// GatewayErrorHandler is a grpc-gateway error handler answering with problem
+// JSON. Errors the gateway raises itself (malformed JSON, unknown route
+// parameters) arrive as InvalidArgument and get a 400 like any other.
+func GatewayErrorHandler(ctx context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, _ *http.Request, err error) {
+	st, _ := status.FromError(ToStatus(ctx, err))
+	p := FromStatus(st)
+	if st.Code() == codes.InvalidArgument && p.Type == TypePrefix+defaultType(codes.InvalidArgument) && strings.Contains(st.Message(), "unmarshal") {
+		p.Type, p.Title = TypePrefix+"malformed-body", "Malformed request body"
+	}
+	Write(w, p)
+}
+
+func defaultType(c codes.Code) string {
+	return strings.ReplaceAll(strings.ToLower(snake(c.String())), "_", "-")
+}
+
+func defaultTitle(c codes.Code) string {
+	if t := http.StatusText(HTTPStatus(c)); t != "" {
+		return t
+	}
+	return c.String()
+}
+
+// snake turns "InvalidArgument" into "Invalid_Argument".
+func snake(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && 'A' <= r && r <= 'Z' {
+			b.WriteByte('_')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
