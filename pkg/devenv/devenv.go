@@ -86,17 +86,20 @@ type Etcd struct {
 	peerPort   int
 }
 
-// StartEtcd starts etcd with its data under dir. clientPort 0 picks a free port.
-func StartEtcd(dir string, clientPort int) (*Etcd, error) {
+// StartEtcd starts etcd with its data under dir. A port of 0 picks a free
+// one; a restart on existing data should pass the ports it had (Ports), since
+// etcd remembers its member's peer URL.
+func StartEtcd(dir string, clientPort, peerPort int) (*Etcd, error) {
 	var err error
 	if clientPort == 0 {
 		if clientPort, err = FreePort(); err != nil {
 			return nil, err
 		}
 	}
-	peerPort, err := FreePort()
-	if err != nil {
-		return nil, err
+	if peerPort == 0 {
+		if peerPort, err = FreePort(); err != nil {
+			return nil, err
+		}
 	}
 	cfg := embed.NewConfig()
 	cfg.Name = "medius-dev"
@@ -134,13 +137,16 @@ func StartEtcd(dir string, clientPort int) (*Etcd, error) {
 	return &Etcd{server: e, Endpoints: []string{clientURL.String()}, dir: dir, clientPort: clientPort, peerPort: peerPort}, nil
 }
 
+// Ports are the client and peer ports etcd listens on.
+func (e *Etcd) Ports() (client, peer int) { return e.clientPort, e.peerPort }
+
 // Close stops etcd.
 func (e *Etcd) Close() { e.server.Close() }
 
 // Restart stops etcd and starts it again on the same ports and data.
 func (e *Etcd) Restart() error {
 	e.Close()
-	ne, err := StartEtcd(e.dir, e.clientPort)
+	ne, err := StartEtcd(e.dir, e.clientPort, e.peerPort)
 	if err != nil {
 		return err
 	}
@@ -191,7 +197,7 @@ func Start(t testing.TB) *Env {
 		t.Fatalf("start nats: %v", err)
 	}
 	t.Cleanup(n.Shutdown)
-	e, err := StartEtcd(filepath.Join(dir, "etcd"), 0)
+	e, err := StartEtcd(filepath.Join(dir, "etcd"), 0, 0)
 	if err != nil {
 		t.Fatalf("start etcd: %v", err)
 	}
