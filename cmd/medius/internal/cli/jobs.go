@@ -1,0 +1,259 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/grpcx"
+	"github.com/medius-platform/medius/pkg/jobstate"
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+type clientFlags struct {
+	server string
+	apiKey string
+	output string
+}
+
+func (c *clientFlags) register(cmd *cobra.Command) {
+	f := cmd.PersistentFlags()
+	f.StringVar(&c.server, "server", envOr("MEDIUS_SERVER", "127.0.0.1:9090"), "mediator gRPC address (MEDIUS_SERVER)")
+	f.StringVar(&c.apiKey, "api-key", os.Getenv("MEDIUS_API_KEY"), "API key (MEDIUS_API_KEY)")
+	f.StringVarP(&c.output, "output", "o", "table", "output: table or json")
+}
+
+func (c *clientFlags) dial(ctx context.Context) (jobsv1.JobServiceClient, context.Context, func(), error) {
+	if c.apiKey == "" {
+		return nil, nil, nil, errors.New("no API key: pass --api-key or set MEDIUS_API_KEY")
+	}
+	cc, err := grpcx.Dial(c.server)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.apiKey)
+	return jobsv1.NewJobServiceClient(cc), ctx, func() { cc.Close() }, nil
+}
+
+func newJobsCmd() *cobra.Command {
+	var c clientFlags
+	cmd := &cobra.Command{Use: "jobs", Short: "Submit, list, follow and cancel jobs"}
+	c.register(cmd)
+
+	var profile, requestID, jobType string
+	var inputs, params []string
+	var wait bool
+	submit := &cobra.Command{
+		Use:   "submit",
+		Short: "Submit a job",
+		Example: `  medius jobs submit --profile ExtractTechnicalMetadata --input inputFile=file://$PWD/clip.mp4 --wait`,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			job := &jobsv1.Job{Profile: profile, JobType: jobType, Input: &jobsv1.JobInput{Locators: map[string]*jobsv1.Locator{}}}
+			for _, in := range inputs {
+				name, url, ok := strings.Cut(in, "=")
+				if !ok {
+					return fmt.Errorf("--input %q: want name=url", in)
+				}
+				job.Input.Locators[name] = &jobsv1.Locator{Url: url}
+			}
+			if len(params) > 0 {
+				m := map[string]any{}
+				for _, p := range params {
+					k, v, ok := strings.Cut(p, "=")
+					if !ok {
+						return fmt.Errorf("--param %q: want name=value", p)
+					}
+					var jv any
+					if json.Unmarshal([]byte(v), &jv) != nil {
+						jv = v // not JSON: a plain string
+					}
+					m[k] = jv
+				}
+				st, err := structpb.NewStruct(m)
+				if err != nil {
+					return fmt.Errorf("--param: %w", err)
+				}
+				job.Input.Parameters = st
+			}
+			cl, ctx, closeFn, err := c.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			got, err := cl.CreateJob(ctx, &jobsv1.CreateJobRequest{Job: job, RequestId: requestID})
+			if err != nil {
+				return err
+			}
+			if wait {
+				if got, err = waitJob(ctx, cl, got.Id, cmd.ErrOrStderr()); err != nil {
+					return err
+				}
+			}
+			return printJobs(cmd.OutOrStdout(), c.output, got)
+		},
+	}
+	submit.Flags().StringVar(&profile, "profile", "", "job profile (required)")
+	submit.Flags().StringVar(&jobType, "job-type", "", "job type (default: the profile's)")
+	submit.Flags().StringArrayVar(&inputs, "input", nil, "input locator name=url (repeatable)")
+	submit.Flags().StringArrayVar(&params, "param", nil, "input parameter name=value, value JSON or text (repeatable)")
+	submit.Flags().StringVar(&requestID, "request-id", "", "idempotency key")
+	submit.Flags().BoolVar(&wait, "wait", false, "wait until the job ends")
+	_ = submit.MarkFlagRequired("profile")
+
+	get := &cobra.Command{
+		Use: "get ID", Short: "Show a job", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, ctx, closeFn, err := c.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			j, err := cl.GetJob(ctx, &jobsv1.GetJobRequest{Id: args[0]})
+			if err != nil {
+				return err
+			}
+			return printJobs(cmd.OutOrStdout(), c.output, j)
+		},
+	}
+	waitCmd := &cobra.Command{
+		Use: "wait ID", Short: "Wait until a job ends, then show it", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, ctx, closeFn, err := c.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			j, err := waitJob(ctx, cl, args[0], cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			return printJobs(cmd.OutOrStdout(), c.output, j)
+		},
+	}
+	var pageSize int32
+	var pageToken, status string
+	list := &cobra.Command{
+		Use: "list", Short: "List jobs, newest first", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			req := &jobsv1.ListJobsRequest{PageSize: pageSize, PageToken: pageToken, Profile: profile}
+			if status != "" {
+				s, ok := jobstate.FromMCMA(status)
+				if !ok {
+					return fmt.Errorf("--status %q: want one of NEW, QUEUED, SCHEDULED, RUNNING, COMPLETED, FAILED, CANCELED", status)
+				}
+				req.Status = s
+			}
+			cl, ctx, closeFn, err := c.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			resp, err := cl.ListJobs(ctx, req)
+			if err != nil {
+				return err
+			}
+			if err := printJobs(cmd.OutOrStdout(), c.output, resp.Jobs...); err != nil {
+				return err
+			}
+			if resp.NextPageToken != "" && c.output != "json" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "more: --page-token %s\n", resp.NextPageToken)
+			}
+			return nil
+		},
+	}
+	list.Flags().Int32Var(&pageSize, "page-size", 50, "jobs per page")
+	list.Flags().StringVar(&pageToken, "page-token", "", "page token from a previous list")
+	list.Flags().StringVar(&status, "status", "", "only jobs in this status")
+	list.Flags().StringVar(&profile, "profile", "", "only jobs of this profile")
+	cancel := &cobra.Command{
+		Use: "cancel ID", Short: "Cancel a job", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, ctx, closeFn, err := c.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			j, err := cl.CancelJob(ctx, &jobsv1.CancelJobRequest{Id: args[0]})
+			if err != nil {
+				return err
+			}
+			return printJobs(cmd.OutOrStdout(), c.output, j)
+		},
+	}
+	cmd.AddCommand(submit, get, waitCmd, list, cancel)
+	return cmd
+}
+
+// waitJob polls until the job is terminal. (A later version follows the
+// WatchJob stream instead.)
+func waitJob(ctx context.Context, cl jobsv1.JobServiceClient, id string, progress io.Writer) (*jobsv1.Job, error) {
+	last := ""
+	for {
+		j, err := cl.GetJob(ctx, &jobsv1.GetJobRequest{Id: id}, grpc.WaitForReady(true))
+		if err != nil {
+			return nil, err
+		}
+		line := fmt.Sprintf("%s %d%%", jobstate.Name(j.Status), j.Progress)
+		if line != last {
+			fmt.Fprintf(progress, "%s %s\n", id, line)
+			last = line
+		}
+		if jobstate.IsTerminal(j.Status) {
+			return j, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func printJobs(w io.Writer, format string, jobs ...*jobsv1.Job) error {
+	switch format {
+	case "json":
+		m := protojson.MarshalOptions{Multiline: true, Indent: "  "}
+		for _, j := range jobs {
+			b, err := m.Marshal(j)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(w, string(b))
+		}
+		return nil
+	case "table", "":
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tPROFILE\tSTATUS\tPROGRESS\tCREATED\tMESSAGE")
+		for _, j := range jobs {
+			msg := j.StatusMessage
+			if j.Error != nil {
+				msg = j.Error.Detail
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d%%\t%s\t%s\n", j.Id, j.Profile, jobstate.Name(j.Status), j.Progress,
+				j.CreateTime.AsTime().Local().Format(time.DateTime), msg)
+		}
+		return tw.Flush()
+	default:
+		return fmt.Errorf("--output %q: want table or json", format)
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
