@@ -36,7 +36,7 @@ type platform struct {
 	grpc     jobsv1.JobServiceClient
 }
 
-func setup(t *testing.T) *platform {
+func setup(t testing.TB) *platform {
 	t.Helper()
 	for _, tool := range []string{"ffmpeg", "ffprobe"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -90,7 +90,7 @@ func setup(t *testing.T) *platform {
 	return &platform{stack: stack, mediaDir: media, clip: clip, grpc: jobsv1.NewJobServiceClient(cc)}
 }
 
-func dumpLogs(t *testing.T, dir string) {
+func dumpLogs(t testing.TB, dir string) {
 	files, _ := filepath.Glob(filepath.Join(dir, "logs", "*.log"))
 	for _, f := range files {
 		b, _ := os.ReadFile(f)
@@ -221,7 +221,7 @@ func (p *platform) authed(ctx context.Context, key string) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
 }
 
-func (p *platform) submitGRPC(t *testing.T, url string) *jobsv1.Job {
+func (p *platform) submitGRPC(t testing.TB, url string) *jobsv1.Job {
 	t.Helper()
 	job, err := p.grpc.CreateJob(p.authed(context.Background(), apiKey), &jobsv1.CreateJobRequest{Job: &jobsv1.Job{
 		Profile: "ExtractTechnicalMetadata",
@@ -233,7 +233,7 @@ func (p *platform) submitGRPC(t *testing.T, url string) *jobsv1.Job {
 	return p.waitGRPC(t, job.Id)
 }
 
-func (p *platform) waitGRPC(t *testing.T, id string) *jobsv1.Job {
+func (p *platform) waitGRPC(t testing.TB, id string) *jobsv1.Job {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -358,4 +358,34 @@ func mustMarshal(v any) string {
 	var buf bytes.Buffer
 	_ = json.NewEncoder(&buf).Encode(v)
 	return buf.String()
+}
+
+// BenchmarkExtractTechnicalMetadata measures one job at a time through the
+// four processes: submit over gRPC -> COMPLETED observed by polling every
+// 5 ms, on the 3 s fixture.
+func BenchmarkExtractTechnicalMetadata(b *testing.B) {
+	p := setup(b)
+	ctx := p.authed(context.Background(), apiKey)
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		job, err := p.grpc.CreateJob(ctx, &jobsv1.CreateJobRequest{Job: &jobsv1.Job{
+			Profile: "ExtractTechnicalMetadata",
+			Input:   &jobsv1.JobInput{Locators: map[string]*jobsv1.Locator{"inputFile": {Url: "file://" + p.clip}}},
+		}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for !jobstate.IsTerminal(job.Status) {
+			time.Sleep(5 * time.Millisecond)
+			if job, err = p.grpc.GetJob(ctx, &jobsv1.GetJobRequest{Id: job.Id}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if job.Status != jobsv1.JobStatus_JOB_STATUS_COMPLETED {
+			b.Fatalf("job ended %s: %v", jobstate.Name(job.Status), job.Error)
+		}
+		total += time.Since(start)
+	}
+	b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/job")
 }
