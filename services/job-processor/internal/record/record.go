@@ -1,0 +1,310 @@
+// Package record holds the processor's per-job record logic as pure
+// functions: a record is a jobsv1.Job whose executions list every attempt.
+// Nothing here does I/O, so the rules (which update applies, which is stale,
+// which is a duplicate to re-announce) are table-tested in isolation, and the
+// caller wraps them in a compare-and-set loop on the KV revision.
+package record
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/jobstate"
+	"github.com/medius-platform/medius/pkg/problem"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Outcome says what applying a change did to a record.
+type Outcome int
+
+const (
+	// Ignored: the change does not apply (stale attempt, terminal record, a
+	// move the status machine forbids, progress going backwards). Nothing to
+	// write, nothing to announce.
+	Ignored Outcome = iota
+	// Applied: the record changed; write it (CAS) and then announce it.
+	Applied
+	// AlreadyApplied: the record already reflects the change (a redelivery,
+	// perhaps after a crash between the write and the announcement). Nothing
+	// to write, but announce again: the deterministic msg id makes the
+	// announcement exactly-once.
+	AlreadyApplied
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Applied:
+		return "applied"
+	case AlreadyApplied:
+		return "already-applied"
+	}
+	return "ignored"
+}
+
+// Problem types the processor reports.
+const (
+	ProblemNoService       = problem.TypePrefix + "no-service"
+	ProblemExecutionFailed = problem.TypePrefix + "execution-failed"
+)
+
+// New returns the record of a freshly created job: a copy of job, QUEUED, with
+// no executions yet. create_time is kept (the queue timeout counts from it).
+func New(job *jobsv1.Job, now time.Time) *jobsv1.Job {
+	rec := proto.CloneOf(job)
+	rec.Status = jobsv1.JobStatus_JOB_STATUS_QUEUED
+	rec.Progress = 0
+	rec.Executions = nil
+	rec.Output = nil
+	rec.Error = nil
+	rec.EndTime = nil
+	rec.VerifiedQuantity = 0
+	if rec.GetCreateTime() == nil {
+		rec.CreateTime = timestamppb.New(now)
+	}
+	rec.UpdateTime = timestamppb.New(now)
+	return rec
+}
+
+// Current is the latest execution of rec, or nil before the first dispatch.
+func Current(rec *jobsv1.Job) *jobsv1.Execution {
+	if n := len(rec.GetExecutions()); n > 0 {
+		return rec.Executions[n-1]
+	}
+	return nil
+}
+
+// NextAttempt is the attempt number the next dispatch of rec gets.
+func NextAttempt(rec *jobsv1.Job) int32 { return int32(len(rec.GetExecutions())) + 1 }
+
+// Schedule records the dispatch of a QUEUED job to service as a new execution.
+// A job that is no longer QUEUED was dispatched already (another replica, or
+// an earlier delivery): AlreadyApplied when it sits SCHEDULED, so the caller
+// re-publishes the same work item (deduplicated by its msg id), else Ignored.
+func Schedule(rec *jobsv1.Job, service string, now time.Time) Outcome {
+	switch rec.GetStatus() {
+	case jobsv1.JobStatus_JOB_STATUS_QUEUED:
+	case jobsv1.JobStatus_JOB_STATUS_SCHEDULED:
+		return AlreadyApplied
+	default:
+		return Ignored
+	}
+	rec.Executions = append(rec.Executions, &jobsv1.Execution{
+		Attempt:      NextAttempt(rec),
+		Service:      service,
+		Status:       jobsv1.JobStatus_JOB_STATUS_SCHEDULED,
+		DispatchTime: timestamppb.New(now),
+	})
+	rec.Status = jobsv1.JobStatus_JOB_STATUS_SCHEDULED
+	rec.Progress = 0
+	rec.UpdateTime = timestamppb.New(now)
+	return Applied
+}
+
+// Fail ends a job that has no running execution (e.g. no service offers its
+// profile) as FAILED with p.
+func Fail(rec *jobsv1.Job, p *jobsv1.Problem, now time.Time) Outcome {
+	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_FAILED && proto.Equal(rec.GetError(), p) {
+		return AlreadyApplied
+	}
+	if !jobstate.CanTransition(rec.GetStatus(), jobsv1.JobStatus_JOB_STATUS_FAILED) {
+		return Ignored
+	}
+	rec.Status = jobsv1.JobStatus_JOB_STATUS_FAILED
+	rec.Error = p
+	rec.StatusMessage = p.GetDetail()
+	rec.EndTime = timestamppb.New(now)
+	rec.UpdateTime = rec.EndTime
+	if cur := Current(rec); cur != nil && !jobstate.IsTerminal(cur.GetStatus()) {
+		cur.Status = jobsv1.JobStatus_JOB_STATUS_FAILED
+		cur.Error = p
+		cur.EndTime = rec.EndTime
+	}
+	return Applied
+}
+
+// NoService is the problem of a job no live service offered to run within the
+// queue timeout.
+func NoService(profile string) *jobsv1.Problem {
+	return &jobsv1.Problem{
+		Type:   ProblemNoService,
+		Title:  "No service available",
+		Detail: fmt.Sprintf("no service offers profile %q", profile),
+		Status: 503,
+	}
+}
+
+// Cancel ends a job at the client's request, and its current execution too.
+func Cancel(rec *jobsv1.Job, now time.Time) Outcome {
+	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_CANCELED {
+		return AlreadyApplied
+	}
+	if !jobstate.CanTransition(rec.GetStatus(), jobsv1.JobStatus_JOB_STATUS_CANCELED) {
+		return Ignored
+	}
+	rec.Status = jobsv1.JobStatus_JOB_STATUS_CANCELED
+	rec.StatusMessage = "canceled by request"
+	rec.EndTime = timestamppb.New(now)
+	rec.UpdateTime = rec.EndTime
+	if cur := Current(rec); cur != nil && !jobstate.IsTerminal(cur.GetStatus()) {
+		cur.Status = jobsv1.JobStatus_JOB_STATUS_CANCELED
+		cur.EndTime = rec.EndTime
+	}
+	return Applied
+}
+
+// Apply applies a worker's report on one attempt to rec.
+//
+// Only the current attempt counts: a report of an older attempt (a worker that
+// lost its job to a retry) is Ignored. A terminal record never changes; a
+// repeated report of the state it ended in is AlreadyApplied. Progress never
+// moves backwards: a report older than the last one applied is Ignored, and
+// the same report again is AlreadyApplied.
+func Apply(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate, now time.Time) Outcome {
+	cur := Current(rec)
+	if cur == nil || u.GetAttempt() != cur.GetAttempt() {
+		return Ignored
+	}
+	to := u.GetStatus()
+	switch to {
+	case jobsv1.JobStatus_JOB_STATUS_RUNNING, jobsv1.JobStatus_JOB_STATUS_COMPLETED,
+		jobsv1.JobStatus_JOB_STATUS_FAILED, jobsv1.JobStatus_JOB_STATUS_CANCELED:
+	default:
+		// NEW, QUEUED, SCHEDULED are the processor's to set, never a worker's.
+		return Ignored
+	}
+	from := cur.GetStatus()
+	if jobstate.IsTerminal(rec.GetStatus()) || jobstate.IsTerminal(from) {
+		if from == to && rec.GetStatus() == to {
+			return AlreadyApplied
+		}
+		return Ignored
+	}
+	if !jobstate.CanTransition(from, to) {
+		return Ignored
+	}
+	progress := clampProgress(u.GetProgress())
+	if from == to { // RUNNING -> RUNNING: a progress report
+		switch {
+		case progress < cur.GetProgress():
+			return Ignored
+		case progress == cur.GetProgress():
+			return AlreadyApplied
+		}
+	}
+
+	at := now
+	if u.GetTime().IsValid() {
+		// The worker's clock says when it happened; update_time stays ours.
+		at = u.GetTime().AsTime()
+	}
+	if u.GetInstanceId() != "" {
+		cur.InstanceId = u.GetInstanceId()
+	}
+	if u.GetMessage() != "" {
+		rec.StatusMessage = u.GetMessage()
+	}
+	cur.Status = to
+	rec.Status = to
+	switch to {
+	case jobsv1.JobStatus_JOB_STATUS_RUNNING:
+		if from != to {
+			cur.StartTime = timestamppb.New(at)
+		}
+		cur.Progress = progress
+		rec.Progress = progress
+	case jobsv1.JobStatus_JOB_STATUS_COMPLETED:
+		if cur.StartTime == nil {
+			cur.StartTime = timestamppb.New(at)
+		}
+		cur.Progress = 100
+		cur.EndTime = timestamppb.New(at)
+		rec.Progress = 100
+		rec.Output = u.GetOutput()
+		rec.VerifiedQuantity = u.GetVerifiedQuantity()
+		rec.EndTime = cur.EndTime
+	case jobsv1.JobStatus_JOB_STATUS_FAILED:
+		p := u.GetError()
+		if p == nil {
+			p = &jobsv1.Problem{Type: ProblemExecutionFailed, Title: "Execution failed", Detail: u.GetMessage()}
+		}
+		cur.Error = p
+		cur.EndTime = timestamppb.New(at)
+		rec.Error = p
+		rec.EndTime = cur.EndTime
+		if rec.StatusMessage == "" {
+			rec.StatusMessage = p.GetDetail()
+		}
+	case jobsv1.JobStatus_JOB_STATUS_CANCELED:
+		cur.EndTime = timestamppb.New(at)
+		rec.EndTime = cur.EndTime
+	}
+	rec.UpdateTime = timestamppb.New(now)
+	return Applied
+}
+
+func clampProgress(p int32) int32 { return min(max(p, 0), 100) }
+
+// StatusAttempt is the attempt a status of rec belongs to: the attempt it is
+// queued for while QUEUED, else the current one (0 if it never ran).
+func StatusAttempt(rec *jobsv1.Job) int32 {
+	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_QUEUED {
+		return NextAttempt(rec)
+	}
+	return int32(len(rec.GetExecutions()))
+}
+
+// StatusMsgID is the JetStream msg id of the JobStatusChanged announcing rec's
+// current state: "status-<job>-<attempt>-<STATUS>[-<progress>]", progress only
+// while RUNNING. The same state always gets the same id, so re-announcing it
+// (redelivery, several replicas) is stored once.
+func StatusMsgID(rec *jobsv1.Job) string {
+	id := "status-" + rec.GetId() + "-" + strconv.Itoa(int(StatusAttempt(rec))) + "-" + jobstate.Name(rec.GetStatus())
+	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING {
+		id += "-" + strconv.Itoa(int(rec.GetProgress()))
+	}
+	return id
+}
+
+// StatusEvent is the JobStatusChanged announcing rec's current state.
+func StatusEvent(rec *jobsv1.Job) *eventsv1.JobStatusChanged {
+	ev := &eventsv1.JobStatusChanged{
+		JobId:            rec.GetId(),
+		Status:           rec.GetStatus(),
+		Progress:         rec.GetProgress(),
+		StatusMessage:    rec.GetStatusMessage(),
+		Output:           rec.GetOutput(),
+		Error:            rec.GetError(),
+		VerifiedQuantity: rec.GetVerifiedQuantity(),
+		Time:             rec.GetUpdateTime(),
+	}
+	// While QUEUED the latest execution (if any) is a finished earlier attempt,
+	// not the one this status is about.
+	if cur := Current(rec); cur != nil && rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_QUEUED {
+		ev.Execution = cur
+	}
+	return ev
+}
+
+// WorkItem is what the worker of rec's current execution is handed.
+func WorkItem(rec *jobsv1.Job) *eventsv1.WorkItem {
+	cur := Current(rec)
+	return &eventsv1.WorkItem{
+		JobId:   rec.GetId(),
+		Tenant:  rec.GetTenant(),
+		Attempt: cur.GetAttempt(),
+		Profile: rec.GetProfile(),
+		JobType: rec.GetJobType(),
+		Input:   rec.GetInput(),
+		Timeout: rec.GetTimeout(),
+		Service: cur.GetService(),
+	}
+}
+
+// WorkMsgID is the msg id of the work item of rec's current execution.
+func WorkMsgID(rec *jobsv1.Job) string {
+	return "work-" + rec.GetId() + "-" + strconv.Itoa(int(Current(rec).GetAttempt()))
+}
