@@ -1,0 +1,185 @@
+package locator
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+)
+
+// Defaults of a zero Resolver.
+const (
+	DefaultMaxBytes      int64 = 10 << 30 // 10 GiB
+	DefaultDialTimeout         = 10 * time.Second
+	DefaultHeaderTimeout       = 30 * time.Second
+	// DefaultStallTimeout bounds how long a transfer may make no progress:
+	// a whole-transfer timeout would have to allow for 10 GiB, which is no
+	// protection against a server that trickles or stops.
+	DefaultStallTimeout = 60 * time.Second
+)
+
+// Resolver opens input locators as local files and stores outputs at output
+// locators. The zero value refuses every file:// locator (no roots) and every
+// internal address. A Resolver is safe for concurrent use; do not change its
+// fields after first use.
+type Resolver struct {
+	// Roots are the directories file:// locators may name (inputs and outputs).
+	Roots []string
+	// AllowPrivate lets http(s) locators reach loopback, private, link-local
+	// and unspecified addresses (development, or a trusted internal store).
+	AllowPrivate bool
+	// MaxBytes limits the size of an input or output; 0 means DefaultMaxBytes.
+	MaxBytes int64
+	// TempDir receives downloaded inputs; empty means os.TempDir().
+	TempDir string
+	// StallTimeout aborts a transfer that makes no progress for this long;
+	// 0 means DefaultStallTimeout.
+	StallTimeout time.Duration
+	// Client, when set, is used for http(s) as is: the caller then owns the
+	// network policy (use NewTransport to keep it). Nil builds a client whose
+	// transport enforces AllowPrivate at dial time.
+	Client *http.Client
+
+	once   sync.Once
+	client *http.Client
+}
+
+func (r *Resolver) maxBytes() int64 {
+	if r.MaxBytes > 0 {
+		return r.MaxBytes
+	}
+	return DefaultMaxBytes
+}
+
+func (r *Resolver) stallTimeout() time.Duration {
+	if r.StallTimeout > 0 {
+		return r.StallTimeout
+	}
+	return DefaultStallTimeout
+}
+
+func (r *Resolver) httpClient() *http.Client {
+	r.once.Do(func() {
+		if r.Client != nil {
+			r.client = r.Client
+			return
+		}
+		r.client = &http.Client{
+			Transport: NewTransport(r.AllowPrivate),
+			CheckRedirect: func(req *http.Request, via []*http.Request) error {
+				if len(via) >= 5 {
+					return fmt.Errorf("%w: more than 5 redirects", ErrUnavailable)
+				}
+				// Redirect targets go through the same dialer, so the address
+				// policy holds for them too; only check the scheme here.
+				if req.URL.Scheme != SchemeHTTP && req.URL.Scheme != SchemeHTTPS {
+					return fmt.Errorf("%w: redirect to scheme %q", ErrForbidden, req.URL.Scheme)
+				}
+				return nil
+			},
+		}
+	})
+	return r.client
+}
+
+// Open makes the input at raw available as a local file and returns its path
+// and a cleanup func to call when done with it (never nil, also on error).
+// A file:// locator yields the checked file itself (cleanup does nothing); an
+// http(s) locator is downloaded into a temporary file that cleanup removes.
+func (r *Resolver) Open(ctx context.Context, raw string) (localPath string, cleanup func(), err error) {
+	noop := func() {}
+	u, err := Parse(raw)
+	if err != nil {
+		return "", noop, err
+	}
+	switch u.Scheme {
+	case SchemeFile:
+		p, err := r.openFile(u.Path)
+		if err != nil {
+			return "", noop, err
+		}
+		return p, noop, nil
+	case SchemeHTTP, SchemeHTTPS:
+		p, err := r.download(ctx, u)
+		if err != nil {
+			return "", noop, err
+		}
+		return p, func() { _ = os.Remove(p) }, nil
+	default:
+		return "", noop, fmt.Errorf("%w: %s locators are not supported by this worker yet", ErrUnsupportedScheme, u.Scheme)
+	}
+}
+
+// Put stores the contents of the local file src at the output locator raw:
+// written atomically under a file root, or PUT to an http(s) URL.
+func (r *Resolver) Put(ctx context.Context, raw, src string) error {
+	u, err := Parse(raw)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("open output %q: %w", src, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("stat output %q: %w", src, err)
+	}
+	if fi.Size() > r.maxBytes() {
+		return fmt.Errorf("%w: output %q is %d bytes, limit %d", ErrTooLarge, src, fi.Size(), r.maxBytes())
+	}
+	switch u.Scheme {
+	case SchemeFile:
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return r.writeFile(u.Path, f)
+	case SchemeHTTP, SchemeHTTPS:
+		return r.upload(ctx, u, f, fi.Size())
+	default:
+		return fmt.Errorf("%w: %s locators are not supported by this worker yet", ErrUnsupportedScheme, u.Scheme)
+	}
+}
+
+// Check applies the policy to raw without transferring anything: the scheme
+// is supported, a file:// path is under a root (and, if it exists, resolves
+// under one), an http(s) host given as an IP literal is allowed. Host names
+// are only checked when dialled.
+func (r *Resolver) Check(raw string) error {
+	u, err := Parse(raw)
+	if err != nil {
+		return err
+	}
+	switch u.Scheme {
+	case SchemeFile:
+		roots, err := r.fileRoots()
+		if err != nil {
+			return err
+		}
+		_, err = confine(roots, u.Path)
+		return err
+	case SchemeHTTP, SchemeHTTPS:
+		return r.checkHost(u.Hostname())
+	default:
+		return fmt.Errorf("%w: %s locators are not supported by this worker yet", ErrUnsupportedScheme, u.Scheme)
+	}
+}
+
+// stallReader cancels a transfer when no byte arrives for timeout.
+type stallReader struct {
+	r      io.Reader
+	timer  *time.Timer
+	period time.Duration
+}
+
+func (s *stallReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if n > 0 {
+		s.timer.Reset(s.period)
+	}
+	return n, err
+}
