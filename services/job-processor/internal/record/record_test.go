@@ -311,4 +311,3 @@ func TestStatusEvent(t *testing.T) {
 		t.Errorf("StatusEvent of a queued job = %v", ev)
 	}
 }
-
