@@ -1,0 +1,299 @@
+// Package app wires the mediator: config, dependencies, servers, consumers,
+// and the ordered shutdown.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
+	"github.com/medius-platform/medius/pkg/adminserver"
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/grpcx"
+	"github.com/medius-platform/medius/pkg/telemetry"
+	"github.com/medius-platform/medius/services/mediator/internal/auth"
+	"github.com/medius-platform/medius/services/mediator/internal/gateway"
+	"github.com/medius-platform/medius/services/mediator/internal/jobapi"
+	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
+	"github.com/medius-platform/medius/services/mediator/internal/statusconsumer"
+	"github.com/nats-io/nats.go"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+)
+
+// ServiceName names the process in telemetry and NATS.
+const ServiceName = "mediator"
+
+// Config is the mediator's configuration; main fills it from flags and
+// MEDIUS_* variables.
+type Config struct {
+	NATSURL       string
+	EtcdEndpoints []string
+	// GRPCAddr serves the JobService (gRPC).
+	GRPCAddr string
+	// HTTPAddr serves the REST gateway under /v1.
+	HTTPAddr string
+	// RegistryAddr is the service registry's gRPC address.
+	RegistryAddr string
+	// AdminAddr serves /healthz, /readyz and /metrics.
+	AdminAddr string
+	// BootstrapAPIKey, when set, is (re)registered for BootstrapTenant on
+	// start, so a fresh install has one working credential. Only its hash is
+	// stored.
+	BootstrapAPIKey string
+	BootstrapTenant string
+
+	LogLevel     string
+	LogFormat    string
+	OTLPEndpoint string
+	Version      string
+
+	// DrainDelay is how long readyz reports draining before the servers stop
+	// taking requests, so load balancers notice first (0 in tests).
+	DrainDelay time.Duration
+	// StopTimeout bounds the graceful stop of each server before it is cut.
+	StopTimeout time.Duration
+	// Sweep tunes the re-publication of jobs left NEW.
+	Sweep jobapi.SweepConfig
+}
+
+// Defaults returns the documented defaults (docs/internals.md).
+func Defaults() Config {
+	return Config{
+		NATSURL:         "nats://127.0.0.1:4222",
+		EtcdEndpoints:   []string{"http://127.0.0.1:2379"},
+		GRPCAddr:        "127.0.0.1:9090",
+		HTTPAddr:        "127.0.0.1:8080",
+		RegistryAddr:    "127.0.0.1:9091",
+		AdminAddr:       "127.0.0.1:9190",
+		BootstrapTenant: "default",
+		LogLevel:        "info",
+		LogFormat:       "json",
+		StopTimeout:     10 * time.Second,
+	}
+}
+
+// Run runs the mediator until ctx ends, then shuts down in order: readyz
+// draining and health NOT_SERVING, HTTP then gRPC graceful stop (with a hard
+// stop after StopTimeout), consumers drained, connections closed, telemetry
+// flushed.
+func Run(ctx context.Context, cfg Config) (err error) {
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = 10 * time.Second
+	}
+	tel, err := telemetry.Setup(ctx, telemetry.Config{
+		ServiceName: ServiceName, Version: cfg.Version, OTLPEndpoint: cfg.OTLPEndpoint,
+		LogLevel: cfg.LogLevel, LogFormat: cfg.LogFormat,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		err = errors.Join(err, tel.Shutdown(fctx))
+	}()
+	log := tel.Logger
+
+	nc, js, err := bus.Connect(cfg.NATSURL, ServiceName)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	if err := bus.Provision(ctx, js); err != nil {
+		return err
+	}
+	kv, err := js.KeyValue(ctx, bus.BucketJobs)
+	if err != nil {
+		return fmt.Errorf("open bucket %s: %w", bus.BucketJobs, err)
+	}
+
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: cfg.EtcdEndpoints, DialTimeout: 5 * time.Second})
+	if err != nil {
+		return fmt.Errorf("etcd client %v: %w", cfg.EtcdEndpoints, err)
+	}
+	defer etcd.Close()
+	keys := auth.NewEtcdKeys(etcd)
+	if cfg.BootstrapAPIKey != "" {
+		if err := bootstrapKey(ctx, keys, cfg); err != nil {
+			return err
+		}
+	}
+
+	regConn, err := grpcx.Dial(cfg.RegistryAddr)
+	if err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	defer regConn.Close()
+
+	store := jobstore.New(kv)
+	jobs, err := jobapi.New(store, js, jobapi.RegistryProfiles{Client: registryv1.NewRegistryServiceClient(regConn)})
+	if err != nil {
+		return err
+	}
+	authn := auth.NewAuthenticator(keys)
+
+	grpcSrv, health := grpcx.NewServer(
+		grpc.ChainUnaryInterceptor(authn.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(authn.StreamServerInterceptor()),
+	)
+	jobsv1.RegisterJobServiceServer(grpcSrv, jobs)
+	reflection.Register(grpcSrv)
+	grpcLn, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("grpc listen %s: %w", cfg.GRPCAddr, err)
+	}
+	defer grpcLn.Close()
+
+	// The gateway calls our own gRPC server, so REST requests pass the same
+	// interceptors (auth, error mapping, tracing) as gRPC ones.
+	selfConn, err := grpcx.Dial(grpcLn.Addr().String())
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	defer selfConn.Close()
+	gwCtx, stopGW := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopGW()
+	rest, err := gateway.New(gwCtx, selfConn)
+	if err != nil {
+		return err
+	}
+	httpLn, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("http listen %s: %w", cfg.HTTPAddr, err)
+	}
+	defer httpLn.Close()
+	httpSrv := &http.Server{
+		Handler:           otelhttp.NewHandler(rest, "mediator.rest"),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+
+	regHealth := healthpb.NewHealthClient(regConn)
+	admin, err := adminserver.New(cfg.AdminAddr, tel.MetricsHandler(), map[string]adminserver.Check{
+		"nats": func(context.Context) error {
+			if st := nc.Status(); st != nats.CONNECTED {
+				return fmt.Errorf("nats %s", st)
+			}
+			return nil
+		},
+		"etcd": func(ctx context.Context) error {
+			_, err := etcd.Get(ctx, auth.KeyPrefix, clientv3.WithCountOnly(), clientv3.WithLimit(1))
+			return err
+		},
+		"registry": func(ctx context.Context) error {
+			resp, err := regHealth.Check(ctx, &healthpb.HealthCheckRequest{})
+			if err != nil {
+				return err
+			}
+			if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+				return fmt.Errorf("registry %s", resp.GetStatus())
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		return err
+	}
+
+	// Consumers and the admin server outlive the request servers during
+	// shutdown, so they run on contexts of their own.
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopAdmin()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return admin.Run(adminCtx) })
+	g.Go(func() error {
+		if err := grpcSrv.Serve(grpcLn); err != nil {
+			return fmt.Errorf("grpc server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := httpSrv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error { return statusconsumer.New(store).Run(workCtx, js) })
+	g.Go(func() error { return jobs.Sweep(workCtx, cfg.Sweep) })
+	g.Go(func() error {
+		<-gctx.Done()
+		shutdown(ctx, log, cfg, admin, health, httpSrv, grpcSrv)
+		stopWork()
+		stopAdmin()
+		return nil
+	})
+	log.InfoContext(ctx, "mediator started", "grpc", grpcLn.Addr().String(), "http", httpLn.Addr().String(), "admin", admin.Addr())
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	log.InfoContext(ctx, "mediator stopped")
+	return nil
+}
+
+// shutdown stops taking requests and lets the ones in flight finish.
+func shutdown(ctx context.Context, log *slog.Logger, cfg Config, admin *adminserver.Server, health interface{ Shutdown() },
+	httpSrv *http.Server, grpcSrv *grpc.Server) {
+	sctx := context.WithoutCancel(ctx)
+	log.InfoContext(sctx, "mediator shutting down")
+	admin.SetDraining()
+	health.Shutdown()
+	if cfg.DrainDelay > 0 {
+		time.Sleep(cfg.DrainDelay)
+	}
+	hctx, cancel := context.WithTimeout(sctx, cfg.StopTimeout)
+	defer cancel()
+	if err := httpSrv.Shutdown(hctx); err != nil {
+		log.WarnContext(sctx, "http shutdown cut short", "err", err)
+		_ = httpSrv.Close()
+	}
+	stopped := make(chan struct{})
+	go func() {
+		grpcSrv.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(cfg.StopTimeout):
+		log.WarnContext(sctx, "grpc graceful stop timed out; stopping hard")
+		grpcSrv.Stop()
+		<-stopped
+	}
+}
+
+func bootstrapKey(ctx context.Context, keys *auth.EtcdKeys, cfg Config) error {
+	tenant := cfg.BootstrapTenant
+	if tenant == "" {
+		tenant = "default"
+	}
+	// etcd may still be starting next to us (compose, `medius dev`): retry
+	// until ctx ends rather than exit on the first refusal.
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := keys.Put(actx, auth.HashKey(cfg.BootstrapAPIKey), auth.Record{Tenant: tenant})
+		cancel()
+		if err == nil {
+			slog.InfoContext(ctx, "bootstrap api key registered", "tenant", tenant)
+			return nil
+		}
+		slog.WarnContext(ctx, "bootstrap api key", "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("bootstrap api key: %w", err)
+		case <-time.After(time.Second):
+		}
+	}
+}

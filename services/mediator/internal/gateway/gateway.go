@@ -1,0 +1,99 @@
+// Package gateway serves the JobService as REST/JSON under /v1 (grpc-gateway)
+// and the OpenAPI document. It proxies to the mediator's own gRPC server
+// through a client connection, so authentication and error mapping happen in
+// one place (the gRPC interceptors) for both surfaces.
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/api/openapi"
+	"github.com/medius-platform/medius/pkg/problem"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// MaxBodyBytes bounds a request body: jobs carry locators, not media.
+const MaxBodyBytes = 1 << 20
+
+// New returns the REST handler proxying to the gRPC server behind conn.
+func New(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
+	gw := runtime.NewServeMux(
+		runtime.WithErrorHandler(problem.GatewayErrorHandler),
+		runtime.WithRoutingErrorHandler(routingError),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+			// Clients see every field, zero or not, so absent and zero
+			// mean the same thing to them.
+			MarshalOptions: protojson.MarshalOptions{EmitDefaultValues: true},
+			// A misspelt field is an error, not silently ignored.
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+		}),
+	)
+	if err := jobsv1.RegisterJobServiceHandler(ctx, gw, conn); err != nil {
+		return nil, fmt.Errorf("register job service gateway: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(openapi.Document)
+	})
+	mux.Handle("/v1/", gw)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		routingError(r.Context(), nil, nil, w, r, http.StatusNotFound)
+	})
+	return limitBody(mux), nil
+}
+
+// limitBody reads the body up front, at most MaxBodyBytes: a larger body is
+// answered 413 here, since inside the gateway it would only surface as a
+// decode error (400).
+func limitBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body == nil || r.Body == http.NoBody {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if r.ContentLength > MaxBodyBytes {
+			writeTooLarge(w)
+			return
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+		if err != nil {
+			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+				writeTooLarge(w)
+				return
+			}
+			problem.Write(w, &jobsv1.Problem{Type: problem.TypePrefix + "malformed-body", Title: "Malformed request body",
+				Detail: "cannot read request body", Status: http.StatusBadRequest})
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		next.ServeHTTP(w, r)
+	})
+}
+
+func writeTooLarge(w http.ResponseWriter) {
+	problem.Write(w, &jobsv1.Problem{Type: problem.TypePrefix + "body-too-large", Title: "Request body too large",
+		Detail: fmt.Sprintf("request bodies are limited to %d bytes", MaxBodyBytes), Status: http.StatusRequestEntityTooLarge})
+}
+
+// routingError answers requests no route matches with problem JSON too.
+func routingError(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, r *http.Request, code int) {
+	p := &jobsv1.Problem{Status: int32(code), Title: http.StatusText(code)}
+	switch code {
+	case http.StatusNotFound:
+		p.Type, p.Detail = problem.TypePrefix+"route-not-found", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path)
+	case http.StatusMethodNotAllowed:
+		p.Type, p.Detail = problem.TypePrefix+"method-not-allowed", fmt.Sprintf("method %s not allowed on %s", r.Method, r.URL.Path)
+	default:
+		p.Type, p.Detail = problem.TypePrefix+"bad-request", http.StatusText(code)
+	}
+	problem.Write(w, p)
+}

@@ -1,0 +1,291 @@
+// Package jobapi serves the public JobService: creating jobs against job
+// profiles (validated with the registry), reading, listing and cancelling a
+// tenant's jobs. Job records live in the jobstore; the processor learns of new
+// jobs and cancellations from events this package publishes.
+package jobapi
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/jobstate"
+	"github.com/medius-platform/medius/pkg/problem"
+	"github.com/medius-platform/medius/services/mediator/internal/auth"
+	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Page sizes of ListJobs.
+const (
+	DefaultPageSize = 50
+	MaxPageSize     = 1000
+)
+
+// Server implements jobsv1.JobServiceServer.
+type Server struct {
+	jobsv1.UnimplementedJobServiceServer
+
+	store    *jobstore.Store
+	js       jetstream.JetStream
+	profiles Profiles
+	now      func() time.Time
+	admitted metric.Int64Counter
+}
+
+// New serves jobs from store, validating profiles with profiles and
+// publishing events on js.
+func New(store *jobstore.Store, js jetstream.JetStream, profiles Profiles) (*Server, error) {
+	admitted, err := otel.Meter("github.com/medius-platform/medius/services/mediator").Int64Counter(
+		"medius.mediator.jobs.admitted",
+		metric.WithDescription("Jobs accepted by CreateJob, by profile and tenant."),
+		metric.WithUnit("{job}"),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("jobs admitted counter: %w", err)
+	}
+	return &Server{store: store, js: js, profiles: profiles, now: time.Now, admitted: admitted}, nil
+}
+
+// CreateJob implements jobsv1.JobServiceServer.
+func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*jobsv1.Job, error) {
+	tenant, err := auth.TenantFrom(ctx)
+	if err != nil {
+		return nil, err
+	}
+	in := req.GetJob()
+	if err := validateJob(in); err != nil {
+		return nil, err
+	}
+	requestID := req.GetRequestId()
+	if requestID == "" {
+		requestID = in.GetRequestId()
+	} else if in.GetRequestId() != "" && in.GetRequestId() != requestID {
+		return nil, problem.InvalidArgument("request_id", "request_id and job.request_id differ")
+	}
+	if len(requestID) > maxRequestIDLen {
+		return nil, problem.InvalidArgument("request_id", "request id longer than %d bytes", maxRequestIDLen)
+	}
+	profile, err := s.profiles.GetJobProfile(ctx, in.GetProfile())
+	if err != nil {
+		return nil, profileError(in.GetProfile(), err)
+	}
+	if err := validateAgainstProfile(in, profile); err != nil {
+		return nil, err
+	}
+
+	id, err := jobstore.NewID()
+	if err != nil {
+		return nil, err
+	}
+	now := timestamppb.New(s.now())
+	job := &jobsv1.Job{
+		Id:                   id,
+		Tenant:               tenant,
+		JobType:              in.GetJobType(),
+		Profile:              in.GetProfile(),
+		Input:                in.GetInput(),
+		Status:               jobsv1.JobStatus_JOB_STATUS_NEW,
+		RequestId:            requestID,
+		NotificationEndpoint: in.GetNotificationEndpoint(),
+		Timeout:              in.GetTimeout(),
+		Deadline:             in.GetDeadline(),
+		Tags:                 in.GetTags(),
+		Region:               in.GetRegion(),
+		Tracking:             in.GetTracking(),
+		CreateTime:           now,
+		UpdateTime:           now,
+	}
+	if job.JobType == "" {
+		job.JobType = profile.GetJobType()
+	}
+	if job.Input == nil {
+		job.Input = &jobsv1.JobInput{}
+	}
+
+	// The record is stored before the request id is claimed: a claim then
+	// always names a stored job. A crash between the two leaves a NEW job
+	// whose claim the sweep completes (or, if a retry won, deletes the job).
+	if _, err := s.store.Create(ctx, job); err != nil {
+		return nil, fmt.Errorf("create job %s: %w", id, err)
+	}
+	if requestID != "" {
+		owner, err := s.store.ClaimRequest(ctx, tenant, requestID, id)
+		if err != nil {
+			return nil, fmt.Errorf("create job %s: %w", id, err)
+		}
+		if owner != id {
+			return s.answerRepeat(ctx, job, owner)
+		}
+	}
+	if err := s.publishCreated(ctx, job); err != nil {
+		// The job is stored; the sweep publishes it. Failing the call would
+		// make a client without a request id submit it twice.
+		slog.WarnContext(ctx, "job stored, publish deferred to sweep", "job", id, "err", err)
+	}
+	s.admitted.Add(ctx, 1, metric.WithAttributes(attribute.String("profile", job.Profile), attribute.String("tenant", tenant)))
+	slog.InfoContext(ctx, "job created", "job", id, "tenant", tenant, "profile", job.Profile)
+	return job, nil
+}
+
+// answerRepeat withdraws the record made for a repeated request and answers
+// with the job the first request created.
+func (s *Server) answerRepeat(ctx context.Context, mine *jobsv1.Job, owner string) (*jobsv1.Job, error) {
+	if err := s.store.Delete(ctx, mine.GetId()); err != nil {
+		// Left NEW, the sweep finds it is not the claim's job and deletes it.
+		slog.WarnContext(ctx, "withdraw duplicate job record", "job", mine.GetId(), "err", err)
+	}
+	first, _, err := s.store.Get(ctx, owner)
+	if err != nil {
+		return nil, fmt.Errorf("load job %s of request id: %w", owner, err)
+	}
+	return first, nil
+}
+
+func (s *Server) publishCreated(ctx context.Context, job *jobsv1.Job) error {
+	return bus.Publish(ctx, s.js, bus.SubjectJobCreated, "created-"+job.GetId(), &eventsv1.JobCreated{Job: job})
+}
+
+// profileError maps a failed profile lookup: an unknown profile is the
+// client's mistake; anything else is ours, and retryable.
+func profileError(name string, err error) error {
+	var pe *problem.Error
+	switch {
+	case errors.Is(err, ErrProfileNotFound):
+		return problem.InvalidArgument("job.profile", "unknown profile %q", name)
+	case errors.As(err, &pe), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err
+	}
+	return problem.Unavailable("job profile registry unavailable", err)
+}
+
+// GetJob implements jobsv1.JobServiceServer.
+func (s *Server) GetJob(ctx context.Context, req *jobsv1.GetJobRequest) (*jobsv1.Job, error) {
+	job, _, err := s.load(ctx, req.GetId())
+	return job, err
+}
+
+// load returns the caller's job. Another tenant's job is NotFound, exactly
+// like a missing one, so ids reveal nothing across tenants.
+func (s *Server) load(ctx context.Context, id string) (*jobsv1.Job, uint64, error) {
+	tenant, err := auth.TenantFrom(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	job, rev, err := s.store.Get(ctx, id)
+	if errors.Is(err, jobstore.ErrNotFound) || (err == nil && job.GetTenant() != tenant) {
+		return nil, 0, problem.NotFound("job", id)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return job, rev, nil
+}
+
+// CancelJob implements jobsv1.JobServiceServer. It only asks: the processor
+// stops the execution and reports CANCELED through the status events.
+func (s *Server) CancelJob(ctx context.Context, req *jobsv1.CancelJobRequest) (*jobsv1.Job, error) {
+	job, _, err := s.load(ctx, req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	if jobstate.IsTerminal(job.GetStatus()) {
+		return nil, problem.FailedPrecondition("job-terminal", fmt.Sprintf("job %s is already %s", job.GetId(), jobstate.Name(job.GetStatus())))
+	}
+	ev := &eventsv1.JobCancelRequested{JobId: job.GetId(), Tenant: job.GetTenant()}
+	if err := bus.Publish(ctx, s.js, bus.SubjectJobCancel, "cancel-"+job.GetId(), ev); err != nil {
+		return nil, problem.Unavailable("cannot request cancellation now", err)
+	}
+	slog.InfoContext(ctx, "job cancel requested", "job", job.GetId())
+	return job, nil
+}
+
+// ListJobs implements jobsv1.JobServiceServer: the caller's jobs, newest
+// first. The page token is the last id returned; since ids order by creation,
+// the next page starts strictly after it, so jobs created meanwhile never
+// shift pages (no repeats, no gaps).
+func (s *Server) ListJobs(ctx context.Context, req *jobsv1.ListJobsRequest) (*jobsv1.ListJobsResponse, error) {
+	tenant, err := auth.TenantFrom(ctx)
+	if err != nil {
+		return nil, err
+	}
+	size := int(req.GetPageSize())
+	switch {
+	case size < 0:
+		return nil, problem.InvalidArgument("page_size", "page_size must not be negative")
+	case size == 0:
+		size = DefaultPageSize
+	case size > MaxPageSize:
+		return nil, problem.InvalidArgument("page_size", "page_size must be at most %d", MaxPageSize)
+	}
+	after, err := decodePageToken(req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	ids, err := s.store.IDs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp := &jobsv1.ListJobsResponse{}
+	for _, id := range ids {
+		if after != "" && id >= after {
+			continue
+		}
+		job, _, err := s.store.Get(ctx, id)
+		if errors.Is(err, jobstore.ErrNotFound) {
+			continue // withdrawn since the keys were listed
+		}
+		if err != nil {
+			return nil, err
+		}
+		if !matches(job, tenant, req) {
+			continue
+		}
+		if len(resp.Jobs) == size {
+			// One more match exists: only then is there a next page, so a
+			// client never fetches an empty last page.
+			resp.NextPageToken = encodePageToken(resp.Jobs[size-1].GetId())
+			break
+		}
+		resp.Jobs = append(resp.Jobs, job)
+	}
+	return resp, nil
+}
+
+func matches(job *jobsv1.Job, tenant string, req *jobsv1.ListJobsRequest) bool {
+	if job.GetTenant() != tenant {
+		return false
+	}
+	if st := req.GetStatus(); st != jobsv1.JobStatus_JOB_STATUS_UNSPECIFIED && job.GetStatus() != st {
+		return false
+	}
+	if p := req.GetProfile(); p != "" && job.GetProfile() != p {
+		return false
+	}
+	return true
+}
+
+func encodePageToken(lastID string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(lastID))
+}
+
+func decodePageToken(tok string) (string, error) {
+	if tok == "" {
+		return "", nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil || !jobstore.ValidID(string(b)) {
+		return "", problem.InvalidArgument("page_token", "invalid page token")
+	}
+	return string(b), nil
+}

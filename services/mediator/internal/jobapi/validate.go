@@ -1,0 +1,134 @@
+package jobapi
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
+	"github.com/medius-platform/medius/pkg/problem"
+)
+
+// Bounds on client-supplied fields: jobs carry references to media, never
+// media, so anything larger is a mistake or abuse.
+const (
+	maxTags           = 64
+	maxTagKeyLen      = 128
+	maxTagValueLen    = 256
+	maxURLLen         = 2048
+	maxLocators       = 256
+	maxRequestIDLen   = 256
+	maxShortFieldLen  = 128
+)
+
+// locatorSchemes are the locator kinds workers understand (docs/internals.md).
+var locatorSchemes = map[string]bool{"file": true, "http": true, "https": true, "s3": true}
+
+// validateJob checks what needs no profile: presence and bounds of fields.
+func validateJob(job *jobsv1.Job) error {
+	if job == nil {
+		return problem.InvalidArgument("job", "job is required")
+	}
+	if strings.TrimSpace(job.GetProfile()) == "" {
+		return problem.InvalidArgument("job.profile", "profile is required")
+	}
+	if len(job.GetProfile()) > maxShortFieldLen {
+		return problem.InvalidArgument("job.profile", "profile name longer than %d bytes", maxShortFieldLen)
+	}
+	if len(job.GetJobType()) > maxShortFieldLen {
+		return problem.InvalidArgument("job.job_type", "job type longer than %d bytes", maxShortFieldLen)
+	}
+	if len(job.GetRegion()) > maxShortFieldLen {
+		return problem.InvalidArgument("job.region", "region longer than %d bytes", maxShortFieldLen)
+	}
+	if len(job.GetTags()) > maxTags {
+		return problem.InvalidArgument("job.tags", "at most %d tags", maxTags)
+	}
+	for k, v := range job.GetTags() {
+		if k == "" || len(k) > maxTagKeyLen {
+			return problem.InvalidArgument("job.tags", "tag keys must be 1 to %d bytes", maxTagKeyLen)
+		}
+		if len(v) > maxTagValueLen {
+			return problem.InvalidArgument(fmt.Sprintf("job.tags[%s]", k), "tag value longer than %d bytes", maxTagValueLen)
+		}
+	}
+	if ep := job.GetNotificationEndpoint(); ep != "" {
+		if len(ep) > maxURLLen {
+			return problem.InvalidArgument("job.notification_endpoint", "notification endpoint longer than %d bytes", maxURLLen)
+		}
+		u, err := url.Parse(ep)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return problem.InvalidArgument("job.notification_endpoint", "notification endpoint must be an absolute http(s) URL")
+		}
+	}
+	if t := job.GetTimeout(); t != nil {
+		if err := t.CheckValid(); err != nil || t.AsDuration() < 0 {
+			return problem.InvalidArgument("job.timeout", "timeout must be a non-negative duration")
+		}
+	}
+	if d := job.GetDeadline(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return problem.InvalidArgument("job.deadline", "deadline is not a valid time")
+		}
+	}
+	if len(job.GetInput().GetLocators()) > maxLocators {
+		return problem.InvalidArgument("job.input.locators", "at most %d locators", maxLocators)
+	}
+	for name, loc := range job.GetInput().GetLocators() {
+		if err := validateLocator(name, loc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func validateLocator(name string, loc *jobsv1.Locator) error {
+	field := fmt.Sprintf("job.input.locators[%s]", name)
+	if name == "" {
+		return problem.InvalidArgument("job.input.locators", "locator names must not be empty")
+	}
+	raw := loc.GetUrl()
+	if raw == "" {
+		return problem.InvalidArgument(field, "locator %q has no url", name)
+	}
+	if len(raw) > maxURLLen {
+		return problem.InvalidArgument(field, "locator %q url longer than %d bytes", name, maxURLLen)
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return problem.InvalidArgument(field, "locator %q: url does not parse", name)
+	}
+	scheme := strings.ToLower(u.Scheme)
+	if !locatorSchemes[scheme] {
+		return problem.InvalidArgument(field, "locator %q: scheme must be file, http, https or s3", name)
+	}
+	switch scheme {
+	case "file":
+		if u.Path == "" {
+			return problem.InvalidArgument(field, "locator %q: file url has no path", name)
+		}
+	default:
+		if u.Host == "" {
+			return problem.InvalidArgument(field, "locator %q: url has no host", name)
+		}
+	}
+	return nil
+}
+
+// validateAgainstProfile checks the job's input provides every parameter the
+// profile requires, as a locator or a parameter of that name.
+func validateAgainstProfile(job *jobsv1.Job, profile *registryv1.JobProfile) error {
+	in := job.GetInput()
+	for _, spec := range profile.GetInputParameters() {
+		name := spec.GetName()
+		if _, ok := in.GetLocators()[name]; ok {
+			continue
+		}
+		if _, ok := in.GetParameters().GetFields()[name]; ok {
+			continue
+		}
+		return problem.InvalidArgument("job.input."+name, "profile %q requires input parameter %q", profile.GetName(), name)
+	}
+	return nil
+}

@@ -1,0 +1,184 @@
+// Package jobstore is the mediator's job repository: one record per job in
+// the JetStream KV bucket medius_jobs (key = job id, value = binary protobuf
+// jobsv1.Job), updated with compare-and-set on the entry revision, plus the
+// idempotency records mapping a tenant's request id to the job it created.
+package jobstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+)
+
+var (
+	// ErrNotFound: no job with that id.
+	ErrNotFound = errors.New("job not found")
+	// ErrConflict: the record changed since it was read; read it again.
+	ErrConflict = errors.New("job changed concurrently")
+)
+
+// Store is the job repository.
+type Store struct {
+	kv jetstream.KeyValue
+}
+
+// New uses kv (the bus.BucketJobs bucket).
+func New(kv jetstream.KeyValue) *Store { return &Store{kv: kv} }
+
+// NewID returns a fresh job id. UUIDv7 ids start with their creation time in
+// milliseconds, so ordering ids orders jobs by creation.
+func NewID() (string, error) {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return "", fmt.Errorf("new job id: %w", err)
+	}
+	return id.String(), nil
+}
+
+// ValidID reports whether id can name a job. Anything else cannot exist, and
+// is never used as a KV key (whose syntax is narrower than a URL path's).
+func ValidID(id string) bool {
+	u, err := uuid.Parse(id)
+	return err == nil && u.String() == id
+}
+
+// IDTime is the creation time encoded in a UUIDv7 job id.
+func IDTime(id string) (time.Time, bool) {
+	u, err := uuid.Parse(id)
+	if err != nil || u.Version() != 7 {
+		return time.Time{}, false
+	}
+	sec, nsec := u.Time().UnixTime()
+	return time.Unix(sec, nsec), true
+}
+
+// Get returns the job and its revision, or ErrNotFound.
+func (s *Store) Get(ctx context.Context, id string) (*jobsv1.Job, uint64, error) {
+	if !ValidID(id) {
+		return nil, 0, ErrNotFound
+	}
+	e, err := s.kv.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, 0, ErrNotFound
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("get job %s: %w", id, err)
+	}
+	job := &jobsv1.Job{}
+	if err := proto.Unmarshal(e.Value(), job); err != nil {
+		return nil, 0, fmt.Errorf("decode job %s: %w", id, err)
+	}
+	return job, e.Revision(), nil
+}
+
+// Create stores a new job; it fails if the id is taken.
+func (s *Store) Create(ctx context.Context, job *jobsv1.Job) (uint64, error) {
+	data, err := proto.Marshal(job)
+	if err != nil {
+		return 0, fmt.Errorf("encode job %s: %w", job.GetId(), err)
+	}
+	rev, err := s.kv.Create(ctx, job.GetId(), data)
+	if err != nil {
+		return 0, fmt.Errorf("create job %s: %w", job.GetId(), err)
+	}
+	return rev, nil
+}
+
+// Update replaces the job if its revision is still rev; ErrConflict if not.
+func (s *Store) Update(ctx context.Context, job *jobsv1.Job, rev uint64) (uint64, error) {
+	data, err := proto.Marshal(job)
+	if err != nil {
+		return 0, fmt.Errorf("encode job %s: %w", job.GetId(), err)
+	}
+	nrev, err := s.kv.Update(ctx, job.GetId(), data, rev)
+	if err != nil {
+		if isWrongRevision(err) {
+			return 0, fmt.Errorf("update job %s: %w", job.GetId(), ErrConflict)
+		}
+		return 0, fmt.Errorf("update job %s: %w", job.GetId(), err)
+	}
+	return nrev, nil
+}
+
+// Delete removes a job record. Only CreateJob uses it, to withdraw a record
+// it stored but never acknowledged.
+func (s *Store) Delete(ctx context.Context, id string) error {
+	if err := s.kv.Purge(ctx, id); err != nil {
+		return fmt.Errorf("delete job %s: %w", id, err)
+	}
+	return nil
+}
+
+// isWrongRevision recognises a failed compare-and-set. JetStream answers with
+// the "wrong last sequence" API error, which ErrKeyExists also matches.
+func isWrongRevision(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return true
+	}
+	return errors.Is(err, jetstream.ErrKeyExists)
+}
+
+// IDs returns every job id, newest first. Job ids are single-token keys,
+// so the filter skips the idempotency records ("req.<tenant>.<hash>").
+//
+// It scans the bucket's keys: fine for the skeleton's volumes; a later issue
+// adds a per-tenant index.
+func (s *Store) IDs(ctx context.Context) ([]string, error) {
+	lister, err := s.kv.ListKeysFiltered(ctx, "*")
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("list job keys: %w", err)
+	}
+	var ids []string
+	for k := range lister.Keys() {
+		if ValidID(k) {
+			ids = append(ids, k)
+		}
+	}
+	// The lister stops its watcher itself once the keys are delivered; it
+	// also stops early, closing the channel, when ctx ends.
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	slices.Sort(ids)
+	slices.Reverse(ids)
+	return ids, nil
+}
+
+// RequestKey is the idempotency record key of a tenant's request id. The
+// request id is hashed: it is client text and KV keys allow few characters.
+func RequestKey(tenant, requestID string) string {
+	sum := sha256.Sum256([]byte(requestID))
+	return "req." + tenant + "." + hex.EncodeToString(sum[:])
+}
+
+// ClaimRequest records that (tenant, requestID) is answered by job jobID,
+// unless an earlier call already recorded another job: it returns the job id
+// the request id belongs to, jobID if this call won.
+func (s *Store) ClaimRequest(ctx context.Context, tenant, requestID, jobID string) (string, error) {
+	key := RequestKey(tenant, requestID)
+	_, err := s.kv.Create(ctx, key, []byte(jobID))
+	if err == nil {
+		return jobID, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return "", fmt.Errorf("claim request id: %w", err)
+	}
+	e, err := s.kv.Get(ctx, key)
+	if err != nil {
+		return "", fmt.Errorf("read request id claim: %w", err)
+	}
+	return string(e.Value()), nil
+}

@@ -1,0 +1,55 @@
+// Command mediator is Medius's public edge: the job API (gRPC and REST under
+// /v1), API key authentication, and the job repository that follows each job
+// to its end.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/medius-platform/medius/pkg/flagenv"
+	"github.com/medius-platform/medius/services/mediator/internal/app"
+)
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mediator:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := app.Run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "mediator:", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags(args []string) (app.Config, error) {
+	cfg := app.Defaults()
+	cfg.Version = version
+	fs := flag.NewFlagSet("mediator", flag.ContinueOnError)
+	fs.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "NATS server URL")
+	etcd := fs.String("etcd-endpoints", "http://127.0.0.1:2379", "etcd endpoints (comma list)")
+	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "gRPC listen address")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "REST (/v1) listen address")
+	fs.StringVar(&cfg.RegistryAddr, "registry-addr", cfg.RegistryAddr, "service registry gRPC address")
+	fs.StringVar(&cfg.BootstrapAPIKey, "bootstrap-api-key", "", "API key registered for the bootstrap tenant on start (prefer MEDIUS_BOOTSTRAP_API_KEY)")
+	fs.StringVar(&cfg.BootstrapTenant, "bootstrap-tenant", cfg.BootstrapTenant, "tenant of the bootstrap API key")
+	fs.StringVar(&cfg.AdminAddr, "admin-addr", cfg.AdminAddr, "admin listen address (/healthz, /readyz, /metrics)")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")
+	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: json or text")
+	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP gRPC endpoint (host:port) for traces; empty disables export")
+	if err := flagenv.Parse(fs, args); err != nil {
+		return app.Config{}, err
+	}
+	cfg.EtcdEndpoints = flagenv.List(*etcd)
+	return cfg, nil
+}
