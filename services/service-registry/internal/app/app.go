@@ -156,6 +156,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	grpcSrv, health := grpcx.NewServer()
 	registryv1.RegisterRegistryServiceServer(grpcSrv, registry.NewServer(cli, cfg.LeaseTTL))
 
+	watcher := registry.NewWatcher(cli, js)
 	admin, err := adminserver.New(cfg.AdminAddr, tel.MetricsHandler(), map[string]adminserver.Check{
 		"etcd": func(ctx context.Context) error {
 			cctx, cancel := context.WithTimeout(ctx, time.Second)
@@ -164,6 +165,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				return fmt.Errorf("etcd: %w", err)
 			}
 			return nil
+		},
+		"watch": func(context.Context) error {
+			select {
+			case <-watcher.Ready():
+				return nil
+			default:
+				return errors.New("instance watch not started")
+			}
 		},
 		"nats": func(context.Context) error {
 			if s := nc.Status(); s != nats.CONNECTED {
@@ -184,7 +193,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer stopInfra()
 	g, gctx := errgroup.WithContext(infraCtx)
 	g.Go(func() error { return admin.Run(gctx) })
-	g.Go(func() error { return registry.NewWatcher(cli, js).Run(gctx) })
+	g.Go(func() error { return watcher.Run(gctx) })
 	g.Go(func() error {
 		if err := grpcSrv.Serve(lis); err != nil {
 			return fmt.Errorf("grpc serve %s: %w", cfg.GRPCAddr, err)
@@ -203,10 +212,19 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		stopInfra()
 		return nil
 	})
-	health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	health.SetServingStatus(registryv1.RegistryService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	slog.InfoContext(ctx, "service registry serving", "grpc", lis.Addr().String(), "admin", admin.Addr(),
-		"etcd", cfg.EtcdEndpoints, "nats", cfg.NATSURL, "lease_ttl", cfg.LeaseTTL)
+	// Serving means changes are being watched, so no registration made from
+	// now on goes without its event. Until etcd answers, health stays
+	// NOT_SERVING (the admin server already answers /readyz 503).
+	select {
+	case <-watcher.Ready():
+	case <-gctx.Done():
+	}
+	if gctx.Err() == nil {
+		health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		health.SetServingStatus(registryv1.RegistryService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+		slog.InfoContext(ctx, "service registry serving", "grpc", lis.Addr().String(), "admin", admin.Addr(),
+			"etcd", cfg.EtcdEndpoints, "nats", cfg.NATSURL, "lease_ttl", cfg.LeaseTTL)
+	}
 
 	if err := g.Wait(); err != nil {
 		return err

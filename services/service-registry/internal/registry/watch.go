@@ -32,6 +32,7 @@ type Watcher struct {
 	// retryWait is the pause before re-watching or re-publishing after an
 	// error.
 	retryWait time.Duration
+	ready     chan struct{}
 }
 
 // NewWatcher publishes instance changes seen by cli on js.
@@ -42,8 +43,12 @@ func NewWatcher(cli *clientv3.Client, js jetstream.JetStream) *Watcher {
 		// Only a bad instrument name fails; the global meter never does.
 		slog.Warn("instance events counter", "err", err)
 	}
-	return &Watcher{cli: cli, js: js, published: c, retryWait: 250 * time.Millisecond}
+	return &Watcher{cli: cli, js: js, published: c, retryWait: 250 * time.Millisecond, ready: make(chan struct{})}
 }
+
+// Ready is closed once Run knows the revision it watches from: every change
+// made after that is published.
+func (w *Watcher) Ready() <-chan struct{} { return w.ready }
 
 // Run watches from the current revision until ctx ends. A broken watch is
 // resumed after the last revision handled; if that revision has been
@@ -55,6 +60,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if err != nil {
 		return nil // ctx ended
 	}
+	close(w.ready)
 	for {
 		rev = w.watch(ctx, rev)
 		if ctx.Err() != nil {
