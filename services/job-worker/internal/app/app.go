@@ -1,0 +1,254 @@
+// Package app wires the job worker: telemetry, NATS, the registry
+// registration, the built-in profiles and the work runner, and shuts them
+// down in order.
+package app
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/medius-platform/medius/pkg/adminserver"
+	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/grpcx"
+	"github.com/medius-platform/medius/pkg/locator"
+	"github.com/medius-platform/medius/pkg/registryclient"
+	"github.com/medius-platform/medius/pkg/telemetry"
+	"github.com/medius-platform/medius/services/job-worker/internal/profiles"
+	"github.com/medius-platform/medius/services/job-worker/internal/worker"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Config is the worker's configuration; every field has a flag (see main.go).
+type Config struct {
+	NATSURL string
+	// EtcdEndpoints is accepted like every service's, but the worker does
+	// not use etcd: it registers through the registry's API.
+	EtcdEndpoints []string
+	RegistryAddr  string
+	// Service is the service this instance belongs to; instances of one
+	// service share its work queue.
+	Service    string
+	InstanceID string
+	Capacity   int
+	// FileRoots are the directories file:// locators may name.
+	FileRoots []string
+	// AllowPrivateURLs lets http(s) locators reach internal addresses.
+	AllowPrivateURLs bool
+	Region           string
+	AdminAddr        string
+	LogLevel         string
+	LogFormat        string
+	OTLPEndpoint     string
+	Version          string
+
+	// LeaseTTL is the registration lease asked for (registry default if 0).
+	LeaseTTL time.Duration
+	// DrainTimeout bounds how long running jobs may finish on shutdown.
+	DrainTimeout time.Duration
+	// AckWait is the work consumer's ack wait.
+	AckWait time.Duration
+}
+
+// Defaults returns the documented defaults (docs/internals.md).
+func Defaults() Config {
+	return Config{
+		NATSURL:       "nats://127.0.0.1:4222",
+		EtcdEndpoints: []string{"http://127.0.0.1:2379"},
+		RegistryAddr:  "127.0.0.1:9091",
+		Service:       "medius-worker",
+		InstanceID:    DefaultInstanceID(),
+		Capacity:      4,
+		AdminAddr:     "127.0.0.1:9193",
+		LogLevel:      "info",
+		LogFormat:     "json",
+		Version:       "dev",
+		DrainTimeout:  30 * time.Second,
+		AckWait:       30 * time.Second,
+	}
+}
+
+// DefaultInstanceID is hostname-pid-random: unique per process even when
+// pids repeat across containers.
+func DefaultInstanceID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "worker"
+	}
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
+}
+
+// Validate reports the first invalid setting, naming its flag.
+func (c Config) Validate() error {
+	switch {
+	case c.NATSURL == "":
+		return errors.New("--nats-url is required")
+	case c.RegistryAddr == "":
+		return errors.New("--registry-addr is required")
+	case c.Service == "":
+		return errors.New("--service is required")
+	case c.InstanceID == "":
+		return errors.New("--instance-id is required")
+	case c.Capacity < 1:
+		return fmt.Errorf("--capacity must be at least 1, got %d", c.Capacity)
+	case c.AdminAddr == "":
+		return errors.New("--admin-addr is required")
+	}
+	for _, r := range c.FileRoots {
+		if fi, err := os.Stat(r); err != nil || !fi.IsDir() {
+			return fmt.Errorf("--file-roots: %q is not a directory", r)
+		}
+	}
+	return nil
+}
+
+// Run runs the worker until ctx ends, then shuts down gracefully: readyz
+// answers 503, intake stops, running jobs finish (or are handed back after
+// DrainTimeout), the instance deregisters, NATS drains, telemetry flushes.
+func Run(ctx context.Context, cfg Config) (err error) {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	tel, err := telemetry.Setup(ctx, telemetry.Config{
+		ServiceName: "job-worker", Version: cfg.Version, OTLPEndpoint: cfg.OTLPEndpoint,
+		LogLevel: cfg.LogLevel, LogFormat: cfg.LogFormat,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if serr := tel.Shutdown(sctx); serr != nil {
+			slog.Warn("flush telemetry", "err", serr)
+		}
+	}()
+	log := slog.Default().With("instance", cfg.InstanceID)
+
+	nc, js, err := bus.Connect(cfg.NATSURL, "job-worker "+cfg.InstanceID)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Drain flushes what we published (the last results) before closing.
+		if derr := nc.Drain(); derr != nil {
+			log.Warn("drain nats", "err", derr)
+		}
+		for !nc.IsClosed() {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	if err := bus.Provision(ctx, js); err != nil {
+		return err
+	}
+
+	resolver := &locator.Resolver{Roots: cfg.FileRoots, AllowPrivate: cfg.AllowPrivateURLs}
+	builtin := profiles.Builtin(resolver)
+	runner, err := worker.New(worker.Config{
+		JS: js, NC: nc, Service: cfg.Service, InstanceID: cfg.InstanceID, Capacity: cfg.Capacity,
+		Profiles: builtin, AckWait: cfg.AckWait, DrainTimeout: cfg.DrainTimeout, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+
+	cc, err := grpcx.Dial(cfg.RegistryAddr)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	registry := registryv1.NewRegistryServiceClient(cc)
+
+	// Set once registered; read by /readyz concurrently.
+	var registration atomic.Pointer[registryclient.Registration]
+	admin, err := adminserver.New(cfg.AdminAddr, tel.MetricsHandler(), map[string]adminserver.Check{
+		"nats": func(context.Context) error {
+			if !nc.IsConnected() {
+				return fmt.Errorf("nats %s", nc.Status())
+			}
+			return nil
+		},
+		"registry": func(context.Context) error {
+			if reg := registration.Load(); reg == nil || !reg.Registered() {
+				return errors.New("not registered")
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		return err
+	}
+	// The admin server outlives ctx: /readyz must keep answering 503 while
+	// jobs drain.
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	adminDone := make(chan error, 1)
+	go func() { adminDone <- admin.Run(adminCtx) }()
+	defer func() {
+		stopAdmin()
+		if aerr := <-adminDone; aerr != nil && err == nil {
+			err = aerr
+		}
+	}()
+	log.InfoContext(ctx, "job worker starting", "service", cfg.Service, "admin", admin.Addr(), "registry", cfg.RegistryAddr, "capacity", cfg.Capacity)
+
+	specs := make([]*registryv1.JobProfile, 0, len(builtin))
+	names := make([]string, 0, len(builtin))
+	for _, p := range builtin {
+		specs = append(specs, p.Spec)
+		names = append(names, p.Spec.GetName())
+	}
+	// Profiles first: the service definition names them.
+	if err := registryclient.EnsureProfiles(ctx, registry, specs...); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	var regions []string
+	if cfg.Region != "" {
+		regions = []string{cfg.Region}
+	}
+	reg, err := registryclient.Register(ctx, registry,
+		&registryv1.Service{Name: cfg.Service, JobTypes: []string{"AmeJob"}, Profiles: names, Regions: regions, DefaultCapacity: int32(cfg.Capacity)},
+		&registryv1.ServiceInstance{
+			Id: cfg.InstanceID, Service: cfg.Service, Address: admin.Addr(), Version: cfg.Version,
+			Capacity: int32(cfg.Capacity), Regions: regions, Profiles: names, StartTime: timestamppb.Now(),
+		},
+		cfg.LeaseTTL, registryclient.WithInFlight(runner.InFlight), registryclient.WithLogger(log))
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	registration.Store(reg)
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if derr := reg.Close(dctx); derr != nil {
+			log.Warn("deregister", "err", derr)
+		}
+	}()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return runner.Run(ctx) })
+	g.Go(func() error {
+		<-gctx.Done()
+		admin.SetDraining()
+		log.Info("shutting down: draining")
+		return nil
+	})
+	err = g.Wait()
+	log.Info("job worker stopped", "err", err)
+	return err
+}

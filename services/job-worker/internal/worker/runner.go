@@ -1,0 +1,425 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/jobstate"
+	"github.com/medius-platform/medius/pkg/problem"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/errgroup"
+	grpccodes "google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Config configures a Runner. Zero durations take the defaults noted.
+type Config struct {
+	JS jetstream.JetStream
+	// NC receives cancel requests (core NATS).
+	NC *nats.Conn
+	// Service is the service name: the work subject and consumer derive from it.
+	Service    string
+	InstanceID string
+	// Capacity is the number of jobs run at once (default 1).
+	Capacity int
+	Profiles []Profile
+	// AckWait is the consumer's ack wait (30s): a work item held that long
+	// without a sign of life goes to another instance. The runner signals
+	// progress every AckWait/3.
+	AckWait time.Duration
+	// FetchWait bounds one wait for work (2s); it is also how long stopping
+	// intake can take.
+	FetchWait time.Duration
+	// DrainTimeout is how long running jobs may go on after Run's context
+	// ends before they are stopped and handed back (30s).
+	DrainTimeout time.Duration
+	// ProgressInterval is the least time between two progress updates (1s).
+	ProgressInterval time.Duration
+	Logger           *slog.Logger
+}
+
+// Runner takes work items and runs them; see the package doc.
+type Runner struct {
+	cfg      Config
+	profiles map[string]Handler
+	log      *slog.Logger
+	tracer   trace.Tracer
+	inFlight atomic.Int32
+}
+
+// Causes of a job context's end.
+var (
+	errCancelRequested = errors.New("job canceled by request")
+	errTimeout         = errors.New("job timed out")
+	errShutdown        = errors.New("worker shutting down")
+)
+
+// New checks cfg and applies defaults.
+func New(cfg Config) (*Runner, error) {
+	switch {
+	case cfg.JS == nil || cfg.NC == nil:
+		return nil, errors.New("worker: nats connection and jetstream required")
+	case cfg.Service == "":
+		return nil, errors.New("worker: service name required")
+	case cfg.InstanceID == "":
+		return nil, errors.New("worker: instance id required")
+	}
+	if cfg.Capacity <= 0 {
+		cfg.Capacity = 1
+	}
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = 30 * time.Second
+	}
+	if cfg.FetchWait <= 0 {
+		cfg.FetchWait = 2 * time.Second
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 30 * time.Second
+	}
+	if cfg.ProgressInterval <= 0 {
+		cfg.ProgressInterval = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	r := &Runner{
+		cfg:      cfg,
+		profiles: map[string]Handler{},
+		log:      cfg.Logger.With("instance", cfg.InstanceID),
+		tracer:   otel.Tracer("github.com/medius-platform/medius/services/job-worker"),
+	}
+	for _, p := range cfg.Profiles {
+		name := p.Spec.GetName()
+		if name == "" || p.Handler == nil {
+			return nil, fmt.Errorf("worker: profile %q needs a name and a handler", name)
+		}
+		if _, dup := r.profiles[name]; dup {
+			return nil, fmt.Errorf("worker: profile %q given twice", name)
+		}
+		r.profiles[name] = p.Handler
+	}
+	return r, nil
+}
+
+// InFlight is the number of jobs running now (the load reported to the registry).
+func (r *Runner) InFlight() int32 { return r.inFlight.Load() }
+
+// ConsumerName is the durable consumer shared by all instances of service.
+func ConsumerName(service string) string { return "worker-" + service }
+
+// Run takes and runs work until ctx ends, then stops taking work, lets running
+// jobs finish for up to DrainTimeout, stops and hands back (naks) the rest,
+// and returns once every job goroutine has ended.
+func (r *Runner) Run(ctx context.Context) error {
+	cons, err := bus.EnsureConsumer(ctx, r.cfg.JS, bus.ConsumerConfig{
+		Stream:  bus.StreamWork,
+		Durable: ConsumerName(r.cfg.Service),
+		Filter:  []string{bus.SubjectWork(r.cfg.Service)},
+		AckWait: r.cfg.AckWait,
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("work consumer: %w", err)
+	}
+	r.log.InfoContext(ctx, "taking work", "subject", bus.SubjectWork(r.cfg.Service), "capacity", r.cfg.Capacity)
+
+	// Jobs run under jobsCtx, not ctx: the end of ctx only stops intake;
+	// jobs are stopped DrainTimeout later.
+	jobsCtx, stopJobs := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer stopJobs(nil)
+
+	var slots errgroup.Group
+	for range r.cfg.Capacity {
+		slots.Go(func() error {
+			r.slot(ctx, jobsCtx, cons)
+			return nil
+		})
+	}
+	slotsDone := make(chan struct{})
+	var g errgroup.Group
+	g.Go(func() error {
+		defer close(slotsDone)
+		return slots.Wait()
+	})
+	g.Go(func() error {
+		select {
+		case <-slotsDone:
+			return nil
+		case <-ctx.Done():
+		}
+		if n := r.InFlight(); n > 0 {
+			r.log.InfoContext(ctx, "draining running jobs", "in_flight", n, "timeout", r.cfg.DrainTimeout)
+		}
+		t := time.NewTimer(r.cfg.DrainTimeout)
+		defer t.Stop()
+		select {
+		case <-slotsDone:
+		case <-t.C:
+			r.log.WarnContext(ctx, "drain timeout: stopping running jobs and handing them back", "in_flight", r.InFlight())
+			stopJobs(errShutdown)
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+// slot is one unit of capacity: it asks for a work item only when free.
+func (r *Runner) slot(ctx, jobsCtx context.Context, cons jetstream.Consumer) {
+	for ctx.Err() == nil {
+		// FetchMaxWait rather than a context: a fetch cut short could lose a
+		// message already on its way to us until its ack wait expires.
+		msg, err := cons.Next(jetstream.FetchMaxWait(r.cfg.FetchWait))
+		if err != nil {
+			if !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+				r.log.DebugContext(ctx, "fetch work", "err", err)
+				sleep(ctx, r.cfg.FetchWait/4)
+			}
+			continue
+		}
+		if ctx.Err() != nil {
+			// Taken while stopping: give it straight back.
+			_ = msg.Nak()
+			return
+		}
+		r.process(jobsCtx, msg)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// process runs one work item to its end and settles its message: acked after
+// the terminal update is published, naked when handed back, terminated when
+// it can never be run.
+func (r *Runner) process(jobsCtx context.Context, msg jetstream.Msg) {
+	r.inFlight.Add(1)
+	defer r.inFlight.Add(-1)
+
+	ctx := bus.ContextFromHeader(jobsCtx, msg.Headers())
+	item := &eventsv1.WorkItem{}
+	if err := bus.Decode(msg.Data(), item); err != nil || item.GetJobId() == "" {
+		r.log.ErrorContext(ctx, "dropping undecodable work item", "subject", msg.Subject(), "err", err)
+		_ = msg.Term()
+		return
+	}
+	ctx, span := r.tracer.Start(ctx, "execute "+item.GetProfile(), trace.WithAttributes(
+		attribute.String("medius.job_id", item.GetJobId()),
+		attribute.Int("medius.attempt", int(item.GetAttempt())),
+		attribute.String("medius.profile", item.GetProfile()),
+		attribute.String("medius.instance_id", r.cfg.InstanceID),
+	))
+	defer span.End()
+	log := r.log.With("job", item.GetJobId(), "attempt", item.GetAttempt(), "profile", item.GetProfile())
+	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 1 {
+		log.InfoContext(ctx, "work item redelivered", "deliveries", md.NumDelivered)
+	}
+
+	final := r.execute(ctx, log, item, msg)
+	if final == nil { // handed back
+		span.SetStatus(codes.Error, "handed back")
+		if err := msg.Nak(); err != nil {
+			log.WarnContext(ctx, "nak failed; the item returns after its ack wait", "err", err)
+		}
+		return
+	}
+	if final.GetStatus() == jobsv1.JobStatus_JOB_STATUS_FAILED {
+		span.SetStatus(codes.Error, final.GetError().GetDetail())
+	}
+	// The terminal update must outlive a drain timeout: publishing it is what
+	// makes the work done.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	defer cancel()
+	if err := r.publish(pctx, final, ""); err != nil {
+		log.ErrorContext(ctx, "cannot report the result; handing the item back", "status", jobstate.Name(final.GetStatus()), "err", err)
+		_ = msg.Nak()
+		return
+	}
+	if err := msg.DoubleAck(pctx); err != nil {
+		// The result is published; a redelivery will be run again and its
+		// duplicate result ignored by the processor.
+		log.WarnContext(ctx, "ack failed", "err", err)
+	}
+	log.InfoContext(ctx, "job finished", "status", jobstate.Name(final.GetStatus()), "verified_quantity", final.GetVerifiedQuantity())
+}
+
+// execute runs item's handler and returns the terminal update to publish, or
+// nil to hand the item back to another instance.
+func (r *Runner) execute(ctx context.Context, log *slog.Logger, item *eventsv1.WorkItem, msg jetstream.Msg) *eventsv1.ExecutionUpdate {
+	handler, ok := r.profiles[item.GetProfile()]
+	if !ok {
+		upd := r.update(item, jobsv1.JobStatus_JOB_STATUS_FAILED)
+		upd.Error = (&problem.Error{Code: grpccodes.Unimplemented, Type: TypeUnsupportedProfile, Title: "Unsupported profile",
+			Detail: fmt.Sprintf("service %s does not run profile %q", r.cfg.Service, item.GetProfile()), Field: "profile"}).Problem()
+		return upd
+	}
+
+	jobCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if d := item.GetTimeout().AsDuration(); d > 0 {
+		var stop context.CancelFunc
+		jobCtx, stop = context.WithTimeoutCause(jobCtx, d, errTimeout)
+		defer stop()
+	}
+	// Listen for cancel before announcing RUNNING: the processor may send a
+	// cancel as soon as it sees it.
+	sub, err := r.cfg.NC.Subscribe(bus.SubjectCancel(item.GetJobId()), func(*nats.Msg) {
+		log.InfoContext(ctx, "cancel requested")
+		cancel(errCancelRequested)
+	})
+	if err != nil {
+		log.WarnContext(ctx, "cannot listen for cancel; handing the item back", "err", err)
+		return nil
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := r.cfg.NC.FlushTimeout(5 * time.Second); err != nil {
+		log.WarnContext(ctx, "flush cancel subscription", "err", err)
+	}
+
+	if err := r.publish(ctx, r.update(item, jobsv1.JobStatus_JOB_STATUS_RUNNING), ""); err != nil {
+		log.WarnContext(ctx, "cannot report RUNNING; handing the item back", "err", err)
+		return nil
+	}
+	log.InfoContext(ctx, "job running")
+
+	// Keep the item ours and report progress while the handler runs.
+	var progress atomic.Int32
+	progress.Store(-1)
+	var wg sync.WaitGroup
+	hbCtx, stopHB := context.WithCancel(jobCtx)
+	wg.Go(func() { r.heartbeat(hbCtx, log, item, msg, &progress) })
+
+	out, qty, herr := r.runHandler(jobCtx, handler, item, func(p int) { progress.Store(int32(min(max(p, 0), 100))) })
+	stopHB()
+	wg.Wait()
+
+	switch cause := context.Cause(jobCtx); {
+	case herr == nil:
+		upd := r.update(item, jobsv1.JobStatus_JOB_STATUS_COMPLETED)
+		upd.Progress = 100
+		upd.Output = out
+		upd.VerifiedQuantity = qty
+		return upd
+	case errors.Is(cause, errShutdown):
+		log.InfoContext(ctx, "job stopped by shutdown; handing it back", "err", herr)
+		return nil
+	case errors.Is(cause, errCancelRequested):
+		upd := r.update(item, jobsv1.JobStatus_JOB_STATUS_CANCELED)
+		upd.Message = "canceled by request"
+		return upd
+	case errors.Is(cause, errTimeout):
+		upd := r.update(item, jobsv1.JobStatus_JOB_STATUS_FAILED)
+		upd.Error = (&problem.Error{Code: grpccodes.DeadlineExceeded, Type: TypeTimeout, Title: "Timed out",
+			Detail: fmt.Sprintf("job did not finish within its timeout of %v", item.GetTimeout().AsDuration())}).Problem()
+		return upd
+	default:
+		upd := r.update(item, jobsv1.JobStatus_JOB_STATUS_FAILED)
+		var pe *problem.Error
+		if !errors.As(herr, &pe) {
+			pe = &problem.Error{Code: grpccodes.Internal, Type: TypeExecutionFailed, Title: "Execution failed", Detail: herr.Error()}
+		}
+		upd.Error = pe.Problem()
+		log.WarnContext(ctx, "job failed", "problem", upd.Error.GetType(), "detail", upd.Error.GetDetail())
+		return upd
+	}
+}
+
+// runHandler calls h, turning a panic into an error: one bad input must not
+// take down the jobs of the other slots.
+func (r *Runner) runHandler(ctx context.Context, h Handler, item *eventsv1.WorkItem, progress func(int)) (out *jobsv1.JobOutput, qty float64, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.ErrorContext(ctx, "handler panicked", "job", item.GetJobId(), "panic", p, "stack", string(debug.Stack()))
+			err = fmt.Errorf("handler panicked: %v", p)
+		}
+	}()
+	return h(ctx, item, progress)
+}
+
+// heartbeat extends the item's ack deadline every AckWait/3 and publishes
+// progress changes at most once per ProgressInterval, until ctx ends.
+func (r *Runner) heartbeat(ctx context.Context, log *slog.Logger, item *eventsv1.WorkItem, msg jetstream.Msg, progress *atomic.Int32) {
+	extend := time.NewTicker(r.cfg.AckWait / 3)
+	defer extend.Stop()
+	report := time.NewTicker(r.cfg.ProgressInterval)
+	defer report.Stop()
+	sent := int32(-1)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-extend.C:
+			if err := msg.InProgress(); err != nil {
+				log.WarnContext(ctx, "extend ack deadline", "err", err)
+			}
+		case <-report.C:
+			p := progress.Load()
+			if p < 0 || p == sent {
+				continue
+			}
+			upd := r.update(item, jobsv1.JobStatus_JOB_STATUS_RUNNING)
+			upd.Progress = p
+			if err := r.publish(ctx, upd, fmt.Sprintf("-%d", p)); err != nil {
+				log.DebugContext(ctx, "progress update", "err", err)
+				continue
+			}
+			sent = p
+		}
+	}
+}
+
+func (r *Runner) update(item *eventsv1.WorkItem, status jobsv1.JobStatus) *eventsv1.ExecutionUpdate {
+	return &eventsv1.ExecutionUpdate{
+		JobId:      item.GetJobId(),
+		Attempt:    item.GetAttempt(),
+		Service:    r.cfg.Service,
+		InstanceId: r.cfg.InstanceID,
+		Status:     status,
+		Time:       timestamppb.Now(),
+	}
+}
+
+// MsgID is the JetStream message id of an execution update:
+// exec-<job>-<attempt>-<status>[suffix].
+func MsgID(u *eventsv1.ExecutionUpdate, suffix string) string {
+	return fmt.Sprintf("exec-%s-%d-%s%s", u.GetJobId(), u.GetAttempt(), jobstate.Name(u.GetStatus()), suffix)
+}
+
+// publish sends u, retrying while NATS is unavailable (e.g. reconnecting)
+// until ctx ends; the msg id makes retries safe.
+func (r *Runner) publish(ctx context.Context, u *eventsv1.ExecutionUpdate, suffix string) error {
+	delay := 100 * time.Millisecond
+	for {
+		err := bus.Publish(ctx, r.cfg.JS, bus.SubjectExecution(u.GetJobId()), MsgID(u, suffix), u)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+		}
+		r.log.WarnContext(ctx, "publish execution update, retrying", "job", u.GetJobId(), "err", err)
+		sleep(ctx, delay)
+		delay = min(2*delay, 2*time.Second)
+	}
+}

@@ -1,0 +1,71 @@
+// Command job-worker runs Medius job profiles (ffprobe and friends) for one
+// service: it registers itself with the service registry, takes work from the
+// service's NATS work queue when it has a free slot, and reports executions.
+// See docs/internals.md for its flags and subjects.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/medius-platform/medius/pkg/flagenv"
+	"github.com/medius-platform/medius/services/job-worker/internal/app"
+)
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+func main() {
+	cfg, err := parseConfig(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "job-worker: invalid configuration: %v\n", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := app.Run(ctx, cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "job-worker: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func parseConfig(args []string) (app.Config, error) {
+	cfg := app.Defaults()
+	cfg.Version = version
+	fs := flag.NewFlagSet("job-worker", flag.ContinueOnError)
+	fs.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "NATS server URL")
+	etcd := fs.String("etcd-endpoints", "http://127.0.0.1:2379", "etcd endpoints, comma separated (unused by the worker; accepted for a uniform environment)")
+	fs.StringVar(&cfg.RegistryAddr, "registry-addr", cfg.RegistryAddr, "service registry gRPC address")
+	fs.StringVar(&cfg.Service, "service", cfg.Service, "service this instance belongs to (its instances share one work queue)")
+	fs.StringVar(&cfg.InstanceID, "instance-id", cfg.InstanceID, "instance id (default hostname-pid-random)")
+	fs.IntVar(&cfg.Capacity, "capacity", cfg.Capacity, "jobs run at once")
+	roots := fs.String("file-roots", "", "directories file:// locators may name, comma separated (none: file:// refused)")
+	fs.BoolVar(&cfg.AllowPrivateURLs, "allow-private-urls", false, "let http(s) locators reach loopback, private and link-local addresses")
+	fs.StringVar(&cfg.Region, "region", "", "region this instance runs in")
+	fs.StringVar(&cfg.AdminAddr, "admin-addr", cfg.AdminAddr, "admin HTTP listen address (/healthz, /readyz, /metrics)")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")
+	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: json or text")
+	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP gRPC endpoint (host:port) for traces; empty disables export")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long running jobs may finish on shutdown before they are handed back")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: job-worker [flags]\n\nEvery flag can also be set as MEDIUS_<FLAG> (e.g. MEDIUS_NATS_URL).\n\n")
+		fs.PrintDefaults()
+	}
+	if err := flagenv.Parse(fs, args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	cfg.EtcdEndpoints = flagenv.List(*etcd)
+	cfg.FileRoots = flagenv.List(*roots)
+	return cfg, cfg.Validate()
+}
