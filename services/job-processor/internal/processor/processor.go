@@ -1,0 +1,412 @@
+// Package processor is the job-processor's core: it consumes JobCreated,
+// ExecutionUpdate and JobCancelRequested events, keeps one record per job in
+// the executions KV bucket (compare-and-set on the revision, so replicas and
+// redeliveries are safe), dispatches work items to the chosen service and
+// announces every change of a job as a JobStatusChanged event.
+//
+// Every handler is idempotent and re-announces a change it finds already
+// applied: the announcement's msg id is deterministic, so a crash between the
+// record update and the publish is healed by redelivery, exactly once.
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/jobstate"
+	"github.com/medius-platform/medius/services/job-processor/internal/record"
+	"github.com/medius-platform/medius/services/job-processor/internal/selection"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/errgroup"
+)
+
+// Durable consumers of the processor on bus.StreamEvents; replicas share them.
+const (
+	DurableCreated = "processor-created"
+	DurableExec    = "processor-exec"
+	DurableCancel  = "processor-cancel"
+)
+
+const instrumentation = "github.com/medius-platform/medius/services/job-processor"
+
+var tracer = otel.Tracer(instrumentation)
+
+// Selector chooses the service a job runs on; selection.ErrNoCandidate means
+// none can now, any other error is transient.
+type Selector interface {
+	Select(ctx context.Context, req selection.Request) (selection.Candidate, error)
+}
+
+// Config configures a Processor.
+type Config struct {
+	JS jetstream.JetStream
+	// NC carries the core-NATS cancel requests to running workers.
+	NC       *nats.Conn
+	Selector Selector
+	// QueueTimeout is how long a job may wait for a service offering its
+	// profile, counted from its create_time, before it fails (no-service).
+	QueueTimeout time.Duration
+	// HandlerTimeout bounds the handling of one message (default 20s, under
+	// the consumers' 30s ack wait).
+	HandlerTimeout time.Duration
+	// CancelDeliveries is how often a cancel of a job without a record is
+	// retried (its JobCreated may not have been handled yet) before it is
+	// dropped (default 10).
+	CancelDeliveries uint64
+	// Now is the clock (tests); default time.Now.
+	Now func() time.Time
+}
+
+// Processor handles the processor's events. Create it with New, run it with Run.
+type Processor struct {
+	cfg     Config
+	store   store
+	metrics metrics
+	ready   atomic.Bool
+}
+
+// New binds the executions bucket (bus.Provision must have created it).
+func New(ctx context.Context, cfg Config) (*Processor, error) {
+	if cfg.JS == nil || cfg.NC == nil || cfg.Selector == nil {
+		return nil, errors.New("processor: JS, NC and Selector are required")
+	}
+	if cfg.QueueTimeout <= 0 {
+		cfg.QueueTimeout = time.Minute
+	}
+	if cfg.HandlerTimeout <= 0 {
+		cfg.HandlerTimeout = 20 * time.Second
+	}
+	if cfg.CancelDeliveries == 0 {
+		cfg.CancelDeliveries = 10
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	kv, err := cfg.JS.KeyValue(ctx, bus.BucketExecutions)
+	if err != nil {
+		return nil, fmt.Errorf("bind bucket %s: %w", bus.BucketExecutions, err)
+	}
+	m, err := newMetrics()
+	if err != nil {
+		return nil, err
+	}
+	return &Processor{cfg: cfg, store: store{kv: kv}, metrics: m}, nil
+}
+
+// Ready reports whether the consumers are set up and consuming.
+func (p *Processor) Ready() bool { return p.ready.Load() }
+
+// Run consumes until ctx ends, then lets the messages in hand finish (each
+// consumer drains) and returns. It returns early only if a consumer cannot be
+// set up.
+func (p *Processor) Run(ctx context.Context) error {
+	consumers := []struct {
+		cfg     bus.ConsumerConfig
+		handler bus.Handler
+	}{
+		{bus.ConsumerConfig{Stream: bus.StreamEvents, Durable: DurableCreated, Filter: []string{bus.SubjectJobCreated}}, p.HandleCreated},
+		{bus.ConsumerConfig{Stream: bus.StreamEvents, Durable: DurableExec, Filter: []string{bus.SubjectExecutionAll}}, p.HandleExecution},
+		{bus.ConsumerConfig{Stream: bus.StreamEvents, Durable: DurableCancel, Filter: []string{bus.SubjectJobCancel}}, p.HandleCancel},
+	}
+	// Set every consumer up first, so Ready means all of them are there.
+	for _, c := range consumers {
+		if _, err := bus.EnsureConsumer(ctx, p.cfg.JS, c.cfg); err != nil {
+			return err
+		}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, c := range consumers {
+		g.Go(func() error { return bus.Consume(gctx, p.cfg.JS, c.cfg, p.detach(c.handler)) })
+	}
+	p.ready.Store(true)
+	defer p.ready.Store(false)
+	return g.Wait()
+}
+
+// detach runs h on a context that outlives the consumer's: on shutdown
+// bus.Consume drains, and the message in hand should finish (and be acked)
+// rather than fail half-way because its context was canceled. Trace context
+// and other values are kept; HandlerTimeout bounds it.
+func (p *Processor) detach(h bus.Handler) bus.Handler {
+	return func(ctx context.Context, msg jetstream.Msg) error {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.HandlerTimeout)
+		defer cancel()
+		return h(ctx, msg)
+	}
+}
+
+// HandleCreated takes a new job: record it QUEUED, then dispatch it. A
+// redelivery continues from the record's state.
+func (p *Processor) HandleCreated(ctx context.Context, msg jetstream.Msg) error {
+	var ev eventsv1.JobCreated
+	if err := bus.Decode(msg.Data(), &ev); err != nil {
+		return err
+	}
+	job := ev.GetJob()
+	if err := validID(job.GetId()); err != nil {
+		return bus.Permanent(fmt.Errorf("job created: %w", err))
+	}
+	rec, _, err := p.store.update(ctx, job.GetId(), func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
+		if rec != nil {
+			return rec, record.AlreadyApplied, nil
+		}
+		return record.New(job, p.cfg.Now()), record.Applied, nil
+	})
+	if err != nil {
+		return fmt.Errorf("create record of job %s: %w", job.GetId(), err)
+	}
+	return p.advance(ctx, rec)
+}
+
+// advance moves a job on from its record's state.
+func (p *Processor) advance(ctx context.Context, rec *jobsv1.Job) error {
+	switch st := rec.GetStatus(); {
+	case st == jobsv1.JobStatus_JOB_STATUS_QUEUED:
+		if err := p.announce(ctx, rec); err != nil {
+			return err
+		}
+		return p.dispatch(ctx, rec)
+	case st == jobsv1.JobStatus_JOB_STATUS_SCHEDULED:
+		// Redelivered after a crash between scheduling and publishing: publish
+		// the same work item again (stored once, by its msg id).
+		return p.sendWork(ctx, rec)
+	case jobstate.IsTerminal(st):
+		return p.announce(ctx, rec)
+	}
+	return nil // RUNNING: the worker reports from here on.
+}
+
+// dispatch selects a service for a QUEUED job, records the execution and
+// hands the work item to the service's queue.
+func (p *Processor) dispatch(ctx context.Context, rec *jobsv1.Job) error {
+	id := rec.GetId()
+	sctx, span := tracer.Start(ctx, "select", trace.WithAttributes(attribute.String("medius.job_id", id), attribute.String("medius.profile", rec.GetProfile())))
+	cand, err := p.cfg.Selector.Select(sctx, selection.Request{Profile: rec.GetProfile(), Region: rec.GetRegion()})
+	endSpan(span, err)
+	if errors.Is(err, selection.ErrNoCandidate) {
+		waited := p.cfg.Now().Sub(rec.GetCreateTime().AsTime())
+		if waited >= p.cfg.QueueTimeout {
+			return p.failNoService(ctx, rec)
+		}
+		// Redelivered after a delay: a worker may register meanwhile.
+		return fmt.Errorf("dispatch job %s: %w for profile %q (queued %s of %s)", id, err, rec.GetProfile(), waited.Round(time.Millisecond), p.cfg.QueueTimeout)
+	}
+	if err != nil {
+		// The registry is unreachable: transient, never a reason to fail the job.
+		return fmt.Errorf("dispatch job %s: %w", id, err)
+	}
+
+	return p.schedule(ctx, rec, cand)
+}
+
+// schedule records the execution on cand's service and sends its work item.
+func (p *Processor) schedule(ctx context.Context, rec *jobsv1.Job, cand selection.Candidate) (err error) {
+	id := rec.GetId()
+	ctx, span := tracer.Start(ctx, "dispatch", trace.WithAttributes(attribute.String("medius.job_id", id), attribute.String("medius.service", cand.Service)))
+	defer func() { endSpan(span, err) }()
+	rec, outcome, err := p.store.update(ctx, id, func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
+		if rec == nil {
+			return nil, record.Ignored, fmt.Errorf("record of job %s vanished", id)
+		}
+		return rec, record.Schedule(rec, cand.Service, p.cfg.Now()), nil
+	})
+	if err != nil {
+		return fmt.Errorf("dispatch job %s: %w", id, err)
+	}
+	switch outcome {
+	case record.Ignored:
+		// Moved on meanwhile (canceled, or another replica got further).
+		return nil
+	case record.Applied:
+		p.metrics.dispatched(ctx, rec.GetProfile(), cand.Service)
+		slog.InfoContext(ctx, "job dispatched", "job_id", id, "attempt", record.Current(rec).GetAttempt(),
+			"service", cand.Service, "cost", cand.Cost, "load", cand.Load)
+	}
+	return p.sendWork(ctx, rec)
+}
+
+// sendWork publishes the work item of a SCHEDULED job's current execution,
+// then announces SCHEDULED.
+func (p *Processor) sendWork(ctx context.Context, rec *jobsv1.Job) error {
+	cur := record.Current(rec)
+	if err := bus.Publish(ctx, p.cfg.JS, bus.SubjectWork(cur.GetService()), record.WorkMsgID(rec), record.WorkItem(rec)); err != nil {
+		return fmt.Errorf("dispatch job %s to %s: %w", rec.GetId(), cur.GetService(), err)
+	}
+	return p.announce(ctx, rec)
+}
+
+// failNoService ends a job that waited the whole queue timeout for a service.
+func (p *Processor) failNoService(ctx context.Context, rec *jobsv1.Job) error {
+	id := rec.GetId()
+	rec, outcome, err := p.store.update(ctx, id, func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
+		if rec == nil {
+			return nil, record.Ignored, fmt.Errorf("record of job %s vanished", id)
+		}
+		if rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_QUEUED && !jobstate.IsTerminal(rec.GetStatus()) {
+			// Dispatched meanwhile by another replica.
+			return rec, record.Ignored, nil
+		}
+		return rec, record.Fail(rec, record.NoService(rec.GetProfile()), p.cfg.Now()), nil
+	})
+	if err != nil {
+		return fmt.Errorf("fail job %s: %w", id, err)
+	}
+	if outcome == record.Ignored {
+		return nil
+	}
+	if outcome == record.Applied {
+		p.metrics.failed(ctx, rec.GetProfile())
+		slog.WarnContext(ctx, "job failed: no service", "job_id", id, "profile", rec.GetProfile())
+	}
+	return p.announce(ctx, rec)
+}
+
+// HandleExecution applies a worker's report on one attempt of a job.
+func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) error {
+	var u eventsv1.ExecutionUpdate
+	if err := bus.Decode(msg.Data(), &u); err != nil {
+		return err
+	}
+	id := u.GetJobId()
+	if err := validID(id); err != nil {
+		return bus.Permanent(fmt.Errorf("execution update: %w", err))
+	}
+	rec, outcome, err := p.store.update(ctx, id, func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
+		if rec == nil {
+			return nil, record.Ignored, nil
+		}
+		return rec, record.Apply(rec, &u, p.cfg.Now()), nil
+	})
+	if err != nil {
+		return fmt.Errorf("apply %s of job %s attempt %d: %w", jobstate.Name(u.GetStatus()), id, u.GetAttempt(), err)
+	}
+	log := slog.With("job_id", id, "attempt", u.GetAttempt(), "status", jobstate.Name(u.GetStatus()), "progress", u.GetProgress())
+	switch {
+	case rec == nil:
+		// Work items only come from records, so this is not ours to track.
+		log.WarnContext(ctx, "execution update for a job without a record dropped")
+		return nil
+	case outcome == record.Ignored:
+		log.DebugContext(ctx, "execution update ignored", "record_status", jobstate.Name(rec.GetStatus()), "current_attempt", record.Current(rec).GetAttempt())
+		if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_CANCELED && u.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING &&
+			u.GetAttempt() == record.Current(rec).GetAttempt() {
+			// Canceled before the worker took it (the first stop request had
+			// no one to hear it): tell the worker now.
+			return p.stopWorker(ctx, rec)
+		}
+		return nil
+	case outcome == record.Applied:
+		switch rec.GetStatus() {
+		case jobsv1.JobStatus_JOB_STATUS_COMPLETED:
+			p.metrics.completed(ctx, rec.GetProfile())
+		case jobsv1.JobStatus_JOB_STATUS_FAILED:
+			p.metrics.failed(ctx, rec.GetProfile())
+		case jobsv1.JobStatus_JOB_STATUS_CANCELED:
+			p.metrics.canceled(ctx, rec.GetProfile())
+		}
+		if jobstate.IsTerminal(rec.GetStatus()) {
+			log.InfoContext(ctx, "job ended", "instance_id", record.Current(rec).GetInstanceId())
+		}
+	}
+	return p.announce(ctx, rec)
+}
+
+// errUnknownJob: a cancel for a job without a record (yet).
+var errUnknownJob = errors.New("no record of job")
+
+// HandleCancel cancels a job at its tenant's request.
+func (p *Processor) HandleCancel(ctx context.Context, msg jetstream.Msg) error {
+	var ev eventsv1.JobCancelRequested
+	if err := bus.Decode(msg.Data(), &ev); err != nil {
+		return err
+	}
+	id := ev.GetJobId()
+	if err := validID(id); err != nil {
+		return bus.Permanent(fmt.Errorf("cancel: %w", err))
+	}
+	rec, outcome, err := p.store.update(ctx, id, func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
+		if rec == nil {
+			return nil, record.Ignored, errUnknownJob
+		}
+		if rec.GetTenant() != ev.GetTenant() {
+			return rec, record.Ignored, bus.Permanent(fmt.Errorf("tenant %q does not own it", ev.GetTenant()))
+		}
+		return rec, record.Cancel(rec, p.cfg.Now()), nil
+	})
+	if errors.Is(err, errUnknownJob) {
+		// Its JobCreated may still be on its way: retry a few times.
+		if md, merr := msg.Metadata(); merr == nil && md.NumDelivered >= p.cfg.CancelDeliveries {
+			slog.WarnContext(ctx, "cancel of an unknown job dropped", "job_id", id, "deliveries", md.NumDelivered)
+			return nil
+		}
+		return fmt.Errorf("cancel job %s: %w", id, err)
+	}
+	if err != nil {
+		return fmt.Errorf("cancel job %s: %w", id, err)
+	}
+	if outcome == record.Ignored {
+		return nil // already ended
+	}
+	if outcome == record.Applied {
+		p.metrics.canceled(ctx, rec.GetProfile())
+		slog.InfoContext(ctx, "job canceled", "job_id", id)
+	}
+	if err := p.stopWorker(ctx, rec); err != nil {
+		return err
+	}
+	return p.announce(ctx, rec)
+}
+
+// stopWorker tells the worker running rec's current execution to stop. Core
+// NATS: a worker that is not listening (not started yet, or gone) needs no
+// telling, and one that misses it is told again when it reports RUNNING.
+func (p *Processor) stopWorker(ctx context.Context, rec *jobsv1.Job) error {
+	if record.Current(rec) == nil {
+		return nil
+	}
+	req := &eventsv1.JobCancelRequested{JobId: rec.GetId(), Tenant: rec.GetTenant()}
+	if err := bus.PublishCore(ctx, p.cfg.NC, bus.SubjectCancel(rec.GetId()), req); err != nil {
+		return fmt.Errorf("stop worker of job %s: %w", rec.GetId(), err)
+	}
+	return nil
+}
+
+// announce publishes rec's current state to the mediator.
+func (p *Processor) announce(ctx context.Context, rec *jobsv1.Job) error {
+	if err := bus.Publish(ctx, p.cfg.JS, bus.SubjectJobStatus(rec.GetId()), record.StatusMsgID(rec), record.StatusEvent(rec)); err != nil {
+		return fmt.Errorf("announce job %s %s: %w", rec.GetId(), jobstate.Name(rec.GetStatus()), err)
+	}
+	return nil
+}
+
+// validID refuses ids that cannot be a KV key and a subject token.
+func validID(id string) error {
+	if id == "" {
+		return errors.New("no job id")
+	}
+	if strings.ContainsAny(id, ".*> \t\r\n/") {
+		return fmt.Errorf("job id %q is not a valid subject token", id)
+	}
+	return nil
+}
+
+func endSpan(span trace.Span, err error) {
+	if err != nil && !errors.Is(err, selection.ErrNoCandidate) {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+}
