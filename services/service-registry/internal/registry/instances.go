@@ -59,7 +59,7 @@ func (s *Server) RegisterInstance(ctx context.Context, req *registryv1.RegisterI
 		s.revokeQuietly(ctx, clientv3.LeaseID(prev.Kvs[0].Lease))
 	}
 	granted := time.Duration(lease.TTL) * time.Second
-	slog.InfoContext(ctx, "instance registered", "instance", id, "service", inst.GetService(), "ttl", granted, "capacity", inst.GetCapacity())
+	slog.InfoContext(ctx, "instance registered", "instance", id, "instance_service", inst.GetService(), "ttl", granted, "capacity", inst.GetCapacity())
 	return &registryv1.RegisterInstanceResponse{Instance: inst, Ttl: durationpb.New(granted)}, nil
 }
 

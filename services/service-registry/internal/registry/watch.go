@@ -157,7 +157,7 @@ func (w *Watcher) publish(ctx context.Context, ev *clientv3.Event) bool {
 	if w.published != nil {
 		w.published.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", change.GetKind().String())))
 	}
-	slog.InfoContext(ctx, "instance changed", "kind", change.GetKind().String(), "instance", inst.GetId(), "service", inst.GetService(), "rev", ev.Kv.ModRevision)
+	slog.InfoContext(ctx, "instance changed", "kind", change.GetKind().String(), "instance", inst.GetId(), "instance_service", inst.GetService(), "rev", ev.Kv.ModRevision)
 	return true
 }
 
