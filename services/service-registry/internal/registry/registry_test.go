@@ -33,6 +33,11 @@ type fixture struct {
 func setup(t *testing.T) *fixture {
 	t.Helper()
 	env := devenv.Start(t)
+	return setupOn(t, env)
+}
+
+func setupOn(t *testing.T, env *devenv.Env) *fixture {
+	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: env.Etcd.Endpoints, DialTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatalf("etcd client: %v", err)
@@ -57,7 +62,10 @@ func setup(t *testing.T) *fixture {
 	ctx, cancel := context.WithCancel(context.Background())
 	var g errgroup.Group
 	g.Go(func() error { return srv.Serve(lis) })
-	g.Go(func() error { return w.Run(ctx) })
+	g.Go(func() error {
+		w.retryWait = 50 * time.Millisecond // recover quickly from restarts
+		return w.Run(ctx)
+	})
 	t.Cleanup(func() {
 		srv.Stop()
 		cancel()
@@ -671,3 +679,38 @@ func TestPaginationReturnsEveryItemOnce(t *testing.T) {
 	wantCode(t, err, codes.InvalidArgument, "page_token")
 }
 
+
+func TestEventsSurviveEtcdAndNATSRestarts(t *testing.T) {
+	t.Parallel()
+	env := devenv.Start(t)
+	f := setupOn(t, env)
+	ev := f.events(t, "svc")
+	register(t, f, "svc", "before", nil, 0)
+	waitEvent(t, ev, eventsv1.ServiceInstanceChanged_KIND_UP, "before", 5*time.Second)
+
+	restart := time.Now()
+	if err := env.Etcd.Restart(); err != nil {
+		t.Fatalf("restart etcd: %v", err)
+	}
+	t.Logf("etcd restarted in %s", time.Since(restart))
+	// The client reconnects; registration works again once etcd answers.
+	eventually(t, 15*time.Second, "register after etcd restart", func() bool {
+		_, err := f.client.RegisterInstance(t.Context(), &registryv1.RegisterInstanceRequest{
+			Service:  &registryv1.Service{Name: "svc"},
+			Instance: &registryv1.ServiceInstance{Id: "after-etcd", Capacity: 1},
+		})
+		if err != nil {
+			t.Logf("%s %v", time.Since(restart), err)
+		}
+		return err == nil
+	})
+	waitEvent(t, ev, eventsv1.ServiceInstanceChanged_KIND_UP, "after-etcd", 10*time.Second)
+
+	if err := env.NATS.Restart(); err != nil {
+		t.Fatalf("restart nats: %v", err)
+	}
+	// Registered while NATS may still be down: the watcher retries the
+	// publish until NATS takes it.
+	register(t, f, "svc", "after-nats", nil, 0)
+	waitEvent(t, ev, eventsv1.ServiceInstanceChanged_KIND_UP, "after-nats", 15*time.Second)
+}

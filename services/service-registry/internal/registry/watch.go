@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Watcher turns changes under the instances prefix into
@@ -138,6 +139,12 @@ func (w *Watcher) publish(ctx context.Context, ev *clientv3.Event) bool {
 	}
 	inst := change.GetInstance()
 	subject := bus.SubjectInstance(inst.GetService())
+	// A span per event ties the log lines to the trace carried in the NATS
+	// headers to whoever consumes the event.
+	ctx, span := otel.Tracer("medius/service-registry").Start(ctx, "publish "+change.GetKind().String(),
+		trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("medius.instance", inst.GetId()), attribute.String("messaging.destination.name", subject)))
+	defer span.End()
 	msgID := "instance-" + inst.GetId() + "-" + strconv.FormatInt(ev.Kv.ModRevision, 10)
 	for {
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
