@@ -1,0 +1,70 @@
+// Command job-processor runs one execution per attempt of every Medius job:
+// it selects a service for the job, dispatches the work item to it, tracks
+// the worker's reports and cancels, and announces every change of the job to
+// the mediator. See docs/internals.md for its flags, subjects and buckets.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/medius-platform/medius/pkg/flagenv"
+	"github.com/medius-platform/medius/services/job-processor/internal/app"
+)
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+func main() {
+	cfg, err := parseConfig(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "job-processor: invalid configuration: %v\n", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := app.Run(ctx, cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "job-processor: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func parseConfig(args []string) (app.Config, error) {
+	cfg := app.Defaults()
+	cfg.Version = version
+	fs := flag.NewFlagSet("job-processor", flag.ContinueOnError)
+	fs.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "NATS server URL")
+	etcd := fs.String("etcd-endpoints", "http://127.0.0.1:2379", "etcd endpoints, comma separated")
+	fs.StringVar(&cfg.RegistryAddr, "registry-addr", cfg.RegistryAddr, "service-registry gRPC address")
+	fs.DurationVar(&cfg.QueueTimeout, "queue-timeout", cfg.QueueTimeout, "how long a job may wait for a service offering its profile before it fails")
+	fs.StringVar(&cfg.AdminAddr, "admin-addr", cfg.AdminAddr, "admin HTTP listen address (/healthz, /readyz, /metrics)")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")
+	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: json or text")
+	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP gRPC endpoint (host:port) for traces; empty disables export")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: job-processor [flags]\n\nEvery flag can also be set as MEDIUS_<FLAG> (e.g. MEDIUS_NATS_URL).\n\n")
+		fs.PrintDefaults()
+	}
+	if err := flagenv.Parse(fs, args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	cfg.EtcdEndpoints = flagenv.List(*etcd)
+	if len(cfg.EtcdEndpoints) == 0 {
+		return cfg, errors.New("--etcd-endpoints: at least one endpoint is required")
+	}
+	if cfg.QueueTimeout <= 0 {
+		return cfg, errors.New("--queue-timeout must be positive")
+	}
+	return cfg, nil
+}
