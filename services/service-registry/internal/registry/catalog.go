@@ -31,11 +31,13 @@ func update[T proto.Message](ctx context.Context, cli *clientv3.Client, key stri
 		}
 		cur, exists, modRev := newT(), false, int64(0)
 		if len(resp.Kvs) == 1 {
-			if err := decode(resp.Kvs[0].Value, cur); err != nil {
-				cancel()
-				return zero, err
-			}
 			exists, modRev = true, resp.Kvs[0].ModRevision
+			if err := decode(resp.Kvs[0].Value, cur); err != nil {
+				// Writing a good record is how an undecodable one gets
+				// repaired; refusing would leave it broken for good.
+				warnCorrupt(ctx, resp.Kvs[0].Key, err)
+				cur = newT()
+			}
 		}
 		next, write, err := f(cur, exists)
 		if err != nil || !write {

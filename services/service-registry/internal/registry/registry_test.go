@@ -15,6 +15,7 @@ import (
 	"github.com/medius-platform/medius/pkg/grpcx"
 	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
@@ -26,6 +27,7 @@ import (
 // fixture is a registry served over real gRPC on real etcd and NATS.
 type fixture struct {
 	cli    *clientv3.Client
+	js     jetstream.JetStream
 	nc     *nats.Conn
 	client registryv1.RegistryServiceClient
 }
@@ -83,7 +85,7 @@ func setupOn(t *testing.T, env *devenv.Env) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &fixture{cli: cli, nc: nc, client: registryv1.NewRegistryServiceClient(conn)}
+	return &fixture{cli: cli, js: js, nc: nc, client: registryv1.NewRegistryServiceClient(conn)}
 }
 
 // events subscribes to the instance events of service.
@@ -679,7 +681,6 @@ func TestPaginationReturnsEveryItemOnce(t *testing.T) {
 	wantCode(t, err, codes.InvalidArgument, "page_token")
 }
 
-
 func TestEventsSurviveEtcdAndNATSRestarts(t *testing.T) {
 	t.Parallel()
 	env := devenv.Start(t)
@@ -713,4 +714,60 @@ func TestEventsSurviveEtcdAndNATSRestarts(t *testing.T) {
 	// publish until NATS takes it.
 	register(t, f, "svc", "after-nats", nil, 0)
 	waitEvent(t, ev, eventsv1.ServiceInstanceChanged_KIND_UP, "after-nats", 15*time.Second)
+}
+
+func TestWatchRestartsFromCurrentRevisionWhenCompacted(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ctx := t.Context()
+	for i := range 3 {
+		val, err := encode(&registryv1.ServiceInstance{Id: fmt.Sprintf("c-%d", i), Service: "svc", Capacity: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.cli.Put(ctx, InstanceKey(fmt.Sprintf("c-%d", i)), val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := f.cli.Get(ctx, InstancesPrefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := resp.Header.Revision
+	if _, err := f.cli.Compact(ctx, head); err != nil {
+		t.Fatal(err)
+	}
+	w := NewWatcher(f.cli, f.js)
+	done := make(chan int64, 1)
+	go func() { done <- w.watch(ctx, 1) }()
+	select {
+	case next := <-done:
+		if next != head+1 {
+			t.Errorf("resume revision after compaction = %d, want current+1 = %d", next, head+1)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch from a compacted revision did not return")
+	}
+}
+
+func TestCorruptRecordIsSkippedAndRepaired(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ctx := t.Context()
+	if _, err := f.cli.Put(ctx, ProfileKey("broken"), "{not json"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.PutJobProfile(ctx, &registryv1.PutJobProfileRequest{Profile: &registryv1.JobProfile{Name: "good", JobType: "AIJob"}}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := f.client.ListJobProfiles(ctx, &registryv1.ListJobProfilesRequest{})
+	if err != nil || len(list.GetProfiles()) != 1 || list.GetProfiles()[0].GetName() != "good" {
+		t.Fatalf("list with a corrupt record = %v, %v; want just the good one", list, err)
+	}
+	if _, err := f.client.PutJobProfile(ctx, &registryv1.PutJobProfileRequest{Profile: &registryv1.JobProfile{Name: "broken", JobType: "AIJob"}}); err != nil {
+		t.Fatalf("replacing a corrupt record: %v", err)
+	}
+	if _, err := f.client.GetJobProfile(ctx, &registryv1.GetJobProfileRequest{Name: "broken"}); err != nil {
+		t.Errorf("repaired record: %v", err)
+	}
 }
