@@ -20,12 +20,12 @@ func code(err error) codes.Code { return status.Code(problem.ToStatus(context.Ba
 func TestAuthenticate(t *testing.T) {
 	env := testsupport.Start(t)
 	ctx := context.Background()
-	keys := auth.NewEtcdKeys(env.Etcd)
+	keys := auth.NewEtcdKeys(env.EtcdCli)
 	if err := keys.Put(ctx, auth.HashKey("s3cret"), auth.Record{Tenant: "acme"}); err != nil {
 		t.Fatal(err)
 	}
 	// Only the hash is stored, never the key.
-	resp, err := env.Etcd.Get(ctx, auth.KeyPrefix+"s3cret")
+	resp, err := env.EtcdCli.Get(ctx, auth.KeyPrefix+"s3cret")
 	if err != nil || len(resp.Kvs) != 0 {
 		t.Fatalf("key stored in clear: %v %v", resp, err)
 	}

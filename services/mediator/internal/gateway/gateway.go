@@ -28,13 +28,13 @@ func New(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
 	gw := runtime.NewServeMux(
 		runtime.WithErrorHandler(problem.GatewayErrorHandler),
 		runtime.WithRoutingErrorHandler(routingError),
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, bodyMarshaler{&runtime.JSONPb{
 			// Clients see every field, zero or not, so absent and zero
 			// mean the same thing to them.
 			MarshalOptions: protojson.MarshalOptions{EmitDefaultValues: true},
 			// A misspelt field is an error, not silently ignored.
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-		}),
+		}}),
 	)
 	if err := jobsv1.RegisterJobServiceHandler(ctx, gw, conn); err != nil {
 		return nil, fmt.Errorf("register job service gateway: %w", err)
@@ -49,6 +49,23 @@ func New(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
 		routingError(r.Context(), nil, nil, w, r, http.StatusNotFound)
 	})
 	return limitBody(mux), nil
+}
+
+// bodyMarshaler names request body decoding failures as such, so
+// problem.GatewayErrorHandler answers them as malformed-body problems rather
+// than a generic invalid argument ("unexpected EOF" alone says little).
+type bodyMarshaler struct{ *runtime.JSONPb }
+
+func (m bodyMarshaler) NewDecoder(r io.Reader) runtime.Decoder {
+	d := m.JSONPb.NewDecoder(r)
+	return runtime.DecoderFunc(func(v any) error {
+		err := d.Decode(v)
+		if err != nil && !errors.Is(err, io.EOF) {
+			// io.EOF (empty body) passes untouched: the gateway accepts it.
+			return fmt.Errorf("unmarshal request body: %w", err)
+		}
+		return err
+	})
 }
 
 // limitBody reads the body up front, at most MaxBodyBytes: a larger body is

@@ -22,7 +22,7 @@ type Env struct {
 	NC   *nats.Conn
 	JS   jetstream.JetStream
 	Jobs jetstream.KeyValue
-	Etcd *clientv3.Client
+	EtcdCli *clientv3.Client
 }
 
 // Start starts NATS and etcd for t, provisions the streams and buckets and
@@ -49,7 +49,7 @@ func Start(t testing.TB) *Env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cli.Close() })
-	return &Env{Env: env, NC: nc, JS: js, Jobs: kv, Etcd: cli}
+	return &Env{Env: env, NC: nc, JS: js, Jobs: kv, EtcdCli: cli}
 }
 
 // Eventually polls cond every 20ms until it holds, failing t after timeout.
