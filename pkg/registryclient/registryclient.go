@@ -105,7 +105,8 @@ func New(client Client, svc *registryv1.Service, inst *registryv1.ServiceInstanc
 	for _, o := range opts {
 		o(r)
 	}
-	r.log = r.log.With("instance", r.inst.GetId(), "service", r.svc.GetName())
+	// "service" is taken by telemetry for the process's own name.
+	r.log = r.log.With("instance", r.inst.GetId(), "worker_service", r.svc.GetName())
 	return r, nil
 }
 

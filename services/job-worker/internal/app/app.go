@@ -133,7 +133,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			slog.Warn("flush telemetry", "err", serr)
 		}
 	}()
-	log := slog.Default().With("instance", cfg.InstanceID)
+	log := slog.Default().With("instance", cfg.InstanceID, "worker_service", cfg.Service)
 
 	nc, js, err := bus.Connect(cfg.NATSURL, "job-worker "+cfg.InstanceID)
 	if err != nil {
@@ -156,7 +156,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	builtin := profiles.Builtin(resolver)
 	runner, err := worker.New(worker.Config{
 		JS: js, NC: nc, Service: cfg.Service, InstanceID: cfg.InstanceID, Capacity: cfg.Capacity,
-		Profiles: builtin, AckWait: cfg.AckWait, DrainTimeout: cfg.DrainTimeout, Logger: log,
+		Profiles: builtin, AckWait: cfg.AckWait, DrainTimeout: cfg.DrainTimeout, Logger: slog.Default(),
 	})
 	if err != nil {
 		return err
@@ -199,7 +199,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			err = aerr
 		}
 	}()
-	log.InfoContext(ctx, "job worker starting", "service", cfg.Service, "admin", admin.Addr(), "registry", cfg.RegistryAddr, "capacity", cfg.Capacity)
+	log.InfoContext(ctx, "job worker starting", "admin", admin.Addr(), "registry", cfg.RegistryAddr, "capacity", cfg.Capacity)
 
 	specs := make([]*registryv1.JobProfile, 0, len(builtin))
 	names := make([]string, 0, len(builtin))
@@ -224,7 +224,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			Id: cfg.InstanceID, Service: cfg.Service, Address: admin.Addr(), Version: cfg.Version,
 			Capacity: int32(cfg.Capacity), Regions: regions, Profiles: names, StartTime: timestamppb.Now(),
 		},
-		cfg.LeaseTTL, registryclient.WithInFlight(runner.InFlight), registryclient.WithLogger(log))
+		cfg.LeaseTTL, registryclient.WithInFlight(runner.InFlight))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
