@@ -117,12 +117,14 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 	// always names a stored job. A crash between the two leaves a NEW job
 	// whose claim the sweep completes (or, if a retry won, deletes the job).
 	if _, err := s.store.Create(ctx, job); err != nil {
-		return nil, fmt.Errorf("create job %s: %w", id, err)
+		return nil, storeError(ctx, fmt.Errorf("create job %s: %w", id, err))
 	}
 	if requestID != "" {
 		owner, err := s.store.ClaimRequest(ctx, tenant, requestID, id)
 		if err != nil {
-			return nil, fmt.Errorf("create job %s: %w", id, err)
+			// Left NEW, the sweep completes the claim and publishes the
+			// job, so a retry with the same request id finds it.
+			return nil, storeError(ctx, fmt.Errorf("create job %s: %w", id, err))
 		}
 		if owner != id {
 			return s.answerRepeat(ctx, job, owner)
@@ -147,7 +149,7 @@ func (s *Server) answerRepeat(ctx context.Context, mine *jobsv1.Job, owner strin
 	}
 	first, _, err := s.store.Get(ctx, owner)
 	if err != nil {
-		return nil, fmt.Errorf("load job %s of request id: %w", owner, err)
+		return nil, storeError(ctx, fmt.Errorf("load job %s of request id: %w", owner, err))
 	}
 	return first, nil
 }
@@ -169,6 +171,17 @@ func profileError(name string, err error) error {
 	return problem.Unavailable("job profile registry unavailable", err)
 }
 
+// storeError maps a job store failure: NATS unreachable or slow is a
+// retryable condition for the client, not an internal error.
+func storeError(ctx context.Context, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	// The client sees only the detail; the cause is for operators.
+	slog.WarnContext(ctx, "job store unavailable", "err", err)
+	return problem.Unavailable("job store unavailable", err)
+}
+
 // GetJob implements jobsv1.JobServiceServer.
 func (s *Server) GetJob(ctx context.Context, req *jobsv1.GetJobRequest) (*jobsv1.Job, error) {
 	job, _, err := s.load(ctx, req.GetId())
@@ -187,7 +200,7 @@ func (s *Server) load(ctx context.Context, id string) (*jobsv1.Job, uint64, erro
 		return nil, 0, problem.NotFound("job", id)
 	}
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, storeError(ctx, err)
 	}
 	return job, rev, nil
 }
@@ -234,7 +247,7 @@ func (s *Server) ListJobs(ctx context.Context, req *jobsv1.ListJobsRequest) (*jo
 	}
 	ids, err := s.store.IDs(ctx)
 	if err != nil {
-		return nil, err
+		return nil, storeError(ctx, err)
 	}
 	resp := &jobsv1.ListJobsResponse{}
 	for _, id := range ids {
@@ -246,7 +259,7 @@ func (s *Server) ListJobs(ctx context.Context, req *jobsv1.ListJobsRequest) (*jo
 			continue // withdrawn since the keys were listed
 		}
 		if err != nil {
-			return nil, err
+			return nil, storeError(ctx, err)
 		}
 		if !matches(job, tenant, req) {
 			continue
