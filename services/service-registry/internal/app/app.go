@@ -101,7 +101,7 @@ func (c Config) Validate() error {
 // and gRPC health report draining so balancers move away, the gRPC server
 // finishes in-flight calls (cut off after StopTimeout), the watcher publishes
 // what it has seen, then etcd and NATS are closed and telemetry flushed.
-func Run(ctx context.Context, cfg Config) (err error) {
+func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
@@ -142,12 +142,6 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return err
 	}
 	defer nc.Close()
-	if err := bus.Provision(ctx, js); err != nil {
-		if ctx.Err() != nil {
-			return nil // stopped while waiting for NATS
-		}
-		return fmt.Errorf("provision nats: %w", err)
-	}
 
 	lis, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
@@ -193,7 +187,17 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer stopInfra()
 	g, gctx := errgroup.WithContext(infraCtx)
 	g.Go(func() error { return admin.Run(gctx) })
-	g.Go(func() error { return watcher.Run(gctx) })
+	g.Go(func() error {
+		// Provisioning waits for NATS; the registry API does not need it, so
+		// it serves meanwhile and only the events wait.
+		if err := bus.Provision(gctx, js); err != nil {
+			if gctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("provision nats: %w", err)
+		}
+		return watcher.Run(gctx)
+	})
 	g.Go(func() error {
 		if err := grpcSrv.Serve(lis); err != nil {
 			return fmt.Errorf("grpc serve %s: %w", cfg.GRPCAddr, err)
@@ -213,8 +217,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return nil
 	})
 	// Serving means changes are being watched, so no registration made from
-	// now on goes without its event. Until etcd answers, health stays
-	// NOT_SERVING (the admin server already answers /readyz 503).
+	// now on goes without its event. Until NATS is provisioned and etcd
+	// answers, health stays NOT_SERVING and /readyz answers 503.
 	select {
 	case <-watcher.Ready():
 	case <-gctx.Done():
@@ -229,10 +233,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	// Deliver what is buffered before closing NATS.
-	if err := nc.Flush(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		slog.WarnContext(ctx, "flushing nats failed", "err", err)
-	}
+	// Events are published with JetStream acks, so nothing is left buffered
+	// in the NATS connection; the deferred closes run next.
 	slog.InfoContext(ctx, "stopped")
 	return nil
 }
