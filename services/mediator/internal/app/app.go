@@ -11,9 +11,9 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/medius-platform/medius/pkg/adminserver"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
-	"github.com/medius-platform/medius/pkg/adminserver"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/grpcx"
 	"github.com/medius-platform/medius/pkg/telemetry"

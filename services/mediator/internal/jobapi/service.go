@@ -12,8 +12,8 @@ import (
 	"log/slog"
 	"time"
 
-	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/jobstate"
 	"github.com/medius-platform/medius/pkg/problem"

@@ -13,13 +13,13 @@ import (
 // Bounds on client-supplied fields: jobs carry references to media, never
 // media, so anything larger is a mistake or abuse.
 const (
-	maxTags           = 64
-	maxTagKeyLen      = 128
-	maxTagValueLen    = 256
-	maxURLLen         = 2048
-	maxLocators       = 256
-	maxRequestIDLen   = 256
-	maxShortFieldLen  = 128
+	maxTags          = 64
+	maxTagKeyLen     = 128
+	maxTagValueLen   = 256
+	maxURLLen        = 2048
+	maxLocators      = 256
+	maxRequestIDLen  = 256
+	maxShortFieldLen = 128
 )
 
 // locatorSchemes are the locator kinds workers understand (docs/internals.md).

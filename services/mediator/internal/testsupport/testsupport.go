@@ -19,9 +19,9 @@ import (
 // Env is real NATS (provisioned) and etcd with clients.
 type Env struct {
 	*devenv.Env
-	NC   *nats.Conn
-	JS   jetstream.JetStream
-	Jobs jetstream.KeyValue
+	NC      *nats.Conn
+	JS      jetstream.JetStream
+	Jobs    jetstream.KeyValue
 	EtcdCli *clientv3.Client
 }
 
