@@ -111,19 +111,6 @@ func setup(t *testing.T, lookup selection.Lookup, queueTimeout time.Duration) *b
 	if err := bus.Provision(ctx, js); err != nil {
 		t.Fatal(err)
 	}
-	p, err := processor.New(ctx, processor.Config{JS: js, NC: nc, Selector: selection.New(lookup), QueueTimeout: queueTimeout, CancelDeliveries: 50})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- p.Run(runCtx) }()
-	t.Cleanup(func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
 	b := &bundle{ctx: ctx, nc: nc, js: js}
 	if b.events, err = js.Stream(ctx, bus.StreamEvents); err != nil {
 		t.Fatal(err)
@@ -134,8 +121,27 @@ func setup(t *testing.T, lookup selection.Lookup, queueTimeout time.Duration) *b
 	if b.kv, err = js.KeyValue(ctx, bus.BucketExecutions); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "processor ready", p.Ready)
+	b.run(t, lookup, queueTimeout)
 	return b
+}
+
+// run starts a processor (a replica, when there is one already) until the test ends.
+func (b *bundle) run(t *testing.T, lookup selection.Lookup, queueTimeout time.Duration) {
+	t.Helper()
+	p, err := processor.New(b.ctx, processor.Config{JS: b.js, NC: b.nc, Selector: selection.New(lookup), QueueTimeout: queueTimeout, CancelDeliveries: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(b.ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	waitFor(t, "processor ready", p.Ready)
 }
 
 // waitFor polls cond until it holds, failing the test after 15 s.
@@ -508,5 +514,43 @@ func TestCrashAfterScheduleHealed(t *testing.T) {
 	}
 	if n := b.workCount(t, "probe"); n != 1 {
 		t.Errorf("%d work items, want 1", n)
+	}
+}
+
+// Replicas share the durable consumers: every job is dispatched once and
+// announced once per state, whichever replica handles which event.
+func TestReplicas(t *testing.T) {
+	reg := oneService()
+	b := setup(t, reg, time.Minute)
+	b.run(t, reg, time.Minute)
+	b.run(t, reg, time.Minute)
+	const jobs = 12
+	for i := range jobs {
+		b.create(t, fmt.Sprintf("job-r%d", i))
+	}
+	for i := range jobs {
+		id := fmt.Sprintf("job-r%d", i)
+		b.waitStatuses(t, id, "QUEUED SCHEDULED")
+		b.exec(t, update(id, 1, running, 0))
+		b.exec(t, update(id, 1, running, 0))
+	}
+	// Replicas may handle one job's updates out of order (a RUNNING overtaken
+	// by its COMPLETED is never announced), so the test lets RUNNING land
+	// first, as a real worker's pace does.
+	for i := range jobs {
+		id := fmt.Sprintf("job-r%d", i)
+		b.waitStatuses(t, id, "QUEUED SCHEDULED RUNNING-0")
+		b.exec(t, update(id, 1, completed, 100))
+		b.exec(t, update(id, 1, completed, 100))
+	}
+	for i := range jobs {
+		id := fmt.Sprintf("job-r%d", i)
+		b.waitStatuses(t, id, "QUEUED SCHEDULED RUNNING-0 COMPLETED")
+		if rec := b.record(t, id); len(rec.Executions) != 1 || rec.Status != completed {
+			t.Errorf("record of %s = %v", id, rec)
+		}
+	}
+	if n := b.workCount(t, "probe"); n != jobs {
+		t.Errorf("%d work items, want %d", n, jobs)
 	}
 }
