@@ -407,3 +407,26 @@ func TestRedact(t *testing.T) {
 		t.Fatalf("Redact leaked: %s", got)
 	}
 }
+
+// TestRootBehindSymlink: a root configured through a symlink (as /tmp or /var
+// are on some systems) still accepts its files, requested by either path.
+func TestRootBehindSymlink(t *testing.T) {
+	s := newSetup(t)
+	alias := filepath.Join(t.TempDir(), "alias")
+	must(t, os.Symlink(s.root, alias))
+	r := &Resolver{Roots: []string{alias}}
+	for _, p := range []string{filepath.Join(alias, "media.mp4"), filepath.Join(s.root, "media.mp4")} {
+		got, cleanup, err := r.Open(t.Context(), fileURL(p))
+		cleanup()
+		if err != nil {
+			t.Fatalf("Open(%s): %v", p, err)
+		}
+		if want, _ := filepath.EvalSymlinks(filepath.Join(s.root, "media.mp4")); got != want {
+			t.Errorf("path = %s, want %s", got, want)
+		}
+	}
+	if _, cleanup, err := r.Open(t.Context(), fileURL(filepath.Join(alias, "link-out.txt"))); !errors.Is(err, ErrForbidden) {
+		cleanup()
+		t.Fatalf("symlink out of an aliased root: err = %v, want ErrForbidden", err)
+	}
+}
