@@ -122,7 +122,7 @@ func TestEndToEnd(t *testing.T) {
 		if job["status"] != "JOB_STATUS_COMPLETED" {
 			t.Fatalf("job ended %v: %s", job["status"], mustMarshal(job))
 		}
-		data := dig(job, "output", "data").(map[string]any)
+		data, _ := dig(job, "output", "data", "technicalMetadata").(map[string]any)
 		checkMetadata(t, data)
 		if q, _ := job["verifiedQuantity"].(float64); math.Abs(q-3) > 0.2 {
 			t.Errorf("verifiedQuantity = %v, want ~3 s", job["verifiedQuantity"])
@@ -142,7 +142,8 @@ func TestEndToEnd(t *testing.T) {
 		if job.Status != jobsv1.JobStatus_JOB_STATUS_COMPLETED {
 			t.Fatalf("job ended %s: %v", jobstate.Name(job.Status), job.Error)
 		}
-		checkMetadata(t, job.Output.GetData().AsMap())
+		data, _ := job.Output.GetData().AsMap()["technicalMetadata"].(map[string]any)
+		checkMetadata(t, data)
 		if len(job.Executions) == 0 || job.Executions[len(job.Executions)-1].InstanceId == "" {
 			t.Errorf("executions do not name the instance: %v", job.Executions)
 		}
