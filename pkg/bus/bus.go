@@ -208,8 +208,33 @@ func Permanent(err error) error { return permanentError{err} }
 // IsPermanent reports whether err was marked Permanent.
 func IsPermanent(err error) bool { return errors.As(err, new(permanentError)) }
 
+// retryError asks for redelivery after a set delay, quietly: the message is
+// fine but its time has not come (a job waiting for a worker to appear).
+type retryError struct {
+	err   error
+	after time.Duration
+}
+
+func (e retryError) Error() string { return e.err.Error() }
+func (e retryError) Unwrap() error { return e.err }
+
+// RetryAfter wraps err so the consumer redelivers the message after d and
+// logs it at debug level only.
+func RetryAfter(d time.Duration, err error) error { return retryError{err: err, after: d} }
+
+// backoff is the redelivery delay after a handler failure: 250 ms doubling
+// with each delivery, at most 10 s, so a failing dependency is not hammered.
+func backoff(delivered uint64) time.Duration {
+	d := 250 * time.Millisecond
+	for i := uint64(1); i < delivered && d < 10*time.Second; i++ {
+		d *= 2
+	}
+	return min(d, 10*time.Second)
+}
+
 // Handler handles one message. nil acks it; a Permanent error terminates it;
-// any other error naks it for redelivery after a delay.
+// RetryAfter redelivers it after its delay; any other error naks it for
+// redelivery after a growing delay.
 type Handler func(ctx context.Context, msg jetstream.Msg) error
 
 // ConsumerConfig is a durable pull consumer on a stream.
@@ -235,6 +260,7 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ha
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		mctx := ContextFromHeader(ctx, msg.Headers())
 		err := handler(mctx, msg)
+		var retry retryError
 		switch {
 		case err == nil:
 			if err := msg.Ack(); err != nil {
@@ -243,9 +269,17 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ha
 		case IsPermanent(err):
 			log.ErrorContext(mctx, "message dropped", "subject", msg.Subject(), "err", err)
 			_ = msg.Term()
+		case errors.As(err, &retry):
+			log.DebugContext(mctx, "message deferred", "subject", msg.Subject(), "after", retry.after, "err", err)
+			_ = msg.NakWithDelay(retry.after)
 		default:
-			log.WarnContext(mctx, "message will be retried", "subject", msg.Subject(), "err", err)
-			_ = msg.NakWithDelay(500 * time.Millisecond)
+			var delivered uint64 = 1
+			if md, mdErr := msg.Metadata(); mdErr == nil {
+				delivered = md.NumDelivered
+			}
+			delay := backoff(delivered)
+			log.WarnContext(mctx, "message will be retried", "subject", msg.Subject(), "delivery", delivered, "after", delay, "err", err)
+			_ = msg.NakWithDelay(delay)
 		}
 	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		if ctx.Err() == nil && !errors.Is(err, jetstream.ErrNoHeartbeat) {

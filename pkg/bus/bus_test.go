@@ -187,3 +187,47 @@ func checkFor(t *testing.T, total time.Duration, f func() error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestBackoff(t *testing.T) {
+	for n, want := range map[uint64]time.Duration{1: 250 * time.Millisecond, 2: 500 * time.Millisecond, 3: time.Second, 6: 8 * time.Second, 7: 10 * time.Second, 50: 10 * time.Second} {
+		if got := backoff(n); got != want {
+			t.Errorf("backoff(%d) = %s, want %s", n, got, want)
+		}
+	}
+}
+
+func TestRetryAfterRedeliversAfterItsDelay(t *testing.T) {
+	ctx, js := setup(t)
+	if err := Publish(ctx, js, SubjectJobCancel, "", &eventsv1.JobCancelRequested{JobId: "later"}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var seen []time.Time
+	cctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		_ = Consume(cctx, js, ConsumerConfig{Stream: StreamEvents, Durable: "t-later", Filter: []string{SubjectJobCancel}},
+			func(ctx context.Context, msg jetstream.Msg) error {
+				mu.Lock()
+				defer mu.Unlock()
+				seen = append(seen, time.Now())
+				if len(seen) == 1 {
+					return RetryAfter(700*time.Millisecond, errors.New("no worker yet"))
+				}
+				return nil
+			})
+	}()
+	checkFor(t, 10*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(seen) < 2 {
+			return errors.New("not redelivered yet")
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if gap := seen[1].Sub(seen[0]); gap < 700*time.Millisecond {
+		t.Errorf("redelivered after %s, want at least 700ms", gap)
+	}
+}

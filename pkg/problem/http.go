@@ -15,8 +15,16 @@ import (
 // ContentType of problem responses (RFC 7807).
 const ContentType = "application/problem+json"
 
-// HTTPStatus maps a gRPC code to its HTTP status.
-func HTTPStatus(c codes.Code) int { return runtime.HTTPStatusFromCode(c) }
+// HTTPStatus maps a gRPC code to its HTTP status: grpc-gateway's mapping,
+// except that FailedPrecondition is 409 Conflict (the resource's state
+// forbids the operation, e.g. cancelling a finished job), not 400, so clients
+// can tell it from bad input.
+func HTTPStatus(c codes.Code) int {
+	if c == codes.FailedPrecondition {
+		return http.StatusConflict
+	}
+	return runtime.HTTPStatusFromCode(c)
+}
 
 // Write writes p as application/problem+json with its status.
 func Write(w http.ResponseWriter, p *jobsv1.Problem) {
@@ -41,7 +49,7 @@ func WriteError(ctx context.Context, w http.ResponseWriter, err error) {
 func GatewayErrorHandler(ctx context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, _ *http.Request, err error) {
 	st, _ := status.FromError(ToStatus(ctx, err))
 	p := FromStatus(st)
-	if st.Code() == codes.InvalidArgument && p.Type == TypePrefix+defaultType(codes.InvalidArgument) && strings.Contains(st.Message(), "unmarshal") {
+	if st.Code() == codes.InvalidArgument && p.Type == TypePrefix+defaultType(codes.InvalidArgument) && isDecodeError(st.Message()) {
 		p.Type, p.Title = TypePrefix+"malformed-body", "Malformed request body"
 	}
 	Write(w, p)
@@ -68,4 +76,14 @@ func snake(s string) string {
 		b.WriteRune(r)
 	}
 	return b.String()
+}
+
+// isDecodeError recognises the gateway's body decoding failures.
+func isDecodeError(msg string) bool {
+	for _, s := range []string{"unmarshal", "unexpected EOF", "invalid character", "syntax error", "unexpected token"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }

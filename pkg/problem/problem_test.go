@@ -51,6 +51,17 @@ func TestToStatus(t *testing.T) {
 	}
 }
 
+func TestHTTPStatus(t *testing.T) {
+	for code, want := range map[codes.Code]int{
+		codes.InvalidArgument: 400, codes.Unauthenticated: 401, codes.PermissionDenied: 403, codes.NotFound: 404,
+		codes.FailedPrecondition: 409, codes.AlreadyExists: 409, codes.ResourceExhausted: 429, codes.Unavailable: 503,
+	} {
+		if got := HTTPStatus(code); got != want {
+			t.Errorf("HTTPStatus(%s) = %d, want %d", code, got, want)
+		}
+	}
+}
+
 func TestWriteErrorIsProblemJSON(t *testing.T) {
 	rec := httptest.NewRecorder()
 	WriteError(context.Background(), rec, NotFound("job", "j9"))

@@ -201,8 +201,10 @@ func (p *Processor) dispatch(ctx context.Context, rec *jobsv1.Job) error {
 		if waited >= p.cfg.QueueTimeout {
 			return p.failNoService(ctx, rec)
 		}
-		// Redelivered after a delay: a worker may register meanwhile.
-		return fmt.Errorf("dispatch job %s: %w for profile %q (queued %s of %s)", id, err, rec.GetProfile(), waited.Round(time.Millisecond), p.cfg.QueueTimeout)
+		// Redelivered after a delay: a worker may register meanwhile. Look
+		// again every second, and right at the queue timeout.
+		return bus.RetryAfter(min(time.Second, p.cfg.QueueTimeout-waited),
+			fmt.Errorf("dispatch job %s: %w for profile %q (queued %s of %s)", id, err, rec.GetProfile(), waited.Round(time.Millisecond), p.cfg.QueueTimeout))
 	}
 	if err != nil {
 		// The registry is unreachable: transient, never a reason to fail the job.

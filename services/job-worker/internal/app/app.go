@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -77,12 +78,21 @@ func Defaults() Config {
 }
 
 // DefaultInstanceID is hostname-pid-random: unique per process even when
-// pids repeat across containers.
+// pids repeat across containers. Only the hostname's first label is kept, and
+// anything outside [A-Za-z0-9_-] becomes '-', because the registry refuses ids
+// that would not make a single NATS subject token.
 func DefaultInstanceID() string {
 	host, err := os.Hostname()
 	if err != nil || host == "" {
 		host = "worker"
 	}
+	host, _, _ = strings.Cut(host, ".")
+	host = strings.Map(func(r rune) rune {
+		if r == '_' || r == '-' || ('0' <= r && r <= '9') || ('a' <= r && r <= 'z') || ('A' <= r && r <= 'Z') {
+			return r
+		}
+		return '-'
+	}, host)
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))

@@ -287,9 +287,8 @@ func TestCancelJob(t *testing.T) {
 	}
 	_, err = f.srv.CancelJob(as("acme"), &jobsv1.CancelJobRequest{Id: job.Id})
 	wantProblem(t, err, codes.FailedPrecondition, "")
-	// The HTTP status comes from pkg/problem (FailedPrecondition -> 409 is
-	// asked of it); the type tells clients what happened.
-	if p := problem.FromStatus(status.Convert(problem.ToStatus(context.Background(), err))); p.Type != problem.TypePrefix+"job-terminal" {
+	// REST clients get 409 Conflict with the job-terminal type.
+	if p := problem.FromStatus(status.Convert(problem.ToStatus(context.Background(), err))); p.Type != problem.TypePrefix+"job-terminal" || p.Status != 409 {
 		t.Fatalf("problem = %v", p)
 	}
 }

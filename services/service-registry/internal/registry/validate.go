@@ -11,7 +11,7 @@ import (
 // maxNameLen keeps keys (and NATS subjects built from names) bounded.
 const maxNameLen = 200
 
-var namePattern = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 
 // ParameterTypes are the types a job profile parameter may have.
 var ParameterTypes = map[string]bool{
@@ -28,7 +28,7 @@ func checkName(field, name string) error {
 	case len(name) > maxNameLen:
 		return problem.InvalidArgument(field, "%s is longer than %d characters", field, maxNameLen)
 	case !namePattern.MatchString(name):
-		return problem.InvalidArgument(field, "%s %q must match [A-Za-z0-9._-]+", field, name)
+		return problem.InvalidArgument(field, "%s %q must match [A-Za-z0-9_-]+ (a dot would split the NATS subject built from it)", field, name)
 	}
 	return nil
 }
