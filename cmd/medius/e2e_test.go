@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/medius-platform/medius/cmd/medius/internal/cli"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/devenv"
 	"github.com/medius-platform/medius/pkg/devstack"
@@ -194,6 +195,29 @@ func TestEndToEnd(t *testing.T) {
 			if job.Status != jobsv1.JobStatus_JOB_STATUS_FAILED || job.Error == nil || !strings.Contains(job.Error.Type, "locator-forbidden") {
 				t.Errorf("%s: job ended %s, error %+v; want FAILED locator-forbidden", url, jobstate.Name(job.Status), job.Error)
 			}
+		}
+	})
+
+	t.Run("CLI submits, waits and reports failure in its exit status", func(t *testing.T) {
+		run := func(args ...string) (string, error) {
+			var out bytes.Buffer
+			cmd := cli.New()
+			cmd.SetArgs(append(args, "--server", p.stack.GRPCAddr, "--api-key", apiKey))
+			cmd.SetOut(&out)
+			cmd.SetErr(io.Discard)
+			err := cmd.ExecuteContext(context.Background())
+			return out.String(), err
+		}
+		out, err := run("jobs", "submit", "--profile", "ExtractTechnicalMetadata", "--input", "inputFile=file://"+p.clip, "--wait", "-o", "json")
+		if err != nil || !strings.Contains(out, "JOB_STATUS_COMPLETED") || !strings.Contains(out, `"codecName": "h264"`) {
+			t.Errorf("submit --wait: %v\n%s", err, out)
+		}
+		out, err = run("jobs", "submit", "--profile", "ExtractTechnicalMetadata", "--input", "inputFile=file:///etc/passwd", "--wait")
+		if err == nil || !strings.Contains(out, "FAILED") {
+			t.Errorf("failed job: err %v, output %s; want an error and FAILED", err, out)
+		}
+		if _, err = run("jobs", "submit", "--profile", "NoSuchProfile"); err == nil || !strings.Contains(cli.Describe(err), "(field job.profile)") {
+			t.Errorf("unknown profile: %v", err)
 		}
 	})
 

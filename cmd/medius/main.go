@@ -16,7 +16,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := cli.New().ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "medius:", err)
+		fmt.Fprintln(os.Stderr, "medius:", cli.Describe(err))
 		os.Exit(1)
 	}
 }

@@ -96,12 +96,16 @@ func newJobsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if wait {
-				if got, err = waitJob(ctx, cl, got.Id, cmd.ErrOrStderr()); err != nil {
-					return err
-				}
+			if !wait {
+				return printJobs(cmd.OutOrStdout(), c.output, got)
 			}
-			return printJobs(cmd.OutOrStdout(), c.output, got)
+			if got, err = waitJob(ctx, cl, got.Id, cmd.ErrOrStderr()); err != nil {
+				return err
+			}
+			if err := printJobs(cmd.OutOrStdout(), c.output, got); err != nil {
+				return err
+			}
+			return endedBadly(got)
 		},
 	}
 	submit.Flags().StringVar(&profile, "profile", "", "job profile (required)")
@@ -139,7 +143,10 @@ func newJobsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printJobs(cmd.OutOrStdout(), c.output, j)
+			if err := printJobs(cmd.OutOrStdout(), c.output, j); err != nil {
+				return err
+			}
+			return endedBadly(j)
 		},
 	}
 	var pageSize int32
@@ -219,6 +226,15 @@ func waitJob(ctx context.Context, cl jobsv1.JobServiceClient, id string, progres
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// endedBadly makes a waited-for job that did not complete an error, so
+// scripts can test the exit status.
+func endedBadly(j *jobsv1.Job) error {
+	if j.Status == jobsv1.JobStatus_JOB_STATUS_COMPLETED {
+		return nil
+	}
+	return fmt.Errorf("job %s ended %s", j.Id, jobstate.Name(j.Status))
 }
 
 func printJobs(w io.Writer, format string, jobs ...*jobsv1.Job) error {
