@@ -209,8 +209,13 @@ func TestEndToEnd(t *testing.T) {
 			return out.String(), err
 		}
 		out, err := run("jobs", "submit", "--profile", "ExtractTechnicalMetadata", "--input", "inputFile=file://"+p.clip, "--wait", "-o", "json")
-		if err != nil || !strings.Contains(out, "JOB_STATUS_COMPLETED") || !strings.Contains(out, `"codecName": "h264"`) {
+		var job map[string]any
+		if err != nil || json.Unmarshal([]byte(out), &job) != nil || job["status"] != "JOB_STATUS_COMPLETED" {
 			t.Errorf("submit --wait: %v\n%s", err, out)
+		} else if data, _ := dig(job, "output", "data", "technicalMetadata").(map[string]any); data != nil {
+			checkMetadata(t, data)
+		} else {
+			t.Errorf("no technicalMetadata in %s", out)
 		}
 		out, err = run("jobs", "submit", "--profile", "ExtractTechnicalMetadata", "--input", "inputFile=file:///etc/passwd", "--wait")
 		if err == nil || !strings.Contains(out, "FAILED") {
