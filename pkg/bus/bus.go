@@ -34,6 +34,7 @@ const (
 const (
 	SubjectJobCreated    = "medius.events.job.created"
 	SubjectJobCancel     = "medius.events.job.cancel"
+	SubjectJobRestart    = "medius.events.job.restart"
 	subjectJobStatus     = "medius.events.job.status."
 	SubjectJobStatusAll  = subjectJobStatus + "*"
 	subjectExecution     = "medius.events.exec."

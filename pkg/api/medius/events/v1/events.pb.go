@@ -565,6 +565,126 @@ func (x *ServiceInstanceChanged) GetInstance() *v11.ServiceInstance {
 	return nil
 }
 
+// JobRestartRequested: mediator -> processor, to run a FAILED or CANCELED job
+// again as a new execution.
+type JobRestartRequested struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	JobId  string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Tenant string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// Executions the job had when the restart was asked for; the restart is
+	// its next attempt (and names the event's msg id).
+	Attempts      int32 `protobuf:"varint,3,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobRestartRequested) Reset() {
+	*x = JobRestartRequested{}
+	mi := &file_medius_events_v1_events_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobRestartRequested) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobRestartRequested) ProtoMessage() {}
+
+func (x *JobRestartRequested) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_events_v1_events_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobRestartRequested.ProtoReflect.Descriptor instead.
+func (*JobRestartRequested) Descriptor() ([]byte, []int) {
+	return file_medius_events_v1_events_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *JobRestartRequested) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *JobRestartRequested) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *JobRestartRequested) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+// ExecutionTimer: processor -> processor, one per attempt. It is redelivered
+// with a delay until the attempt ends, and each delivery checks the
+// attempt's heartbeats, timeout and deadline, and retries a lost attempt.
+type ExecutionTimer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// 0 watches the job's deadline before any attempt runs.
+	Attempt       int32 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecutionTimer) Reset() {
+	*x = ExecutionTimer{}
+	mi := &file_medius_events_v1_events_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecutionTimer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecutionTimer) ProtoMessage() {}
+
+func (x *ExecutionTimer) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_events_v1_events_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecutionTimer.ProtoReflect.Descriptor instead.
+func (*ExecutionTimer) Descriptor() ([]byte, []int) {
+	return file_medius_events_v1_events_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ExecutionTimer) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *ExecutionTimer) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
 var File_medius_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_medius_events_v1_events_proto_rawDesc = "" +
@@ -616,7 +736,14 @@ const file_medius_events_v1_events_proto_rawDesc = "" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aKIND_UP\x10\x01\x12\r\n" +
 	"\tKIND_DOWN\x10\x02\x12\x10\n" +
-	"\fKIND_UPDATED\x10\x03BEZCgithub.com/medius-platform/medius/pkg/api/medius/events/v1;eventsv1b\x06proto3"
+	"\fKIND_UPDATED\x10\x03\"`\n" +
+	"\x13JobRestartRequested\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x1a\n" +
+	"\battempts\x18\x03 \x01(\x05R\battempts\"A\n" +
+	"\x0eExecutionTimer\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattemptBEZCgithub.com/medius-platform/medius/pkg/api/medius/events/v1;eventsv1b\x06proto3"
 
 var (
 	file_medius_events_v1_events_proto_rawDescOnce sync.Once
@@ -631,7 +758,7 @@ func file_medius_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_medius_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_medius_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_medius_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_medius_events_v1_events_proto_goTypes = []any{
 	(ServiceInstanceChanged_Kind)(0), // 0: medius.events.v1.ServiceInstanceChanged.Kind
 	(*JobCreated)(nil),               // 1: medius.events.v1.JobCreated
@@ -640,31 +767,33 @@ var file_medius_events_v1_events_proto_goTypes = []any{
 	(*ExecutionUpdate)(nil),          // 4: medius.events.v1.ExecutionUpdate
 	(*JobStatusChanged)(nil),         // 5: medius.events.v1.JobStatusChanged
 	(*ServiceInstanceChanged)(nil),   // 6: medius.events.v1.ServiceInstanceChanged
-	(*v1.Job)(nil),                   // 7: medius.jobs.v1.Job
-	(*v1.JobInput)(nil),              // 8: medius.jobs.v1.JobInput
-	(*durationpb.Duration)(nil),      // 9: google.protobuf.Duration
-	(v1.JobStatus)(0),                // 10: medius.jobs.v1.JobStatus
-	(*v1.JobOutput)(nil),             // 11: medius.jobs.v1.JobOutput
-	(*v1.Problem)(nil),               // 12: medius.jobs.v1.Problem
-	(*timestamppb.Timestamp)(nil),    // 13: google.protobuf.Timestamp
-	(*v1.Execution)(nil),             // 14: medius.jobs.v1.Execution
-	(*v11.ServiceInstance)(nil),      // 15: medius.registry.v1.ServiceInstance
+	(*JobRestartRequested)(nil),      // 7: medius.events.v1.JobRestartRequested
+	(*ExecutionTimer)(nil),           // 8: medius.events.v1.ExecutionTimer
+	(*v1.Job)(nil),                   // 9: medius.jobs.v1.Job
+	(*v1.JobInput)(nil),              // 10: medius.jobs.v1.JobInput
+	(*durationpb.Duration)(nil),      // 11: google.protobuf.Duration
+	(v1.JobStatus)(0),                // 12: medius.jobs.v1.JobStatus
+	(*v1.JobOutput)(nil),             // 13: medius.jobs.v1.JobOutput
+	(*v1.Problem)(nil),               // 14: medius.jobs.v1.Problem
+	(*timestamppb.Timestamp)(nil),    // 15: google.protobuf.Timestamp
+	(*v1.Execution)(nil),             // 16: medius.jobs.v1.Execution
+	(*v11.ServiceInstance)(nil),      // 17: medius.registry.v1.ServiceInstance
 }
 var file_medius_events_v1_events_proto_depIdxs = []int32{
-	7,  // 0: medius.events.v1.JobCreated.job:type_name -> medius.jobs.v1.Job
-	8,  // 1: medius.events.v1.WorkItem.input:type_name -> medius.jobs.v1.JobInput
-	9,  // 2: medius.events.v1.WorkItem.timeout:type_name -> google.protobuf.Duration
-	10, // 3: medius.events.v1.ExecutionUpdate.status:type_name -> medius.jobs.v1.JobStatus
-	11, // 4: medius.events.v1.ExecutionUpdate.output:type_name -> medius.jobs.v1.JobOutput
-	12, // 5: medius.events.v1.ExecutionUpdate.error:type_name -> medius.jobs.v1.Problem
-	13, // 6: medius.events.v1.ExecutionUpdate.time:type_name -> google.protobuf.Timestamp
-	10, // 7: medius.events.v1.JobStatusChanged.status:type_name -> medius.jobs.v1.JobStatus
-	11, // 8: medius.events.v1.JobStatusChanged.output:type_name -> medius.jobs.v1.JobOutput
-	12, // 9: medius.events.v1.JobStatusChanged.error:type_name -> medius.jobs.v1.Problem
-	14, // 10: medius.events.v1.JobStatusChanged.execution:type_name -> medius.jobs.v1.Execution
-	13, // 11: medius.events.v1.JobStatusChanged.time:type_name -> google.protobuf.Timestamp
+	9,  // 0: medius.events.v1.JobCreated.job:type_name -> medius.jobs.v1.Job
+	10, // 1: medius.events.v1.WorkItem.input:type_name -> medius.jobs.v1.JobInput
+	11, // 2: medius.events.v1.WorkItem.timeout:type_name -> google.protobuf.Duration
+	12, // 3: medius.events.v1.ExecutionUpdate.status:type_name -> medius.jobs.v1.JobStatus
+	13, // 4: medius.events.v1.ExecutionUpdate.output:type_name -> medius.jobs.v1.JobOutput
+	14, // 5: medius.events.v1.ExecutionUpdate.error:type_name -> medius.jobs.v1.Problem
+	15, // 6: medius.events.v1.ExecutionUpdate.time:type_name -> google.protobuf.Timestamp
+	12, // 7: medius.events.v1.JobStatusChanged.status:type_name -> medius.jobs.v1.JobStatus
+	13, // 8: medius.events.v1.JobStatusChanged.output:type_name -> medius.jobs.v1.JobOutput
+	14, // 9: medius.events.v1.JobStatusChanged.error:type_name -> medius.jobs.v1.Problem
+	16, // 10: medius.events.v1.JobStatusChanged.execution:type_name -> medius.jobs.v1.Execution
+	15, // 11: medius.events.v1.JobStatusChanged.time:type_name -> google.protobuf.Timestamp
 	0,  // 12: medius.events.v1.ServiceInstanceChanged.kind:type_name -> medius.events.v1.ServiceInstanceChanged.Kind
-	15, // 13: medius.events.v1.ServiceInstanceChanged.instance:type_name -> medius.registry.v1.ServiceInstance
+	17, // 13: medius.events.v1.ServiceInstanceChanged.instance:type_name -> medius.registry.v1.ServiceInstance
 	14, // [14:14] is the sub-list for method output_type
 	14, // [14:14] is the sub-list for method input_type
 	14, // [14:14] is the sub-list for extension type_name
@@ -683,7 +812,7 @@ func file_medius_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_medius_events_v1_events_proto_rawDesc), len(file_medius_events_v1_events_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

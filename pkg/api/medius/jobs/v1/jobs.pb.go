@@ -920,6 +920,138 @@ func (x *CancelJobRequest) GetId() string {
 	return ""
 }
 
+type ListJobExecutionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobExecutionsRequest) Reset() {
+	*x = ListJobExecutionsRequest{}
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobExecutionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobExecutionsRequest) ProtoMessage() {}
+
+func (x *ListJobExecutionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobExecutionsRequest.ProtoReflect.Descriptor instead.
+func (*ListJobExecutionsRequest) Descriptor() ([]byte, []int) {
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListJobExecutionsRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ListJobExecutionsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Executions    []*Execution           `protobuf:"bytes,1,rep,name=executions,proto3" json:"executions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobExecutionsResponse) Reset() {
+	*x = ListJobExecutionsResponse{}
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobExecutionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobExecutionsResponse) ProtoMessage() {}
+
+func (x *ListJobExecutionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobExecutionsResponse.ProtoReflect.Descriptor instead.
+func (*ListJobExecutionsResponse) Descriptor() ([]byte, []int) {
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListJobExecutionsResponse) GetExecutions() []*Execution {
+	if x != nil {
+		return x.Executions
+	}
+	return nil
+}
+
+type RestartJobRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartJobRequest) Reset() {
+	*x = RestartJobRequest{}
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartJobRequest) ProtoMessage() {}
+
+func (x *RestartJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartJobRequest.ProtoReflect.Descriptor instead.
+func (*RestartJobRequest) Descriptor() ([]byte, []int) {
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RestartJobRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 var File_medius_jobs_v1_jobs_proto protoreflect.FileDescriptor
 
 const file_medius_jobs_v1_jobs_proto_rawDesc = "" +
@@ -1007,6 +1139,14 @@ const file_medius_jobs_v1_jobs_proto_rawDesc = "" +
 	"\x04jobs\x18\x01 \x03(\v2\x13.medius.jobs.v1.JobR\x04jobs\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\"\n" +
 	"\x10CancelJobRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"*\n" +
+	"\x18ListJobExecutionsRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"V\n" +
+	"\x19ListJobExecutionsResponse\x129\n" +
+	"\n" +
+	"executions\x18\x01 \x03(\v2\x19.medius.jobs.v1.ExecutionR\n" +
+	"executions\"#\n" +
+	"\x11RestartJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id*\xce\x01\n" +
 	"\tJobStatus\x12\x1a\n" +
 	"\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x12\n" +
@@ -1016,14 +1156,17 @@ const file_medius_jobs_v1_jobs_proto_rawDesc = "" +
 	"\x12JOB_STATUS_RUNNING\x10\x04\x12\x18\n" +
 	"\x14JOB_STATUS_COMPLETED\x10\x05\x12\x15\n" +
 	"\x11JOB_STATUS_FAILED\x10\x06\x12\x17\n" +
-	"\x13JOB_STATUS_CANCELED\x10\a2\x82\x03\n" +
+	"\x13JOB_STATUS_CANCELED\x10\a2\xf7\x04\n" +
 	"\n" +
 	"JobService\x12Y\n" +
 	"\tCreateJob\x12 .medius.jobs.v1.CreateJobRequest\x1a\x13.medius.jobs.v1.Job\"\x15\x82\xd3\xe4\x93\x02\x0f:\x03job\"\b/v1/jobs\x12S\n" +
 	"\x06GetJob\x12\x1d.medius.jobs.v1.GetJobRequest\x1a\x13.medius.jobs.v1.Job\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/jobs/{id}\x12_\n" +
 	"\bListJobs\x12\x1f.medius.jobs.v1.ListJobsRequest\x1a .medius.jobs.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n" +
 	"\x12\b/v1/jobs\x12c\n" +
-	"\tCancelJob\x12 .medius.jobs.v1.CancelJobRequest\x1a\x13.medius.jobs.v1.Job\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/jobs/{id}:cancelBAZ?github.com/medius-platform/medius/pkg/api/medius/jobs/v1;jobsv1b\x06proto3"
+	"\tCancelJob\x12 .medius.jobs.v1.CancelJobRequest\x1a\x13.medius.jobs.v1.Job\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/jobs/{id}:cancel\x12\x8a\x01\n" +
+	"\x11ListJobExecutions\x12(.medius.jobs.v1.ListJobExecutionsRequest\x1a).medius.jobs.v1.ListJobExecutionsResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/jobs/{id}/executions\x12f\n" +
+	"\n" +
+	"RestartJob\x12!.medius.jobs.v1.RestartJobRequest\x1a\x13.medius.jobs.v1.Job\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/jobs/{id}:restartBAZ?github.com/medius-platform/medius/pkg/api/medius/jobs/v1;jobsv1b\x06proto3"
 
 var (
 	file_medius_jobs_v1_jobs_proto_rawDescOnce sync.Once
@@ -1038,68 +1181,76 @@ func file_medius_jobs_v1_jobs_proto_rawDescGZIP() []byte {
 }
 
 var file_medius_jobs_v1_jobs_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_medius_jobs_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_medius_jobs_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_medius_jobs_v1_jobs_proto_goTypes = []any{
-	(JobStatus)(0),                // 0: medius.jobs.v1.JobStatus
-	(*Problem)(nil),               // 1: medius.jobs.v1.Problem
-	(*Locator)(nil),               // 2: medius.jobs.v1.Locator
-	(*JobInput)(nil),              // 3: medius.jobs.v1.JobInput
-	(*JobOutput)(nil),             // 4: medius.jobs.v1.JobOutput
-	(*Execution)(nil),             // 5: medius.jobs.v1.Execution
-	(*Job)(nil),                   // 6: medius.jobs.v1.Job
-	(*CreateJobRequest)(nil),      // 7: medius.jobs.v1.CreateJobRequest
-	(*GetJobRequest)(nil),         // 8: medius.jobs.v1.GetJobRequest
-	(*ListJobsRequest)(nil),       // 9: medius.jobs.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),      // 10: medius.jobs.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),      // 11: medius.jobs.v1.CancelJobRequest
-	nil,                           // 12: medius.jobs.v1.JobInput.LocatorsEntry
-	nil,                           // 13: medius.jobs.v1.JobOutput.LocatorsEntry
-	nil,                           // 14: medius.jobs.v1.Job.TagsEntry
-	(*structpb.Struct)(nil),       // 15: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
-	(*structpb.Value)(nil),        // 18: google.protobuf.Value
+	(JobStatus)(0),                    // 0: medius.jobs.v1.JobStatus
+	(*Problem)(nil),                   // 1: medius.jobs.v1.Problem
+	(*Locator)(nil),                   // 2: medius.jobs.v1.Locator
+	(*JobInput)(nil),                  // 3: medius.jobs.v1.JobInput
+	(*JobOutput)(nil),                 // 4: medius.jobs.v1.JobOutput
+	(*Execution)(nil),                 // 5: medius.jobs.v1.Execution
+	(*Job)(nil),                       // 6: medius.jobs.v1.Job
+	(*CreateJobRequest)(nil),          // 7: medius.jobs.v1.CreateJobRequest
+	(*GetJobRequest)(nil),             // 8: medius.jobs.v1.GetJobRequest
+	(*ListJobsRequest)(nil),           // 9: medius.jobs.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),          // 10: medius.jobs.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),          // 11: medius.jobs.v1.CancelJobRequest
+	(*ListJobExecutionsRequest)(nil),  // 12: medius.jobs.v1.ListJobExecutionsRequest
+	(*ListJobExecutionsResponse)(nil), // 13: medius.jobs.v1.ListJobExecutionsResponse
+	(*RestartJobRequest)(nil),         // 14: medius.jobs.v1.RestartJobRequest
+	nil,                               // 15: medius.jobs.v1.JobInput.LocatorsEntry
+	nil,                               // 16: medius.jobs.v1.JobOutput.LocatorsEntry
+	nil,                               // 17: medius.jobs.v1.Job.TagsEntry
+	(*structpb.Struct)(nil),           // 18: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),     // 19: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 20: google.protobuf.Duration
+	(*structpb.Value)(nil),            // 21: google.protobuf.Value
 }
 var file_medius_jobs_v1_jobs_proto_depIdxs = []int32{
-	12, // 0: medius.jobs.v1.JobInput.locators:type_name -> medius.jobs.v1.JobInput.LocatorsEntry
-	15, // 1: medius.jobs.v1.JobInput.parameters:type_name -> google.protobuf.Struct
-	13, // 2: medius.jobs.v1.JobOutput.locators:type_name -> medius.jobs.v1.JobOutput.LocatorsEntry
-	15, // 3: medius.jobs.v1.JobOutput.data:type_name -> google.protobuf.Struct
+	15, // 0: medius.jobs.v1.JobInput.locators:type_name -> medius.jobs.v1.JobInput.LocatorsEntry
+	18, // 1: medius.jobs.v1.JobInput.parameters:type_name -> google.protobuf.Struct
+	16, // 2: medius.jobs.v1.JobOutput.locators:type_name -> medius.jobs.v1.JobOutput.LocatorsEntry
+	18, // 3: medius.jobs.v1.JobOutput.data:type_name -> google.protobuf.Struct
 	0,  // 4: medius.jobs.v1.Execution.status:type_name -> medius.jobs.v1.JobStatus
-	16, // 5: medius.jobs.v1.Execution.dispatch_time:type_name -> google.protobuf.Timestamp
-	16, // 6: medius.jobs.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
-	16, // 7: medius.jobs.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
+	19, // 5: medius.jobs.v1.Execution.dispatch_time:type_name -> google.protobuf.Timestamp
+	19, // 6: medius.jobs.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
+	19, // 7: medius.jobs.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
 	1,  // 8: medius.jobs.v1.Execution.error:type_name -> medius.jobs.v1.Problem
 	3,  // 9: medius.jobs.v1.Job.input:type_name -> medius.jobs.v1.JobInput
 	4,  // 10: medius.jobs.v1.Job.output:type_name -> medius.jobs.v1.JobOutput
 	0,  // 11: medius.jobs.v1.Job.status:type_name -> medius.jobs.v1.JobStatus
 	1,  // 12: medius.jobs.v1.Job.error:type_name -> medius.jobs.v1.Problem
-	17, // 13: medius.jobs.v1.Job.timeout:type_name -> google.protobuf.Duration
-	16, // 14: medius.jobs.v1.Job.deadline:type_name -> google.protobuf.Timestamp
-	14, // 15: medius.jobs.v1.Job.tags:type_name -> medius.jobs.v1.Job.TagsEntry
-	18, // 16: medius.jobs.v1.Job.tracking:type_name -> google.protobuf.Value
-	16, // 17: medius.jobs.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	16, // 18: medius.jobs.v1.Job.update_time:type_name -> google.protobuf.Timestamp
-	16, // 19: medius.jobs.v1.Job.end_time:type_name -> google.protobuf.Timestamp
+	20, // 13: medius.jobs.v1.Job.timeout:type_name -> google.protobuf.Duration
+	19, // 14: medius.jobs.v1.Job.deadline:type_name -> google.protobuf.Timestamp
+	17, // 15: medius.jobs.v1.Job.tags:type_name -> medius.jobs.v1.Job.TagsEntry
+	21, // 16: medius.jobs.v1.Job.tracking:type_name -> google.protobuf.Value
+	19, // 17: medius.jobs.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	19, // 18: medius.jobs.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	19, // 19: medius.jobs.v1.Job.end_time:type_name -> google.protobuf.Timestamp
 	5,  // 20: medius.jobs.v1.Job.executions:type_name -> medius.jobs.v1.Execution
 	6,  // 21: medius.jobs.v1.CreateJobRequest.job:type_name -> medius.jobs.v1.Job
 	0,  // 22: medius.jobs.v1.ListJobsRequest.status:type_name -> medius.jobs.v1.JobStatus
 	6,  // 23: medius.jobs.v1.ListJobsResponse.jobs:type_name -> medius.jobs.v1.Job
-	2,  // 24: medius.jobs.v1.JobInput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
-	2,  // 25: medius.jobs.v1.JobOutput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
-	7,  // 26: medius.jobs.v1.JobService.CreateJob:input_type -> medius.jobs.v1.CreateJobRequest
-	8,  // 27: medius.jobs.v1.JobService.GetJob:input_type -> medius.jobs.v1.GetJobRequest
-	9,  // 28: medius.jobs.v1.JobService.ListJobs:input_type -> medius.jobs.v1.ListJobsRequest
-	11, // 29: medius.jobs.v1.JobService.CancelJob:input_type -> medius.jobs.v1.CancelJobRequest
-	6,  // 30: medius.jobs.v1.JobService.CreateJob:output_type -> medius.jobs.v1.Job
-	6,  // 31: medius.jobs.v1.JobService.GetJob:output_type -> medius.jobs.v1.Job
-	10, // 32: medius.jobs.v1.JobService.ListJobs:output_type -> medius.jobs.v1.ListJobsResponse
-	6,  // 33: medius.jobs.v1.JobService.CancelJob:output_type -> medius.jobs.v1.Job
-	30, // [30:34] is the sub-list for method output_type
-	26, // [26:30] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	5,  // 24: medius.jobs.v1.ListJobExecutionsResponse.executions:type_name -> medius.jobs.v1.Execution
+	2,  // 25: medius.jobs.v1.JobInput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
+	2,  // 26: medius.jobs.v1.JobOutput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
+	7,  // 27: medius.jobs.v1.JobService.CreateJob:input_type -> medius.jobs.v1.CreateJobRequest
+	8,  // 28: medius.jobs.v1.JobService.GetJob:input_type -> medius.jobs.v1.GetJobRequest
+	9,  // 29: medius.jobs.v1.JobService.ListJobs:input_type -> medius.jobs.v1.ListJobsRequest
+	11, // 30: medius.jobs.v1.JobService.CancelJob:input_type -> medius.jobs.v1.CancelJobRequest
+	12, // 31: medius.jobs.v1.JobService.ListJobExecutions:input_type -> medius.jobs.v1.ListJobExecutionsRequest
+	14, // 32: medius.jobs.v1.JobService.RestartJob:input_type -> medius.jobs.v1.RestartJobRequest
+	6,  // 33: medius.jobs.v1.JobService.CreateJob:output_type -> medius.jobs.v1.Job
+	6,  // 34: medius.jobs.v1.JobService.GetJob:output_type -> medius.jobs.v1.Job
+	10, // 35: medius.jobs.v1.JobService.ListJobs:output_type -> medius.jobs.v1.ListJobsResponse
+	6,  // 36: medius.jobs.v1.JobService.CancelJob:output_type -> medius.jobs.v1.Job
+	13, // 37: medius.jobs.v1.JobService.ListJobExecutions:output_type -> medius.jobs.v1.ListJobExecutionsResponse
+	6,  // 38: medius.jobs.v1.JobService.RestartJob:output_type -> medius.jobs.v1.Job
+	33, // [33:39] is the sub-list for method output_type
+	27, // [27:33] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_medius_jobs_v1_jobs_proto_init() }
@@ -1113,7 +1264,7 @@ func file_medius_jobs_v1_jobs_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_medius_jobs_v1_jobs_proto_rawDesc), len(file_medius_jobs_v1_jobs_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,10 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	JobService_CreateJob_FullMethodName = "/medius.jobs.v1.JobService/CreateJob"
-	JobService_GetJob_FullMethodName    = "/medius.jobs.v1.JobService/GetJob"
-	JobService_ListJobs_FullMethodName  = "/medius.jobs.v1.JobService/ListJobs"
-	JobService_CancelJob_FullMethodName = "/medius.jobs.v1.JobService/CancelJob"
+	JobService_CreateJob_FullMethodName         = "/medius.jobs.v1.JobService/CreateJob"
+	JobService_GetJob_FullMethodName            = "/medius.jobs.v1.JobService/GetJob"
+	JobService_ListJobs_FullMethodName          = "/medius.jobs.v1.JobService/ListJobs"
+	JobService_CancelJob_FullMethodName         = "/medius.jobs.v1.JobService/CancelJob"
+	JobService_ListJobExecutions_FullMethodName = "/medius.jobs.v1.JobService/ListJobExecutions"
+	JobService_RestartJob_FullMethodName        = "/medius.jobs.v1.JobService/RestartJob"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -40,6 +42,10 @@ type JobServiceClient interface {
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
 	// CancelJob cancels a job that has not reached a terminal state.
 	CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*Job, error)
+	// ListJobExecutions lists a job's executions, one per attempt, oldest first.
+	ListJobExecutions(ctx context.Context, in *ListJobExecutionsRequest, opts ...grpc.CallOption) (*ListJobExecutionsResponse, error)
+	// RestartJob runs a FAILED or CANCELED job again as a new execution.
+	RestartJob(ctx context.Context, in *RestartJobRequest, opts ...grpc.CallOption) (*Job, error)
 }
 
 type jobServiceClient struct {
@@ -90,6 +96,26 @@ func (c *jobServiceClient) CancelJob(ctx context.Context, in *CancelJobRequest, 
 	return out, nil
 }
 
+func (c *jobServiceClient) ListJobExecutions(ctx context.Context, in *ListJobExecutionsRequest, opts ...grpc.CallOption) (*ListJobExecutionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListJobExecutionsResponse)
+	err := c.cc.Invoke(ctx, JobService_ListJobExecutions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobServiceClient) RestartJob(ctx context.Context, in *RestartJobRequest, opts ...grpc.CallOption) (*Job, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Job)
+	err := c.cc.Invoke(ctx, JobService_RestartJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -105,6 +131,10 @@ type JobServiceServer interface {
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
 	// CancelJob cancels a job that has not reached a terminal state.
 	CancelJob(context.Context, *CancelJobRequest) (*Job, error)
+	// ListJobExecutions lists a job's executions, one per attempt, oldest first.
+	ListJobExecutions(context.Context, *ListJobExecutionsRequest) (*ListJobExecutionsResponse, error)
+	// RestartJob runs a FAILED or CANCELED job again as a new execution.
+	RestartJob(context.Context, *RestartJobRequest) (*Job, error)
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -126,6 +156,12 @@ func (UnimplementedJobServiceServer) ListJobs(context.Context, *ListJobsRequest)
 }
 func (UnimplementedJobServiceServer) CancelJob(context.Context, *CancelJobRequest) (*Job, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelJob not implemented")
+}
+func (UnimplementedJobServiceServer) ListJobExecutions(context.Context, *ListJobExecutionsRequest) (*ListJobExecutionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListJobExecutions not implemented")
+}
+func (UnimplementedJobServiceServer) RestartJob(context.Context, *RestartJobRequest) (*Job, error) {
+	return nil, status.Error(codes.Unimplemented, "method RestartJob not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -220,6 +256,42 @@ func _JobService_CancelJob_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_ListJobExecutions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListJobExecutionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).ListJobExecutions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_ListJobExecutions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).ListJobExecutions(ctx, req.(*ListJobExecutionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobService_RestartJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestartJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).RestartJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_RestartJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).RestartJob(ctx, req.(*RestartJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -242,6 +314,14 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelJob",
 			Handler:    _JobService_CancelJob_Handler,
+		},
+		{
+			MethodName: "ListJobExecutions",
+			Handler:    _JobService_ListJobExecutions_Handler,
+		},
+		{
+			MethodName: "RestartJob",
+			Handler:    _JobService_RestartJob_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
