@@ -54,6 +54,7 @@ func parseConfig(args []string) (app.Config, error) {
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: json or text")
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP gRPC endpoint (host:port) for traces; empty disables export")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", cfg.HeartbeatInterval, "period of the RUNNING heartbeat update sent while a job runs")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long running jobs may finish on shutdown before they are handed back")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: job-worker [flags]\n\nEvery flag can also be set as MEDIUS_<FLAG> (e.g. MEDIUS_NATS_URL).\n\n")

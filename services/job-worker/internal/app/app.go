@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -57,6 +58,8 @@ type Config struct {
 	DrainTimeout time.Duration
 	// AckWait is the work consumer's ack wait.
 	AckWait time.Duration
+	// HeartbeatInterval is the period of heartbeat updates while a job runs.
+	HeartbeatInterval time.Duration
 }
 
 // Defaults returns the documented defaults (docs/internals.md).
@@ -74,6 +77,8 @@ func Defaults() Config {
 		Version:       "dev",
 		DrainTimeout:  30 * time.Second,
 		AckWait:       30 * time.Second,
+
+		HeartbeatInterval: 2 * time.Second,
 	}
 }
 
@@ -166,7 +171,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	builtin := profiles.Builtin(resolver)
 	runner, err := worker.New(worker.Config{
 		JS: js, NC: nc, Service: cfg.Service, InstanceID: cfg.InstanceID, Capacity: cfg.Capacity,
-		Profiles: builtin, AckWait: cfg.AckWait, DrainTimeout: cfg.DrainTimeout, Logger: slog.Default(),
+		Profiles: builtin, AckWait: cfg.AckWait, HeartbeatInterval: cfg.HeartbeatInterval, DrainTimeout: cfg.DrainTimeout, Logger: slog.Default(),
 	})
 	if err != nil {
 		return err
@@ -213,9 +218,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	specs := make([]*registryv1.JobProfile, 0, len(builtin))
 	names := make([]string, 0, len(builtin))
+	var jobTypes []string
 	for _, p := range builtin {
 		specs = append(specs, p.Spec)
 		names = append(names, p.Spec.GetName())
+		if !slices.Contains(jobTypes, p.Spec.GetJobType()) {
+			jobTypes = append(jobTypes, p.Spec.GetJobType())
+		}
 	}
 	// Profiles first: the service definition names them.
 	if err := registryclient.EnsureProfiles(ctx, registry, specs...); err != nil {
@@ -229,7 +238,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		regions = []string{cfg.Region}
 	}
 	reg, err := registryclient.Register(ctx, registry,
-		&registryv1.Service{Name: cfg.Service, JobTypes: []string{"AmeJob"}, Profiles: names, Regions: regions, DefaultCapacity: int32(cfg.Capacity)},
+		&registryv1.Service{Name: cfg.Service, JobTypes: jobTypes, Profiles: names, Regions: regions, DefaultCapacity: int32(cfg.Capacity)},
 		&registryv1.ServiceInstance{
 			Id: cfg.InstanceID, Service: cfg.Service, Address: admin.Addr(), Version: cfg.Version,
 			Capacity: int32(cfg.Capacity), Regions: regions, Profiles: names, StartTime: timestamppb.Now(),

@@ -27,7 +27,7 @@ const (
 
 // Builtin returns every profile this worker offers.
 func Builtin(res *locator.Resolver) []worker.Profile {
-	return []worker.Profile{TechnicalMetadata(res)}
+	return []worker.Profile{TechnicalMetadata(res), SleepProfile(), NoOpProfile()}
 }
 
 // TechnicalMetadata is the ExtractTechnicalMetadata profile: ffprobe on the

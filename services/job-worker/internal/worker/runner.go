@@ -49,7 +49,11 @@ type Config struct {
 	DrainTimeout time.Duration
 	// ProgressInterval is the least time between two progress updates (1s).
 	ProgressInterval time.Duration
-	Logger           *slog.Logger
+	// HeartbeatInterval is the period of the RUNNING "heartbeat" update sent
+	// while a job runs (2s), by which the processor tells a live worker from
+	// a lost one.
+	HeartbeatInterval time.Duration
+	Logger            *slog.Logger
 }
 
 // Runner takes work items and runs them; see the package doc.
@@ -92,6 +96,9 @@ func New(cfg Config) (*Runner, error) {
 	}
 	if cfg.ProgressInterval <= 0 {
 		cfg.ProgressInterval = time.Second
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = 2 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -357,18 +364,30 @@ func (r *Runner) runHandler(ctx context.Context, h Handler, item *eventsv1.WorkI
 	return h(ctx, item, progress)
 }
 
-// heartbeat extends the item's ack deadline every AckWait/3 and publishes
-// progress changes at most once per ProgressInterval, until ctx ends.
+// heartbeat extends the item's ack deadline every AckWait/3, publishes
+// progress changes at most once per ProgressInterval and a "heartbeat" update
+// every HeartbeatInterval, until ctx ends.
 func (r *Runner) heartbeat(ctx context.Context, log *slog.Logger, item *eventsv1.WorkItem, msg jetstream.Msg, progress *atomic.Int32) {
 	extend := time.NewTicker(r.cfg.AckWait / 3)
 	defer extend.Stop()
 	report := time.NewTicker(r.cfg.ProgressInterval)
 	defer report.Stop()
+	beat := time.NewTicker(r.cfg.HeartbeatInterval)
+	defer beat.Stop()
 	sent := int32(-1)
+	var seq int
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-beat.C:
+			seq++
+			upd := r.update(item, jobsv1.JobStatus_JOB_STATUS_RUNNING)
+			upd.Progress = max(progress.Load(), 0)
+			upd.Message = "heartbeat"
+			if err := r.publish(ctx, upd, fmt.Sprintf("-hb%d", seq)); err != nil {
+				log.DebugContext(ctx, "heartbeat update", "err", err)
+			}
 		case <-extend.C:
 			if err := msg.InProgress(); err != nil {
 				log.WarnContext(ctx, "extend ack deadline", "err", err)
@@ -401,9 +420,12 @@ func (r *Runner) update(item *eventsv1.WorkItem, status jobsv1.JobStatus) *event
 }
 
 // MsgID is the JetStream message id of an execution update:
-// exec-<job>-<attempt>-<status>[suffix].
+// exec-<job>-<attempt>-<instance>-<status>[suffix], suffix being
+// -<progress> or -hb<heartbeat seq>. The instance is part of it so that an
+// item redelivered to another instance within the dedup window is not
+// de-duplicated away.
 func MsgID(u *eventsv1.ExecutionUpdate, suffix string) string {
-	return fmt.Sprintf("exec-%s-%d-%s%s", u.GetJobId(), u.GetAttempt(), jobstate.Name(u.GetStatus()), suffix)
+	return fmt.Sprintf("exec-%s-%d-%s-%s%s", u.GetJobId(), u.GetAttempt(), u.GetInstanceId(), jobstate.Name(u.GetStatus()), suffix)
 }
 
 // publish sends u, retrying while NATS is unavailable (e.g. reconnecting)

@@ -27,6 +27,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 const service = "test-worker"
@@ -430,4 +431,77 @@ func TestBadPayloadTerminated(t *testing.T) {
 	e.submit(t, "after", profiles.ExtractTechnicalMetadata, "file://"+e.clip)
 	e.waitStatus(t, "after", completed)
 	checkFor(t, 5*time.Second, func() bool { return e.workLeft(t) == 0 }, func() string { return "bad item not terminated" })
+}
+
+func TestSleepHeartbeatsAndQuantity(t *testing.T) {
+	e := setup(t)
+	e.start(t, func(c *worker.Config) { c.HeartbeatInterval = 100 * time.Millisecond })
+	e.submit(t, "job-s", profiles.Sleep, "", func(w *eventsv1.WorkItem) {
+		w.JobType = "QAJob"
+		w.Input.Parameters, _ = structpb.NewStruct(map[string]any{profiles.ParamSeconds: 0.6})
+	})
+	done := e.waitStatus(t, "job-s", completed)
+	if done.GetVerifiedQuantity() != 0.6 {
+		t.Errorf("verified quantity = %v, want 0.6", done.GetVerifiedQuantity())
+	}
+	var beats int
+	for _, u := range e.updates.of("job-s") {
+		if u.GetStatus() == running && u.GetMessage() == "heartbeat" {
+			beats++
+		}
+	}
+	if beats < 2 {
+		t.Errorf("%d heartbeats during a 0.6s job with a 100ms interval, want several", beats)
+	}
+
+	e.submit(t, "job-n", profiles.NoOp, "")
+	if n := e.waitStatus(t, "job-n", completed); len(n.GetOutput().GetData().GetFields()) != 0 {
+		t.Errorf("NoOp output = %v, want empty", n.GetOutput())
+	}
+	e.submit(t, "job-bad", profiles.Sleep, "", func(w *eventsv1.WorkItem) {
+		w.Input.Parameters, _ = structpb.NewStruct(map[string]any{profiles.ParamSeconds: "ten"})
+	})
+	if f := e.waitStatus(t, "job-bad", failed); f.GetError().GetType() != "urn:medius:problem:"+worker.TypeInvalidInput {
+		t.Errorf("Sleep with a string: problem %v, want %s", f.GetError(), worker.TypeInvalidInput)
+	}
+}
+
+func TestSleepCanceled(t *testing.T) {
+	e := setup(t)
+	e.start(t, nil)
+	e.submit(t, "job-sc", profiles.Sleep, "", func(w *eventsv1.WorkItem) {
+		w.Input.Parameters, _ = structpb.NewStruct(map[string]any{profiles.ParamSeconds: 60})
+	})
+	e.waitStatus(t, "job-sc", running)
+	start := time.Now()
+	if err := bus.PublishCore(t.Context(), e.nc, bus.SubjectCancel("job-sc"), &eventsv1.JobCancelRequested{JobId: "job-sc", Tenant: "t1"}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitStatus(t, "job-sc", canceled)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("cancel took %v", d)
+	}
+}
+
+// An item redelivered to another instance reports again: the instance is in
+// the msg id, so JetStream does not drop its updates as duplicates.
+func TestMsgIDNamesInstance(t *testing.T) {
+	u := &eventsv1.ExecutionUpdate{JobId: "j1", Attempt: 2, InstanceId: "inst-b", Status: running}
+	if got, want := worker.MsgID(u, "-40"), "exec-j1-2-inst-b-RUNNING-40"; got != want {
+		t.Errorf("MsgID = %q, want %q", got, want)
+	}
+	e := setup(t)
+	e.submit(t, "job-r", profiles.NoOp, "")
+	stopA := e.start(t, func(c *worker.Config) { c.InstanceID = "inst-a" })
+	e.waitStatus(t, "job-r", completed)
+	stopA()
+	// The same work item again (as a redelivery would bring it) on inst-b.
+	if err := bus.Publish(t.Context(), e.js, bus.SubjectWork(service), "work-job-r-again", &eventsv1.WorkItem{
+		JobId: "job-r", Tenant: "t1", Attempt: 1, Profile: profiles.NoOp, Service: service}); err != nil {
+		t.Fatal(err)
+	}
+	e.start(t, func(c *worker.Config) { c.InstanceID = "inst-b" })
+	e.waitFor(t, "job-r", "COMPLETED from inst-b", func(u *eventsv1.ExecutionUpdate) bool {
+		return u.GetStatus() == completed && u.GetInstanceId() == "inst-b"
+	})
 }
