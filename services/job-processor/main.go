@@ -45,6 +45,8 @@ func parseConfig(args []string) (app.Config, error) {
 	etcd := fs.String("etcd-endpoints", "http://127.0.0.1:2379", "etcd endpoints, comma separated")
 	fs.StringVar(&cfg.RegistryAddr, "registry-addr", cfg.RegistryAddr, "service-registry gRPC address")
 	fs.DurationVar(&cfg.QueueTimeout, "queue-timeout", cfg.QueueTimeout, "how long a job may wait for a service offering its profile before it fails")
+	fs.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", cfg.HeartbeatTimeout, "how long a running job's worker may stay silent before the attempt is lost and the job retried elsewhere")
+	fs.DurationVar(&cfg.RetryBackoff, "retry-backoff", cfg.RetryBackoff, "delay before retrying a lost attempt, doubling with each further loss")
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", cfg.AdminAddr, "admin HTTP listen address (/healthz, /readyz, /metrics)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: json or text")
@@ -65,6 +67,12 @@ func parseConfig(args []string) (app.Config, error) {
 	}
 	if cfg.QueueTimeout <= 0 {
 		return cfg, errors.New("--queue-timeout must be positive")
+	}
+	if cfg.HeartbeatTimeout <= 0 {
+		return cfg, errors.New("--heartbeat-timeout must be positive")
+	}
+	if cfg.RetryBackoff <= 0 {
+		return cfg, errors.New("--retry-backoff must be positive")
 	}
 	return cfg, nil
 }

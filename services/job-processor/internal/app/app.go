@@ -37,8 +37,15 @@ type Config struct {
 	// QueueTimeout is how long a job may wait for a service offering its
 	// profile before it fails with no-service.
 	QueueTimeout time.Duration
-	// ServiceCacheTTL is how long a service definition (its cost) is reused.
+	// ServiceCacheTTL is how long a service definition (its cost) or a job
+	// profile (timeout, attempts) is reused.
 	ServiceCacheTTL time.Duration
+	// HeartbeatTimeout is how long a running job's worker may stay silent
+	// before it is taken for lost and the job retried elsewhere.
+	HeartbeatTimeout time.Duration
+	// RetryBackoff is the delay before the first retry of a lost attempt,
+	// doubling with each further loss.
+	RetryBackoff time.Duration
 	// AdminAddr serves /healthz, /readyz and /metrics.
 	AdminAddr    string
 	LogLevel     string
@@ -50,15 +57,17 @@ type Config struct {
 // Defaults returns the documented defaults (docs/internals.md).
 func Defaults() Config {
 	return Config{
-		NATSURL:         "nats://127.0.0.1:4222",
-		EtcdEndpoints:   []string{"http://127.0.0.1:2379"},
-		RegistryAddr:    "127.0.0.1:9091",
-		QueueTimeout:    60 * time.Second,
-		ServiceCacheTTL: 5 * time.Second,
-		AdminAddr:       "127.0.0.1:9192",
-		LogLevel:        "info",
-		LogFormat:       "json",
-		Version:         "dev",
+		NATSURL:          "nats://127.0.0.1:4222",
+		EtcdEndpoints:    []string{"http://127.0.0.1:2379"},
+		RegistryAddr:     "127.0.0.1:9091",
+		QueueTimeout:     60 * time.Second,
+		ServiceCacheTTL:  5 * time.Second,
+		HeartbeatTimeout: 6 * time.Second,
+		RetryBackoff:     time.Second,
+		AdminAddr:        "127.0.0.1:9192",
+		LogLevel:         "info",
+		LogFormat:        "json",
+		Version:          "dev",
 	}
 }
 
@@ -161,11 +170,15 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		if err := bus.Provision(gctx, js); err != nil {
 			return err
 		}
+		lookup := selection.NewRegistryLookup(registryv1.NewRegistryServiceClient(cc), cfg.ServiceCacheTTL)
 		p, err := processor.New(gctx, processor.Config{
-			JS:           js,
-			NC:           nc,
-			Selector:     selection.New(selection.NewRegistryLookup(registryv1.NewRegistryServiceClient(cc), cfg.ServiceCacheTTL)),
-			QueueTimeout: cfg.QueueTimeout,
+			JS:               js,
+			NC:               nc,
+			Selector:         selection.New(lookup),
+			Profiles:         lookup,
+			QueueTimeout:     cfg.QueueTimeout,
+			HeartbeatTimeout: cfg.HeartbeatTimeout,
+			RetryBackoff:     cfg.RetryBackoff,
 		})
 		if err != nil {
 			return err

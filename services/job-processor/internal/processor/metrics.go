@@ -11,7 +11,7 @@ import (
 
 // metrics counts jobs by profile (bounded: profiles are operator-defined).
 type metrics struct {
-	dispatchedC, completedC, failedC, canceledC metric.Int64Counter
+	dispatchedC, completedC, failedC, canceledC, lostC metric.Int64Counter
 }
 
 func newMetrics() (metrics, error) {
@@ -25,6 +25,7 @@ func newMetrics() (metrics, error) {
 		{&m.completedC, "medius.processor.jobs.completed", "Jobs completed."},
 		{&m.failedC, "medius.processor.jobs.failed", "Jobs failed (by a worker or for lack of a service)."},
 		{&m.canceledC, "medius.processor.jobs.canceled", "Jobs canceled."},
+		{&m.lostC, "medius.processor.executions.lost", "Executions whose worker was lost (no heartbeat)."},
 	} {
 		ctr, err := meter.Int64Counter(c.name, metric.WithDescription(c.desc), metric.WithUnit("{job}"))
 		if err != nil {
@@ -49,4 +50,8 @@ func (m metrics) failed(ctx context.Context, profile string) {
 
 func (m metrics) canceled(ctx context.Context, profile string) {
 	m.canceledC.Add(ctx, 1, metric.WithAttributes(attribute.String("profile", profile)))
+}
+
+func (m metrics) lost(ctx context.Context, profile string) {
+	m.lostC.Add(ctx, 1, metric.WithAttributes(attribute.String("profile", profile)))
 }

@@ -31,6 +31,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // Durable consumers of the processor on bus.StreamEvents; replicas share them.
@@ -38,6 +39,7 @@ const (
 	DurableCreated = "processor-created"
 	DurableExec    = "processor-exec"
 	DurableCancel  = "processor-cancel"
+	DurableRestart = "processor-restart"
 )
 
 const instrumentation = "github.com/medius-platform/medius/services/job-processor"
@@ -66,6 +68,23 @@ type Config struct {
 	// retried (its JobCreated may not have been handled yet) before it is
 	// dropped (default 10).
 	CancelDeliveries uint64
+	// Profiles finds job profiles (default timeout, max attempts); nil
+	// means no profile defaults.
+	Profiles ProfileLookup
+	// HeartbeatTimeout is how long a running attempt may stay silent before
+	// its worker is taken for lost and the job retried (default 6s: three
+	// missed heartbeats of a worker beating every 2s).
+	HeartbeatTimeout time.Duration
+	// RetryBackoff is the delay before the first retry of a lost attempt;
+	// it doubles with each further loss in a row (default 1s).
+	RetryBackoff time.Duration
+	// TimerInterval is the longest a timer sleeps between two checks
+	// (default 5s); heartbeat, timeout and deadline checks come earlier.
+	TimerInterval time.Duration
+	// TimeoutGrace is added to the timeout a worker is handed, so the
+	// processor's own timeout (job-timeout-passed) comes first and the
+	// worker's is only the backstop when no processor runs (default 5s).
+	TimeoutGrace time.Duration
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
 }
@@ -74,8 +93,13 @@ type Config struct {
 type Processor struct {
 	cfg     Config
 	store   store
+	events  jetstream.Stream
 	metrics metrics
 	ready   atomic.Bool
+	// lastDown is when this process last saw NATS unreachable (unix ns),
+	// from its start: workers' heartbeats cannot arrive meanwhile, so it
+	// counts as a sign of life of every attempt.
+	lastDown atomic.Int64
 }
 
 // New binds the executions bucket (bus.Provision must have created it).
@@ -95,6 +119,22 @@ func New(ctx context.Context, cfg Config) (*Processor, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.HeartbeatTimeout <= 0 {
+		cfg.HeartbeatTimeout = 6 * time.Second
+	}
+	if cfg.RetryBackoff <= 0 {
+		cfg.RetryBackoff = time.Second
+	}
+	if cfg.TimerInterval <= 0 {
+		cfg.TimerInterval = 5 * time.Second
+	}
+	if cfg.TimeoutGrace <= 0 {
+		cfg.TimeoutGrace = 5 * time.Second
+	}
+	events, err := cfg.JS.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		return nil, fmt.Errorf("bind stream %s: %w", bus.StreamEvents, err)
+	}
 	kv, err := cfg.JS.KeyValue(ctx, bus.BucketExecutions)
 	if err != nil {
 		return nil, fmt.Errorf("bind bucket %s: %w", bus.BucketExecutions, err)
@@ -103,7 +143,9 @@ func New(ctx context.Context, cfg Config) (*Processor, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Processor{cfg: cfg, store: store{kv: kv}, metrics: m}, nil
+	p := &Processor{cfg: cfg, store: store{kv: kv}, events: events, metrics: m}
+	p.lastDown.Store(cfg.Now().UnixNano())
+	return p, nil
 }
 
 // Ready reports whether the consumers are set up and consuming.
@@ -120,6 +162,8 @@ func (p *Processor) Run(ctx context.Context) error {
 		{bus.ConsumerConfig{Stream: bus.StreamEvents, Durable: DurableCreated, Filter: []string{bus.SubjectJobCreated}}, p.HandleCreated},
 		{bus.ConsumerConfig{Stream: bus.StreamEvents, Durable: DurableExec, Filter: []string{bus.SubjectExecutionAll}}, p.HandleExecution},
 		{bus.ConsumerConfig{Stream: bus.StreamEvents, Durable: DurableCancel, Filter: []string{bus.SubjectJobCancel}}, p.HandleCancel},
+		{bus.ConsumerConfig{Stream: bus.StreamEvents, Durable: DurableRestart, Filter: []string{bus.SubjectJobRestart}}, p.HandleRestart},
+		{bus.ConsumerConfig{Stream: bus.StreamEvents, Durable: DurableTimer, Filter: []string{subjectTimer + "*"}, MaxAckPending: timerMaxAckPending}, p.HandleTimer},
 	}
 	// Set every consumer up first, so Ready means all of them are there.
 	for _, c := range consumers {
@@ -131,9 +175,30 @@ func (p *Processor) Run(ctx context.Context) error {
 	for _, c := range consumers {
 		g.Go(func() error { return bus.Consume(gctx, p.cfg.JS, c.cfg, p.detach(c.handler)) })
 	}
+	g.Go(func() error { p.watchConnection(gctx); return nil })
 	p.ready.Store(true)
 	defer p.ready.Store(false)
 	return g.Wait()
+}
+
+// connectedAt is the last moment this process was cut off from NATS (or its
+// start).
+func (p *Processor) connectedAt() time.Time { return time.Unix(0, p.lastDown.Load()) }
+
+// watchConnection notes when NATS is unreachable, until ctx ends.
+func (p *Processor) watchConnection(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if !p.cfg.NC.IsConnected() {
+				p.lastDown.Store(p.cfg.Now().UnixNano())
+			}
+		}
+	}
 }
 
 // detach runs h on a context that outlives the consumer's: on shutdown
@@ -167,6 +232,11 @@ func (p *Processor) HandleCreated(ctx context.Context, msg jetstream.Msg) error 
 	})
 	if err != nil {
 		return fmt.Errorf("create record of job %s: %w", job.GetId(), err)
+	}
+	if rec.GetDeadline() != nil && !jobstate.IsTerminal(rec.GetStatus()) {
+		if err := p.startTimer(ctx, rec.GetId(), 0); err != nil {
+			return err
+		}
 	}
 	return p.advance(ctx, rec)
 }
@@ -244,7 +314,11 @@ func (p *Processor) schedule(ctx context.Context, rec *jobsv1.Job, cand selectio
 // then announces SCHEDULED.
 func (p *Processor) sendWork(ctx context.Context, rec *jobsv1.Job) error {
 	cur := record.Current(rec)
-	if err := bus.Publish(ctx, p.cfg.JS, bus.SubjectWork(cur.GetService()), record.WorkMsgID(rec), record.WorkItem(rec)); err != nil {
+	item := record.WorkItem(rec)
+	if d := effectiveTimeout(rec, p.profile(ctx, rec.GetProfile())); d > 0 {
+		item.Timeout = durationpb.New(d + p.cfg.TimeoutGrace)
+	}
+	if err := bus.Publish(ctx, p.cfg.JS, bus.SubjectWork(cur.GetService()), record.WorkMsgID(rec), item); err != nil {
 		return fmt.Errorf("dispatch job %s to %s: %w", rec.GetId(), cur.GetService(), err)
 	}
 	return p.announce(ctx, rec)
@@ -303,10 +377,10 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 		return nil
 	case outcome == record.Ignored:
 		log.DebugContext(ctx, "execution update ignored", "record_status", jobstate.Name(rec.GetStatus()), "current_attempt", record.Current(rec).GetAttempt())
-		if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_CANCELED && u.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING &&
-			u.GetAttempt() == record.Current(rec).GetAttempt() {
-			// Canceled before the worker took it (the first stop request had
-			// no one to hear it): tell the worker now.
+		if jobstate.IsTerminal(rec.GetStatus()) && rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_COMPLETED &&
+			u.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING && u.GetAttempt() == record.Current(rec).GetAttempt() {
+			// Canceled or expired before the worker took it (the first stop
+			// request had no one to hear it): tell the worker now.
 			return p.stopWorker(ctx, rec)
 		}
 		return nil
@@ -321,6 +395,12 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 		}
 		if jobstate.IsTerminal(rec.GetStatus()) {
 			log.InfoContext(ctx, "job ended", "instance_id", record.Current(rec).GetInstanceId())
+		}
+	}
+	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING && u.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING {
+		// Watch the attempt from now on (the msg id makes repeats no-ops).
+		if err := p.startTimer(ctx, id, u.GetAttempt()); err != nil {
+			return err
 		}
 	}
 	return p.announce(ctx, rec)

@@ -94,7 +94,7 @@ type bundle struct {
 }
 
 // setup starts NATS, provisions it and runs a processor on it until the test ends.
-func setup(t *testing.T, lookup selection.Lookup, queueTimeout time.Duration) *bundle {
+func setup(t *testing.T, lookup selection.Lookup, queueTimeout time.Duration, tweaks ...func(*processor.Config)) *bundle {
 	t.Helper()
 	n, err := devenv.StartNATS(t.TempDir(), 0)
 	if err != nil {
@@ -121,14 +121,18 @@ func setup(t *testing.T, lookup selection.Lookup, queueTimeout time.Duration) *b
 	if b.kv, err = js.KeyValue(ctx, bus.BucketExecutions); err != nil {
 		t.Fatal(err)
 	}
-	b.run(t, lookup, queueTimeout)
+	b.run(t, lookup, queueTimeout, tweaks...)
 	return b
 }
 
 // run starts a processor (a replica, when there is one already) until the test ends.
-func (b *bundle) run(t *testing.T, lookup selection.Lookup, queueTimeout time.Duration) {
+func (b *bundle) run(t *testing.T, lookup selection.Lookup, queueTimeout time.Duration, tweaks ...func(*processor.Config)) {
 	t.Helper()
-	p, err := processor.New(b.ctx, processor.Config{JS: b.js, NC: b.nc, Selector: selection.New(lookup), QueueTimeout: queueTimeout, CancelDeliveries: 50})
+	cfg := processor.Config{JS: b.js, NC: b.nc, Selector: selection.New(lookup), QueueTimeout: queueTimeout, CancelDeliveries: 50}
+	for _, tw := range tweaks {
+		tw(&cfg)
+	}
+	p, err := processor.New(b.ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -49,7 +49,14 @@ func (o Outcome) String() string {
 const (
 	ProblemNoService       = problem.TypePrefix + "no-service"
 	ProblemExecutionFailed = problem.TypePrefix + "execution-failed"
+	ProblemWorkerLost      = problem.TypePrefix + "worker-lost"
+	ProblemTimeout         = problem.TypePrefix + "job-timeout-passed"
+	ProblemDeadline        = problem.TypePrefix + "job-deadline-passed"
 )
+
+// HeartbeatMessage is the status message of a worker's heartbeat update; it
+// proves the worker alive and is not the job's news.
+const HeartbeatMessage = "heartbeat"
 
 // New returns the record of a freshly created job: a copy of job, QUEUED, with
 // no executions yet. create_time is kept (the queue timeout counts from it).
@@ -204,7 +211,7 @@ func Apply(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate, now time.Time) Outcome 
 	if u.GetInstanceId() != "" {
 		cur.InstanceId = u.GetInstanceId()
 	}
-	if u.GetMessage() != "" {
+	if u.GetMessage() != "" && u.GetMessage() != HeartbeatMessage {
 		rec.StatusMessage = u.GetMessage()
 	}
 	cur.Status = to

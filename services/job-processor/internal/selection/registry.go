@@ -21,6 +21,12 @@ type RegistryLookup struct {
 
 	mu       sync.Mutex
 	services map[string]cachedService
+	profiles map[string]cachedProfile
+}
+
+type cachedProfile struct {
+	prof    *registryv1.JobProfile
+	expires time.Time
 }
 
 type cachedService struct {
@@ -31,7 +37,7 @@ type cachedService struct {
 // NewRegistryLookup returns a Lookup asking client, caching service
 // definitions for ttl.
 func NewRegistryLookup(client registryv1.RegistryServiceClient, ttl time.Duration) *RegistryLookup {
-	return &RegistryLookup{client: client, ttl: ttl, now: time.Now, services: map[string]cachedService{}}
+	return &RegistryLookup{client: client, ttl: ttl, now: time.Now, services: map[string]cachedService{}, profiles: map[string]cachedProfile{}}
 }
 
 // Instances lists every live instance offering profile, following pages.
@@ -74,4 +80,24 @@ func (r *RegistryLookup) Service(ctx context.Context, name string) (*registryv1.
 		return nil, fmt.Errorf("service %s: %w", name, ErrUnknownService)
 	}
 	return c.svc, nil
+}
+
+// Profile returns the job profile name (default timeout, attempt limit),
+// from the cache when fresh.
+func (r *RegistryLookup) Profile(ctx context.Context, name string) (*registryv1.JobProfile, error) {
+	now := r.now()
+	r.mu.Lock()
+	c, ok := r.profiles[name]
+	r.mu.Unlock()
+	if ok && now.Before(c.expires) {
+		return c.prof, nil
+	}
+	prof, err := r.client.GetJobProfile(ctx, &registryv1.GetJobProfileRequest{Name: name})
+	if err != nil {
+		return nil, fmt.Errorf("registry get profile %s: %w", name, err)
+	}
+	r.mu.Lock()
+	r.profiles[name] = cachedProfile{prof: prof, expires: now.Add(r.ttl)}
+	r.mu.Unlock()
+	return prof, nil
 }

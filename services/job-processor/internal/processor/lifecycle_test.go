@@ -1,0 +1,205 @@
+package processor_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/services/job-processor/internal/processor"
+	"github.com/medius-platform/medius/services/job-processor/internal/record"
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// profiles stands in for the registry's job profiles.
+type profiles map[string]*registryv1.JobProfile
+
+func (p profiles) Profile(_ context.Context, name string) (*registryv1.JobProfile, error) {
+	return p[name], nil
+}
+
+// fast makes liveness and retries quick enough for a test.
+func fast(profs profiles) func(*processor.Config) {
+	return func(c *processor.Config) {
+		c.HeartbeatTimeout = 600 * time.Millisecond
+		c.RetryBackoff = 100 * time.Millisecond
+		c.TimerInterval = 200 * time.Millisecond
+		c.Profiles = profs
+	}
+}
+
+// beat sends heartbeats of attempt every 100 ms until the test ends or stop is closed.
+func (b *bundle) beat(t *testing.T, id string, attempt int32, stop <-chan struct{}) {
+	go func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-b.ctx.Done():
+				return
+			case <-tick.C:
+				u := update(id, attempt, running, 0)
+				u.Message = record.HeartbeatMessage
+				_ = bus.Publish(b.ctx, b.js, bus.SubjectExecution(id), "", u)
+			}
+		}
+	}()
+}
+
+func (b *bundle) waitRecord(t *testing.T, id, what string, cond func(*jobsv1.Job) bool) *jobsv1.Job {
+	t.Helper()
+	var rec *jobsv1.Job
+	waitFor(t, what, func() bool {
+		rec = b.record(t, id)
+		return cond(rec)
+	})
+	return rec
+}
+
+func TestLostWorkerRetriedThenHeartbeatsKeepItAlive(t *testing.T) {
+	b := setup(t, oneService(), time.Minute, fast(profiles{"P": {Name: "P", MaxAttempts: 3}}))
+	b.create(t, "job-l")
+	b.waitStatuses(t, "job-l", "QUEUED SCHEDULED")
+	b.exec(t, update("job-l", 1, running, 0))
+	// No heartbeat follows: the worker died. The job is retried as attempt 2.
+	start := time.Now()
+	rec := b.waitRecord(t, "job-l", "attempt 2 dispatched", func(r *jobsv1.Job) bool { return len(r.Executions) == 2 })
+	t.Logf("lost worker noticed and job re-dispatched in %s", time.Since(start).Round(time.Millisecond))
+	lost := rec.Executions[0]
+	if lost.GetStatus() != jobsv1.JobStatus_JOB_STATUS_FAILED || lost.GetError().GetType() != record.ProblemWorkerLost || lost.GetEndTime() == nil {
+		t.Fatalf("lost execution = %v", lost)
+	}
+	if w, id := b.workItem(t, "probe"); w.GetAttempt() != 2 || id != "work-job-l-2" {
+		t.Fatalf("retry work item = %v (%s)", w, id)
+	}
+	// Attempt 2 heartbeats for three heartbeat timeouts: never taken for lost.
+	stop := make(chan struct{})
+	b.exec(t, update("job-l", 2, running, 0))
+	b.beat(t, "job-l", 2, stop)
+	time.Sleep(3 * 600 * time.Millisecond) // the span being asserted, not a synchronisation
+	close(stop)
+	if rec := b.record(t, "job-l"); len(rec.Executions) != 2 || rec.Status != running {
+		t.Fatalf("heart-beating attempt lost: %v", rec)
+	}
+	b.exec(t, update("job-l", 2, completed, 100))
+	// A late report of the lost attempt changes nothing.
+	b.exec(t, update("job-l", 1, completed, 100))
+	b.settled(t, processor.DurableExec)
+	evs := b.waitStatuses(t, "job-l", "QUEUED SCHEDULED RUNNING-0 QUEUED SCHEDULED RUNNING-0 COMPLETED")
+	if ex := evs[len(evs)-1].Execution; ex.GetAttempt() != 2 {
+		t.Fatalf("completed execution = %v", ex)
+	}
+}
+
+func TestMaxAttemptsExhausted(t *testing.T) {
+	b := setup(t, oneService(), time.Minute, fast(profiles{"P": {Name: "P", MaxAttempts: 2}}))
+	b.create(t, "job-m")
+	b.waitStatuses(t, "job-m", "QUEUED SCHEDULED")
+	b.exec(t, update("job-m", 1, running, 0))
+	b.waitRecord(t, "job-m", "attempt 2", func(r *jobsv1.Job) bool { return len(r.Executions) == 2 })
+	b.exec(t, update("job-m", 2, running, 0))
+	rec := b.waitRecord(t, "job-m", "job failed", func(r *jobsv1.Job) bool { return r.Status == jobsv1.JobStatus_JOB_STATUS_FAILED })
+	if len(rec.Executions) != 2 || rec.GetError().GetType() != record.ProblemWorkerLost || !strings.Contains(rec.GetError().GetDetail(), "2 attempts") {
+		t.Fatalf("exhausted job = %v", rec)
+	}
+	b.waitStatuses(t, "job-m", "QUEUED SCHEDULED RUNNING-0 QUEUED SCHEDULED RUNNING-0 FAILED")
+}
+
+// stopRequests collects the stop requests sent to workers of job id.
+func (b *bundle) stopRequests(t *testing.T, id string) <-chan *nats.Msg {
+	ch := make(chan *nats.Msg, 8)
+	sub, err := b.nc.ChanSubscribe(bus.SubjectCancel(id), ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := b.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
+func TestProfileTimeoutStopsWorker(t *testing.T) {
+	b := setup(t, oneService(), time.Minute, fast(profiles{"P": {Name: "P", DefaultTimeout: durationpb.New(800 * time.Millisecond)}}))
+	stops := b.stopRequests(t, "job-t")
+	b.create(t, "job-t")
+	b.waitStatuses(t, "job-t", "QUEUED SCHEDULED")
+	// The worker's own timeout is only the backstop: it comes after ours.
+	if w, _ := b.workItem(t, "probe"); w.GetTimeout().AsDuration() <= 800*time.Millisecond {
+		t.Fatalf("worker timeout %v, want more than the profile's 800ms", w.GetTimeout().AsDuration())
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	start := time.Now()
+	b.exec(t, update("job-t", 1, running, 0))
+	b.beat(t, "job-t", 1, stop)
+	rec := b.waitRecord(t, "job-t", "timed out", func(r *jobsv1.Job) bool { return r.Status == jobsv1.JobStatus_JOB_STATUS_FAILED })
+	if rec.GetError().GetType() != record.ProblemTimeout || rec.Executions[0].GetError().GetType() != record.ProblemTimeout {
+		t.Fatalf("timed out job = %v", rec)
+	}
+	select {
+	case <-stops:
+		t.Logf("timeout enforced %s after start", time.Since(start).Round(time.Millisecond))
+	case <-time.After(5 * time.Second):
+		t.Fatal("the worker was not told to stop")
+	}
+	b.waitStatuses(t, "job-t", "QUEUED SCHEDULED RUNNING-0 FAILED")
+}
+
+func TestDeadlineOfWaitingJob(t *testing.T) {
+	b := setup(t, oneService(), time.Minute, fast(nil))
+	deadline := time.Now().Add(700 * time.Millisecond)
+	job := &jobsv1.Job{Id: "job-d", Tenant: "t1", Profile: "P", JobType: "AmeJob", CreateTime: timestamppb.Now(), Deadline: timestamppb.New(deadline)}
+	b.publish(t, bus.SubjectJobCreated, "created-job-d", &eventsv1.JobCreated{Job: job})
+	// No worker ever takes it.
+	evs := b.waitStatuses(t, "job-d", "QUEUED SCHEDULED FAILED")
+	if p := evs[2].GetError(); p.GetType() != record.ProblemDeadline {
+		t.Fatalf("problem = %v", p)
+	}
+	if late := time.Since(deadline); late < 0 || late > 3*time.Second {
+		t.Fatalf("deadline enforced %s after it passed", late)
+	}
+	// The worker that takes the item later is stopped when it says RUNNING.
+	stops := b.stopRequests(t, "job-d")
+	b.exec(t, update("job-d", 1, running, 0))
+	select {
+	case <-stops:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a worker running an expired job was not stopped")
+	}
+}
+
+func TestRestartFailedJob(t *testing.T) {
+	b := setup(t, oneService(), time.Minute, fast(nil))
+	b.create(t, "job-r")
+	b.waitStatuses(t, "job-r", "QUEUED SCHEDULED")
+	b.exec(t, update("job-r", 1, jobsv1.JobStatus_JOB_STATUS_FAILED, 0))
+	b.waitStatuses(t, "job-r", "QUEUED SCHEDULED FAILED")
+	restart := &eventsv1.JobRestartRequested{JobId: "job-r", Tenant: "t1", Attempts: 1}
+	for range 2 { // a repeat is a no-op
+		b.publish(t, bus.SubjectJobRestart, "", restart)
+	}
+	b.settled(t, processor.DurableRestart)
+	b.waitStatuses(t, "job-r", "QUEUED SCHEDULED FAILED QUEUED SCHEDULED")
+	rec := b.record(t, "job-r")
+	if len(rec.Executions) != 2 || rec.Status != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || rec.Error != nil {
+		t.Fatalf("restarted record = %v", rec)
+	}
+	if w, id := b.workItem(t, "probe"); w.GetAttempt() != 2 || id != "work-job-r-2" {
+		t.Fatalf("restart work item = %v (%s)", w, id)
+	}
+	// Another tenant cannot restart it; a completed job is not restarted.
+	b.exec(t, update("job-r", 2, completed, 100))
+	b.publish(t, bus.SubjectJobRestart, "", &eventsv1.JobRestartRequested{JobId: "job-r", Tenant: "t1", Attempts: 2})
+	b.publish(t, bus.SubjectJobRestart, "", &eventsv1.JobRestartRequested{JobId: "job-r", Tenant: "t2", Attempts: 2})
+	b.settled(t, processor.DurableRestart)
+	b.waitStatuses(t, "job-r", "QUEUED SCHEDULED FAILED QUEUED SCHEDULED COMPLETED")
+}

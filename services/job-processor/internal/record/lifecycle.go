@@ -1,0 +1,141 @@
+package record
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/jobstate"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// DefaultMaxAttempts is the attempt limit of a profile that sets none.
+const DefaultMaxAttempts = 3
+
+// exhaustedPrefix starts the detail of the worker-lost problem that ended a
+// job: it marks where a later restart's attempt count starts again.
+const exhaustedPrefix = "gave up after "
+
+// WorkerLost ends attempt of rec as lost (its worker stopped heart-beating,
+// or vanished): the execution FAILs with a worker-lost problem, and the job
+// goes back to QUEUED for a retry (see RetryAt) unless it has now lost
+// maxAttempts attempts in a row, in which case it FAILs naming the reason.
+// Only the current, unfinished attempt can be lost.
+func WorkerLost(rec *jobsv1.Job, attempt, maxAttempts int32, reason string, now time.Time) Outcome {
+	cur := Current(rec)
+	if cur == nil || cur.GetAttempt() != attempt || jobstate.IsTerminal(rec.GetStatus()) || jobstate.IsTerminal(cur.GetStatus()) {
+		return Ignored
+	}
+	if maxAttempts <= 0 {
+		maxAttempts = DefaultMaxAttempts
+	}
+	end := timestamppb.New(now)
+	lost := lostInARow(rec.GetExecutions()[:len(rec.GetExecutions())-1]) + 1
+	p := &jobsv1.Problem{
+		Type:   ProblemWorkerLost,
+		Title:  "Worker lost",
+		Detail: fmt.Sprintf("attempt %d on %s %s: %s", attempt, cur.GetService(), cur.GetInstanceId(), reason),
+		Status: 503,
+	}
+	cur.Status = jobsv1.JobStatus_JOB_STATUS_FAILED
+	cur.EndTime = end
+	cur.Error = p
+	rec.UpdateTime = end
+	rec.Progress = 0
+	if lost >= maxAttempts {
+		p.Detail = fmt.Sprintf("%s%d attempts lost their worker; last: %s", exhaustedPrefix, lost, p.Detail)
+		rec.Status = jobsv1.JobStatus_JOB_STATUS_FAILED
+		rec.Error = p
+		rec.StatusMessage = p.GetDetail()
+		rec.EndTime = end
+		return Applied
+	}
+	rec.Status = jobsv1.JobStatus_JOB_STATUS_QUEUED
+	rec.StatusMessage = fmt.Sprintf("worker lost (%s); retrying, attempt %d of %d", reason, attempt+1, maxAttempts)
+	return Applied
+}
+
+// LostInARow counts the latest executions that ended worker-lost, back to
+// the previous other ending or to the loss that exhausted an earlier run's
+// attempts (a restart starts counting afresh).
+func LostInARow(rec *jobsv1.Job) int32 { return lostInARow(rec.GetExecutions()) }
+
+func lostInARow(ex []*jobsv1.Execution) int32 {
+	var n int32
+	for i := len(ex) - 1; i >= 0; i-- {
+		e := ex[i].GetError()
+		if e.GetType() != ProblemWorkerLost || strings.HasPrefix(e.GetDetail(), exhaustedPrefix) {
+			break
+		}
+		n++
+	}
+	return n
+}
+
+// RetryAt is when a job requeued after a lost attempt may be dispatched
+// again: the loss plus an exponential backoff (base, doubling with each
+// loss in a row, at most 32 × base).
+func RetryAt(rec *jobsv1.Job, base time.Duration) time.Time {
+	cur := Current(rec)
+	if cur == nil || cur.GetEndTime() == nil {
+		return time.Time{}
+	}
+	k := min(max(LostInARow(rec), 1), 6)
+	return cur.GetEndTime().AsTime().Add(base << (k - 1))
+}
+
+// Expire ends a job whose timeout or deadline passed (p says which) as
+// FAILED, and its current execution with it; the caller stops the worker.
+func Expire(rec *jobsv1.Job, p *jobsv1.Problem, now time.Time) Outcome {
+	return Fail(rec, p, now)
+}
+
+// TimeoutPassed is the problem of an execution that ran past its timeout.
+func TimeoutPassed(timeout time.Duration) *jobsv1.Problem {
+	return &jobsv1.Problem{
+		Type:   ProblemTimeout,
+		Title:  "Job timeout passed",
+		Detail: fmt.Sprintf("the job did not finish within its timeout of %v", timeout),
+		Status: 504,
+	}
+}
+
+// DeadlinePassed is the problem of a job still unfinished at its deadline.
+func DeadlinePassed(deadline time.Time) *jobsv1.Problem {
+	return &jobsv1.Problem{
+		Type:   ProblemDeadline,
+		Title:  "Job deadline passed",
+		Detail: fmt.Sprintf("the job did not finish by its deadline %s", deadline.UTC().Format(time.RFC3339)),
+		Status: 504,
+	}
+}
+
+// Restart puts a FAILED or CANCELED job back to QUEUED for a new execution.
+// attempts is the number of executions the job had when the restart was
+// asked for: a record that already has more was restarted already
+// (AlreadyApplied while it has not ended again), and a COMPLETED job, or one
+// still running, cannot be restarted (Ignored).
+func Restart(rec *jobsv1.Job, attempts int32, now time.Time) Outcome {
+	n := int32(len(rec.GetExecutions()))
+	switch st := rec.GetStatus(); {
+	case n > attempts || (n == attempts && !jobstate.IsTerminal(st)):
+		if jobstate.IsTerminal(st) {
+			return Ignored
+		}
+		return AlreadyApplied
+	case n < attempts:
+		return Ignored
+	case st != jobsv1.JobStatus_JOB_STATUS_FAILED && st != jobsv1.JobStatus_JOB_STATUS_CANCELED:
+		return Ignored
+	}
+	rec.Status = jobsv1.JobStatus_JOB_STATUS_QUEUED
+	rec.Progress = 0
+	rec.Error = nil
+	rec.Output = nil
+	rec.EndTime = nil
+	rec.VerifiedQuantity = 0
+	rec.StatusMessage = "restarted"
+	rec.UpdateTime = timestamppb.New(now)
+	return Applied
+}

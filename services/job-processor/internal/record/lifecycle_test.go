@@ -1,0 +1,160 @@
+package record
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// lostRun is a job whose first attempt is RUNNING on instance i1.
+func lostRun() *jobsv1.Job {
+	return &jobsv1.Job{Id: "j1", Tenant: "t", Profile: "P", Status: running, CreateTime: timestamppb.New(t0),
+		Executions: []*jobsv1.Execution{{Attempt: 1, Service: "svc", InstanceId: "i1", Status: running, DispatchTime: timestamppb.New(t0)}}}
+}
+
+// redispatch schedules and starts the next attempt, as the processor does
+// for a requeued job.
+func redispatch(t *testing.T, rec *jobsv1.Job, at time.Time) {
+	t.Helper()
+	if got := Schedule(rec, "svc", at); got != Applied {
+		t.Fatalf("Schedule = %v", got)
+	}
+	if got := Apply(rec, update(Current(rec).GetAttempt(), running, 0), at); got != Applied {
+		t.Fatalf("Apply RUNNING = %v", got)
+	}
+}
+
+func TestWorkerLostRetriesThenFails(t *testing.T) {
+	rec := lostRun()
+	at := now
+	for attempt := int32(1); attempt <= 3; attempt++ {
+		if got := WorkerLost(rec, attempt, 3, "no heartbeat", at); got != Applied {
+			t.Fatalf("attempt %d: WorkerLost = %v", attempt, got)
+		}
+		lost := rec.Executions[attempt-1]
+		if lost.GetStatus() != failed || lost.GetError().GetType() != ProblemWorkerLost || !lost.GetEndTime().AsTime().Equal(at) {
+			t.Fatalf("attempt %d: lost execution = %v", attempt, lost)
+		}
+		if attempt < 3 {
+			if rec.GetStatus() != queued {
+				t.Fatalf("attempt %d: job %v, want QUEUED for a retry", attempt, rec.GetStatus())
+			}
+			// Backoff doubles: 1s after the first loss, 2s after the second.
+			if want := at.Add(time.Second << (attempt - 1)); !RetryAt(rec, time.Second).Equal(want) {
+				t.Fatalf("attempt %d: RetryAt = %v, want %v", attempt, RetryAt(rec, time.Second), want)
+			}
+			if StatusAttempt(rec) != attempt+1 {
+				t.Fatalf("QUEUED status belongs to attempt %d, want %d", StatusAttempt(rec), attempt+1)
+			}
+			at = at.Add(10 * time.Second)
+			redispatch(t, rec, at)
+		}
+	}
+	if rec.GetStatus() != failed || rec.GetError().GetType() != ProblemWorkerLost || !strings.Contains(rec.GetError().GetDetail(), "3 attempts") {
+		t.Fatalf("after 3 losses: %v %v", rec.GetStatus(), rec.GetError())
+	}
+	// A late loss, or one of an old attempt, changes nothing.
+	if got := WorkerLost(rec, 3, 3, "again", at); got != Ignored {
+		t.Fatalf("loss of a terminal job = %v", got)
+	}
+	// A restart counts attempts afresh: one loss is retried again.
+	if got := Restart(rec, 3, at); got != Applied {
+		t.Fatalf("Restart = %v", got)
+	}
+	redispatch(t, rec, at)
+	if got := WorkerLost(rec, 4, 3, "no heartbeat", at); got != Applied || rec.GetStatus() != queued {
+		t.Fatalf("loss after restart: %v, job %v", got, rec.GetStatus())
+	}
+}
+
+func TestWorkerLostIgnored(t *testing.T) {
+	for name, c := range map[string]struct {
+		rec     *jobsv1.Job
+		attempt int32
+	}{
+		"older attempt":    {recordIn(running, 10), 1},
+		"completed":        {recordIn(completed, 100), 2},
+		"canceled":         {recordIn(canceled, 0), 2},
+		"no execution yet": {&jobsv1.Job{Id: "j1", Status: queued}, 1},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if got := WorkerLost(c.rec, c.attempt, 3, "x", now); got != Ignored {
+				t.Fatalf("WorkerLost = %v, want ignored", got)
+			}
+		})
+	}
+	// maxAttempts 1: the first loss fails the job.
+	rec := lostRun()
+	if got := WorkerLost(rec, 1, 1, "x", now); got != Applied || rec.GetStatus() != failed {
+		t.Fatalf("max 1: %v %v", got, rec.GetStatus())
+	}
+}
+
+func TestExpire(t *testing.T) {
+	rec := recordIn(running, 40)
+	p := TimeoutPassed(time.Minute)
+	if got := Expire(rec, p, now); got != Applied {
+		t.Fatalf("Expire = %v", got)
+	}
+	if rec.GetStatus() != failed || rec.GetError().GetType() != ProblemTimeout || Current(rec).GetStatus() != failed {
+		t.Fatalf("after timeout: %v %v, execution %v", rec.GetStatus(), rec.GetError(), Current(rec).GetStatus())
+	}
+	if got := Expire(rec, p, now); got != AlreadyApplied {
+		t.Fatalf("repeat = %v", got)
+	}
+	// A late COMPLETED of the expired attempt does not move it.
+	if got := Apply(rec, update(2, completed, 100), now); got != Ignored {
+		t.Fatalf("completion after expiry = %v", got)
+	}
+	done := recordIn(completed, 100)
+	if got := Expire(done, DeadlinePassed(now), now); got != Ignored || done.GetStatus() != completed {
+		t.Fatalf("expire completed = %v", got)
+	}
+}
+
+func TestRestart(t *testing.T) {
+	tests := []struct {
+		name     string
+		rec      *jobsv1.Job
+		attempts int32
+		want     Outcome
+	}{
+		{"failed", recordIn(failed, 0), 2, Applied},
+		{"canceled", recordIn(canceled, 0), 2, Applied},
+		{"completed", recordIn(completed, 100), 2, Ignored},
+		{"running", recordIn(running, 10), 2, AlreadyApplied},
+		{"queued", recordIn(queued, 0), 2, AlreadyApplied},
+		{"already restarted and failed again", recordIn(failed, 0), 1, Ignored},
+		{"unknown later attempts", recordIn(failed, 0), 5, Ignored},
+		{"canceled before any attempt", &jobsv1.Job{Id: "j1", Status: canceled}, 0, Applied},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.rec.Error = &jobsv1.Problem{Type: "x"}
+			if got := Restart(tt.rec, tt.attempts, now); got != tt.want {
+				t.Fatalf("Restart = %v, want %v", got, tt.want)
+			}
+			if tt.want == Applied {
+				if tt.rec.GetStatus() != queued || tt.rec.GetError() != nil || tt.rec.GetEndTime() != nil {
+					t.Fatalf("restarted record: %v", tt.rec)
+				}
+				if NextAttempt(tt.rec) != tt.attempts+1 {
+					t.Fatalf("next attempt %d, want %d", NextAttempt(tt.rec), tt.attempts+1)
+				}
+			}
+		})
+	}
+}
+
+func TestHeartbeatKeepsStatusMessage(t *testing.T) {
+	rec := recordIn(running, 10)
+	rec.StatusMessage = "transcoding"
+	u := update(2, running, 20)
+	u.Message = HeartbeatMessage
+	if got := Apply(rec, u, now); got != Applied || rec.GetStatusMessage() != "transcoding" {
+		t.Fatalf("heartbeat: %v, message %q", got, rec.GetStatusMessage())
+	}
+}
