@@ -1,0 +1,109 @@
+package jobapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/jobstate"
+	"github.com/medius-platform/medius/pkg/problem"
+	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// executions returns the executions of job id as the processor records them
+// (every attempt, lost ones included), or nil when it has no record yet.
+// The processor's record is the authority: the job record only learns of an
+// attempt through status events, and a lost attempt's end is not one.
+func (s *Server) executions(ctx context.Context, id string) ([]*jobsv1.Execution, bool, error) {
+	kv, err := s.js.KeyValue(ctx, bus.BucketExecutions)
+	if err != nil {
+		return nil, false, fmt.Errorf("bind bucket %s: %w", bus.BucketExecutions, err)
+	}
+	e, err := kv.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("get executions of job %s: %w", id, err)
+	}
+	rec := &jobsv1.Job{}
+	if err := proto.Unmarshal(e.Value(), rec); err != nil {
+		return nil, false, fmt.Errorf("decode executions of job %s: %w", id, err)
+	}
+	return rec.GetExecutions(), true, nil
+}
+
+// ListJobExecutions implements jobsv1.JobServiceServer: one execution per
+// attempt, oldest first.
+func (s *Server) ListJobExecutions(ctx context.Context, req *jobsv1.ListJobExecutionsRequest) (*jobsv1.ListJobExecutionsResponse, error) {
+	job, _, err := s.load(ctx, req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	ex, ok, err := s.executions(ctx, job.GetId())
+	if err != nil {
+		return nil, storeError(ctx, err)
+	}
+	if !ok {
+		ex = job.GetExecutions()
+	}
+	return &jobsv1.ListJobExecutionsResponse{Executions: ex}, nil
+}
+
+// RestartJob implements jobsv1.JobServiceServer: a FAILED or CANCELED job
+// goes back to QUEUED and the processor runs it again as a new execution.
+// The job record moves first, so the processor's news of the new attempt
+// finds it no longer terminal.
+func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) (*jobsv1.Job, error) {
+	job, rev, err := s.load(ctx, req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	if st := job.GetStatus(); st != jobsv1.JobStatus_JOB_STATUS_FAILED && st != jobsv1.JobStatus_JOB_STATUS_CANCELED {
+		return nil, problem.FailedPrecondition("job-not-restartable",
+			fmt.Sprintf("job %s is %s; only FAILED or CANCELED jobs can be restarted", job.GetId(), jobstate.Name(st)))
+	}
+	ex, ok, err := s.executions(ctx, job.GetId())
+	if err != nil {
+		return nil, storeError(ctx, err)
+	}
+	if !ok {
+		ex = job.GetExecutions()
+	}
+	before := proto.CloneOf(job)
+	job.Status = jobsv1.JobStatus_JOB_STATUS_QUEUED
+	job.Progress = 0
+	job.StatusMessage = "restarted"
+	job.Error = nil
+	job.Output = nil
+	job.EndTime = nil
+	job.VerifiedQuantity = 0
+	job.UpdateTime = timestamppb.New(s.now())
+	newRev, err := s.store.Update(ctx, job, rev)
+	if errors.Is(err, jobstore.ErrConflict) {
+		return nil, problem.FailedPrecondition("job-changed", fmt.Sprintf("job %s changed meanwhile; try again", job.GetId()))
+	}
+	if err != nil {
+		return nil, storeError(ctx, fmt.Errorf("restart job %s: %w", job.GetId(), err))
+	}
+	attempts := int32(len(ex))
+	msgID := fmt.Sprintf("restart-%s-%d", job.GetId(), attempts)
+	ev := &eventsv1.JobRestartRequested{JobId: job.GetId(), Tenant: job.GetTenant(), Attempts: attempts}
+	if err := bus.Publish(ctx, s.js, bus.SubjectJobRestart, msgID, ev); err != nil {
+		// Put the record back: a QUEUED job the processor never hears of
+		// would wait forever.
+		if _, rerr := s.store.Update(context.WithoutCancel(ctx), before, newRev); rerr != nil {
+			slog.ErrorContext(ctx, "restart not sent and job left QUEUED", "job", job.GetId(), "err", rerr)
+		}
+		return nil, problem.Unavailable("cannot request the restart now", err)
+	}
+	slog.InfoContext(ctx, "job restart requested", "job", job.GetId(), "attempt", attempts+1)
+	return job, nil
+}
