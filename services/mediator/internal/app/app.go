@@ -16,12 +16,17 @@ import (
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/grpcx"
+	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/medius-platform/medius/pkg/telemetry"
 	"github.com/medius-platform/medius/services/mediator/internal/auth"
 	"github.com/medius-platform/medius/services/mediator/internal/gateway"
 	"github.com/medius-platform/medius/services/mediator/internal/jobapi"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
+	"github.com/medius-platform/medius/services/mediator/internal/quota"
+	"github.com/medius-platform/medius/services/mediator/internal/restapi"
 	"github.com/medius-platform/medius/services/mediator/internal/statusconsumer"
+	"github.com/medius-platform/medius/services/mediator/internal/tenants"
+	"github.com/medius-platform/medius/services/mediator/internal/usage"
 	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -52,6 +57,19 @@ type Config struct {
 	// stored.
 	BootstrapAPIKey string
 	BootstrapTenant string
+	// BootstrapClientID and BootstrapClientSecret, when both set, are
+	// (re)registered as an API key of BootstrapTenant, for the token
+	// exchange (POST /v1/auth/token, /cortex/auth/access-token).
+	BootstrapClientID     string
+	BootstrapClientSecret string
+	// AdminAPIKey is the operator credential managing tenants and keys
+	// (empty: no admin access through the API).
+	AdminAPIKey string
+	// TokenSigningKey signs access tokens (HS256); empty: a random key kept
+	// in etcd and shared by every replica.
+	TokenSigningKey string
+	// TokenTTL is the lifetime of access tokens (default 1h).
+	TokenTTL time.Duration
 
 	LogLevel     string
 	LogFormat    string
@@ -77,6 +95,7 @@ func Defaults() Config {
 		RegistryAddr:    "127.0.0.1:9091",
 		AdminAddr:       "127.0.0.1:9190",
 		BootstrapTenant: "default",
+		TokenTTL:        time.Hour,
 		LogLevel:        "info",
 		LogFormat:       "json",
 		StopTimeout:     10 * time.Second,
@@ -124,11 +143,17 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	defer etcd.Close()
 	keys := auth.NewEtcdKeys(etcd)
-	if cfg.BootstrapAPIKey != "" {
-		if err := bootstrapKey(ctx, keys, cfg); err != nil {
+	tenantStore := tenants.New(etcd)
+	if err := bootstrap(ctx, keys, tenantStore, cfg); err != nil {
+		return err
+	}
+	signingKey := []byte(cfg.TokenSigningKey)
+	if len(signingKey) == 0 {
+		if signingKey, err = auth.SharedSigningKey(ctx, etcd); err != nil {
 			return err
 		}
 	}
+	tokens := auth.NewTokens(signingKey, cfg.TokenTTL)
 
 	regConn, err := grpcx.Dial(cfg.RegistryAddr)
 	if err != nil {
@@ -141,7 +166,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err != nil {
 		return err
 	}
-	authn := auth.NewAuthenticator(keys)
+	jobs.SetAdmission(quota.TenantAdmitter{Admitter: quota.New(etcd), Tenants: tenantStore})
+	usageStore := usage.New(etcd)
+	authn := auth.NewAuthenticator(keys, auth.WithAdminKey(cfg.AdminAPIKey), auth.WithTokens(tokens, tenantStore))
+	restAPI := &restapi.API{Authn: authn, Tokens: tokens, Tenants: tenantStore, Usage: usageStore}
 
 	grpcSrv, health := grpcx.NewServer(
 		grpc.ChainUnaryInterceptor(authn.UnaryServerInterceptor()),
@@ -164,7 +192,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer selfConn.Close()
 	gwCtx, stopGW := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopGW()
-	rest, err := gateway.New(gwCtx, selfConn)
+	rest, err := gateway.New(gwCtx, selfConn, restAPI.Mount)
 	if err != nil {
 		return err
 	}
@@ -227,7 +255,15 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 		return nil
 	})
-	g.Go(func() error { return statusconsumer.New(store).Run(workCtx, js) })
+	consumer := statusconsumer.New(store)
+	consumer.OnTerminal(func(ctx context.Context, job *jobsv1.Job) error {
+		return quota.New(etcd).Release(ctx, job.GetTenant(), job.GetId())
+	})
+	consumer.OnTerminal(func(ctx context.Context, job *jobsv1.Job) error {
+		_, err := usageStore.RecordJob(ctx, job)
+		return err
+	})
+	g.Go(func() error { return consumer.Run(workCtx, js) })
 	g.Go(func() error { return jobs.Sweep(workCtx, cfg.Sweep) })
 	g.Go(func() error {
 		<-gctx.Done()
@@ -274,25 +310,40 @@ func shutdown(ctx context.Context, log *slog.Logger, cfg Config, admin *adminser
 	}
 }
 
-func bootstrapKey(ctx context.Context, keys *auth.EtcdKeys, cfg Config) error {
+// bootstrap makes sure the bootstrap tenant exists and its configured
+// credentials work, so a fresh install has one working tenant.
+func bootstrap(ctx context.Context, keys *auth.EtcdKeys, ts *tenants.Store, cfg Config) error {
 	tenant := cfg.BootstrapTenant
 	if tenant == "" {
 		tenant = "default"
+	}
+	if (cfg.BootstrapClientID == "") != (cfg.BootstrapClientSecret == "") {
+		return errors.New("bootstrap client id and secret must be set together")
 	}
 	// etcd may still be starting next to us (compose, `medius dev`): retry
 	// until ctx ends rather than exit on the first refusal.
 	for {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := keys.Put(actx, auth.HashKey(cfg.BootstrapAPIKey), auth.Record{Tenant: tenant})
+		err := ts.EnsureTenant(actx, tenant)
+		if err == nil && cfg.BootstrapAPIKey != "" {
+			err = keys.Put(actx, auth.HashKey(cfg.BootstrapAPIKey), auth.Record{Tenant: tenant})
+		}
+		if err == nil && cfg.BootstrapClientID != "" {
+			_, err = ts.PutKey(actx, tenant, cfg.BootstrapClientID, cfg.BootstrapClientSecret, "bootstrap")
+		}
 		cancel()
 		if err == nil {
-			slog.InfoContext(ctx, "bootstrap api key registered", "tenant", tenant)
+			slog.InfoContext(ctx, "bootstrap tenant ready", "tenant", tenant, "api_key", cfg.BootstrapAPIKey != "", "client_id", cfg.BootstrapClientID)
 			return nil
 		}
-		slog.WarnContext(ctx, "bootstrap api key", "err", err)
+		var pe *problem.Error
+		if errors.As(err, &pe) {
+			return fmt.Errorf("bootstrap: %w", err)
+		}
+		slog.WarnContext(ctx, "bootstrap", "err", err)
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("bootstrap api key: %w", err)
+			return fmt.Errorf("bootstrap: %w", err)
 		case <-time.After(time.Second):
 		}
 	}

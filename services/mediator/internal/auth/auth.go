@@ -8,6 +8,7 @@ package auth
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -19,23 +20,30 @@ import (
 	"github.com/medius-platform/medius/pkg/problem"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 )
 
 // KeyPrefix is the etcd prefix of API key records (docs/internals.md).
 const KeyPrefix = "/medius/apikeys/"
 
-// Principal is who is calling. A later issue adds projects, scopes and token
-// subjects here; handlers only read the tenant today.
+// Principal is who is calling: a tenant (through an API key or a token), or
+// the administrator (Admin set, no tenant).
 type Principal struct {
 	Tenant string
 	// KeyHash identifies the credential (for audit logs), never the key.
 	KeyHash string
+	// ClientID is the API key the credential belongs to, when known.
+	ClientID string
+	// Admin is the operator credential: it manages tenants and keys but
+	// owns no jobs.
+	Admin bool
 }
 
 // Record is the value stored for an API key.
 type Record struct {
-	Tenant string `json:"tenant"`
+	Tenant   string `json:"tenant"`
+	ClientID string `json:"clientId,omitempty"`
 }
 
 // ErrUnknownKey is returned by a KeyStore for a hash it does not know.
@@ -103,6 +111,9 @@ type KeyStore interface {
 // within TTL.
 type Authenticator struct {
 	store       KeyStore
+	adminHash   string
+	tokens      *Tokens
+	clients     ClientChecker
 	ttl         time.Duration
 	negativeTTL time.Duration
 	now         func() time.Time
@@ -139,13 +150,40 @@ func NewAuthenticator(store KeyStore, opts ...Option) *Authenticator {
 	return a
 }
 
-// Authenticate resolves an API key to its principal. Errors are domain
-// errors: Unauthenticated for a bad key, Unavailable when the store is down.
+// WithAdminKey makes key the administrator credential (empty: none).
+func WithAdminKey(key string) Option {
+	return func(a *Authenticator) {
+		if key != "" {
+			a.adminHash = HashKey(key)
+		}
+	}
+}
+
+// WithTokens accepts the signed tokens of t as bearer credentials; a token
+// whose API key clients no longer knows (revoked) is refused.
+func WithTokens(t *Tokens, clients ClientChecker) Option {
+	return func(a *Authenticator) { a.tokens, a.clients = t, clients }
+}
+
+// ClientChecker tells whether an API key (client id) still exists.
+type ClientChecker interface {
+	ClientExists(ctx context.Context, clientID string) (bool, error)
+}
+
+// Authenticate resolves a bearer credential (the admin key, a token, or an
+// API key) to its principal. Errors are domain errors: Unauthenticated for a
+// bad credential, Unavailable when the store is down.
 func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal, error) {
 	if key == "" {
 		return Principal{}, problem.Unauthenticated("missing bearer credentials")
 	}
 	hash := HashKey(key)
+	if a.adminHash != "" && subtle.ConstantTimeCompare([]byte(hash), []byte(a.adminHash)) == 1 {
+		return Principal{Admin: true, KeyHash: hash}, nil
+	}
+	if a.tokens != nil && LooksLikeToken(key) {
+		return a.authenticateToken(ctx, key)
+	}
 	now := a.now()
 	a.mu.Lock()
 	e, ok := a.cache[hash]
@@ -167,7 +205,39 @@ func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal
 	if !e.known {
 		return Principal{}, problem.Unauthenticated("invalid API key")
 	}
-	return Principal{Tenant: e.rec.Tenant, KeyHash: hash}, nil
+	return Principal{Tenant: e.rec.Tenant, KeyHash: hash, ClientID: e.rec.ClientID}, nil
+}
+
+func (a *Authenticator) authenticateToken(ctx context.Context, tok string) (Principal, error) {
+	c, err := a.tokens.Parse(tok)
+	if err != nil {
+		return Principal{}, err
+	}
+	// The client's existence is cached like a key record, so revoking the
+	// API key ends its tokens within the TTL.
+	ck := "client:" + c.ClientID
+	now := a.now()
+	a.mu.Lock()
+	e, ok := a.cache[ck]
+	a.mu.Unlock()
+	if !ok || now.After(e.expires) {
+		exists, err := a.clients.ClientExists(ctx, c.ClientID)
+		switch {
+		case err == nil && exists:
+			e = cacheEntry{rec: Record{Tenant: c.Tenant, ClientID: c.ClientID}, known: true, expires: now.Add(a.ttl)}
+		case err == nil:
+			e = cacheEntry{expires: now.Add(a.negativeTTL)}
+		case ctx.Err() != nil:
+			return Principal{}, ctx.Err()
+		default:
+			return Principal{}, problem.Unavailable("credential store unavailable", err)
+		}
+		a.put(ck, e, now)
+	}
+	if !e.known {
+		return Principal{}, problem.Unauthenticated("token revoked")
+	}
+	return Principal{Tenant: c.Tenant, ClientID: c.ClientID, KeyHash: HashKey(tok)}, nil
 }
 
 func (a *Authenticator) put(hash string, e cacheEntry, now time.Time) {
@@ -201,23 +271,43 @@ func PrincipalFrom(ctx context.Context) (Principal, bool) {
 }
 
 // TenantFrom returns the caller's tenant or an Unauthenticated error, so a
-// handler reached without the interceptor fails closed.
+// handler reached without the interceptor fails closed. The administrator
+// owns no jobs: it is refused too.
 func TenantFrom(ctx context.Context) (string, error) {
 	p, ok := PrincipalFrom(ctx)
 	if !ok {
+		if p, _ := ctx.Value(principalKey{}).(Principal); p.Admin {
+			return "", problem.New(codes.PermissionDenied, "admin-not-tenant", "Permission denied",
+				"the admin credential manages tenants; use a tenant's API key or token for jobs")
+		}
 		return "", problem.Unauthenticated("missing bearer credentials")
 	}
 	return p.Tenant, nil
+}
+
+// AnyPrincipalFrom returns the caller, tenant or admin.
+func AnyPrincipalFrom(ctx context.Context) (Principal, bool) {
+	p, ok := ctx.Value(principalKey{}).(Principal)
+	return p, ok && (p.Tenant != "" || p.Admin)
 }
 
 // bearer extracts the key from "authorization: Bearer <key>" metadata.
 func bearer(ctx context.Context) string {
 	md, _ := metadata.FromIncomingContext(ctx)
 	for _, v := range md.Get("authorization") {
-		scheme, key, ok := strings.Cut(strings.TrimSpace(v), " ")
-		if ok && strings.EqualFold(scheme, "bearer") {
-			return strings.TrimSpace(key)
+		if key := BearerFrom(v); key != "" {
+			return key
 		}
+	}
+	return ""
+}
+
+// BearerFrom returns the credential of an "Authorization: Bearer <key>"
+// header value, or "".
+func BearerFrom(header string) string {
+	scheme, key, ok := strings.Cut(strings.TrimSpace(header), " ")
+	if ok && strings.EqualFold(scheme, "bearer") {
+		return strings.TrimSpace(key)
 	}
 	return ""
 }

@@ -23,8 +23,9 @@ import (
 // MaxBodyBytes bounds a request body: jobs carry locators, not media.
 const MaxBodyBytes = 1 << 20
 
-// New returns the REST handler proxying to the gRPC server behind conn.
-func New(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
+// New returns the REST handler proxying to the gRPC server behind conn. Each
+// mount adds plain HTTP routes (more specific patterns win over /v1/).
+func New(ctx context.Context, conn *grpc.ClientConn, mounts ...func(*http.ServeMux)) (http.Handler, error) {
 	gw := runtime.NewServeMux(
 		runtime.WithErrorHandler(problem.GatewayErrorHandler),
 		runtime.WithRoutingErrorHandler(routingError),
@@ -45,6 +46,9 @@ func New(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
 		_, _ = w.Write(openapi.Document)
 	})
 	mux.Handle("/v1/", gw)
+	for _, m := range mounts {
+		m(mux)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		routingError(r.Context(), nil, nil, w, r, http.StatusNotFound)
 	})

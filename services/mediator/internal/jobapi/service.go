@@ -41,6 +41,28 @@ type Server struct {
 	profiles Profiles
 	now      func() time.Time
 	admitted metric.Int64Counter
+	admit    Admission
+}
+
+// Admission takes and gives back a tenant's quota slots (package quota).
+type Admission interface {
+	// Admit refuses a job beyond the tenant's quota (ResourceExhausted).
+	Admit(ctx context.Context, tenant, job string) error
+	// Release gives a job's slot back; idempotent.
+	Release(ctx context.Context, tenant, job string) error
+}
+
+// SetAdmission checks every new job with a (nil: no quotas).
+func (s *Server) SetAdmission(a Admission) { s.admit = a }
+
+func (s *Server) release(ctx context.Context, tenant, job string) {
+	if s.admit == nil {
+		return
+	}
+	if err := s.admit.Release(context.WithoutCancel(ctx), tenant, job); err != nil {
+		// The quota reconciliation frees it later.
+		slog.WarnContext(ctx, "release quota slot", "job", job, "err", err)
+	}
 }
 
 // New serves jobs from store, validating profiles with profiles and
@@ -84,9 +106,26 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 		return nil, err
 	}
 
+	// A retried submit is answered before the quota is asked, so a client
+	// at its limit still gets the job it already created.
+	if requestID != "" {
+		if first, err := s.repeated(ctx, tenant, requestID); err != nil || first != nil {
+			return first, err
+		}
+	}
+
 	id, err := jobstore.NewID()
 	if err != nil {
 		return nil, err
+	}
+	if s.admit != nil {
+		if err := s.admit.Admit(ctx, tenant, id); err != nil {
+			var pe *problem.Error
+			if errors.As(err, &pe) {
+				return nil, err
+			}
+			return nil, storeError(ctx, fmt.Errorf("admit job %s: %w", id, err))
+		}
 	}
 	now := timestamppb.New(s.now())
 	job := &jobsv1.Job{
@@ -117,6 +156,7 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 	// always names a stored job. A crash between the two leaves a NEW job
 	// whose claim the sweep completes (or, if a retry won, deletes the job).
 	if _, err := s.store.Create(ctx, job); err != nil {
+		s.release(ctx, tenant, id)
 		return nil, storeError(ctx, fmt.Errorf("create job %s: %w", id, err))
 	}
 	if requestID != "" {
@@ -146,10 +186,31 @@ func (s *Server) answerRepeat(ctx context.Context, mine *jobsv1.Job, owner strin
 	if err := s.store.Delete(ctx, mine.GetId()); err != nil {
 		// Left NEW, the sweep finds it is not the claim's job and deletes it.
 		slog.WarnContext(ctx, "withdraw duplicate job record", "job", mine.GetId(), "err", err)
+	} else {
+		s.release(ctx, mine.GetTenant(), mine.GetId())
 	}
 	first, _, err := s.store.Get(ctx, owner)
 	if err != nil {
 		return nil, storeError(ctx, fmt.Errorf("load job %s of request id: %w", owner, err))
+	}
+	return first, nil
+}
+
+// repeated returns the job an earlier call with requestID created, if any.
+func (s *Server) repeated(ctx context.Context, tenant, requestID string) (*jobsv1.Job, error) {
+	owner, ok, err := s.store.RequestOwner(ctx, tenant, requestID)
+	if err != nil {
+		return nil, storeError(ctx, err)
+	}
+	if !ok {
+		return nil, nil
+	}
+	first, _, err := s.store.Get(ctx, owner)
+	if errors.Is(err, jobstore.ErrNotFound) {
+		return nil, nil // expired with its job; a new one may take the id
+	}
+	if err != nil {
+		return nil, storeError(ctx, err)
 	}
 	return first, nil
 }

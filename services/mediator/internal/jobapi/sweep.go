@@ -94,7 +94,11 @@ func (s *Server) recover(ctx context.Context, job *jobsv1.Job) error {
 		}
 		if owner != job.GetId() {
 			slog.InfoContext(ctx, "withdrawing duplicate job of a repeated request", "job", job.GetId(), "kept", owner)
-			return s.store.Delete(ctx, job.GetId())
+			if err := s.store.Delete(ctx, job.GetId()); err != nil {
+				return err
+			}
+			s.release(ctx, job.GetTenant(), job.GetId())
+			return nil
 		}
 	}
 	if err := s.publishCreated(ctx, job); err != nil {

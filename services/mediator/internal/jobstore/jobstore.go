@@ -164,6 +164,18 @@ func RequestKey(tenant, requestID string) string {
 	return "req." + tenant + "." + hex.EncodeToString(sum[:])
 }
 
+// RequestOwner returns the job id claimed by (tenant, requestID), if any.
+func (s *Store) RequestOwner(ctx context.Context, tenant, requestID string) (string, bool, error) {
+	e, err := s.kv.Get(ctx, RequestKey(tenant, requestID))
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("read request id claim: %w", err)
+	}
+	return string(e.Value()), true, nil
+}
+
 // ClaimRequest records that (tenant, requestID) is answered by job jobID,
 // unless an earlier call already recorded another job: it returns the job id
 // the request id belongs to, jobID if this call won.

@@ -36,12 +36,42 @@ const casAttempts = 5
 
 // Consumer applies status events to job records.
 type Consumer struct {
-	store *jobstore.Store
-	now   func() time.Time
+	store      *jobstore.Store
+	now        func() time.Time
+	onTerminal []Hook
+	onChange   []Hook
 }
+
+// Hook is told about a job. It must be idempotent: it runs again when an
+// event is redelivered.
+type Hook func(ctx context.Context, job *jobsv1.Job) error
 
 // New applies events to store's records.
 func New(store *jobstore.Store) *Consumer { return &Consumer{store: store, now: time.Now} }
+
+// OnTerminal adds h, run for a job that reached a terminal state (quota
+// release, usage). It also runs when an event finds the job already terminal,
+// so a crash between the update and the hook is healed by redelivery; a hook
+// error hands the event back for redelivery.
+func (c *Consumer) OnTerminal(h Hook) { c.onTerminal = append(c.onTerminal, h) }
+
+// OnChange adds h, run after each applied change (notifications, watchers).
+// Its errors are logged, not retried: it must keep its own delivery promise.
+func (c *Consumer) OnChange(h Hook) { c.onChange = append(c.onChange, h) }
+
+func (c *Consumer) terminal(ctx context.Context, job *jobsv1.Job) error {
+	if !jobstate.IsTerminal(job.GetStatus()) {
+		return nil
+	}
+	var errs []error
+	for _, h := range c.onTerminal {
+		errs = append(errs, h(ctx, job))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("terminal hooks of job %s: %w", job.GetId(), err)
+	}
+	return nil
+}
 
 // Run consumes until ctx ends.
 func (c *Consumer) Run(ctx context.Context, js jetstream.JetStream) error {
@@ -80,7 +110,7 @@ func (c *Consumer) Apply(ctx context.Context, ev *eventsv1.JobStatusChanged) err
 		if !apply(job, ev, c.now()) {
 			slog.DebugContext(ctx, "status event ignored", "job", id, "status", jobstate.Name(ev.GetStatus()),
 				"current", jobstate.Name(job.GetStatus()), "attempt", ev.GetExecution().GetAttempt())
-			return nil
+			return c.terminal(ctx, job)
 		}
 		_, err = c.store.Update(ctx, job, rev)
 		if errors.Is(err, jobstore.ErrConflict) {
@@ -90,7 +120,12 @@ func (c *Consumer) Apply(ctx context.Context, ev *eventsv1.JobStatusChanged) err
 			return fmt.Errorf("apply status to job %s: %w", id, err)
 		}
 		slog.DebugContext(ctx, "job status applied", "job", id, "status", jobstate.Name(job.GetStatus()), "progress", job.GetProgress())
-		return nil
+		for _, h := range c.onChange {
+			if err := h(ctx, job); err != nil {
+				slog.WarnContext(ctx, "job change hook", "job", id, "err", err)
+			}
+		}
+		return c.terminal(ctx, job)
 	}
 	return fmt.Errorf("apply status to job %s: %w", id, jobstore.ErrConflict)
 }

@@ -1,0 +1,255 @@
+// Package quota admits jobs against a tenant's quota, atomically across
+// mediator replicas, with etcd transactions: a submit reads the tenant's
+// counters and commits its increment only if no counter changed meanwhile
+// (compare-and-set on the mod revision), so 50 concurrent submits against a
+// quota of 10 admit exactly 10. Each admitted job holds a marker key that its
+// release deletes in the same transaction as the decrement, so releasing a
+// job twice (redelivered status events) frees one slot once.
+//
+// etcd keys (counters are decimal text):
+//
+//	/medius/quota/active/<tenant>               non-terminal jobs
+//	/medius/quota/active-jobs/<tenant>/<job>    marker of an admitted job
+//	/medius/quota/jobs/<tenant>/<period start>  jobs admitted in the period
+//	/medius/quota/quantity/<tenant>/<period>    verified quantity used (package usage adds)
+package quota
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/medius-platform/medius/pkg/problem"
+	"github.com/medius-platform/medius/services/mediator/internal/tenants"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Key prefixes.
+const (
+	activePrefix   = "/medius/quota/active/"
+	markerPrefix   = "/medius/quota/active-jobs/"
+	jobsPrefix     = "/medius/quota/jobs/"
+	quantityPrefix = "/medius/quota/quantity/"
+)
+
+// Problem types naming the quota a refusal is about.
+const (
+	TypeConcurrent = "quota-max-concurrent-jobs"
+	TypeJobs       = "quota-max-jobs-per-period"
+	TypeQuantity   = "quota-max-quantity-per-period"
+)
+
+// ActiveKey is the tenant's non-terminal job counter.
+func ActiveKey(tenant string) string { return activePrefix + tenant }
+
+// MarkerKey marks job as holding one of tenant's concurrent slots.
+func MarkerKey(tenant, job string) string { return markerPrefix + tenant + "/" + job }
+
+// PeriodID names the day or month holding t: "day-20261125", "month-202611".
+func PeriodID(period string, t time.Time) string {
+	t = t.UTC()
+	if period == tenants.PeriodDay {
+		return "day-" + t.Format("20060102")
+	}
+	return "month-" + t.Format("200601")
+}
+
+// JobsKey counts the jobs admitted in a period (PeriodID).
+func JobsKey(tenant, periodID string) string { return jobsPrefix + tenant + "/" + periodID }
+
+// QuantityKey sums the verified quantity used in a period (PeriodID). Usage
+// adds to both the day and the month holding the job's end, so a quota can
+// count over either.
+func QuantityKey(tenant, periodID string) string { return quantityPrefix + tenant + "/" + periodID }
+
+// Admitter checks and counts admissions.
+type Admitter struct {
+	cli *clientv3.Client
+	now func() time.Time
+}
+
+// New uses cli.
+func New(cli *clientv3.Client) *Admitter { return &Admitter{cli: cli, now: time.Now} }
+
+type counter struct {
+	key string
+	val float64
+	rev int64 // mod revision, 0 when absent
+}
+
+func (a *Admitter) read(ctx context.Context, keys ...string) ([]counter, error) {
+	ops := make([]clientv3.Op, len(keys))
+	for i, k := range keys {
+		ops[i] = clientv3.OpGet(k)
+	}
+	resp, err := a.cli.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("read quota counters: %w", err)
+	}
+	out := make([]counter, len(keys))
+	for i, r := range resp.Responses {
+		out[i].key = keys[i]
+		if kvs := r.GetResponseRange().GetKvs(); len(kvs) > 0 {
+			out[i].rev = kvs[0].ModRevision
+			out[i].val, _ = strconv.ParseFloat(string(kvs[0].Value), 64)
+		}
+	}
+	return out, nil
+}
+
+func unchanged(c counter) clientv3.Cmp {
+	return clientv3.Compare(clientv3.ModRevision(c.key), "=", c.rev)
+}
+
+func itoa(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+
+// Admit takes one of tenant's slots for job, or refuses with
+// ResourceExhausted naming the quota reached. Admitting the same job twice
+// takes one slot.
+func (a *Admitter) Admit(ctx context.Context, tenant, job string, q tenants.Quota) error {
+	pid := PeriodID(q.Period, a.now())
+	marker := MarkerKey(tenant, job)
+	for {
+		cs, err := a.read(ctx, ActiveKey(tenant), JobsKey(tenant, pid), QuantityKey(tenant, pid), marker)
+		if err != nil {
+			return err
+		}
+		active, jobs, quantity, mk := cs[0], cs[1], cs[2], cs[3]
+		if mk.rev != 0 {
+			return nil // already admitted
+		}
+		switch {
+		case q.MaxConcurrentJobs > 0 && active.val >= float64(q.MaxConcurrentJobs):
+			return problem.ResourceExhausted(TypeConcurrent,
+				fmt.Sprintf("quota maxConcurrentJobs reached: tenant %s has %d jobs running, the limit is %d", tenant, int64(active.val), q.MaxConcurrentJobs))
+		case q.MaxJobsPerPeriod > 0 && jobs.val >= float64(q.MaxJobsPerPeriod):
+			return problem.ResourceExhausted(TypeJobs,
+				fmt.Sprintf("quota maxJobsPerPeriod reached: tenant %s submitted %d jobs this %s, the limit is %d", tenant, int64(jobs.val), period(q), q.MaxJobsPerPeriod))
+		case q.MaxQuantityPerPeriod > 0 && quantity.val >= q.MaxQuantityPerPeriod:
+			return problem.ResourceExhausted(TypeQuantity,
+				fmt.Sprintf("quota maxQuantityPerPeriod reached: tenant %s used %g of %g this %s", tenant, quantity.val, q.MaxQuantityPerPeriod, period(q)))
+		}
+		resp, err := a.cli.Txn(ctx).
+			If(unchanged(active), unchanged(jobs), clientv3.Compare(clientv3.CreateRevision(marker), "=", 0)).
+			Then(clientv3.OpPut(active.key, itoa(active.val+1)), clientv3.OpPut(jobs.key, itoa(jobs.val+1)),
+				clientv3.OpPut(marker, a.now().UTC().Format(time.RFC3339))).
+			Commit()
+		if err != nil {
+			return fmt.Errorf("admit job %s: %w", job, err)
+		}
+		if resp.Succeeded {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+}
+
+func period(q tenants.Quota) string {
+	if q.Period == "" {
+		return tenants.PeriodMonth
+	}
+	return q.Period
+}
+
+// Release frees job's concurrent slot; releasing a job that holds none (never
+// admitted, or already released) does nothing.
+func (a *Admitter) Release(ctx context.Context, tenant, job string) error {
+	marker := MarkerKey(tenant, job)
+	for {
+		cs, err := a.read(ctx, ActiveKey(tenant), marker)
+		if err != nil {
+			return err
+		}
+		active, mk := cs[0], cs[1]
+		if mk.rev == 0 {
+			return nil
+		}
+		resp, err := a.cli.Txn(ctx).
+			If(unchanged(active), clientv3.Compare(clientv3.CreateRevision(marker), ">", 0)).
+			Then(clientv3.OpDelete(marker), clientv3.OpPut(active.key, itoa(max(active.val-1, 0)))).
+			Commit()
+		if err != nil {
+			return fmt.Errorf("release job %s: %w", job, err)
+		}
+		if resp.Succeeded {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+}
+
+// Active returns the tenant's count of non-terminal admitted jobs.
+func (a *Admitter) Active(ctx context.Context, tenant string) (int64, error) {
+	cs, err := a.read(ctx, ActiveKey(tenant))
+	if err != nil {
+		return 0, err
+	}
+	return int64(cs[0].val), nil
+}
+
+// Markers returns the jobs holding a slot of tenant, with when they were
+// admitted (for reconciliation of slots whose job never got stored).
+func (a *Admitter) Markers(ctx context.Context) (map[[2]string]time.Time, error) {
+	resp, err := a.cli.Get(ctx, markerPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list quota markers: %w", err)
+	}
+	out := map[[2]string]time.Time{}
+	for _, kv := range resp.Kvs {
+		rest := string(kv.Key)[len(markerPrefix):]
+		for i := len(rest) - 1; i >= 0; i-- {
+			if rest[i] == '/' {
+				t, _ := time.Parse(time.RFC3339, string(kv.Value))
+				out[[2]string{rest[:i], rest[i+1:]}] = t
+				break
+			}
+		}
+	}
+	return out, nil
+}
+
+// AddQuantityOps returns the compares and puts adding q to the tenant's day
+// and month quantity counters of t, to join the transaction that records the
+// usage, so both happen exactly once.
+func AddQuantityOps(ctx context.Context, cli *clientv3.Client, tenant string, t time.Time, q float64) ([]clientv3.Cmp, []clientv3.Op, error) {
+	var cmps []clientv3.Cmp
+	var ops []clientv3.Op
+	for _, period := range []string{tenants.PeriodDay, tenants.PeriodMonth} {
+		key := QuantityKey(tenant, PeriodID(period, t))
+		resp, err := cli.Get(ctx, key)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read quantity: %w", err)
+		}
+		var cur float64
+		var rev int64
+		if len(resp.Kvs) > 0 {
+			rev = resp.Kvs[0].ModRevision
+			cur, _ = strconv.ParseFloat(string(resp.Kvs[0].Value), 64)
+		}
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", rev))
+		ops = append(ops, clientv3.OpPut(key, itoa(cur+q)))
+	}
+	return cmps, ops, nil
+}
+
+// TenantAdmitter admits against each tenant's configured quota.
+type TenantAdmitter struct {
+	*Admitter
+	Tenants *tenants.Store
+}
+
+// Admit implements jobapi.Admission. A tenant without a record (a key
+// registered before tenants existed) has no quota.
+func (t TenantAdmitter) Admit(ctx context.Context, tenant, job string) error {
+	ten, err := t.Tenants.Tenant(ctx, tenant)
+	if err != nil && !errors.Is(err, tenants.ErrTenantNotFound) {
+		return err
+	}
+	return t.Admitter.Admit(ctx, tenant, job, ten.Quota)
+}

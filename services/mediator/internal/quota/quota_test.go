@@ -1,0 +1,100 @@
+package quota_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/medius-platform/medius/pkg/problem"
+	"github.com/medius-platform/medius/services/mediator/internal/quota"
+	"github.com/medius-platform/medius/services/mediator/internal/tenants"
+	"github.com/medius-platform/medius/services/mediator/internal/testsupport"
+	"google.golang.org/grpc/codes"
+)
+
+func TestAdmitIsAtomic(t *testing.T) {
+	env := testsupport.Start(t)
+	a := quota.New(env.EtcdCli)
+	ctx := context.Background()
+	q := tenants.Quota{MaxConcurrentJobs: 10}
+
+	var admitted, refused atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Go(func() {
+			err := a.Admit(ctx, "acme", fmt.Sprintf("job-%d", i), q)
+			var pe *problem.Error
+			switch {
+			case err == nil:
+				admitted.Add(1)
+			case errors.As(err, &pe) && pe.Code == codes.ResourceExhausted && pe.Type == quota.TypeConcurrent:
+				refused.Add(1)
+			default:
+				t.Errorf("admit: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if admitted.Load() != 10 || refused.Load() != 40 {
+		t.Fatalf("admitted %d refused %d, want 10 and 40", admitted.Load(), refused.Load())
+	}
+	// Another tenant has its own slots.
+	if err := a.Admit(ctx, "other", "job-x", q); err != nil {
+		t.Fatal(err)
+	}
+
+	// Releasing an admitted job twice frees one slot; releasing a job
+	// never admitted frees none.
+	var holder string
+	for i := range 50 {
+		id := fmt.Sprintf("job-%d", i)
+		if err := a.Admit(ctx, "acme", id, q); err == nil {
+			holder = id // already admitted: Admit is idempotent
+			break
+		}
+	}
+	if holder == "" {
+		t.Fatal("re-admitting an admitted job was refused")
+	}
+	for range 2 {
+		if err := a.Release(ctx, "acme", holder); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Release(ctx, "acme", "never-admitted"); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := a.Active(ctx, "acme"); n != 9 {
+		t.Fatalf("active = %d, want 9", n)
+	}
+	if err := a.Admit(ctx, "acme", "new-1", q); err != nil {
+		t.Fatalf("freed slot not reusable: %v", err)
+	}
+	if err := a.Admit(ctx, "acme", "new-2", q); err == nil {
+		t.Fatal("admitted beyond the quota")
+	}
+}
+
+func TestJobsPerPeriod(t *testing.T) {
+	env := testsupport.Start(t)
+	a := quota.New(env.EtcdCli)
+	ctx := context.Background()
+	q := tenants.Quota{MaxJobsPerPeriod: 2, Period: tenants.PeriodDay}
+	for i := range 2 {
+		if err := a.Admit(ctx, "acme", fmt.Sprint(i), q); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Release(ctx, "acme", fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Ended jobs still count in the period.
+	err := a.Admit(ctx, "acme", "3", q)
+	var pe *problem.Error
+	if !errors.As(err, &pe) || pe.Type != quota.TypeJobs {
+		t.Fatalf("third job of the day: %v, want %s", err, quota.TypeJobs)
+	}
+}
