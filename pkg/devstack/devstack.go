@@ -46,6 +46,8 @@ type Config struct {
 	FileRoots []string
 	// Workers is the number of job-worker processes (default 1).
 	Workers int
+	// Processors is the number of job-processor replicas (default 1).
+	Processors int
 	// Logs receives the children's output; nil writes Dir/logs/<name>.log.
 	Logs io.Writer
 	// Env is added to every child's environment (e.g. MEDIUS_LOG_LEVEL=debug).
@@ -136,6 +138,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		n := 1
 		if name == "job-worker" {
 			n = cfg.Workers
+		}
+		if name == "job-processor" && cfg.Processors > 1 {
+			n = cfg.Processors
 		}
 		for i := 0; i < n; i++ {
 			args := append([]string{}, common...)
