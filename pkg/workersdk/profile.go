@@ -3,7 +3,7 @@
 // reports the execution (RUNNING, progress, COMPLETED/FAILED/CANCELED) on the
 // job's execution subject, honours cancel requests, and hands unfinished work
 // back on shutdown. A profile is a Handler; adding one is writing a function.
-package worker
+package workersdk
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package worker
+package workersdk
 
 import (
 	"context"
@@ -107,7 +107,7 @@ func New(cfg Config) (*Runner, error) {
 		cfg:      cfg,
 		profiles: map[string]Handler{},
 		log:      cfg.Logger.With("instance", cfg.InstanceID),
-		tracer:   otel.Tracer("github.com/medius-platform/medius/services/job-worker"),
+		tracer:   otel.Tracer("github.com/medius-platform/medius/pkg/workersdk"),
 	}
 	for _, p := range cfg.Profiles {
 		name := p.Spec.GetName()

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -23,10 +22,9 @@ import (
 	"github.com/medius-platform/medius/pkg/locator"
 	"github.com/medius-platform/medius/pkg/registryclient"
 	"github.com/medius-platform/medius/pkg/telemetry"
+	"github.com/medius-platform/medius/pkg/workersdk"
 	"github.com/medius-platform/medius/services/job-worker/internal/profiles"
-	"github.com/medius-platform/medius/services/job-worker/internal/worker"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Config is the worker's configuration; every field has a flag (see main.go).
@@ -169,7 +167,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	resolver := &locator.Resolver{Roots: cfg.FileRoots, AllowPrivate: cfg.AllowPrivateURLs}
 	builtin := profiles.Builtin(resolver)
-	runner, err := worker.New(worker.Config{
+	runner, err := workersdk.New(workersdk.Config{
 		JS: js, NC: nc, Service: cfg.Service, InstanceID: cfg.InstanceID, Capacity: cfg.Capacity,
 		Profiles: builtin, AckWait: cfg.AckWait, HeartbeatInterval: cfg.HeartbeatInterval, DrainTimeout: cfg.DrainTimeout, Logger: slog.Default(),
 	})
@@ -216,34 +214,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}()
 	log.InfoContext(ctx, "job worker starting", "admin", admin.Addr(), "registry", cfg.RegistryAddr, "capacity", cfg.Capacity)
 
-	specs := make([]*registryv1.JobProfile, 0, len(builtin))
-	names := make([]string, 0, len(builtin))
-	var jobTypes []string
-	for _, p := range builtin {
-		specs = append(specs, p.Spec)
-		names = append(names, p.Spec.GetName())
-		if !slices.Contains(jobTypes, p.Spec.GetJobType()) {
-			jobTypes = append(jobTypes, p.Spec.GetJobType())
-		}
-	}
-	// Profiles first: the service definition names them.
-	if err := registryclient.EnsureProfiles(ctx, registry, specs...); err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
-	var regions []string
-	if cfg.Region != "" {
-		regions = []string{cfg.Region}
-	}
-	reg, err := registryclient.Register(ctx, registry,
-		&registryv1.Service{Name: cfg.Service, JobTypes: jobTypes, Profiles: names, Regions: regions, DefaultCapacity: int32(cfg.Capacity)},
-		&registryv1.ServiceInstance{
-			Id: cfg.InstanceID, Service: cfg.Service, Address: admin.Addr(), Version: cfg.Version,
-			Capacity: int32(cfg.Capacity), Regions: regions, Profiles: names, StartTime: timestamppb.Now(),
-		},
-		cfg.LeaseTTL, registryclient.WithInFlight(runner.InFlight))
+	reg, err := workersdk.Register(ctx, registry, workersdk.Instance{
+		Service: cfg.Service, InstanceID: cfg.InstanceID, Address: admin.Addr(), Version: cfg.Version,
+		Region: cfg.Region, Capacity: cfg.Capacity, LeaseTTL: cfg.LeaseTTL,
+	}, builtin, runner.InFlight, slog.Default())
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil

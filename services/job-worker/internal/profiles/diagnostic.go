@@ -8,7 +8,7 @@ import (
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/problem"
-	"github.com/medius-platform/medius/services/job-worker/internal/worker"
+	"github.com/medius-platform/medius/pkg/workersdk"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -27,8 +27,8 @@ const (
 // 1), reporting progress, and stops at once on cancel. Its verified quantity
 // is the seconds slept. It exists to exercise the platform (chaos tests,
 // benchmarks) without media.
-func SleepProfile() worker.Profile {
-	return worker.Profile{
+func SleepProfile() workersdk.Profile {
+	return workersdk.Profile{
 		Spec: &registryv1.JobProfile{
 			Name:            Sleep,
 			JobType:         "QAJob",
@@ -37,7 +37,7 @@ func SleepProfile() worker.Profile {
 			DefaultTimeout:  durationpb.New(time.Hour),
 			MaxAttempts:     3,
 		},
-		Handler: func(ctx context.Context, item *worker.WorkItem, progress func(int)) (*jobsv1.JobOutput, float64, error) {
+		Handler: func(ctx context.Context, item *workersdk.WorkItem, progress func(int)) (*jobsv1.JobOutput, float64, error) {
 			secs := 1.0
 			v, given := item.GetInput().GetParameters().GetFields()[ParamSeconds]
 			if given {
@@ -46,7 +46,7 @@ func SleepProfile() worker.Profile {
 			_, isNumber := v.GetKind().(*structpb.Value_NumberValue)
 			d := time.Duration(secs * float64(time.Second))
 			if (given && !isNumber) || secs < 0 || d > maxSleep {
-				return nil, 0, &problem.Error{Code: codes.InvalidArgument, Type: worker.TypeInvalidInput, Title: "Invalid input",
+				return nil, 0, &problem.Error{Code: codes.InvalidArgument, Type: workersdk.TypeInvalidInput, Title: "Invalid input",
 					Detail: fmt.Sprintf("seconds must be a number between 0 and %v", maxSleep.Seconds()), Field: "input.parameters." + ParamSeconds}
 			}
 			start := time.Now()
@@ -70,8 +70,8 @@ func SleepProfile() worker.Profile {
 
 // NoOpProfile is the diagnostic NoOp profile: it completes at once with an
 // empty output, to measure the platform's own overhead.
-func NoOpProfile() worker.Profile {
-	return worker.Profile{
+func NoOpProfile() workersdk.Profile {
+	return workersdk.Profile{
 		Spec: &registryv1.JobProfile{
 			Name:           NoOp,
 			JobType:        "QAJob",
@@ -79,7 +79,7 @@ func NoOpProfile() worker.Profile {
 			DefaultTimeout: durationpb.New(time.Minute),
 			MaxAttempts:    3,
 		},
-		Handler: func(context.Context, *worker.WorkItem, func(int)) (*jobsv1.JobOutput, float64, error) {
+		Handler: func(context.Context, *workersdk.WorkItem, func(int)) (*jobsv1.JobOutput, float64, error) {
 			return &jobsv1.JobOutput{}, 0, nil
 		},
 	}

@@ -13,7 +13,7 @@ import (
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/locator"
-	"github.com/medius-platform/medius/services/job-worker/internal/worker"
+	"github.com/medius-platform/medius/pkg/workersdk"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 )
@@ -26,14 +26,14 @@ const (
 )
 
 // Builtin returns every profile this worker offers.
-func Builtin(res *locator.Resolver) []worker.Profile {
-	return []worker.Profile{TechnicalMetadata(res), SleepProfile(), NoOpProfile()}
+func Builtin(res *locator.Resolver) []workersdk.Profile {
+	return []workersdk.Profile{TechnicalMetadata(res), SleepProfile(), NoOpProfile()}
 }
 
 // TechnicalMetadata is the ExtractTechnicalMetadata profile: ffprobe on the
 // input, reporting container and stream properties.
-func TechnicalMetadata(res *locator.Resolver) worker.Profile {
-	return worker.Profile{
+func TechnicalMetadata(res *locator.Resolver) workersdk.Profile {
+	return workersdk.Profile{
 		Spec: &registryv1.JobProfile{
 			Name:             ExtractTechnicalMetadata,
 			JobType:          "AmeJob",
@@ -43,15 +43,15 @@ func TechnicalMetadata(res *locator.Resolver) worker.Profile {
 			DefaultTimeout:   durationpb.New(5 * time.Minute),
 			MaxAttempts:      3,
 		},
-		Handler: func(ctx context.Context, item *worker.WorkItem, progress func(int)) (*jobsv1.JobOutput, float64, error) {
-			url, err := worker.InputLocator(item, ParamInputFile)
+		Handler: func(ctx context.Context, item *workersdk.WorkItem, progress func(int)) (*jobsv1.JobOutput, float64, error) {
+			url, err := workersdk.InputLocator(item, ParamInputFile)
 			if err != nil {
 				return nil, 0, err
 			}
 			path, cleanup, err := res.Open(ctx, url)
 			defer cleanup()
 			if err != nil {
-				return nil, 0, worker.InputError(ParamInputFile, url, err)
+				return nil, 0, workersdk.InputError(ParamInputFile, url, err)
 			}
 			progress(10)
 			meta, duration, err := Probe(ctx, path)
@@ -105,11 +105,11 @@ func Probe(ctx context.Context, path string) (*structpb.Struct, float64, error) 
 		if ctx.Err() != nil {
 			return nil, 0, fmt.Errorf("ffprobe: %w", context.Cause(ctx))
 		}
-		return nil, 0, worker.ToolError("ffprobe", err, stderr.Bytes())
+		return nil, 0, workersdk.ToolError("ffprobe", err, stderr.Bytes())
 	}
 	var out ffprobeOutput
 	if err := json.Unmarshal(stdout.Bytes(), &out); err != nil {
-		return nil, 0, worker.ToolError("ffprobe", fmt.Errorf("parse output: %w", err), stderr.Bytes())
+		return nil, 0, workersdk.ToolError("ffprobe", fmt.Errorf("parse output: %w", err), stderr.Bytes())
 	}
 
 	format := map[string]any{}

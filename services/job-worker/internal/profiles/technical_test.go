@@ -14,8 +14,8 @@ import (
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/locator"
 	"github.com/medius-platform/medius/pkg/problem"
+	"github.com/medius-platform/medius/pkg/workersdk"
 	"github.com/medius-platform/medius/services/job-worker/internal/testmedia"
-	"github.com/medius-platform/medius/services/job-worker/internal/worker"
 )
 
 var (
@@ -101,7 +101,7 @@ func TestProbeNotMedia(t *testing.T) {
 	}
 	_, _, err := Probe(t.Context(), p)
 	var pe *problem.Error
-	if !errors.As(err, &pe) || pe.Type != worker.TypeToolFailed || !strings.Contains(pe.Detail, "ffprobe") {
+	if !errors.As(err, &pe) || pe.Type != workersdk.TypeToolFailed || !strings.Contains(pe.Detail, "ffprobe") {
 		t.Fatalf("err = %v, want tool-failed naming ffprobe", err)
 	}
 }
@@ -142,10 +142,10 @@ func TestTechnicalMetadataHandler(t *testing.T) {
 	for _, tt := range []struct {
 		name, url, typ, field string
 	}{
-		{"missing file", "file://" + filepath.Join(dir, "nope.mp4"), worker.TypeInputNotFound, "input.locators.inputFile"},
-		{"outside roots", "file:///etc/passwd", worker.TypeLocatorForbidden, "input.locators.inputFile"},
-		{"no locator", "", worker.TypeInvalidInput, "input.locators.inputFile"},
-		{"s3", "s3://bucket/key.mp4", worker.TypeUnsupportedLocator, "input.locators.inputFile"},
+		{"missing file", "file://" + filepath.Join(dir, "nope.mp4"), workersdk.TypeInputNotFound, "input.locators.inputFile"},
+		{"outside roots", "file:///etc/passwd", workersdk.TypeLocatorForbidden, "input.locators.inputFile"},
+		{"no locator", "", workersdk.TypeInvalidInput, "input.locators.inputFile"},
+		{"s3", "s3://bucket/key.mp4", workersdk.TypeUnsupportedLocator, "input.locators.inputFile"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, _, err := h(t.Context(), item(tt.url), func(int) {})

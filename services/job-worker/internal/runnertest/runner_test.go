@@ -1,4 +1,4 @@
-package worker_test
+package runnertest_test
 
 import (
 	"context"
@@ -21,9 +21,9 @@ import (
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/devenv"
 	"github.com/medius-platform/medius/pkg/locator"
+	"github.com/medius-platform/medius/pkg/workersdk"
 	"github.com/medius-platform/medius/services/job-worker/internal/profiles"
 	"github.com/medius-platform/medius/services/job-worker/internal/testmedia"
-	"github.com/medius-platform/medius/services/job-worker/internal/worker"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -42,10 +42,10 @@ type slow struct {
 	finishAfter bool
 }
 
-func (s *slow) profile() worker.Profile {
-	return worker.Profile{
+func (s *slow) profile() workersdk.Profile {
+	return workersdk.Profile{
 		Spec: &registryv1.JobProfile{Name: "Slow", JobType: "AmeJob"},
-		Handler: func(ctx context.Context, _ *worker.WorkItem, progress func(int)) (*jobsv1.JobOutput, float64, error) {
+		Handler: func(ctx context.Context, _ *workersdk.WorkItem, progress func(int)) (*jobsv1.JobOutput, float64, error) {
 			if n := s.calls.Add(1); s.finishAfter && n > 1 {
 				return &jobsv1.JobOutput{}, 1, nil
 			}
@@ -60,7 +60,7 @@ func (s *slow) profile() worker.Profile {
 			if ctx.Err() != nil {
 				return nil, 0, context.Cause(ctx)
 			}
-			return nil, 0, worker.ToolError("ffmpeg", err, nil)
+			return nil, 0, workersdk.ToolError("ffmpeg", err, nil)
 		},
 	}
 }
@@ -139,9 +139,9 @@ func setup(t *testing.T) *env {
 
 // start runs a runner until the test ends (or the returned stop is called,
 // which waits for Run to return).
-func (e *env) start(t *testing.T, mod func(*worker.Config)) (stop func()) {
+func (e *env) start(t *testing.T, mod func(*workersdk.Config)) (stop func()) {
 	t.Helper()
-	cfg := worker.Config{
+	cfg := workersdk.Config{
 		JS: e.js, NC: e.nc, Service: service, InstanceID: "inst-a", Capacity: 2,
 		Profiles:     append(profiles.Builtin(&locator.Resolver{Roots: []string{e.root}}), e.slow.profile()),
 		FetchWait:    200 * time.Millisecond,
@@ -150,7 +150,7 @@ func (e *env) start(t *testing.T, mod func(*worker.Config)) (stop func()) {
 	if mod != nil {
 		mod(&cfg)
 	}
-	r, err := worker.New(cfg)
+	r, err := workersdk.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,7 +355,7 @@ func TestTimeout(t *testing.T) {
 // its one slot is busy.
 func TestBackPressure(t *testing.T) {
 	e := setup(t)
-	e.start(t, func(c *worker.Config) { c.Capacity = 1 })
+	e.start(t, func(c *workersdk.Config) { c.Capacity = 1 })
 	e.submit(t, "first", "Slow", "")
 	<-e.slow.pids
 	e.waitStatus(t, "first", running)
@@ -379,9 +379,9 @@ func TestBackPressure(t *testing.T) {
 // worker (InProgress) instead of being redelivered to another one.
 func TestKeepsItemPastAckWait(t *testing.T) {
 	e := setup(t)
-	ackWait := func(c *worker.Config) { c.AckWait = 600 * time.Millisecond }
+	ackWait := func(c *workersdk.Config) { c.AckWait = 600 * time.Millisecond }
 	e.start(t, ackWait)
-	e.start(t, func(c *worker.Config) { ackWait(c); c.InstanceID = "inst-b" })
+	e.start(t, func(c *workersdk.Config) { ackWait(c); c.InstanceID = "inst-b" })
 	e.submit(t, "long", "Slow", "")
 	<-e.slow.pids
 	time.Sleep(2 * time.Second) // the property under test is "nothing happens for a while"
@@ -399,7 +399,7 @@ func TestKeepsItemPastAckWait(t *testing.T) {
 func TestShutdownHandsBack(t *testing.T) {
 	e := setup(t)
 	e.slow.finishAfter = true
-	stopA := e.start(t, func(c *worker.Config) { c.DrainTimeout = 300 * time.Millisecond })
+	stopA := e.start(t, func(c *workersdk.Config) { c.DrainTimeout = 300 * time.Millisecond })
 	e.submit(t, "handed", "Slow", "")
 	pid := <-e.slow.pids
 	e.waitStatus(t, "handed", running)
@@ -413,7 +413,7 @@ func TestShutdownHandsBack(t *testing.T) {
 			t.Fatalf("instance A reported %v for a job it handed back", u.GetStatus())
 		}
 	}
-	e.start(t, func(c *worker.Config) { c.InstanceID = "inst-b" })
+	e.start(t, func(c *workersdk.Config) { c.InstanceID = "inst-b" })
 	u := e.waitStatus(t, "handed", completed)
 	if u.GetInstanceId() != "inst-b" {
 		t.Errorf("completed by %q, want inst-b", u.GetInstanceId())
@@ -424,7 +424,7 @@ func TestShutdownHandsBack(t *testing.T) {
 // does not block the next one.
 func TestBadPayloadTerminated(t *testing.T) {
 	e := setup(t)
-	e.start(t, func(c *worker.Config) { c.Capacity = 1 })
+	e.start(t, func(c *workersdk.Config) { c.Capacity = 1 })
 	if _, err := e.js.Publish(t.Context(), bus.SubjectWork(service), []byte{0xff, 0xff, 0xff}); err != nil {
 		t.Fatal(err)
 	}
@@ -435,7 +435,7 @@ func TestBadPayloadTerminated(t *testing.T) {
 
 func TestSleepHeartbeatsAndQuantity(t *testing.T) {
 	e := setup(t)
-	e.start(t, func(c *worker.Config) { c.HeartbeatInterval = 100 * time.Millisecond })
+	e.start(t, func(c *workersdk.Config) { c.HeartbeatInterval = 100 * time.Millisecond })
 	e.submit(t, "job-s", profiles.Sleep, "", func(w *eventsv1.WorkItem) {
 		w.JobType = "QAJob"
 		w.Input.Parameters, _ = structpb.NewStruct(map[string]any{profiles.ParamSeconds: 0.6})
@@ -461,8 +461,8 @@ func TestSleepHeartbeatsAndQuantity(t *testing.T) {
 	e.submit(t, "job-bad", profiles.Sleep, "", func(w *eventsv1.WorkItem) {
 		w.Input.Parameters, _ = structpb.NewStruct(map[string]any{profiles.ParamSeconds: "ten"})
 	})
-	if f := e.waitStatus(t, "job-bad", failed); f.GetError().GetType() != "urn:medius:problem:"+worker.TypeInvalidInput {
-		t.Errorf("Sleep with a string: problem %v, want %s", f.GetError(), worker.TypeInvalidInput)
+	if f := e.waitStatus(t, "job-bad", failed); f.GetError().GetType() != "urn:medius:problem:"+workersdk.TypeInvalidInput {
+		t.Errorf("Sleep with a string: problem %v, want %s", f.GetError(), workersdk.TypeInvalidInput)
 	}
 }
 
@@ -487,12 +487,12 @@ func TestSleepCanceled(t *testing.T) {
 // the msg id, so JetStream does not drop its updates as duplicates.
 func TestMsgIDNamesInstance(t *testing.T) {
 	u := &eventsv1.ExecutionUpdate{JobId: "j1", Attempt: 2, InstanceId: "inst-b", Status: running}
-	if got, want := worker.MsgID(u, "-40"), "exec-j1-2-inst-b-RUNNING-40"; got != want {
+	if got, want := workersdk.MsgID(u, "-40"), "exec-j1-2-inst-b-RUNNING-40"; got != want {
 		t.Errorf("MsgID = %q, want %q", got, want)
 	}
 	e := setup(t)
 	e.submit(t, "job-r", profiles.NoOp, "")
-	stopA := e.start(t, func(c *worker.Config) { c.InstanceID = "inst-a" })
+	stopA := e.start(t, func(c *workersdk.Config) { c.InstanceID = "inst-a" })
 	e.waitStatus(t, "job-r", completed)
 	stopA()
 	// The same work item again (as a redelivery would bring it) on inst-b.
@@ -500,7 +500,7 @@ func TestMsgIDNamesInstance(t *testing.T) {
 		JobId: "job-r", Tenant: "t1", Attempt: 1, Profile: profiles.NoOp, Service: service}); err != nil {
 		t.Fatal(err)
 	}
-	e.start(t, func(c *worker.Config) { c.InstanceID = "inst-b" })
+	e.start(t, func(c *workersdk.Config) { c.InstanceID = "inst-b" })
 	e.waitFor(t, "job-r", "COMPLETED from inst-b", func(u *eventsv1.ExecutionUpdate) bool {
 		return u.GetStatus() == completed && u.GetInstanceId() == "inst-b"
 	})
