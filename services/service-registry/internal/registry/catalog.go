@@ -145,23 +145,7 @@ func (s *Server) ListServices(ctx context.Context, req *registryv1.ListServicesR
 // PutService creates or replaces a service definition (an operator's
 // edit: unlike registration, lists are replaced, not merged).
 func (s *Server) PutService(ctx context.Context, req *registryv1.PutServiceRequest) (*registryv1.Service, error) {
-	if err := validateService("service", req.GetService()); err != nil {
-		return nil, err
-	}
-	in := req.GetService()
-	out, err := update(ctx, s.cli, ServiceKey(in.GetName()), newService, func(cur *registryv1.Service, exists bool) (*registryv1.Service, bool, error) {
-		next := proto.CloneOf(in)
-		now := timestamppb.New(s.now())
-		next.CreateTime, next.UpdateTime = now, now
-		if exists && cur.GetCreateTime() != nil {
-			next.CreateTime = cur.GetCreateTime()
-		}
-		return next, true, nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("put service %s: %w", in.GetName(), err)
-	}
-	return out, nil
+	return s.writeService(ctx, req.GetService(), upsert, "put")
 }
 
 // DeleteService deletes a service definition. Its live instances stay
@@ -189,11 +173,45 @@ func (s *Server) GetJobProfile(ctx context.Context, req *registryv1.GetJobProfil
 	return &p, nil
 }
 
-// ListJobProfiles lists job profiles, optionally of one job type.
+// profilesInRegion returns the names of the profiles offered by services of
+// region. Service definitions are few (one per kind of worker), so reading
+// them all per request is cheap.
+func (s *Server) profilesInRegion(ctx context.Context, region string) (map[string]bool, error) {
+	out := map[string]bool{}
+	token := ""
+	for {
+		svcs, next, err := listPage(ctx, s.cli, ServicesPrefix, token, MaxPageSize, newService, func(svc *registryv1.Service) bool {
+			return slices.Contains(svc.GetRegions(), region)
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, svc := range svcs {
+			for _, p := range svc.GetProfiles() {
+				out[p] = true
+			}
+		}
+		if next == "" {
+			return out, nil
+		}
+		token = next
+	}
+}
+
+// ListJobProfiles lists job profiles, optionally of one job type and/or
+// offered in one region.
 func (s *Server) ListJobProfiles(ctx context.Context, req *registryv1.ListJobProfilesRequest) (*registryv1.ListJobProfilesResponse, error) {
+	var inRegion map[string]bool
+	if r := req.GetRegion(); r != "" {
+		var err error
+		if inRegion, err = s.profilesInRegion(ctx, r); err != nil {
+			return nil, fmt.Errorf("list job profiles: %w", err)
+		}
+	}
 	items, next, err := listPage(ctx, s.cli, ProfilesPrefix, req.GetPageToken(), req.GetPageSize(), newProfile,
 		func(p *registryv1.JobProfile) bool {
-			return req.GetJobType() == "" || p.GetJobType() == req.GetJobType()
+			return (req.GetJobType() == "" || p.GetJobType() == req.GetJobType()) &&
+				(inRegion == nil || inRegion[p.GetName()])
 		})
 	if err != nil {
 		return nil, fmt.Errorf("list job profiles: %w", err)
@@ -242,19 +260,7 @@ func (s *Server) PutJobProfile(ctx context.Context, req *registryv1.PutJobProfil
 		}
 		return &cur, nil
 	}
-	out, err := update(ctx, s.cli, key, newProfile, func(cur *registryv1.JobProfile, exists bool) (*registryv1.JobProfile, bool, error) {
-		next := proto.CloneOf(in)
-		now := timestamppb.New(s.now())
-		next.CreateTime, next.UpdateTime = now, now
-		if exists && cur.GetCreateTime() != nil {
-			next.CreateTime = cur.GetCreateTime()
-		}
-		return next, true, nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("put job profile %s: %w", in.GetName(), err)
-	}
-	return out, nil
+	return s.writeProfile(ctx, in, upsert, "put")
 }
 
 // DeleteJobProfile deletes a job profile.

@@ -223,14 +223,15 @@ func (s *Server) DeregisterInstance(ctx context.Context, req *registryv1.Deregis
 	return &registryv1.DeregisterInstanceResponse{}, nil
 }
 
-// ListInstances lists live instances, optionally of one service and/or
-// offering one profile.
+// ListInstances lists live instances, optionally of one service, offering
+// one profile and/or serving one region.
 func (s *Server) ListInstances(ctx context.Context, req *registryv1.ListInstancesRequest) (*registryv1.ListInstancesResponse, error) {
 	items, next, err := listPage(ctx, s.cli, InstancesPrefix, req.GetPageToken(), req.GetPageSize(),
 		func() *registryv1.ServiceInstance { return new(registryv1.ServiceInstance) },
 		func(i *registryv1.ServiceInstance) bool {
 			return (req.GetService() == "" || i.GetService() == req.GetService()) &&
-				(req.GetProfile() == "" || slices.Contains(i.GetProfiles(), req.GetProfile()))
+				(req.GetProfile() == "" || slices.Contains(i.GetProfiles(), req.GetProfile())) &&
+				(req.GetRegion() == "" || slices.Contains(i.GetRegions(), req.GetRegion()))
 		})
 	if err != nil {
 		return nil, fmt.Errorf("list instances: %w", err)

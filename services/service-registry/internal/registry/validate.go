@@ -2,6 +2,7 @@ package registry
 
 import (
 	"fmt"
+	"net/url"
 	"regexp"
 
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
@@ -10,6 +11,9 @@ import (
 
 // maxNameLen keeps keys (and NATS subjects built from names) bounded.
 const maxNameLen = 200
+
+// maxURLLen bounds a resource endpoint URL.
+const maxURLLen = 2048
 
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 
@@ -75,6 +79,16 @@ func validateService(prefix string, s *registryv1.Service) error {
 	}
 	if s.GetDefaultCapacity() < 0 {
 		return problem.InvalidArgument(prefix+".default_capacity", "%s.default_capacity must not be negative", prefix)
+	}
+	for i, r := range s.GetResources() {
+		field := fmt.Sprintf("%s.resources[%d]", prefix, i)
+		if r.GetResourceType() == "" {
+			return problem.InvalidArgument(field+".resource_type", "%s.resource_type is required", field)
+		}
+		u, err := url.Parse(r.GetHttpEndpoint())
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || len(r.GetHttpEndpoint()) > maxURLLen {
+			return problem.InvalidArgument(field+".http_endpoint", "%s.http_endpoint must be an absolute http(s) URL of at most %d bytes", field, maxURLLen)
+		}
 	}
 	return nil
 }

@@ -24,6 +24,108 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ResourceKind names what a Watch follows.
+type ResourceKind int32
+
+const (
+	ResourceKind_RESOURCE_KIND_UNSPECIFIED ResourceKind = 0
+	ResourceKind_RESOURCE_KIND_SERVICE     ResourceKind = 1
+	ResourceKind_RESOURCE_KIND_JOB_PROFILE ResourceKind = 2
+	ResourceKind_RESOURCE_KIND_INSTANCE    ResourceKind = 3
+)
+
+// Enum value maps for ResourceKind.
+var (
+	ResourceKind_name = map[int32]string{
+		0: "RESOURCE_KIND_UNSPECIFIED",
+		1: "RESOURCE_KIND_SERVICE",
+		2: "RESOURCE_KIND_JOB_PROFILE",
+		3: "RESOURCE_KIND_INSTANCE",
+	}
+	ResourceKind_value = map[string]int32{
+		"RESOURCE_KIND_UNSPECIFIED": 0,
+		"RESOURCE_KIND_SERVICE":     1,
+		"RESOURCE_KIND_JOB_PROFILE": 2,
+		"RESOURCE_KIND_INSTANCE":    3,
+	}
+)
+
+func (x ResourceKind) Enum() *ResourceKind {
+	p := new(ResourceKind)
+	*p = x
+	return p
+}
+
+func (x ResourceKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ResourceKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_medius_registry_v1_registry_proto_enumTypes[0].Descriptor()
+}
+
+func (ResourceKind) Type() protoreflect.EnumType {
+	return &file_medius_registry_v1_registry_proto_enumTypes[0]
+}
+
+func (x ResourceKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ResourceKind.Descriptor instead.
+func (ResourceKind) EnumDescriptor() ([]byte, []int) {
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{0}
+}
+
+type Change_Type int32
+
+const (
+	Change_TYPE_UNSPECIFIED Change_Type = 0
+	Change_TYPE_PUT         Change_Type = 1
+	Change_TYPE_DELETE      Change_Type = 2
+)
+
+// Enum value maps for Change_Type.
+var (
+	Change_Type_name = map[int32]string{
+		0: "TYPE_UNSPECIFIED",
+		1: "TYPE_PUT",
+		2: "TYPE_DELETE",
+	}
+	Change_Type_value = map[string]int32{
+		"TYPE_UNSPECIFIED": 0,
+		"TYPE_PUT":         1,
+		"TYPE_DELETE":      2,
+	}
+)
+
+func (x Change_Type) Enum() *Change_Type {
+	p := new(Change_Type)
+	*p = x
+	return p
+}
+
+func (x Change_Type) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Change_Type) Descriptor() protoreflect.EnumDescriptor {
+	return file_medius_registry_v1_registry_proto_enumTypes[1].Descriptor()
+}
+
+func (Change_Type) Type() protoreflect.EnumType {
+	return &file_medius_registry_v1_registry_proto_enumTypes[1]
+}
+
+func (x Change_Type) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Change_Type.Descriptor instead.
+func (Change_Type) EnumDescriptor() ([]byte, []int) {
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{19, 0}
+}
+
 type ParameterSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -193,6 +295,69 @@ func (x *JobProfile) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// ResourceEndpoint is where a service serves one kind of resource (MCMA
+// ResourceEndpoint), e.g. resource_type "JobAssignment" at an http endpoint.
+type ResourceEndpoint struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ResourceType string                 `protobuf:"bytes,1,opt,name=resource_type,json=resourceType,proto3" json:"resource_type,omitempty"`
+	// An absolute http(s) URL.
+	HttpEndpoint  string `protobuf:"bytes,2,opt,name=http_endpoint,json=httpEndpoint,proto3" json:"http_endpoint,omitempty"`
+	AuthType      string `protobuf:"bytes,3,opt,name=auth_type,json=authType,proto3" json:"auth_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResourceEndpoint) Reset() {
+	*x = ResourceEndpoint{}
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResourceEndpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResourceEndpoint) ProtoMessage() {}
+
+func (x *ResourceEndpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResourceEndpoint.ProtoReflect.Descriptor instead.
+func (*ResourceEndpoint) Descriptor() ([]byte, []int) {
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ResourceEndpoint) GetResourceType() string {
+	if x != nil {
+		return x.ResourceType
+	}
+	return ""
+}
+
+func (x *ResourceEndpoint) GetHttpEndpoint() string {
+	if x != nil {
+		return x.HttpEndpoint
+	}
+	return ""
+}
+
+func (x *ResourceEndpoint) GetAuthType() string {
+	if x != nil {
+		return x.AuthType
+	}
+	return ""
+}
+
 type Service struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Name            string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -203,13 +368,18 @@ type Service struct {
 	DefaultCapacity int32                  `protobuf:"varint,6,opt,name=default_capacity,json=defaultCapacity,proto3" json:"default_capacity,omitempty"`
 	CreateTime      *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	UpdateTime      *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// MCMA resource endpoints of a service reachable over HTTP; Medius's own
+	// workers take work from the queue and declare none.
+	Resources []*ResourceEndpoint `protobuf:"bytes,9,rep,name=resources,proto3" json:"resources,omitempty"`
+	// MCMA auth type of the resources (e.g. "AWS4"), informational.
+	AuthType      string `protobuf:"bytes,10,opt,name=auth_type,json=authType,proto3" json:"auth_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[2]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -221,7 +391,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[2]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -234,7 +404,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{2}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Service) GetName() string {
@@ -293,6 +463,20 @@ func (x *Service) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Service) GetResources() []*ResourceEndpoint {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *Service) GetAuthType() string {
+	if x != nil {
+		return x.AuthType
+	}
+	return ""
+}
+
 type ServiceInstance struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	Id                string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -311,7 +495,7 @@ type ServiceInstance struct {
 
 func (x *ServiceInstance) Reset() {
 	*x = ServiceInstance{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[3]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -323,7 +507,7 @@ func (x *ServiceInstance) String() string {
 func (*ServiceInstance) ProtoMessage() {}
 
 func (x *ServiceInstance) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[3]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -336,7 +520,7 @@ func (x *ServiceInstance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceInstance.ProtoReflect.Descriptor instead.
 func (*ServiceInstance) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{3}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ServiceInstance) GetId() string {
@@ -422,7 +606,7 @@ type RegisterInstanceRequest struct {
 
 func (x *RegisterInstanceRequest) Reset() {
 	*x = RegisterInstanceRequest{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[4]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -434,7 +618,7 @@ func (x *RegisterInstanceRequest) String() string {
 func (*RegisterInstanceRequest) ProtoMessage() {}
 
 func (x *RegisterInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[4]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -447,7 +631,7 @@ func (x *RegisterInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterInstanceRequest.ProtoReflect.Descriptor instead.
 func (*RegisterInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{4}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RegisterInstanceRequest) GetService() *Service {
@@ -481,7 +665,7 @@ type RegisterInstanceResponse struct {
 
 func (x *RegisterInstanceResponse) Reset() {
 	*x = RegisterInstanceResponse{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[5]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -493,7 +677,7 @@ func (x *RegisterInstanceResponse) String() string {
 func (*RegisterInstanceResponse) ProtoMessage() {}
 
 func (x *RegisterInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[5]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -506,7 +690,7 @@ func (x *RegisterInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterInstanceResponse.ProtoReflect.Descriptor instead.
 func (*RegisterInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{5}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RegisterInstanceResponse) GetInstance() *ServiceInstance {
@@ -534,7 +718,7 @@ type KeepAliveInstanceRequest struct {
 
 func (x *KeepAliveInstanceRequest) Reset() {
 	*x = KeepAliveInstanceRequest{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[6]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -546,7 +730,7 @@ func (x *KeepAliveInstanceRequest) String() string {
 func (*KeepAliveInstanceRequest) ProtoMessage() {}
 
 func (x *KeepAliveInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[6]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -559,7 +743,7 @@ func (x *KeepAliveInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveInstanceRequest.ProtoReflect.Descriptor instead.
 func (*KeepAliveInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{6}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *KeepAliveInstanceRequest) GetInstanceId() string {
@@ -585,7 +769,7 @@ type KeepAliveInstanceResponse struct {
 
 func (x *KeepAliveInstanceResponse) Reset() {
 	*x = KeepAliveInstanceResponse{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[7]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +781,7 @@ func (x *KeepAliveInstanceResponse) String() string {
 func (*KeepAliveInstanceResponse) ProtoMessage() {}
 
 func (x *KeepAliveInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[7]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +794,7 @@ func (x *KeepAliveInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveInstanceResponse.ProtoReflect.Descriptor instead.
 func (*KeepAliveInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{7}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *KeepAliveInstanceResponse) GetTtl() *durationpb.Duration {
@@ -629,7 +813,7 @@ type DeregisterInstanceRequest struct {
 
 func (x *DeregisterInstanceRequest) Reset() {
 	*x = DeregisterInstanceRequest{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[8]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +825,7 @@ func (x *DeregisterInstanceRequest) String() string {
 func (*DeregisterInstanceRequest) ProtoMessage() {}
 
 func (x *DeregisterInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[8]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +838,7 @@ func (x *DeregisterInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterInstanceRequest.ProtoReflect.Descriptor instead.
 func (*DeregisterInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{8}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeregisterInstanceRequest) GetInstanceId() string {
@@ -672,7 +856,7 @@ type DeregisterInstanceResponse struct {
 
 func (x *DeregisterInstanceResponse) Reset() {
 	*x = DeregisterInstanceResponse{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[9]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -684,7 +868,7 @@ func (x *DeregisterInstanceResponse) String() string {
 func (*DeregisterInstanceResponse) ProtoMessage() {}
 
 func (x *DeregisterInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[9]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -697,22 +881,24 @@ func (x *DeregisterInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterInstanceResponse.ProtoReflect.Descriptor instead.
 func (*DeregisterInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{9}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{10}
 }
 
 type ListInstancesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Service       string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
-	Profile       string                 `protobuf:"bytes,2,opt,name=profile,proto3" json:"profile,omitempty"`
-	PageSize      int32                  `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string                 `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Service   string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Profile   string                 `protobuf:"bytes,2,opt,name=profile,proto3" json:"profile,omitempty"`
+	PageSize  int32                  `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string                 `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only instances serving this region.
+	Region        string `protobuf:"bytes,5,opt,name=region,proto3" json:"region,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[10]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -724,7 +910,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[10]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -737,7 +923,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{10}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListInstancesRequest) GetService() string {
@@ -768,6 +954,13 @@ func (x *ListInstancesRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListInstancesRequest) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
 type ListInstancesResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Instances     []*ServiceInstance     `protobuf:"bytes,1,rep,name=instances,proto3" json:"instances,omitempty"`
@@ -778,7 +971,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[11]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +983,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[11]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +996,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{11}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*ServiceInstance {
@@ -820,6 +1013,450 @@ func (x *ListInstancesResponse) GetNextPageToken() string {
 	return ""
 }
 
+type CreateServiceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateServiceRequest) Reset() {
+	*x = CreateServiceRequest{}
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateServiceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateServiceRequest) ProtoMessage() {}
+
+func (x *CreateServiceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateServiceRequest.ProtoReflect.Descriptor instead.
+func (*CreateServiceRequest) Descriptor() ([]byte, []int) {
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CreateServiceRequest) GetService() *Service {
+	if x != nil {
+		return x.Service
+	}
+	return nil
+}
+
+type UpdateServiceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateServiceRequest) Reset() {
+	*x = UpdateServiceRequest{}
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateServiceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateServiceRequest) ProtoMessage() {}
+
+func (x *UpdateServiceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateServiceRequest.ProtoReflect.Descriptor instead.
+func (*UpdateServiceRequest) Descriptor() ([]byte, []int) {
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *UpdateServiceRequest) GetService() *Service {
+	if x != nil {
+		return x.Service
+	}
+	return nil
+}
+
+type CreateJobProfileRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Profile       *JobProfile            `protobuf:"bytes,1,opt,name=profile,proto3" json:"profile,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateJobProfileRequest) Reset() {
+	*x = CreateJobProfileRequest{}
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateJobProfileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateJobProfileRequest) ProtoMessage() {}
+
+func (x *CreateJobProfileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateJobProfileRequest.ProtoReflect.Descriptor instead.
+func (*CreateJobProfileRequest) Descriptor() ([]byte, []int) {
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CreateJobProfileRequest) GetProfile() *JobProfile {
+	if x != nil {
+		return x.Profile
+	}
+	return nil
+}
+
+type UpdateJobProfileRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Profile       *JobProfile            `protobuf:"bytes,1,opt,name=profile,proto3" json:"profile,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateJobProfileRequest) Reset() {
+	*x = UpdateJobProfileRequest{}
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateJobProfileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateJobProfileRequest) ProtoMessage() {}
+
+func (x *UpdateJobProfileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateJobProfileRequest.ProtoReflect.Descriptor instead.
+func (*UpdateJobProfileRequest) Descriptor() ([]byte, []int) {
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *UpdateJobProfileRequest) GetProfile() *JobProfile {
+	if x != nil {
+		return x.Profile
+	}
+	return nil
+}
+
+type WatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revision of the last response applied; the watch sends what changed
+	// after it. 0 starts with a snapshot.
+	StartRevision int64 `protobuf:"varint,1,opt,name=start_revision,json=startRevision,proto3" json:"start_revision,omitempty"`
+	// What to follow; empty means everything.
+	Kinds         []ResourceKind `protobuf:"varint,2,rep,packed,name=kinds,proto3,enum=medius.registry.v1.ResourceKind" json:"kinds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *WatchRequest) GetStartRevision() int64 {
+	if x != nil {
+		return x.StartRevision
+	}
+	return 0
+}
+
+func (x *WatchRequest) GetKinds() []ResourceKind {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
+}
+
+type WatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The store revision the client is current with once it has applied this
+	// response; pass it as start_revision to resume.
+	Revision int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// resync starts a snapshot: the client drops everything it holds first.
+	// Sent on the first response of a watch from 0 and whenever the requested
+	// revision has been compacted away.
+	Resync bool `protobuf:"varint,2,opt,name=resync,proto3" json:"resync,omitempty"`
+	// synced: the client now holds the complete state as of revision. False
+	// only on snapshot responses that more snapshot responses follow.
+	Synced bool `protobuf:"varint,3,opt,name=synced,proto3" json:"synced,omitempty"`
+	// Changes in revision order. A response with none reports progress (the
+	// revision advanced without a change the client follows).
+	Changes       []*Change `protobuf:"bytes,4,rep,name=changes,proto3" json:"changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchResponse) Reset() {
+	*x = WatchResponse{}
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchResponse) ProtoMessage() {}
+
+func (x *WatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
+func (*WatchResponse) Descriptor() ([]byte, []int) {
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *WatchResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *WatchResponse) GetResync() bool {
+	if x != nil {
+		return x.Resync
+	}
+	return false
+}
+
+func (x *WatchResponse) GetSynced() bool {
+	if x != nil {
+		return x.Synced
+	}
+	return false
+}
+
+func (x *WatchResponse) GetChanges() []*Change {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+// Change is one resource put or deleted.
+type Change struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  Change_Type            `protobuf:"varint,1,opt,name=type,proto3,enum=medius.registry.v1.Change_Type" json:"type,omitempty"`
+	Kind  ResourceKind           `protobuf:"varint,2,opt,name=kind,proto3,enum=medius.registry.v1.ResourceKind" json:"kind,omitempty"`
+	// The service or profile name, or the instance id.
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// The store revision of the change.
+	Revision int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The resource as stored (for a delete, as it was last stored, when still
+	// known).
+	//
+	// Types that are valid to be assigned to Resource:
+	//
+	//	*Change_Service
+	//	*Change_Profile
+	//	*Change_Instance
+	Resource      isChange_Resource `protobuf_oneof:"resource"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Change) Reset() {
+	*x = Change{}
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Change) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Change) ProtoMessage() {}
+
+func (x *Change) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Change.ProtoReflect.Descriptor instead.
+func (*Change) Descriptor() ([]byte, []int) {
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Change) GetType() Change_Type {
+	if x != nil {
+		return x.Type
+	}
+	return Change_TYPE_UNSPECIFIED
+}
+
+func (x *Change) GetKind() ResourceKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ResourceKind_RESOURCE_KIND_UNSPECIFIED
+}
+
+func (x *Change) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Change) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *Change) GetResource() isChange_Resource {
+	if x != nil {
+		return x.Resource
+	}
+	return nil
+}
+
+func (x *Change) GetService() *Service {
+	if x != nil {
+		if x, ok := x.Resource.(*Change_Service); ok {
+			return x.Service
+		}
+	}
+	return nil
+}
+
+func (x *Change) GetProfile() *JobProfile {
+	if x != nil {
+		if x, ok := x.Resource.(*Change_Profile); ok {
+			return x.Profile
+		}
+	}
+	return nil
+}
+
+func (x *Change) GetInstance() *ServiceInstance {
+	if x != nil {
+		if x, ok := x.Resource.(*Change_Instance); ok {
+			return x.Instance
+		}
+	}
+	return nil
+}
+
+type isChange_Resource interface {
+	isChange_Resource()
+}
+
+type Change_Service struct {
+	Service *Service `protobuf:"bytes,5,opt,name=service,proto3,oneof"`
+}
+
+type Change_Profile struct {
+	Profile *JobProfile `protobuf:"bytes,6,opt,name=profile,proto3,oneof"`
+}
+
+type Change_Instance struct {
+	Instance *ServiceInstance `protobuf:"bytes,7,opt,name=instance,proto3,oneof"`
+}
+
+func (*Change_Service) isChange_Resource() {}
+
+func (*Change_Profile) isChange_Resource() {}
+
+func (*Change_Instance) isChange_Resource() {}
+
 type GetServiceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -829,7 +1466,7 @@ type GetServiceRequest struct {
 
 func (x *GetServiceRequest) Reset() {
 	*x = GetServiceRequest{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[12]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +1478,7 @@ func (x *GetServiceRequest) String() string {
 func (*GetServiceRequest) ProtoMessage() {}
 
 func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[12]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +1491,7 @@ func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceRequest.ProtoReflect.Descriptor instead.
 func (*GetServiceRequest) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{12}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetServiceRequest) GetName() string {
@@ -877,7 +1514,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[13]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -889,7 +1526,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[13]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -902,7 +1539,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{13}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListServicesRequest) GetProfile() string {
@@ -950,7 +1587,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[14]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -962,7 +1599,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[14]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -975,7 +1612,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{14}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListServicesResponse) GetServices() []*Service {
@@ -1001,7 +1638,7 @@ type PutServiceRequest struct {
 
 func (x *PutServiceRequest) Reset() {
 	*x = PutServiceRequest{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[15]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1013,7 +1650,7 @@ func (x *PutServiceRequest) String() string {
 func (*PutServiceRequest) ProtoMessage() {}
 
 func (x *PutServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[15]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1026,7 +1663,7 @@ func (x *PutServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutServiceRequest.ProtoReflect.Descriptor instead.
 func (*PutServiceRequest) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{15}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PutServiceRequest) GetService() *Service {
@@ -1045,7 +1682,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[16]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1057,7 +1694,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[16]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1070,7 +1707,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{16}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeleteServiceRequest) GetName() string {
@@ -1088,7 +1725,7 @@ type DeleteServiceResponse struct {
 
 func (x *DeleteServiceResponse) Reset() {
 	*x = DeleteServiceResponse{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[17]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1100,7 +1737,7 @@ func (x *DeleteServiceResponse) String() string {
 func (*DeleteServiceResponse) ProtoMessage() {}
 
 func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[17]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1113,7 +1750,7 @@ func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteServiceResponse) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{17}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{25}
 }
 
 type GetJobProfileRequest struct {
@@ -1125,7 +1762,7 @@ type GetJobProfileRequest struct {
 
 func (x *GetJobProfileRequest) Reset() {
 	*x = GetJobProfileRequest{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[18]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1137,7 +1774,7 @@ func (x *GetJobProfileRequest) String() string {
 func (*GetJobProfileRequest) ProtoMessage() {}
 
 func (x *GetJobProfileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[18]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1150,7 +1787,7 @@ func (x *GetJobProfileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobProfileRequest.ProtoReflect.Descriptor instead.
 func (*GetJobProfileRequest) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{18}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetJobProfileRequest) GetName() string {
@@ -1161,17 +1798,19 @@ func (x *GetJobProfileRequest) GetName() string {
 }
 
 type ListJobProfilesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobType       string                 `protobuf:"bytes,1,opt,name=job_type,json=jobType,proto3" json:"job_type,omitempty"`
-	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	JobType   string                 `protobuf:"bytes,1,opt,name=job_type,json=jobType,proto3" json:"job_type,omitempty"`
+	PageSize  int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only profiles offered by at least one service of this region.
+	Region        string `protobuf:"bytes,4,opt,name=region,proto3" json:"region,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListJobProfilesRequest) Reset() {
 	*x = ListJobProfilesRequest{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[19]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1183,7 +1822,7 @@ func (x *ListJobProfilesRequest) String() string {
 func (*ListJobProfilesRequest) ProtoMessage() {}
 
 func (x *ListJobProfilesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[19]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1196,7 +1835,7 @@ func (x *ListJobProfilesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobProfilesRequest.ProtoReflect.Descriptor instead.
 func (*ListJobProfilesRequest) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{19}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListJobProfilesRequest) GetJobType() string {
@@ -1220,6 +1859,13 @@ func (x *ListJobProfilesRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListJobProfilesRequest) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
 type ListJobProfilesResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Profiles      []*JobProfile          `protobuf:"bytes,1,rep,name=profiles,proto3" json:"profiles,omitempty"`
@@ -1230,7 +1876,7 @@ type ListJobProfilesResponse struct {
 
 func (x *ListJobProfilesResponse) Reset() {
 	*x = ListJobProfilesResponse{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[20]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1888,7 @@ func (x *ListJobProfilesResponse) String() string {
 func (*ListJobProfilesResponse) ProtoMessage() {}
 
 func (x *ListJobProfilesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[20]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1901,7 @@ func (x *ListJobProfilesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobProfilesResponse.ProtoReflect.Descriptor instead.
 func (*ListJobProfilesResponse) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{20}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListJobProfilesResponse) GetProfiles() []*JobProfile {
@@ -1282,7 +1928,7 @@ type PutJobProfileRequest struct {
 
 func (x *PutJobProfileRequest) Reset() {
 	*x = PutJobProfileRequest{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[21]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +1940,7 @@ func (x *PutJobProfileRequest) String() string {
 func (*PutJobProfileRequest) ProtoMessage() {}
 
 func (x *PutJobProfileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[21]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +1953,7 @@ func (x *PutJobProfileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJobProfileRequest.ProtoReflect.Descriptor instead.
 func (*PutJobProfileRequest) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{21}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PutJobProfileRequest) GetProfile() *JobProfile {
@@ -1333,7 +1979,7 @@ type DeleteJobProfileRequest struct {
 
 func (x *DeleteJobProfileRequest) Reset() {
 	*x = DeleteJobProfileRequest{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[22]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1345,7 +1991,7 @@ func (x *DeleteJobProfileRequest) String() string {
 func (*DeleteJobProfileRequest) ProtoMessage() {}
 
 func (x *DeleteJobProfileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[22]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1358,7 +2004,7 @@ func (x *DeleteJobProfileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteJobProfileRequest.ProtoReflect.Descriptor instead.
 func (*DeleteJobProfileRequest) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{22}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteJobProfileRequest) GetName() string {
@@ -1376,7 +2022,7 @@ type DeleteJobProfileResponse struct {
 
 func (x *DeleteJobProfileResponse) Reset() {
 	*x = DeleteJobProfileResponse{}
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[23]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +2034,7 @@ func (x *DeleteJobProfileResponse) String() string {
 func (*DeleteJobProfileResponse) ProtoMessage() {}
 
 func (x *DeleteJobProfileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_registry_v1_registry_proto_msgTypes[23]
+	mi := &file_medius_registry_v1_registry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +2047,7 @@ func (x *DeleteJobProfileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteJobProfileResponse.ProtoReflect.Descriptor instead.
 func (*DeleteJobProfileResponse) Descriptor() ([]byte, []int) {
-	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{23}
+	return file_medius_registry_v1_registry_proto_rawDescGZIP(), []int{31}
 }
 
 var File_medius_registry_v1_registry_proto protoreflect.FileDescriptor
@@ -1426,7 +2072,11 @@ const file_medius_registry_v1_registry_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xb9\x02\n" +
+	"updateTime\"y\n" +
+	"\x10ResourceEndpoint\x12#\n" +
+	"\rresource_type\x18\x01 \x01(\tR\fresourceType\x12#\n" +
+	"\rhttp_endpoint\x18\x02 \x01(\tR\fhttpEndpoint\x12\x1b\n" +
+	"\tauth_type\x18\x03 \x01(\tR\bauthType\"\x9a\x03\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tjob_types\x18\x02 \x03(\tR\bjobTypes\x12\x1a\n" +
@@ -1437,7 +2087,10 @@ const file_medius_registry_v1_registry_proto_rawDesc = "" +
 	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xe5\x02\n" +
+	"updateTime\x12B\n" +
+	"\tresources\x18\t \x03(\v2$.medius.registry.v1.ResourceEndpointR\tresources\x12\x1b\n" +
+	"\tauth_type\x18\n" +
+	" \x01(\tR\bauthType\"\xe5\x02\n" +
 	"\x0fServiceInstance\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x18\n" +
@@ -1467,16 +2120,47 @@ const file_medius_registry_v1_registry_proto_rawDesc = "" +
 	"\x19DeregisterInstanceRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\"\x1c\n" +
-	"\x1aDeregisterInstanceResponse\"\x86\x01\n" +
+	"\x1aDeregisterInstanceResponse\"\x9e\x01\n" +
 	"\x14ListInstancesRequest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\aprofile\x18\x02 \x01(\tR\aprofile\x12\x1b\n" +
 	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x04 \x01(\tR\tpageToken\"\x82\x01\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\x12\x16\n" +
+	"\x06region\x18\x05 \x01(\tR\x06region\"\x82\x01\n" +
 	"\x15ListInstancesResponse\x12A\n" +
 	"\tinstances\x18\x01 \x03(\v2#.medius.registry.v1.ServiceInstanceR\tinstances\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"'\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"M\n" +
+	"\x14CreateServiceRequest\x125\n" +
+	"\aservice\x18\x01 \x01(\v2\x1b.medius.registry.v1.ServiceR\aservice\"M\n" +
+	"\x14UpdateServiceRequest\x125\n" +
+	"\aservice\x18\x01 \x01(\v2\x1b.medius.registry.v1.ServiceR\aservice\"S\n" +
+	"\x17CreateJobProfileRequest\x128\n" +
+	"\aprofile\x18\x01 \x01(\v2\x1e.medius.registry.v1.JobProfileR\aprofile\"S\n" +
+	"\x17UpdateJobProfileRequest\x128\n" +
+	"\aprofile\x18\x01 \x01(\v2\x1e.medius.registry.v1.JobProfileR\aprofile\"m\n" +
+	"\fWatchRequest\x12%\n" +
+	"\x0estart_revision\x18\x01 \x01(\x03R\rstartRevision\x126\n" +
+	"\x05kinds\x18\x02 \x03(\x0e2 .medius.registry.v1.ResourceKindR\x05kinds\"\x91\x01\n" +
+	"\rWatchResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x16\n" +
+	"\x06resync\x18\x02 \x01(\bR\x06resync\x12\x16\n" +
+	"\x06synced\x18\x03 \x01(\bR\x06synced\x124\n" +
+	"\achanges\x18\x04 \x03(\v2\x1a.medius.registry.v1.ChangeR\achanges\"\xa4\x03\n" +
+	"\x06Change\x123\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x1f.medius.registry.v1.Change.TypeR\x04type\x124\n" +
+	"\x04kind\x18\x02 \x01(\x0e2 .medius.registry.v1.ResourceKindR\x04kind\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\x127\n" +
+	"\aservice\x18\x05 \x01(\v2\x1b.medius.registry.v1.ServiceH\x00R\aservice\x12:\n" +
+	"\aprofile\x18\x06 \x01(\v2\x1e.medius.registry.v1.JobProfileH\x00R\aprofile\x12A\n" +
+	"\binstance\x18\a \x01(\v2#.medius.registry.v1.ServiceInstanceH\x00R\binstance\";\n" +
+	"\x04Type\x12\x14\n" +
+	"\x10TYPE_UNSPECIFIED\x10\x00\x12\f\n" +
+	"\bTYPE_PUT\x10\x01\x12\x0f\n" +
+	"\vTYPE_DELETE\x10\x02B\n" +
+	"\n" +
+	"\bresource\"'\n" +
 	"\x11GetServiceRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x9e\x01\n" +
 	"\x13ListServicesRequest\x12\x18\n" +
@@ -1495,12 +2179,13 @@ const file_medius_registry_v1_registry_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x17\n" +
 	"\x15DeleteServiceResponse\"*\n" +
 	"\x14GetJobProfileRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"o\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x87\x01\n" +
 	"\x16ListJobProfilesRequest\x12\x19\n" +
 	"\bjob_type\x18\x01 \x01(\tR\ajobType\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"}\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12\x16\n" +
+	"\x06region\x18\x04 \x01(\tR\x06region\"}\n" +
 	"\x17ListJobProfilesResponse\x12:\n" +
 	"\bprofiles\x18\x01 \x03(\v2\x1e.medius.registry.v1.JobProfileR\bprofiles\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"v\n" +
@@ -1509,18 +2194,28 @@ const file_medius_registry_v1_registry_proto_rawDesc = "" +
 	"\x0eonly_if_absent\x18\x02 \x01(\bR\fonlyIfAbsent\"-\n" +
 	"\x17DeleteJobProfileRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x1a\n" +
-	"\x18DeleteJobProfileResponse2\xe2\v\n" +
+	"\x18DeleteJobProfileResponse*\x83\x01\n" +
+	"\fResourceKind\x12\x1d\n" +
+	"\x19RESOURCE_KIND_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15RESOURCE_KIND_SERVICE\x10\x01\x12\x1d\n" +
+	"\x19RESOURCE_KIND_JOB_PROFILE\x10\x02\x12\x1a\n" +
+	"\x16RESOURCE_KIND_INSTANCE\x10\x032\xc0\x10\n" +
 	"\x0fRegistryService\x12m\n" +
 	"\x10RegisterInstance\x12+.medius.registry.v1.RegisterInstanceRequest\x1a,.medius.registry.v1.RegisterInstanceResponse\x12p\n" +
 	"\x11KeepAliveInstance\x12,.medius.registry.v1.KeepAliveInstanceRequest\x1a-.medius.registry.v1.KeepAliveInstanceResponse\x12s\n" +
 	"\x12DeregisterInstance\x12-.medius.registry.v1.DeregisterInstanceRequest\x1a..medius.registry.v1.DeregisterInstanceResponse\x12{\n" +
-	"\rListInstances\x12(.medius.registry.v1.ListInstancesRequest\x1a).medius.registry.v1.ListInstancesResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/instances\x12m\n" +
+	"\rListInstances\x12(.medius.registry.v1.ListInstancesRequest\x1a).medius.registry.v1.ListInstancesResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/instances\x12N\n" +
+	"\x05Watch\x12 .medius.registry.v1.WatchRequest\x1a!.medius.registry.v1.WatchResponse0\x01\x12u\n" +
+	"\rCreateService\x12(.medius.registry.v1.CreateServiceRequest\x1a\x1b.medius.registry.v1.Service\"\x1d\x82\xd3\xe4\x93\x02\x17:\aservice\"\f/v1/services\x12\x84\x01\n" +
+	"\rUpdateService\x12(.medius.registry.v1.UpdateServiceRequest\x1a\x1b.medius.registry.v1.Service\",\x82\xd3\xe4\x93\x02&:\aservice2\x1b/v1/services/{service.name}\x12m\n" +
 	"\n" +
 	"GetService\x12%.medius.registry.v1.GetServiceRequest\x1a\x1b.medius.registry.v1.Service\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/services/{name}\x12w\n" +
 	"\fListServices\x12'.medius.registry.v1.ListServicesRequest\x1a(.medius.registry.v1.ListServicesResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/services\x12~\n" +
 	"\n" +
 	"PutService\x12%.medius.registry.v1.PutServiceRequest\x1a\x1b.medius.registry.v1.Service\",\x82\xd3\xe4\x93\x02&:\aservice\x1a\x1b/v1/services/{service.name}\x12\x81\x01\n" +
-	"\rDeleteService\x12(.medius.registry.v1.DeleteServiceRequest\x1a).medius.registry.v1.DeleteServiceResponse\"\x1b\x82\xd3\xe4\x93\x02\x15*\x13/v1/services/{name}\x12v\n" +
+	"\rDeleteService\x12(.medius.registry.v1.DeleteServiceRequest\x1a).medius.registry.v1.DeleteServiceResponse\"\x1b\x82\xd3\xe4\x93\x02\x15*\x13/v1/services/{name}\x12~\n" +
+	"\x10CreateJobProfile\x12+.medius.registry.v1.CreateJobProfileRequest\x1a\x1e.medius.registry.v1.JobProfile\"\x1d\x82\xd3\xe4\x93\x02\x17:\aprofile\"\f/v1/profiles\x12\x8d\x01\n" +
+	"\x10UpdateJobProfile\x12+.medius.registry.v1.UpdateJobProfileRequest\x1a\x1e.medius.registry.v1.JobProfile\",\x82\xd3\xe4\x93\x02&:\aprofile2\x1b/v1/profiles/{profile.name}\x12v\n" +
 	"\rGetJobProfile\x12(.medius.registry.v1.GetJobProfileRequest\x1a\x1e.medius.registry.v1.JobProfile\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/profiles/{name}\x12\x80\x01\n" +
 	"\x0fListJobProfiles\x12*.medius.registry.v1.ListJobProfilesRequest\x1a+.medius.registry.v1.ListJobProfilesResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/profiles\x12\x87\x01\n" +
 	"\rPutJobProfile\x12(.medius.registry.v1.PutJobProfileRequest\x1a\x1e.medius.registry.v1.JobProfile\",\x82\xd3\xe4\x93\x02&:\aprofile\x1a\x1b/v1/profiles/{profile.name}\x12\x8a\x01\n" +
@@ -1538,86 +2233,119 @@ func file_medius_registry_v1_registry_proto_rawDescGZIP() []byte {
 	return file_medius_registry_v1_registry_proto_rawDescData
 }
 
-var file_medius_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_medius_registry_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_medius_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_medius_registry_v1_registry_proto_goTypes = []any{
-	(*ParameterSpec)(nil),              // 0: medius.registry.v1.ParameterSpec
-	(*JobProfile)(nil),                 // 1: medius.registry.v1.JobProfile
-	(*Service)(nil),                    // 2: medius.registry.v1.Service
-	(*ServiceInstance)(nil),            // 3: medius.registry.v1.ServiceInstance
-	(*RegisterInstanceRequest)(nil),    // 4: medius.registry.v1.RegisterInstanceRequest
-	(*RegisterInstanceResponse)(nil),   // 5: medius.registry.v1.RegisterInstanceResponse
-	(*KeepAliveInstanceRequest)(nil),   // 6: medius.registry.v1.KeepAliveInstanceRequest
-	(*KeepAliveInstanceResponse)(nil),  // 7: medius.registry.v1.KeepAliveInstanceResponse
-	(*DeregisterInstanceRequest)(nil),  // 8: medius.registry.v1.DeregisterInstanceRequest
-	(*DeregisterInstanceResponse)(nil), // 9: medius.registry.v1.DeregisterInstanceResponse
-	(*ListInstancesRequest)(nil),       // 10: medius.registry.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),      // 11: medius.registry.v1.ListInstancesResponse
-	(*GetServiceRequest)(nil),          // 12: medius.registry.v1.GetServiceRequest
-	(*ListServicesRequest)(nil),        // 13: medius.registry.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),       // 14: medius.registry.v1.ListServicesResponse
-	(*PutServiceRequest)(nil),          // 15: medius.registry.v1.PutServiceRequest
-	(*DeleteServiceRequest)(nil),       // 16: medius.registry.v1.DeleteServiceRequest
-	(*DeleteServiceResponse)(nil),      // 17: medius.registry.v1.DeleteServiceResponse
-	(*GetJobProfileRequest)(nil),       // 18: medius.registry.v1.GetJobProfileRequest
-	(*ListJobProfilesRequest)(nil),     // 19: medius.registry.v1.ListJobProfilesRequest
-	(*ListJobProfilesResponse)(nil),    // 20: medius.registry.v1.ListJobProfilesResponse
-	(*PutJobProfileRequest)(nil),       // 21: medius.registry.v1.PutJobProfileRequest
-	(*DeleteJobProfileRequest)(nil),    // 22: medius.registry.v1.DeleteJobProfileRequest
-	(*DeleteJobProfileResponse)(nil),   // 23: medius.registry.v1.DeleteJobProfileResponse
-	(*durationpb.Duration)(nil),        // 24: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 25: google.protobuf.Timestamp
+	(ResourceKind)(0),                  // 0: medius.registry.v1.ResourceKind
+	(Change_Type)(0),                   // 1: medius.registry.v1.Change.Type
+	(*ParameterSpec)(nil),              // 2: medius.registry.v1.ParameterSpec
+	(*JobProfile)(nil),                 // 3: medius.registry.v1.JobProfile
+	(*ResourceEndpoint)(nil),           // 4: medius.registry.v1.ResourceEndpoint
+	(*Service)(nil),                    // 5: medius.registry.v1.Service
+	(*ServiceInstance)(nil),            // 6: medius.registry.v1.ServiceInstance
+	(*RegisterInstanceRequest)(nil),    // 7: medius.registry.v1.RegisterInstanceRequest
+	(*RegisterInstanceResponse)(nil),   // 8: medius.registry.v1.RegisterInstanceResponse
+	(*KeepAliveInstanceRequest)(nil),   // 9: medius.registry.v1.KeepAliveInstanceRequest
+	(*KeepAliveInstanceResponse)(nil),  // 10: medius.registry.v1.KeepAliveInstanceResponse
+	(*DeregisterInstanceRequest)(nil),  // 11: medius.registry.v1.DeregisterInstanceRequest
+	(*DeregisterInstanceResponse)(nil), // 12: medius.registry.v1.DeregisterInstanceResponse
+	(*ListInstancesRequest)(nil),       // 13: medius.registry.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),      // 14: medius.registry.v1.ListInstancesResponse
+	(*CreateServiceRequest)(nil),       // 15: medius.registry.v1.CreateServiceRequest
+	(*UpdateServiceRequest)(nil),       // 16: medius.registry.v1.UpdateServiceRequest
+	(*CreateJobProfileRequest)(nil),    // 17: medius.registry.v1.CreateJobProfileRequest
+	(*UpdateJobProfileRequest)(nil),    // 18: medius.registry.v1.UpdateJobProfileRequest
+	(*WatchRequest)(nil),               // 19: medius.registry.v1.WatchRequest
+	(*WatchResponse)(nil),              // 20: medius.registry.v1.WatchResponse
+	(*Change)(nil),                     // 21: medius.registry.v1.Change
+	(*GetServiceRequest)(nil),          // 22: medius.registry.v1.GetServiceRequest
+	(*ListServicesRequest)(nil),        // 23: medius.registry.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),       // 24: medius.registry.v1.ListServicesResponse
+	(*PutServiceRequest)(nil),          // 25: medius.registry.v1.PutServiceRequest
+	(*DeleteServiceRequest)(nil),       // 26: medius.registry.v1.DeleteServiceRequest
+	(*DeleteServiceResponse)(nil),      // 27: medius.registry.v1.DeleteServiceResponse
+	(*GetJobProfileRequest)(nil),       // 28: medius.registry.v1.GetJobProfileRequest
+	(*ListJobProfilesRequest)(nil),     // 29: medius.registry.v1.ListJobProfilesRequest
+	(*ListJobProfilesResponse)(nil),    // 30: medius.registry.v1.ListJobProfilesResponse
+	(*PutJobProfileRequest)(nil),       // 31: medius.registry.v1.PutJobProfileRequest
+	(*DeleteJobProfileRequest)(nil),    // 32: medius.registry.v1.DeleteJobProfileRequest
+	(*DeleteJobProfileResponse)(nil),   // 33: medius.registry.v1.DeleteJobProfileResponse
+	(*durationpb.Duration)(nil),        // 34: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 35: google.protobuf.Timestamp
 }
 var file_medius_registry_v1_registry_proto_depIdxs = []int32{
-	0,  // 0: medius.registry.v1.JobProfile.input_parameters:type_name -> medius.registry.v1.ParameterSpec
-	0,  // 1: medius.registry.v1.JobProfile.optional_input_parameters:type_name -> medius.registry.v1.ParameterSpec
-	0,  // 2: medius.registry.v1.JobProfile.output_parameters:type_name -> medius.registry.v1.ParameterSpec
-	24, // 3: medius.registry.v1.JobProfile.default_timeout:type_name -> google.protobuf.Duration
-	25, // 4: medius.registry.v1.JobProfile.create_time:type_name -> google.protobuf.Timestamp
-	25, // 5: medius.registry.v1.JobProfile.update_time:type_name -> google.protobuf.Timestamp
-	25, // 6: medius.registry.v1.Service.create_time:type_name -> google.protobuf.Timestamp
-	25, // 7: medius.registry.v1.Service.update_time:type_name -> google.protobuf.Timestamp
-	25, // 8: medius.registry.v1.ServiceInstance.start_time:type_name -> google.protobuf.Timestamp
-	25, // 9: medius.registry.v1.ServiceInstance.last_heartbeat_time:type_name -> google.protobuf.Timestamp
-	2,  // 10: medius.registry.v1.RegisterInstanceRequest.service:type_name -> medius.registry.v1.Service
-	3,  // 11: medius.registry.v1.RegisterInstanceRequest.instance:type_name -> medius.registry.v1.ServiceInstance
-	24, // 12: medius.registry.v1.RegisterInstanceRequest.ttl:type_name -> google.protobuf.Duration
-	3,  // 13: medius.registry.v1.RegisterInstanceResponse.instance:type_name -> medius.registry.v1.ServiceInstance
-	24, // 14: medius.registry.v1.RegisterInstanceResponse.ttl:type_name -> google.protobuf.Duration
-	24, // 15: medius.registry.v1.KeepAliveInstanceResponse.ttl:type_name -> google.protobuf.Duration
-	3,  // 16: medius.registry.v1.ListInstancesResponse.instances:type_name -> medius.registry.v1.ServiceInstance
-	2,  // 17: medius.registry.v1.ListServicesResponse.services:type_name -> medius.registry.v1.Service
-	2,  // 18: medius.registry.v1.PutServiceRequest.service:type_name -> medius.registry.v1.Service
-	1,  // 19: medius.registry.v1.ListJobProfilesResponse.profiles:type_name -> medius.registry.v1.JobProfile
-	1,  // 20: medius.registry.v1.PutJobProfileRequest.profile:type_name -> medius.registry.v1.JobProfile
-	4,  // 21: medius.registry.v1.RegistryService.RegisterInstance:input_type -> medius.registry.v1.RegisterInstanceRequest
-	6,  // 22: medius.registry.v1.RegistryService.KeepAliveInstance:input_type -> medius.registry.v1.KeepAliveInstanceRequest
-	8,  // 23: medius.registry.v1.RegistryService.DeregisterInstance:input_type -> medius.registry.v1.DeregisterInstanceRequest
-	10, // 24: medius.registry.v1.RegistryService.ListInstances:input_type -> medius.registry.v1.ListInstancesRequest
-	12, // 25: medius.registry.v1.RegistryService.GetService:input_type -> medius.registry.v1.GetServiceRequest
-	13, // 26: medius.registry.v1.RegistryService.ListServices:input_type -> medius.registry.v1.ListServicesRequest
-	15, // 27: medius.registry.v1.RegistryService.PutService:input_type -> medius.registry.v1.PutServiceRequest
-	16, // 28: medius.registry.v1.RegistryService.DeleteService:input_type -> medius.registry.v1.DeleteServiceRequest
-	18, // 29: medius.registry.v1.RegistryService.GetJobProfile:input_type -> medius.registry.v1.GetJobProfileRequest
-	19, // 30: medius.registry.v1.RegistryService.ListJobProfiles:input_type -> medius.registry.v1.ListJobProfilesRequest
-	21, // 31: medius.registry.v1.RegistryService.PutJobProfile:input_type -> medius.registry.v1.PutJobProfileRequest
-	22, // 32: medius.registry.v1.RegistryService.DeleteJobProfile:input_type -> medius.registry.v1.DeleteJobProfileRequest
-	5,  // 33: medius.registry.v1.RegistryService.RegisterInstance:output_type -> medius.registry.v1.RegisterInstanceResponse
-	7,  // 34: medius.registry.v1.RegistryService.KeepAliveInstance:output_type -> medius.registry.v1.KeepAliveInstanceResponse
-	9,  // 35: medius.registry.v1.RegistryService.DeregisterInstance:output_type -> medius.registry.v1.DeregisterInstanceResponse
-	11, // 36: medius.registry.v1.RegistryService.ListInstances:output_type -> medius.registry.v1.ListInstancesResponse
-	2,  // 37: medius.registry.v1.RegistryService.GetService:output_type -> medius.registry.v1.Service
-	14, // 38: medius.registry.v1.RegistryService.ListServices:output_type -> medius.registry.v1.ListServicesResponse
-	2,  // 39: medius.registry.v1.RegistryService.PutService:output_type -> medius.registry.v1.Service
-	17, // 40: medius.registry.v1.RegistryService.DeleteService:output_type -> medius.registry.v1.DeleteServiceResponse
-	1,  // 41: medius.registry.v1.RegistryService.GetJobProfile:output_type -> medius.registry.v1.JobProfile
-	20, // 42: medius.registry.v1.RegistryService.ListJobProfiles:output_type -> medius.registry.v1.ListJobProfilesResponse
-	1,  // 43: medius.registry.v1.RegistryService.PutJobProfile:output_type -> medius.registry.v1.JobProfile
-	23, // 44: medius.registry.v1.RegistryService.DeleteJobProfile:output_type -> medius.registry.v1.DeleteJobProfileResponse
-	33, // [33:45] is the sub-list for method output_type
-	21, // [21:33] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	2,  // 0: medius.registry.v1.JobProfile.input_parameters:type_name -> medius.registry.v1.ParameterSpec
+	2,  // 1: medius.registry.v1.JobProfile.optional_input_parameters:type_name -> medius.registry.v1.ParameterSpec
+	2,  // 2: medius.registry.v1.JobProfile.output_parameters:type_name -> medius.registry.v1.ParameterSpec
+	34, // 3: medius.registry.v1.JobProfile.default_timeout:type_name -> google.protobuf.Duration
+	35, // 4: medius.registry.v1.JobProfile.create_time:type_name -> google.protobuf.Timestamp
+	35, // 5: medius.registry.v1.JobProfile.update_time:type_name -> google.protobuf.Timestamp
+	35, // 6: medius.registry.v1.Service.create_time:type_name -> google.protobuf.Timestamp
+	35, // 7: medius.registry.v1.Service.update_time:type_name -> google.protobuf.Timestamp
+	4,  // 8: medius.registry.v1.Service.resources:type_name -> medius.registry.v1.ResourceEndpoint
+	35, // 9: medius.registry.v1.ServiceInstance.start_time:type_name -> google.protobuf.Timestamp
+	35, // 10: medius.registry.v1.ServiceInstance.last_heartbeat_time:type_name -> google.protobuf.Timestamp
+	5,  // 11: medius.registry.v1.RegisterInstanceRequest.service:type_name -> medius.registry.v1.Service
+	6,  // 12: medius.registry.v1.RegisterInstanceRequest.instance:type_name -> medius.registry.v1.ServiceInstance
+	34, // 13: medius.registry.v1.RegisterInstanceRequest.ttl:type_name -> google.protobuf.Duration
+	6,  // 14: medius.registry.v1.RegisterInstanceResponse.instance:type_name -> medius.registry.v1.ServiceInstance
+	34, // 15: medius.registry.v1.RegisterInstanceResponse.ttl:type_name -> google.protobuf.Duration
+	34, // 16: medius.registry.v1.KeepAliveInstanceResponse.ttl:type_name -> google.protobuf.Duration
+	6,  // 17: medius.registry.v1.ListInstancesResponse.instances:type_name -> medius.registry.v1.ServiceInstance
+	5,  // 18: medius.registry.v1.CreateServiceRequest.service:type_name -> medius.registry.v1.Service
+	5,  // 19: medius.registry.v1.UpdateServiceRequest.service:type_name -> medius.registry.v1.Service
+	3,  // 20: medius.registry.v1.CreateJobProfileRequest.profile:type_name -> medius.registry.v1.JobProfile
+	3,  // 21: medius.registry.v1.UpdateJobProfileRequest.profile:type_name -> medius.registry.v1.JobProfile
+	0,  // 22: medius.registry.v1.WatchRequest.kinds:type_name -> medius.registry.v1.ResourceKind
+	21, // 23: medius.registry.v1.WatchResponse.changes:type_name -> medius.registry.v1.Change
+	1,  // 24: medius.registry.v1.Change.type:type_name -> medius.registry.v1.Change.Type
+	0,  // 25: medius.registry.v1.Change.kind:type_name -> medius.registry.v1.ResourceKind
+	5,  // 26: medius.registry.v1.Change.service:type_name -> medius.registry.v1.Service
+	3,  // 27: medius.registry.v1.Change.profile:type_name -> medius.registry.v1.JobProfile
+	6,  // 28: medius.registry.v1.Change.instance:type_name -> medius.registry.v1.ServiceInstance
+	5,  // 29: medius.registry.v1.ListServicesResponse.services:type_name -> medius.registry.v1.Service
+	5,  // 30: medius.registry.v1.PutServiceRequest.service:type_name -> medius.registry.v1.Service
+	3,  // 31: medius.registry.v1.ListJobProfilesResponse.profiles:type_name -> medius.registry.v1.JobProfile
+	3,  // 32: medius.registry.v1.PutJobProfileRequest.profile:type_name -> medius.registry.v1.JobProfile
+	7,  // 33: medius.registry.v1.RegistryService.RegisterInstance:input_type -> medius.registry.v1.RegisterInstanceRequest
+	9,  // 34: medius.registry.v1.RegistryService.KeepAliveInstance:input_type -> medius.registry.v1.KeepAliveInstanceRequest
+	11, // 35: medius.registry.v1.RegistryService.DeregisterInstance:input_type -> medius.registry.v1.DeregisterInstanceRequest
+	13, // 36: medius.registry.v1.RegistryService.ListInstances:input_type -> medius.registry.v1.ListInstancesRequest
+	19, // 37: medius.registry.v1.RegistryService.Watch:input_type -> medius.registry.v1.WatchRequest
+	15, // 38: medius.registry.v1.RegistryService.CreateService:input_type -> medius.registry.v1.CreateServiceRequest
+	16, // 39: medius.registry.v1.RegistryService.UpdateService:input_type -> medius.registry.v1.UpdateServiceRequest
+	22, // 40: medius.registry.v1.RegistryService.GetService:input_type -> medius.registry.v1.GetServiceRequest
+	23, // 41: medius.registry.v1.RegistryService.ListServices:input_type -> medius.registry.v1.ListServicesRequest
+	25, // 42: medius.registry.v1.RegistryService.PutService:input_type -> medius.registry.v1.PutServiceRequest
+	26, // 43: medius.registry.v1.RegistryService.DeleteService:input_type -> medius.registry.v1.DeleteServiceRequest
+	17, // 44: medius.registry.v1.RegistryService.CreateJobProfile:input_type -> medius.registry.v1.CreateJobProfileRequest
+	18, // 45: medius.registry.v1.RegistryService.UpdateJobProfile:input_type -> medius.registry.v1.UpdateJobProfileRequest
+	28, // 46: medius.registry.v1.RegistryService.GetJobProfile:input_type -> medius.registry.v1.GetJobProfileRequest
+	29, // 47: medius.registry.v1.RegistryService.ListJobProfiles:input_type -> medius.registry.v1.ListJobProfilesRequest
+	31, // 48: medius.registry.v1.RegistryService.PutJobProfile:input_type -> medius.registry.v1.PutJobProfileRequest
+	32, // 49: medius.registry.v1.RegistryService.DeleteJobProfile:input_type -> medius.registry.v1.DeleteJobProfileRequest
+	8,  // 50: medius.registry.v1.RegistryService.RegisterInstance:output_type -> medius.registry.v1.RegisterInstanceResponse
+	10, // 51: medius.registry.v1.RegistryService.KeepAliveInstance:output_type -> medius.registry.v1.KeepAliveInstanceResponse
+	12, // 52: medius.registry.v1.RegistryService.DeregisterInstance:output_type -> medius.registry.v1.DeregisterInstanceResponse
+	14, // 53: medius.registry.v1.RegistryService.ListInstances:output_type -> medius.registry.v1.ListInstancesResponse
+	20, // 54: medius.registry.v1.RegistryService.Watch:output_type -> medius.registry.v1.WatchResponse
+	5,  // 55: medius.registry.v1.RegistryService.CreateService:output_type -> medius.registry.v1.Service
+	5,  // 56: medius.registry.v1.RegistryService.UpdateService:output_type -> medius.registry.v1.Service
+	5,  // 57: medius.registry.v1.RegistryService.GetService:output_type -> medius.registry.v1.Service
+	24, // 58: medius.registry.v1.RegistryService.ListServices:output_type -> medius.registry.v1.ListServicesResponse
+	5,  // 59: medius.registry.v1.RegistryService.PutService:output_type -> medius.registry.v1.Service
+	27, // 60: medius.registry.v1.RegistryService.DeleteService:output_type -> medius.registry.v1.DeleteServiceResponse
+	3,  // 61: medius.registry.v1.RegistryService.CreateJobProfile:output_type -> medius.registry.v1.JobProfile
+	3,  // 62: medius.registry.v1.RegistryService.UpdateJobProfile:output_type -> medius.registry.v1.JobProfile
+	3,  // 63: medius.registry.v1.RegistryService.GetJobProfile:output_type -> medius.registry.v1.JobProfile
+	30, // 64: medius.registry.v1.RegistryService.ListJobProfiles:output_type -> medius.registry.v1.ListJobProfilesResponse
+	3,  // 65: medius.registry.v1.RegistryService.PutJobProfile:output_type -> medius.registry.v1.JobProfile
+	33, // 66: medius.registry.v1.RegistryService.DeleteJobProfile:output_type -> medius.registry.v1.DeleteJobProfileResponse
+	50, // [50:67] is the sub-list for method output_type
+	33, // [33:50] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_medius_registry_v1_registry_proto_init() }
@@ -1625,18 +2353,24 @@ func file_medius_registry_v1_registry_proto_init() {
 	if File_medius_registry_v1_registry_proto != nil {
 		return
 	}
+	file_medius_registry_v1_registry_proto_msgTypes[19].OneofWrappers = []any{
+		(*Change_Service)(nil),
+		(*Change_Profile)(nil),
+		(*Change_Instance)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_medius_registry_v1_registry_proto_rawDesc), len(file_medius_registry_v1_registry_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   24,
+			NumEnums:      2,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_medius_registry_v1_registry_proto_goTypes,
 		DependencyIndexes: file_medius_registry_v1_registry_proto_depIdxs,
+		EnumInfos:         file_medius_registry_v1_registry_proto_enumTypes,
 		MessageInfos:      file_medius_registry_v1_registry_proto_msgTypes,
 	}.Build()
 	File_medius_registry_v1_registry_proto = out.File

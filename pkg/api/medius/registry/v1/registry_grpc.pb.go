@@ -23,10 +23,15 @@ const (
 	RegistryService_KeepAliveInstance_FullMethodName  = "/medius.registry.v1.RegistryService/KeepAliveInstance"
 	RegistryService_DeregisterInstance_FullMethodName = "/medius.registry.v1.RegistryService/DeregisterInstance"
 	RegistryService_ListInstances_FullMethodName      = "/medius.registry.v1.RegistryService/ListInstances"
+	RegistryService_Watch_FullMethodName              = "/medius.registry.v1.RegistryService/Watch"
+	RegistryService_CreateService_FullMethodName      = "/medius.registry.v1.RegistryService/CreateService"
+	RegistryService_UpdateService_FullMethodName      = "/medius.registry.v1.RegistryService/UpdateService"
 	RegistryService_GetService_FullMethodName         = "/medius.registry.v1.RegistryService/GetService"
 	RegistryService_ListServices_FullMethodName       = "/medius.registry.v1.RegistryService/ListServices"
 	RegistryService_PutService_FullMethodName         = "/medius.registry.v1.RegistryService/PutService"
 	RegistryService_DeleteService_FullMethodName      = "/medius.registry.v1.RegistryService/DeleteService"
+	RegistryService_CreateJobProfile_FullMethodName   = "/medius.registry.v1.RegistryService/CreateJobProfile"
+	RegistryService_UpdateJobProfile_FullMethodName   = "/medius.registry.v1.RegistryService/UpdateJobProfile"
 	RegistryService_GetJobProfile_FullMethodName      = "/medius.registry.v1.RegistryService/GetJobProfile"
 	RegistryService_ListJobProfiles_FullMethodName    = "/medius.registry.v1.RegistryService/ListJobProfiles"
 	RegistryService_PutJobProfile_FullMethodName      = "/medius.registry.v1.RegistryService/PutJobProfile"
@@ -48,10 +53,27 @@ type RegistryServiceClient interface {
 	// DeregisterInstance revokes the instance's lease at once.
 	DeregisterInstance(ctx context.Context, in *DeregisterInstanceRequest, opts ...grpc.CallOption) (*DeregisterInstanceResponse, error)
 	ListInstances(ctx context.Context, in *ListInstancesRequest, opts ...grpc.CallOption) (*ListInstancesResponse, error)
+	// Watch streams every change to services, job profiles and instances.
+	// A watch resumes after start_revision; when that is 0 or has been
+	// compacted away, it starts with a snapshot (resync) of the current state,
+	// so a client never misses a change without knowing it.
+	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error)
+	// CreateService creates a service definition; it fails with AlreadyExists
+	// when one of that name exists.
+	CreateService(ctx context.Context, in *CreateServiceRequest, opts ...grpc.CallOption) (*Service, error)
+	// UpdateService replaces an existing service definition; NotFound when
+	// there is none.
+	UpdateService(ctx context.Context, in *UpdateServiceRequest, opts ...grpc.CallOption) (*Service, error)
 	GetService(ctx context.Context, in *GetServiceRequest, opts ...grpc.CallOption) (*Service, error)
 	ListServices(ctx context.Context, in *ListServicesRequest, opts ...grpc.CallOption) (*ListServicesResponse, error)
 	PutService(ctx context.Context, in *PutServiceRequest, opts ...grpc.CallOption) (*Service, error)
 	DeleteService(ctx context.Context, in *DeleteServiceRequest, opts ...grpc.CallOption) (*DeleteServiceResponse, error)
+	// CreateJobProfile creates a profile; AlreadyExists when one of that name
+	// exists.
+	CreateJobProfile(ctx context.Context, in *CreateJobProfileRequest, opts ...grpc.CallOption) (*JobProfile, error)
+	// UpdateJobProfile replaces an existing profile; NotFound when there is
+	// none.
+	UpdateJobProfile(ctx context.Context, in *UpdateJobProfileRequest, opts ...grpc.CallOption) (*JobProfile, error)
 	GetJobProfile(ctx context.Context, in *GetJobProfileRequest, opts ...grpc.CallOption) (*JobProfile, error)
 	ListJobProfiles(ctx context.Context, in *ListJobProfilesRequest, opts ...grpc.CallOption) (*ListJobProfilesResponse, error)
 	// PutJobProfile creates or replaces a profile. With only_if_absent, an
@@ -109,6 +131,45 @@ func (c *registryServiceClient) ListInstances(ctx context.Context, in *ListInsta
 	return out, nil
 }
 
+func (c *registryServiceClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &RegistryService_ServiceDesc.Streams[0], RegistryService_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRequest, WatchResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RegistryService_WatchClient = grpc.ServerStreamingClient[WatchResponse]
+
+func (c *registryServiceClient) CreateService(ctx context.Context, in *CreateServiceRequest, opts ...grpc.CallOption) (*Service, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Service)
+	err := c.cc.Invoke(ctx, RegistryService_CreateService_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryServiceClient) UpdateService(ctx context.Context, in *UpdateServiceRequest, opts ...grpc.CallOption) (*Service, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Service)
+	err := c.cc.Invoke(ctx, RegistryService_UpdateService_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *registryServiceClient) GetService(ctx context.Context, in *GetServiceRequest, opts ...grpc.CallOption) (*Service, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Service)
@@ -143,6 +204,26 @@ func (c *registryServiceClient) DeleteService(ctx context.Context, in *DeleteSer
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DeleteServiceResponse)
 	err := c.cc.Invoke(ctx, RegistryService_DeleteService_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryServiceClient) CreateJobProfile(ctx context.Context, in *CreateJobProfileRequest, opts ...grpc.CallOption) (*JobProfile, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JobProfile)
+	err := c.cc.Invoke(ctx, RegistryService_CreateJobProfile_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryServiceClient) UpdateJobProfile(ctx context.Context, in *UpdateJobProfileRequest, opts ...grpc.CallOption) (*JobProfile, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JobProfile)
+	err := c.cc.Invoke(ctx, RegistryService_UpdateJobProfile_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -204,10 +285,27 @@ type RegistryServiceServer interface {
 	// DeregisterInstance revokes the instance's lease at once.
 	DeregisterInstance(context.Context, *DeregisterInstanceRequest) (*DeregisterInstanceResponse, error)
 	ListInstances(context.Context, *ListInstancesRequest) (*ListInstancesResponse, error)
+	// Watch streams every change to services, job profiles and instances.
+	// A watch resumes after start_revision; when that is 0 or has been
+	// compacted away, it starts with a snapshot (resync) of the current state,
+	// so a client never misses a change without knowing it.
+	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error
+	// CreateService creates a service definition; it fails with AlreadyExists
+	// when one of that name exists.
+	CreateService(context.Context, *CreateServiceRequest) (*Service, error)
+	// UpdateService replaces an existing service definition; NotFound when
+	// there is none.
+	UpdateService(context.Context, *UpdateServiceRequest) (*Service, error)
 	GetService(context.Context, *GetServiceRequest) (*Service, error)
 	ListServices(context.Context, *ListServicesRequest) (*ListServicesResponse, error)
 	PutService(context.Context, *PutServiceRequest) (*Service, error)
 	DeleteService(context.Context, *DeleteServiceRequest) (*DeleteServiceResponse, error)
+	// CreateJobProfile creates a profile; AlreadyExists when one of that name
+	// exists.
+	CreateJobProfile(context.Context, *CreateJobProfileRequest) (*JobProfile, error)
+	// UpdateJobProfile replaces an existing profile; NotFound when there is
+	// none.
+	UpdateJobProfile(context.Context, *UpdateJobProfileRequest) (*JobProfile, error)
 	GetJobProfile(context.Context, *GetJobProfileRequest) (*JobProfile, error)
 	ListJobProfiles(context.Context, *ListJobProfilesRequest) (*ListJobProfilesResponse, error)
 	// PutJobProfile creates or replaces a profile. With only_if_absent, an
@@ -237,6 +335,15 @@ func (UnimplementedRegistryServiceServer) DeregisterInstance(context.Context, *D
 func (UnimplementedRegistryServiceServer) ListInstances(context.Context, *ListInstancesRequest) (*ListInstancesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListInstances not implemented")
 }
+func (UnimplementedRegistryServiceServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedRegistryServiceServer) CreateService(context.Context, *CreateServiceRequest) (*Service, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateService not implemented")
+}
+func (UnimplementedRegistryServiceServer) UpdateService(context.Context, *UpdateServiceRequest) (*Service, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateService not implemented")
+}
 func (UnimplementedRegistryServiceServer) GetService(context.Context, *GetServiceRequest) (*Service, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetService not implemented")
 }
@@ -248,6 +355,12 @@ func (UnimplementedRegistryServiceServer) PutService(context.Context, *PutServic
 }
 func (UnimplementedRegistryServiceServer) DeleteService(context.Context, *DeleteServiceRequest) (*DeleteServiceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteService not implemented")
+}
+func (UnimplementedRegistryServiceServer) CreateJobProfile(context.Context, *CreateJobProfileRequest) (*JobProfile, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateJobProfile not implemented")
+}
+func (UnimplementedRegistryServiceServer) UpdateJobProfile(context.Context, *UpdateJobProfileRequest) (*JobProfile, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateJobProfile not implemented")
 }
 func (UnimplementedRegistryServiceServer) GetJobProfile(context.Context, *GetJobProfileRequest) (*JobProfile, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetJobProfile not implemented")
@@ -354,6 +467,53 @@ func _RegistryService_ListInstances_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RegistryService_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(RegistryServiceServer).Watch(m, &grpc.GenericServerStream[WatchRequest, WatchResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RegistryService_WatchServer = grpc.ServerStreamingServer[WatchResponse]
+
+func _RegistryService_CreateService_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateServiceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).CreateService(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_CreateService_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).CreateService(ctx, req.(*CreateServiceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RegistryService_UpdateService_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateServiceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).UpdateService(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_UpdateService_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).UpdateService(ctx, req.(*UpdateServiceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _RegistryService_GetService_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetServiceRequest)
 	if err := dec(in); err != nil {
@@ -422,6 +582,42 @@ func _RegistryService_DeleteService_Handler(srv interface{}, ctx context.Context
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(RegistryServiceServer).DeleteService(ctx, req.(*DeleteServiceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RegistryService_CreateJobProfile_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateJobProfileRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).CreateJobProfile(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_CreateJobProfile_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).CreateJobProfile(ctx, req.(*CreateJobProfileRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RegistryService_UpdateJobProfile_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateJobProfileRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).UpdateJobProfile(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_UpdateJobProfile_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).UpdateJobProfile(ctx, req.(*UpdateJobProfileRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -522,6 +718,14 @@ var RegistryService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _RegistryService_ListInstances_Handler,
 		},
 		{
+			MethodName: "CreateService",
+			Handler:    _RegistryService_CreateService_Handler,
+		},
+		{
+			MethodName: "UpdateService",
+			Handler:    _RegistryService_UpdateService_Handler,
+		},
+		{
 			MethodName: "GetService",
 			Handler:    _RegistryService_GetService_Handler,
 		},
@@ -536,6 +740,14 @@ var RegistryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteService",
 			Handler:    _RegistryService_DeleteService_Handler,
+		},
+		{
+			MethodName: "CreateJobProfile",
+			Handler:    _RegistryService_CreateJobProfile_Handler,
+		},
+		{
+			MethodName: "UpdateJobProfile",
+			Handler:    _RegistryService_UpdateJobProfile_Handler,
 		},
 		{
 			MethodName: "GetJobProfile",
@@ -554,6 +766,12 @@ var RegistryService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _RegistryService_DeleteJobProfile_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Watch",
+			Handler:       _RegistryService_Watch_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "medius/registry/v1/registry.proto",
 }
