@@ -6,6 +6,8 @@ BUF            := go run github.com/bufbuild/buf/cmd/buf@v1.75.0
 GOOGLEAPIS_MOD := github.com/grpc-ecosystem/grpc-gateway@v1.16.0
 BIN            := bin
 SERVICES       := mediator job-processor job-worker service-registry
+# Deployment checks (compose, kustomize, traces, metrics) and the image healthcheck.
+DEPLOY_PKGS    := ./deploy/deploytest/... ./deploy/healthcheck/...
 GO_TEST_FLAGS  ?= -race -count=1 -timeout 25m
 # Packages apt installs when their command is missing (command:package).
 TOOLS          := ffmpeg:ffmpeg ffprobe:ffmpeg
@@ -35,6 +37,7 @@ tools:
 
 deps:
 	go mod download -C pkg
+	go mod download -C deploy/deploytest
 	@for m in cmd/medius $(addprefix services/,$(SERVICES)); do go mod download -C $$m; done
 
 build: deps
@@ -46,8 +49,8 @@ run: tools build
 	./$(BIN)/medius dev --bin-dir $(BIN)
 
 test: tools deps check-generated
-	go vet ./pkg/... ./cmd/medius/... $(addprefix ./services/,$(addsuffix /...,$(SERVICES)))
-	go test $(GO_TEST_FLAGS) ./pkg/... ./cmd/medius/... $(addprefix ./services/,$(addsuffix /...,$(SERVICES)))
+	go vet ./pkg/... ./cmd/medius/... $(addprefix ./services/,$(addsuffix /...,$(SERVICES))) $(DEPLOY_PKGS)
+	go test $(GO_TEST_FLAGS) ./pkg/... ./cmd/medius/... $(addprefix ./services/,$(addsuffix /...,$(SERVICES))) $(DEPLOY_PKGS)
 
 # proto/third_party holds google/api/{annotations,http}.proto copied from the
 # grpc-gateway v1 Go module; it is not committed.

@@ -42,6 +42,12 @@ type Config struct {
 	// APIKey is the bootstrap tenant's API key; generated (and kept in Dir)
 	// when empty.
 	APIKey string
+	// ClientID and ClientSecret are the bootstrap tenant's client
+	// credentials for the token exchange; AdminKey manages tenants. Each is
+	// generated (and kept in Dir) when empty.
+	ClientID     string
+	ClientSecret string
+	AdminKey     string
 	// FileRoots are the directories file:// locators may name.
 	FileRoots []string
 	// Workers is the number of job-worker processes (default 1).
@@ -65,6 +71,9 @@ type Stack struct {
 	GRPCAddr     string
 	RegistryAddr string
 	APIKey       string
+	ClientID     string
+	ClientSecret string
+	AdminKey     string
 
 	mu    sync.Mutex
 	procs []*Process
@@ -120,6 +129,15 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if s.APIKey, err = apiKey(cfg); err != nil {
 		return nil, err
 	}
+	if s.ClientID, err = keptSecret(cfg.Dir, "bootstrap-client-id", cfg.ClientID, "mc_", 8); err != nil {
+		return nil, err
+	}
+	if s.ClientSecret, err = keptSecret(cfg.Dir, "bootstrap-client-secret", cfg.ClientSecret, "mk_", 24); err != nil {
+		return nil, err
+	}
+	if s.AdminKey, err = keptSecret(cfg.Dir, "admin-api-key", cfg.AdminKey, "ma_", 24); err != nil {
+		return nil, err
+	}
 	if s.NATS, err = devenv.StartNATS(filepath.Join(cfg.Dir, "nats"), 0); err != nil {
 		return nil, err
 	}
@@ -157,7 +175,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 				args = append(args, "--registry-addr", s.RegistryAddr)
 			case "mediator":
 				args = append(args, "--registry-addr", s.RegistryAddr, "--grpc-addr", cfg.GRPCAddr,
-					"--http-addr", cfg.RESTAddr, "--bootstrap-api-key", s.APIKey)
+					"--http-addr", cfg.RESTAddr, "--bootstrap-api-key", s.APIKey,
+					"--bootstrap-client-id", s.ClientID, "--bootstrap-client-secret", s.ClientSecret,
+					"--admin-api-key", s.AdminKey, "--allow-private-webhooks=true")
 			}
 			args = append(args, cfg.Args[name]...)
 			label := name
@@ -385,6 +405,27 @@ func apiKey(cfg Config) (string, error) {
 		return "", fmt.Errorf("keep api key: %w", err)
 	}
 	return key, nil
+}
+
+// keptSecret returns given, else the value kept in dir/name from an earlier
+// start, else a new random one (kept for the next start).
+func keptSecret(dir, name, given, prefix string, n int) (string, error) {
+	if given != "" {
+		return given, nil
+	}
+	path := filepath.Join(dir, name)
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	buf := make([]byte, n)
+	if _, err := rand.Read(buf); err != nil {
+		return "", fmt.Errorf("generate %s: %w", name, err)
+	}
+	v := prefix + hex.EncodeToString(buf)
+	if err := os.WriteFile(path, []byte(v+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("keep %s: %w", name, err)
+	}
+	return v, nil
 }
 
 func loadPorts(dir string) ports {

@@ -1,0 +1,3 @@
+module github.com/medius-platform/medius/deploy/healthcheck
+
+go 1.26.0
