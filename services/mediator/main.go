@@ -47,6 +47,7 @@ func parseFlags(args []string) (app.Config, error) {
 	fs.StringVar(&cfg.BootstrapClientSecret, "bootstrap-client-secret", "", "client secret of --bootstrap-client-id (prefer MEDIUS_BOOTSTRAP_CLIENT_SECRET)")
 	fs.StringVar(&cfg.AdminAPIKey, "admin-api-key", "", "operator credential managing tenants, keys and quotas (prefer MEDIUS_ADMIN_API_KEY)")
 	fs.StringVar(&cfg.TokenSigningKey, "token-signing-key", "", "HS256 key signing access tokens; empty keeps a random one in etcd (prefer MEDIUS_TOKEN_SIGNING_KEY)")
+	fs.BoolVar(&cfg.AllowPrivateWebhooks, "allow-private-webhooks", false, "allow notification endpoints on loopback and private addresses")
 	fs.DurationVar(&cfg.TokenTTL, "token-ttl", cfg.TokenTTL, "lifetime of access tokens")
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", cfg.AdminAddr, "admin listen address (/healthz, /readyz, /metrics)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")

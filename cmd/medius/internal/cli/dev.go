@@ -22,12 +22,18 @@ the REST and gRPC addresses and the bootstrap API key; Ctrl-C stops
 everything cleanly. A second run reuses the data and the key.
 
 The key is MEDIUS_BOOTSTRAP_API_KEY when set, else generated once and kept in
---dir/bootstrap-api-key.`,
+--dir/bootstrap-api-key. Likewise the default tenant's client id and secret
+(token exchange, Cortex access-token) come from MEDIUS_BOOTSTRAP_CLIENT_ID and
+MEDIUS_BOOTSTRAP_CLIENT_SECRET, and the admin credential managing tenants
+from MEDIUS_ADMIN_API_KEY, else they are generated and kept in --dir.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			if cfg.APIKey == "" {
 				cfg.APIKey = os.Getenv("MEDIUS_BOOTSTRAP_API_KEY")
 			}
+			cfg.ClientID = os.Getenv("MEDIUS_BOOTSTRAP_CLIENT_ID")
+			cfg.ClientSecret = os.Getenv("MEDIUS_BOOTSTRAP_CLIENT_SECRET")
+			cfg.AdminKey = os.Getenv("MEDIUS_ADMIN_API_KEY")
 			var err error
 			if cfg.Dir, err = filepath.Abs(cfg.Dir); err != nil {
 				return err
@@ -54,6 +60,9 @@ The key is MEDIUS_BOOTSTRAP_API_KEY when set, else generated once and kept in
 			fmt.Fprintf(out, "  etcd        %s\n", stack.Etcd.Endpoints[0])
 			fmt.Fprintf(out, "  tenant      default\n")
 			fmt.Fprintf(out, "  API key     %s\n", stack.APIKey)
+			fmt.Fprintf(out, "  client id   %s\n", stack.ClientID)
+			fmt.Fprintf(out, "  secret      %s\n", stack.ClientSecret)
+			fmt.Fprintf(out, "  admin key   %s\n", stack.AdminKey)
 			fmt.Fprintf(out, "  file roots  %v\n\n", cfg.FileRoots)
 			fmt.Fprintf(out, "Try:\n  curl -s -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' \\\n"+
 				"    -d '{\"profile\":\"ExtractTechnicalMetadata\",\"input\":{\"locators\":{\"inputFile\":{\"url\":\"file:///path/to/media.mp4\"}}}}' \\\n"+

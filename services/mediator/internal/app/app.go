@@ -70,6 +70,9 @@ type Config struct {
 	TokenSigningKey string
 	// TokenTTL is the lifetime of access tokens (default 1h).
 	TokenTTL time.Duration
+	// AllowPrivateWebhooks lets notification endpoints name loopback and
+	// private addresses (the dev stack; never on a shared deployment).
+	AllowPrivateWebhooks bool
 
 	LogLevel     string
 	LogFormat    string
