@@ -1,0 +1,327 @@
+package main_test
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
+	"github.com/medius-platform/medius/pkg/devenv"
+	"github.com/medius-platform/medius/pkg/devstack"
+	"github.com/medius-platform/medius/pkg/grpcx"
+	"github.com/medius-platform/medius/pkg/problem"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// lab is a running dev stack for lifecycle tests: several workers, quick
+// liveness settings, and the gRPC job and registry APIs.
+type lab struct {
+	stack    *devstack.Stack
+	dir      string
+	media    string
+	jobs     jobsv1.JobServiceClient
+	registry registryv1.RegistryServiceClient
+}
+
+// startLab runs the four binaries with cfg's counts and extra args.
+func startLab(t testing.TB, cfg devstack.Config) *lab {
+	t.Helper()
+	bin := devstack.BuildBinaries(t)
+	dir := t.TempDir()
+	media := filepath.Join(dir, "media")
+	if err := os.MkdirAll(media, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := devenv.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	grpcAddr, err := devenv.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg.Dir, cfg.BinDir, cfg.RESTAddr, cfg.GRPCAddr, cfg.APIKey = filepath.Join(dir, "stack"), bin, rest, grpcAddr, apiKey
+	cfg.FileRoots = []string{media}
+	stack, err := devstack.Start(ctx, cfg)
+	if err != nil {
+		dumpLogs(t, cfg.Dir)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stack.Stop()
+		if t.Failed() {
+			dumpLogs(t, cfg.Dir)
+		}
+	})
+	cc, err := grpcx.Dial(grpcAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	rc, err := grpcx.Dial(stack.RegistryAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rc.Close() })
+	return &lab{stack: stack, dir: dir, media: media, jobs: jobsv1.NewJobServiceClient(cc), registry: registryv1.NewRegistryServiceClient(rc)}
+}
+
+func authed(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+apiKey)
+}
+
+func (l *lab) create(t testing.TB, job *jobsv1.Job) *jobsv1.Job {
+	t.Helper()
+	got, err := l.jobs.CreateJob(authed(context.Background()), &jobsv1.CreateJobRequest{Job: job})
+	if err != nil {
+		t.Fatalf("create %s job: %v", job.GetProfile(), err)
+	}
+	return got
+}
+
+// sleepJob is a job of the worker's diagnostic Sleep profile.
+func sleepJob(seconds float64) *jobsv1.Job {
+	return &jobsv1.Job{Profile: "Sleep", Input: &jobsv1.JobInput{Parameters: &structpb.Struct{
+		Fields: map[string]*structpb.Value{"seconds": structpb.NewNumberValue(seconds)}}}}
+}
+
+// hangingProbe returns a job whose ffprobe never ends: its input is a
+// concat list naming a FIFO nobody writes, so ffprobe blocks opening it.
+// The list's path identifies the ffprobe process.
+func (l *lab) hangingProbe(t testing.TB, name string) (*jobsv1.Job, string) {
+	t.Helper()
+	dir := filepath.Join(l.media, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(dir, "pipe"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	list := filepath.Join(dir, "list.ffconcat")
+	if err := os.WriteFile(list, []byte("ffconcat version 1.0\nfile pipe\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return &jobsv1.Job{Profile: "ExtractTechnicalMetadata",
+		Input: &jobsv1.JobInput{Locators: map[string]*jobsv1.Locator{"inputFile": {Url: "file://" + list}}}}, list
+}
+
+// toolRunning reports whether a process has arg on its command line.
+func toolRunning(arg string) bool {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err == nil && strings.Contains(string(b), arg) {
+			return true
+		}
+	}
+	return false
+}
+
+// waitJob polls job id until cond holds (at most within).
+func (l *lab) waitJob(t testing.TB, id, what string, within time.Duration, cond func(*jobsv1.Job) bool) *jobsv1.Job {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	var last *jobsv1.Job
+	for {
+		job, err := l.jobs.GetJob(authed(context.Background()), &jobsv1.GetJobRequest{Id: id})
+		if err == nil {
+			last = job
+			if cond(job) {
+				return job
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s: not %s within %s; last: %v (err %v)", id, what, within, last, err)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+func is(st jobsv1.JobStatus) func(*jobsv1.Job) bool {
+	return func(j *jobsv1.Job) bool { return j.GetStatus() == st }
+}
+
+func (l *lab) executions(t testing.TB, id string) []*jobsv1.Execution {
+	t.Helper()
+	resp, err := l.jobs.ListJobExecutions(authed(context.Background()), &jobsv1.ListJobExecutionsRequest{Id: id})
+	if err != nil {
+		t.Fatalf("executions of %s: %v", id, err)
+	}
+	return resp.GetExecutions()
+}
+
+// waitGone waits until no process has arg on its command line.
+func waitGone(t testing.TB, arg string, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for toolRunning(arg) {
+		if time.Since(start) > within {
+			t.Fatalf("tool process on %s still running %s later", arg, within)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func TestJobLifecycle(t *testing.T) {
+	l := startLab(t, devstack.Config{
+		Workers: 2,
+		Args: map[string][]string{
+			"job-processor": {"--queue-timeout", "3s", "--heartbeat-timeout", "3s", "--retry-backoff", "500ms"},
+			"job-worker":    {"--capacity", "2"},
+		},
+	})
+	ctx := authed(context.Background())
+
+	t.Run("no candidate fails after the queue timeout", func(t *testing.T) {
+		if _, err := l.registry.PutJobProfile(context.Background(), &registryv1.PutJobProfileRequest{Profile: &registryv1.JobProfile{
+			Name: "Orphan", JobType: "QAJob"}}); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		job := l.create(t, &jobsv1.Job{Profile: "Orphan"})
+		done := l.waitJob(t, job.GetId(), "FAILED", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_FAILED))
+		if done.GetError().GetType() != problem.TypePrefix+"no-service" || !strings.Contains(done.GetError().GetDetail(), `"Orphan"`) {
+			t.Fatalf("problem = %v", done.GetError())
+		}
+		if waited := time.Since(start); waited < 3*time.Second {
+			t.Fatalf("failed after %s, before the 3s queue timeout", waited)
+		}
+	})
+
+	t.Run("cancel while running kills the tool", func(t *testing.T) {
+		in, list := l.hangingProbe(t, "cancel")
+		job := l.create(t, in)
+		l.waitJob(t, job.GetId(), "RUNNING", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_RUNNING))
+		waitFor(t, "ffprobe started", func() bool { return toolRunning(list) })
+		start := time.Now()
+		if _, err := l.jobs.CancelJob(ctx, &jobsv1.CancelJobRequest{Id: job.GetId()}); err != nil {
+			t.Fatal(err)
+		}
+		gone := waitGone(t, list, 10*time.Second)
+		l.waitJob(t, job.GetId(), "CANCELED", 10*time.Second, is(jobsv1.JobStatus_JOB_STATUS_CANCELED))
+		t.Logf("cancel: ffprobe gone %s after the request, job CANCELED after %s", gone.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+		_, err := l.jobs.CancelJob(ctx, &jobsv1.CancelJobRequest{Id: job.GetId()})
+		if status.Code(err) != codes.FailedPrecondition {
+			t.Fatalf("cancel of a canceled job: %v, want FailedPrecondition", err)
+		}
+	})
+
+	t.Run("timeout stops the tool and fails the job", func(t *testing.T) {
+		in, list := l.hangingProbe(t, "timeout")
+		in.Timeout = durationpb.New(1500 * time.Millisecond)
+		job := l.create(t, in)
+		done := l.waitJob(t, job.GetId(), "FAILED", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_FAILED))
+		if done.GetError().GetType() != problem.TypePrefix+"job-timeout-passed" {
+			t.Fatalf("problem = %v", done.GetError())
+		}
+		waitGone(t, list, 10*time.Second)
+	})
+
+	t.Run("deadline stops the tool and fails the job", func(t *testing.T) {
+		in, list := l.hangingProbe(t, "deadline")
+		in.Deadline = timestamppb.New(time.Now().Add(2 * time.Second))
+		job := l.create(t, in)
+		done := l.waitJob(t, job.GetId(), "FAILED", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_FAILED))
+		if done.GetError().GetType() != problem.TypePrefix+"job-deadline-passed" {
+			t.Fatalf("problem = %v", done.GetError())
+		}
+		waitGone(t, list, 10*time.Second)
+	})
+
+	t.Run("restart of a canceled job runs a new execution (REST)", func(t *testing.T) {
+		job := l.create(t, sleepJob(30))
+		l.waitJob(t, job.GetId(), "RUNNING", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_RUNNING))
+		p := &platform{stack: l.stack}
+		if code, body := p.rest(t, "POST", "/v1/jobs/"+job.GetId()+":restart", apiKey, "{}"); code != http.StatusConflict {
+			t.Fatalf("restart of a running job: %d %s, want 409", code, body)
+		}
+		if code, body := p.rest(t, "POST", "/v1/jobs/"+job.GetId()+":cancel", apiKey, "{}"); code != http.StatusOK {
+			t.Fatalf("cancel: %d %s", code, body)
+		}
+		l.waitJob(t, job.GetId(), "CANCELED", 10*time.Second, is(jobsv1.JobStatus_JOB_STATUS_CANCELED))
+		if code, body := p.rest(t, "POST", "/v1/jobs/"+job.GetId()+":restart", apiKey, "{}"); code != http.StatusOK {
+			t.Fatalf("restart: %d %s", code, body)
+		}
+		l.waitJob(t, job.GetId(), "RUNNING again", 30*time.Second, func(j *jobsv1.Job) bool {
+			return j.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING && len(j.GetExecutions()) == 2
+		})
+		code, body := p.rest(t, "GET", "/v1/jobs/"+job.GetId()+"/executions", apiKey, "")
+		if code != http.StatusOK {
+			t.Fatalf("executions: %d %s", code, body)
+		}
+		var resp struct {
+			Executions []struct {
+				Attempt int    `json:"attempt"`
+				Status  string `json:"status"`
+			} `json:"executions"`
+		}
+		mustJSON(t, body, &resp)
+		if len(resp.Executions) != 2 || resp.Executions[0].Status != "JOB_STATUS_CANCELED" || resp.Executions[1].Attempt != 2 ||
+			resp.Executions[1].Status != "JOB_STATUS_RUNNING" {
+			t.Fatalf("executions = %s", body)
+		}
+		if code, _ := p.rest(t, "GET", "/v1/jobs/"+job.GetId()+"/executions", "mk_wrong_key", ""); code != http.StatusUnauthorized {
+			t.Fatalf("executions with a wrong key: %d, want 401", code)
+		}
+		if _, err := l.jobs.CancelJob(ctx, &jobsv1.CancelJobRequest{Id: job.GetId()}); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("a killed worker's job completes on another instance", func(t *testing.T) {
+		job := l.create(t, sleepJob(4))
+		l.waitJob(t, job.GetId(), "RUNNING", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_RUNNING))
+		first := l.executions(t, job.GetId())[0]
+		victim := l.stack.Process(strings.Replace(first.GetInstanceId(), "dev-worker-", "job-worker-", 1))
+		if victim == nil {
+			t.Fatalf("no process runs instance %q", first.GetInstanceId())
+		}
+		killed := time.Now()
+		victim.Kill()
+		t.Cleanup(func() { _ = victim.Restart(context.Background()) })
+		l.waitJob(t, job.GetId(), "RUNNING as attempt 2", 30*time.Second, func(j *jobsv1.Job) bool {
+			ex := j.GetExecutions()
+			return j.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING && len(ex) > 0 && ex[len(ex)-1].GetAttempt() == 2
+		})
+		rerun := time.Since(killed)
+		l.waitJob(t, job.GetId(), "COMPLETED", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_COMPLETED))
+		t.Logf("worker %s killed: attempt 2 running after %s, job COMPLETED after %s", first.GetInstanceId(),
+			rerun.Round(time.Millisecond), time.Since(killed).Round(time.Millisecond))
+		ex := l.executions(t, job.GetId())
+		if len(ex) != 2 {
+			t.Fatalf("%d executions, want 2: %v", len(ex), ex)
+		}
+		if ex[0].GetStatus() != jobsv1.JobStatus_JOB_STATUS_FAILED || ex[0].GetError().GetType() != problem.TypePrefix+"worker-lost" {
+			t.Errorf("attempt 1 = %v, want FAILED worker-lost", ex[0])
+		}
+		if ex[1].GetStatus() != jobsv1.JobStatus_JOB_STATUS_COMPLETED || ex[1].GetInstanceId() == first.GetInstanceId() || ex[1].GetInstanceId() == "" {
+			t.Errorf("attempt 2 = %v, want COMPLETED on another instance than %s", ex[1], first.GetInstanceId())
+		}
+	})
+}
+
+// waitFor polls cond for up to 30 s.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
