@@ -10,7 +10,9 @@
 //     set; the check runs on the address actually dialled, so a host name
 //     that resolves (or redirects) to an internal address does not get
 //     through.
-//   - s3:// is a known scheme but not supported yet (ErrUnsupportedScheme).
+//   - s3://bucket/key is read and written through the AWS SDK on the
+//     configured S3-compatible store (Resolver.S3); without one it is
+//     refused with ErrUnsupportedScheme.
 //
 // Every error wraps one of the Err* sentinels so callers can map it with
 // errors.Is (for example to an RFC 7807 problem type).

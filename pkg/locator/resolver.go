@@ -8,6 +8,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 )
 
 // Defaults of a zero Resolver.
@@ -42,9 +44,13 @@ type Resolver struct {
 	// network policy (use NewTransport to keep it). Nil builds a client whose
 	// transport enforces AllowPrivate at dial time.
 	Client *http.Client
+	// S3, when set, enables s3://bucket/key locators on that store.
+	S3 *S3Config
 
 	once   sync.Once
 	client *http.Client
+	s3Once sync.Once
+	s3     *s3.Client
 }
 
 func (r *Resolver) maxBytes() int64 {
@@ -108,6 +114,12 @@ func (r *Resolver) Open(ctx context.Context, raw string) (localPath string, clea
 			return "", noop, err
 		}
 		return p, func() { _ = os.Remove(p) }, nil
+	case SchemeS3:
+		p, err := r.s3Download(ctx, u)
+		if err != nil {
+			return "", noop, err
+		}
+		return p, func() { _ = os.Remove(p) }, nil
 	default:
 		return "", noop, fmt.Errorf("%w: %s locators are not supported by this worker yet", ErrUnsupportedScheme, u.Scheme)
 	}
@@ -140,6 +152,8 @@ func (r *Resolver) Put(ctx context.Context, raw, src string) error {
 		return r.writeFile(u.Path, f)
 	case SchemeHTTP, SchemeHTTPS:
 		return r.upload(ctx, u, f, fi.Size())
+	case SchemeS3:
+		return r.s3Upload(ctx, u, f, fi.Size())
 	default:
 		return fmt.Errorf("%w: %s locators are not supported by this worker yet", ErrUnsupportedScheme, u.Scheme)
 	}
@@ -164,6 +178,9 @@ func (r *Resolver) Check(raw string) error {
 		return err
 	case SchemeHTTP, SchemeHTTPS:
 		return r.checkHost(u.Hostname())
+	case SchemeS3:
+		_, err := r.s3Client()
+		return err
 	default:
 		return fmt.Errorf("%w: %s locators are not supported by this worker yet", ErrUnsupportedScheme, u.Scheme)
 	}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -43,12 +44,15 @@ type Config struct {
 	FileRoots []string
 	// AllowPrivateURLs lets http(s) locators reach internal addresses.
 	AllowPrivateURLs bool
-	Region           string
-	AdminAddr        string
-	LogLevel         string
-	LogFormat        string
-	OTLPEndpoint     string
-	Version          string
+	// S3 is the store of s3:// locators; unset (no endpoint, no region)
+	// refuses them.
+	S3           locator.S3Config
+	Region       string
+	AdminAddr    string
+	LogLevel     string
+	LogFormat    string
+	OTLPEndpoint string
+	Version      string
 
 	// LeaseTTL is the registration lease asked for (registry default if 0).
 	LeaseTTL time.Duration
@@ -117,6 +121,14 @@ func (c Config) Validate() error {
 	case c.AdminAddr == "":
 		return errors.New("--admin-addr is required")
 	}
+	if c.S3.Endpoint != "" {
+		if u, err := url.Parse(c.S3.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("--s3-endpoint: %q is not an http(s) URL", c.S3.Endpoint)
+		}
+	}
+	if (c.S3.AccessKey == "") != (c.S3.SecretKey == "") {
+		return errors.New("--s3-access-key and --s3-secret-key go together")
+	}
 	for _, r := range c.FileRoots {
 		if fi, err := os.Stat(r); err != nil || !fi.IsDir() {
 			return fmt.Errorf("--file-roots: %q is not a directory", r)
@@ -166,6 +178,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 
 	resolver := &locator.Resolver{Roots: cfg.FileRoots, AllowPrivate: cfg.AllowPrivateURLs}
+	if cfg.S3.Endpoint != "" || cfg.S3.Region != "" {
+		s3cfg := cfg.S3
+		resolver.S3 = &s3cfg
+	}
 	builtin := profiles.Builtin(resolver)
 	runner, err := workersdk.New(workersdk.Config{
 		JS: js, NC: nc, Service: cfg.Service, InstanceID: cfg.InstanceID, Capacity: cfg.Capacity,

@@ -23,6 +23,11 @@ func TestValidate(t *testing.T) {
 		{"capacity", func(c *Config) { c.Capacity = 0 }, "--capacity"},
 		{"service", func(c *Config) { c.Service = "" }, "--service"},
 		{"missing root", func(c *Config) { c.FileRoots = []string{dir + "/nope"} }, "--file-roots"},
+		{"s3", func(c *Config) {
+			c.S3.Endpoint, c.S3.AccessKey, c.S3.SecretKey = "http://127.0.0.1:7070", "k", "s"
+		}, ""},
+		{"s3 endpoint", func(c *Config) { c.S3.Endpoint = "127.0.0.1:7070" }, "--s3-endpoint"},
+		{"s3 half credentials", func(c *Config) { c.S3.AccessKey = "k" }, "--s3-secret-key"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := Defaults()
