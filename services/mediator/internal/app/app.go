@@ -22,7 +22,9 @@ import (
 	"github.com/medius-platform/medius/services/mediator/internal/gateway"
 	"github.com/medius-platform/medius/services/mediator/internal/jobapi"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
+	"github.com/medius-platform/medius/services/mediator/internal/mcma"
 	"github.com/medius-platform/medius/services/mediator/internal/quota"
+	"github.com/medius-platform/medius/services/mediator/internal/registryapi"
 	"github.com/medius-platform/medius/services/mediator/internal/restapi"
 	"github.com/medius-platform/medius/services/mediator/internal/statusconsumer"
 	"github.com/medius-platform/medius/services/mediator/internal/tenants"
@@ -179,6 +181,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		grpc.ChainStreamInterceptor(authn.StreamServerInterceptor()),
 	)
 	jobsv1.RegisterJobServiceServer(grpcSrv, jobs)
+	registryv1.RegisterRegistryServiceServer(grpcSrv, registryapi.New(registryv1.NewRegistryServiceClient(regConn)))
 	reflection.Register(grpcSrv)
 	grpcLn, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
@@ -195,7 +198,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer selfConn.Close()
 	gwCtx, stopGW := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopGW()
-	rest, err := gateway.New(gwCtx, selfConn, restAPI.Mount)
+	rest, err := gateway.New(gwCtx, selfConn, restAPI.Mount, (&mcma.API{Registry: registryv1.NewRegistryServiceClient(selfConn)}).Mount)
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/api/openapi"
 	"github.com/medius-platform/medius/pkg/problem"
 	"google.golang.org/grpc"
@@ -39,6 +40,9 @@ func New(ctx context.Context, conn *grpc.ClientConn, mounts ...func(*http.ServeM
 	)
 	if err := jobsv1.RegisterJobServiceHandler(ctx, gw, conn); err != nil {
 		return nil, fmt.Errorf("register job service gateway: %w", err)
+	}
+	if err := registryv1.RegisterRegistryServiceHandler(ctx, gw, conn); err != nil {
+		return nil, fmt.Errorf("register registry service gateway: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/openapi.json", func(w http.ResponseWriter, _ *http.Request) {
