@@ -21,6 +21,7 @@ import (
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/grpcx"
 	"github.com/medius-platform/medius/pkg/locator"
+	"github.com/medius-platform/medius/pkg/metrics"
 	"github.com/medius-platform/medius/pkg/registryclient"
 	"github.com/medius-platform/medius/pkg/telemetry"
 	"github.com/medius-platform/medius/pkg/workersdk"
@@ -188,6 +189,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		Profiles: builtin, AckWait: cfg.AckWait, HeartbeatInterval: cfg.HeartbeatInterval, DrainTimeout: cfg.DrainTimeout, Logger: slog.Default(),
 	})
 	if err != nil {
+		return err
+	}
+	if _, err := metrics.RegisterWorkerLoad(cfg.Service, cfg.Capacity, runner.InFlight); err != nil {
 		return err
 	}
 

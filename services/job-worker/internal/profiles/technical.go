@@ -27,7 +27,10 @@ const (
 
 // Builtin returns every profile this worker offers.
 func Builtin(res *locator.Resolver) []workersdk.Profile {
-	return []workersdk.Profile{TechnicalMetadata(res), SleepProfile(), NoOpProfile()}
+	return []workersdk.Profile{
+		TechnicalMetadata(res), TranscodeProfile(res, Transcode), TranscodeProfile(res, CreateProxy),
+		SleepProfile(), NoOpProfile(),
+	}
 }
 
 // TechnicalMetadata is the ExtractTechnicalMetadata profile: ffprobe on the
