@@ -14,6 +14,7 @@ import (
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/grpcx"
+	"github.com/medius-platform/medius/pkg/metrics"
 	"github.com/medius-platform/medius/pkg/telemetry"
 	"github.com/medius-platform/medius/services/job-processor/internal/processor"
 	"github.com/medius-platform/medius/services/job-processor/internal/selection"
@@ -97,6 +98,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return err
 	}
 	defer nc.Close()
+	// Queue depth per service, read from the work stream on each scrape.
+	if _, err := metrics.RegisterQueueDepth(js); err != nil {
+		return err
+	}
 
 	cc, err := grpcx.Dial(cfg.RegistryAddr)
 	if err != nil {

@@ -36,8 +36,12 @@ func fast(profs profiles) func(*processor.Config) {
 
 // beat sends heartbeats of attempt every 100 ms until the test ends or stop is closed.
 func (b *bundle) beat(t *testing.T, id string, attempt int32, stop <-chan struct{}) {
+	b.beatEvery(t, id, attempt, 100*time.Millisecond, stop)
+}
+
+func (b *bundle) beatEvery(t *testing.T, id string, attempt int32, every time.Duration, stop <-chan struct{}) {
 	go func() {
-		tick := time.NewTicker(100 * time.Millisecond)
+		tick := time.NewTicker(every)
 		defer tick.Stop()
 		for {
 			select {
@@ -80,10 +84,13 @@ func TestLostWorkerRetriedThenHeartbeatsKeepItAlive(t *testing.T) {
 	if w, id := b.workItem(t, "probe"); w.GetAttempt() != 2 || id != "work-job-l-2" {
 		t.Fatalf("retry work item = %v (%s)", w, id)
 	}
-	// Attempt 2 heartbeats for three heartbeat timeouts: never taken for lost.
+	// Attempt 2 heartbeats for three heartbeat timeouts: never taken for lost,
+	// even while a zombie of attempt 1 (its item redelivered to a worker)
+	// heartbeats more often still.
 	stop := make(chan struct{})
 	b.exec(t, update("job-l", 2, running, 0))
 	b.beat(t, "job-l", 2, stop)
+	b.beatEvery(t, "job-l", 1, 15*time.Millisecond, stop)
 	time.Sleep(3 * 600 * time.Millisecond) // the span being asserted, not a synchronisation
 	close(stop)
 	if rec := b.record(t, "job-l"); len(rec.Executions) != 2 || rec.Status != running {

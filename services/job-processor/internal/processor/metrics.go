@@ -4,14 +4,19 @@ import (
 	"context"
 	"fmt"
 
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/jobstate"
+	"github.com/medius-platform/medius/services/job-processor/internal/record"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 )
 
-// metrics counts jobs by profile (bounded: profiles are operator-defined).
+// metrics counts jobs by profile (bounded: profiles are operator-defined)
+// and, for jobs that end, by tenant.
 type metrics struct {
 	dispatchedC, completedC, failedC, canceledC, lostC metric.Int64Counter
+	executionD                                         metric.Float64Histogram
 }
 
 func newMetrics() (metrics, error) {
@@ -33,6 +38,15 @@ func newMetrics() (metrics, error) {
 		}
 		*c.dst = ctr
 	}
+	var err error
+	// Media jobs run from a second to hours.
+	m.executionD, err = meter.Float64Histogram("medius.execution.duration",
+		metric.WithDescription("Run time of executions that ended, from the worker's start to its end."),
+		metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400))
+	if err != nil {
+		return metrics{}, fmt.Errorf("execution duration histogram: %w", err)
+	}
 	return m, nil
 }
 
@@ -40,16 +54,28 @@ func (m metrics) dispatched(ctx context.Context, profile, service string) {
 	m.dispatchedC.Add(ctx, 1, metric.WithAttributes(attribute.String("profile", profile), attribute.String("service", service)))
 }
 
-func (m metrics) completed(ctx context.Context, profile string) {
-	m.completedC.Add(ctx, 1, metric.WithAttributes(attribute.String("profile", profile)))
+func (m metrics) completed(ctx context.Context, rec *jobsv1.Job) {
+	m.completedC.Add(ctx, 1, m.ended(ctx, rec))
 }
 
-func (m metrics) failed(ctx context.Context, profile string) {
-	m.failedC.Add(ctx, 1, metric.WithAttributes(attribute.String("profile", profile)))
+func (m metrics) failed(ctx context.Context, rec *jobsv1.Job) {
+	m.failedC.Add(ctx, 1, m.ended(ctx, rec))
 }
 
-func (m metrics) canceled(ctx context.Context, profile string) {
-	m.canceledC.Add(ctx, 1, metric.WithAttributes(attribute.String("profile", profile)))
+func (m metrics) canceled(ctx context.Context, rec *jobsv1.Job) {
+	m.canceledC.Add(ctx, 1, m.ended(ctx, rec))
+}
+
+// ended records the run time of the job's last execution when it started
+// and ended, and returns the profile and tenant attributes of its counters.
+func (m metrics) ended(ctx context.Context, rec *jobsv1.Job) metric.MeasurementOption {
+	if ex := record.Current(rec); ex != nil && ex.GetStartTime() != nil && ex.GetEndTime() != nil {
+		if d := ex.GetEndTime().AsTime().Sub(ex.GetStartTime().AsTime()); d >= 0 {
+			m.executionD.Record(ctx, d.Seconds(), metric.WithAttributes(attribute.String("profile", rec.GetProfile()),
+				attribute.String("service", ex.GetService()), attribute.String("status", jobstate.Name(rec.GetStatus()))))
+		}
+	}
+	return metric.WithAttributes(attribute.String("profile", rec.GetProfile()), attribute.String("tenant", rec.GetTenant()))
 }
 
 func (m metrics) lost(ctx context.Context, profile string) {

@@ -344,7 +344,7 @@ func (p *Processor) failNoService(ctx context.Context, rec *jobsv1.Job) error {
 		return nil
 	}
 	if outcome == record.Applied {
-		p.metrics.failed(ctx, rec.GetProfile())
+		p.metrics.failed(ctx, rec)
 		slog.WarnContext(ctx, "job failed: no service", "job_id", id, "profile", rec.GetProfile())
 	}
 	return p.announce(ctx, rec)
@@ -364,7 +364,15 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 		if rec == nil {
 			return nil, record.Ignored, nil
 		}
-		return rec, record.Apply(rec, &u, p.cfg.Now()), nil
+		outcome := record.Apply(rec, &u, p.cfg.Now())
+		if outcome == record.AlreadyApplied {
+			// A heartbeat: keep the record's sign of life fresh (a few
+			// writes per heartbeat timeout, no more).
+			if record.Beat(rec, &u, p.cfg.Now(), p.cfg.HeartbeatTimeout/4) == record.Applied {
+				return rec, record.Applied, nil
+			}
+		}
+		return rec, outcome, nil
 	})
 	if err != nil {
 		return fmt.Errorf("apply %s of job %s attempt %d: %w", jobstate.Name(u.GetStatus()), id, u.GetAttempt(), err)
@@ -387,11 +395,11 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 	case outcome == record.Applied:
 		switch rec.GetStatus() {
 		case jobsv1.JobStatus_JOB_STATUS_COMPLETED:
-			p.metrics.completed(ctx, rec.GetProfile())
+			p.metrics.completed(ctx, rec)
 		case jobsv1.JobStatus_JOB_STATUS_FAILED:
-			p.metrics.failed(ctx, rec.GetProfile())
+			p.metrics.failed(ctx, rec)
 		case jobsv1.JobStatus_JOB_STATUS_CANCELED:
-			p.metrics.canceled(ctx, rec.GetProfile())
+			p.metrics.canceled(ctx, rec)
 		}
 		if jobstate.IsTerminal(rec.GetStatus()) {
 			log.InfoContext(ctx, "job ended", "instance_id", record.Current(rec).GetInstanceId())
@@ -443,7 +451,7 @@ func (p *Processor) HandleCancel(ctx context.Context, msg jetstream.Msg) error {
 		return nil // already ended
 	}
 	if outcome == record.Applied {
-		p.metrics.canceled(ctx, rec.GetProfile())
+		p.metrics.canceled(ctx, rec)
 		slog.InfoContext(ctx, "job canceled", "job_id", id)
 	}
 	if err := p.stopWorker(ctx, rec); err != nil {

@@ -166,6 +166,14 @@ func (p *Processor) lastSeen(ctx context.Context, rec *jobsv1.Job) (time.Time, e
 	if dt := cur.GetDispatchTime(); dt != nil && dt.AsTime().After(seen) {
 		seen = dt.AsTime()
 	}
+	// The record's update_time moves with every applied report and
+	// heartbeat of the current attempt (record.Beat). The stream's last
+	// report may be fresher still when the exec consumer lags behind; it
+	// may also be a stale attempt's (a lost worker's item redelivered),
+	// which proves nothing about this one.
+	if ut := rec.GetUpdateTime(); ut != nil && ut.AsTime().After(seen) {
+		seen = ut.AsTime()
+	}
 	m, err := p.events.GetLastMsgForSubject(ctx, bus.SubjectExecution(rec.GetId()))
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
@@ -195,7 +203,7 @@ func (p *Processor) expire(ctx context.Context, id string, prob *jobsv1.Problem)
 		return nil
 	}
 	if outcome == record.Applied {
-		p.metrics.failed(ctx, rec.GetProfile())
+		p.metrics.failed(ctx, rec)
 		slog.WarnContext(ctx, "job expired", "job_id", id, "problem", prob.GetType(), "detail", prob.GetDetail())
 	}
 	if err := p.stopWorker(ctx, rec); err != nil {
@@ -231,7 +239,7 @@ func (p *Processor) loseWorker(ctx context.Context, rec *jobsv1.Job, attempt, ma
 		// This same timer dispatches the retry after the backoff.
 		return rearm(record.RetryAt(rec, p.cfg.RetryBackoff).Sub(p.cfg.Now()))
 	}
-	p.metrics.failed(ctx, rec.GetProfile())
+	p.metrics.failed(ctx, rec)
 	return nil
 }
 

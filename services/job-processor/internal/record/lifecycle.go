@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/jobstate"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -136,6 +137,24 @@ func Restart(rec *jobsv1.Job, attempts int32, now time.Time) Outcome {
 	rec.EndTime = nil
 	rec.VerifiedQuantity = 0
 	rec.StatusMessage = "restarted"
+	rec.UpdateTime = timestamppb.New(now)
+	return Applied
+}
+
+// Beat notes a heartbeat of rec's current, running attempt: the record's
+// update_time becomes the last sign of life the liveness check reads. To
+// keep writes rare it moves only when it is at least minGap old (Applied);
+// otherwise, or for any other update, nothing changes (AlreadyApplied for a
+// heartbeat of the current attempt, else Ignored).
+func Beat(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate, now time.Time, minGap time.Duration) Outcome {
+	cur := Current(rec)
+	if cur == nil || u.GetAttempt() != cur.GetAttempt() || u.GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING ||
+		rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING || cur.GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING {
+		return Ignored
+	}
+	if rec.GetUpdateTime() != nil && now.Sub(rec.GetUpdateTime().AsTime()) < minGap {
+		return AlreadyApplied
+	}
 	rec.UpdateTime = timestamppb.New(now)
 	return Applied
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -156,5 +157,29 @@ func TestHeartbeatKeepsStatusMessage(t *testing.T) {
 	u.Message = HeartbeatMessage
 	if got := Apply(rec, u, now); got != Applied || rec.GetStatusMessage() != "transcoding" {
 		t.Fatalf("heartbeat: %v, message %q", got, rec.GetStatusMessage())
+	}
+}
+
+func TestBeat(t *testing.T) {
+	rec := recordIn(running, 10)
+	rec.UpdateTime = timestamppb.New(now)
+	hb := update(2, running, 10)
+	if got := Beat(rec, hb, now.Add(time.Second), 2*time.Second); got != AlreadyApplied {
+		t.Fatalf("beat within the gap = %v", got)
+	}
+	if got := Beat(rec, hb, now.Add(3*time.Second), 2*time.Second); got != Applied || !rec.GetUpdateTime().AsTime().Equal(now.Add(3*time.Second)) {
+		t.Fatalf("beat after the gap = %v, update_time %v", got, rec.GetUpdateTime().AsTime())
+	}
+	for name, c := range map[string]struct {
+		rec *jobsv1.Job
+		u   *eventsv1.ExecutionUpdate
+	}{
+		"older attempt": {recordIn(running, 10), update(1, running, 10)},
+		"scheduled":     {recordIn(scheduled, 0), update(2, running, 0)},
+		"completed":     {recordIn(completed, 100), update(2, running, 10)},
+	} {
+		if got := Beat(c.rec, c.u, now.Add(time.Hour), time.Second); got != Ignored {
+			t.Errorf("%s: Beat = %v, want ignored", name, got)
+		}
 	}
 }
