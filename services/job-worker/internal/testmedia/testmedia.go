@@ -3,6 +3,8 @@
 package testmedia
 
 import (
+	"fmt"
+	"math"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -20,5 +22,38 @@ func Clip(t testing.TB, dir string) string {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("ffmpeg test clip: %v\n%s", err, b)
 	}
+	return out
+}
+
+func ffmpeg(t testing.TB, args ...string) {
+	t.Helper()
+	cmd := exec.Command("ffmpeg", append([]string{"-hide_banner", "-loglevel", "error", "-y"}, args...)...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ffmpeg %v: %v\n%s", args, err, b)
+	}
+}
+
+// Tone writes a 4 s mono 48 kHz 1 kHz sine whose EBU R128 integrated
+// loudness is lufs (a 1 kHz sine on one channel measures its peak level in
+// dBFS minus 3.01 LU) to dir/tone.wav and returns its path.
+func Tone(t testing.TB, dir string, lufs float64) string {
+	t.Helper()
+	out := filepath.Join(dir, "tone.wav")
+	// amplitude 10^((lufs+3.01)/20) of full scale
+	ffmpeg(t, "-f", "lavfi", "-i", fmt.Sprintf("aevalsrc=%.6f*sin(2*PI*1000*t):s=48000:d=4", math.Pow(10, (lufs+3.0103)/20)),
+		"-c:a", "pcm_s24le", out)
+	return out
+}
+
+// Scenes writes dir/scenes.mp4: three 1.2 s shots of different test
+// patterns at 25 fps, so the cuts are at 1.2 s and 2.4 s; total 3.6 s.
+func Scenes(t testing.TB, dir string) string {
+	t.Helper()
+	out := filepath.Join(dir, "scenes.mp4")
+	ffmpeg(t, "-f", "lavfi", "-i", "testsrc=d=1.2:s=320x240:r=25",
+		"-f", "lavfi", "-i", "smptebars=d=1.2:s=320x240:r=25",
+		"-f", "lavfi", "-i", "mandelbrot=s=320x240:r=25,trim=duration=1.2",
+		"-filter_complex", "[0:v][1:v][2:v]concat=n=3:v=1:a=0,format=yuv420p[v]", "-map", "[v]",
+		"-c:v", "libx264", "-preset", "veryfast", out)
 	return out
 }
