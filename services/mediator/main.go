@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/medius-platform/medius/pkg/flagenv"
@@ -53,8 +54,19 @@ func parseFlags(args []string) (app.Config, error) {
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: json or text")
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP gRPC endpoint (host:port) for traces; empty disables export")
+	cortexProfiles := fs.String("cortex-profiles", "", "Cortex to Medius profile map, e.g. MediaCortexSpeechToText=SpeechToText,MediaCortexVideoAnalysis=DetectShots (empty: those defaults)")
 	if err := flagenv.Parse(fs, args); err != nil {
 		return app.Config{}, err
+	}
+	if *cortexProfiles != "" {
+		cfg.CortexProfiles = map[string]string{}
+		for _, kv := range flagenv.List(*cortexProfiles) {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || k == "" || v == "" {
+				return app.Config{}, fmt.Errorf("--cortex-profiles: %q is not CortexProfile=MediusProfile", kv)
+			}
+			cfg.CortexProfiles[k] = v
+		}
 	}
 	cfg.EtcdEndpoints = flagenv.List(*etcd)
 	return cfg, nil

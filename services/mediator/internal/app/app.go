@@ -19,6 +19,7 @@ import (
 	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/medius-platform/medius/pkg/telemetry"
 	"github.com/medius-platform/medius/services/mediator/internal/auth"
+	"github.com/medius-platform/medius/services/mediator/internal/cortex"
 	"github.com/medius-platform/medius/services/mediator/internal/gateway"
 	"github.com/medius-platform/medius/services/mediator/internal/jobapi"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
@@ -72,6 +73,9 @@ type Config struct {
 	TokenSigningKey string
 	// TokenTTL is the lifetime of access tokens (default 1h).
 	TokenTTL time.Duration
+	// CortexProfiles maps Dalet Media Cortex job profiles to Medius
+	// profiles (nil: cortex.DefaultProfiles).
+	CortexProfiles map[string]string
 	// AllowPrivateWebhooks lets notification endpoints name loopback and
 	// private addresses (the dev stack; never on a shared deployment).
 	AllowPrivateWebhooks bool
@@ -198,7 +202,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer selfConn.Close()
 	gwCtx, stopGW := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopGW()
-	rest, err := gateway.New(gwCtx, selfConn, restAPI.Mount, (&mcma.API{Registry: registryv1.NewRegistryServiceClient(selfConn)}).Mount)
+	cortexAPI := &cortex.Handler{Jobs: jobs, Authn: authn, Tokens: restAPI, Profiles: cfg.CortexProfiles}
+	rest, err := gateway.New(gwCtx, selfConn, restAPI.Mount, (&mcma.API{Registry: registryv1.NewRegistryServiceClient(selfConn)}).Mount, cortexAPI.Mount)
 	if err != nil {
 		return err
 	}

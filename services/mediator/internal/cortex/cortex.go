@@ -1,0 +1,487 @@
+// Package cortex serves the Dalet Media Cortex mediator API under /cortex, as
+// ../shared/specs/dalet-cortex-openapi.yaml describes it, so the published
+// Cortex client SDKs work by pointing their base URL at Medius:
+//
+//	POST /cortex/auth/access-token   headers client, secret -> 201 Token
+//	POST /cortex/jobs                JobMediatorInput -> 201 MediatorJob
+//	GET  /cortex/jobs/{jobId}        -> 200 MediatorJob
+//	GET  /cortex/job-types           header ProjectServiceId -> 200 [JobType]
+//
+// A Cortex job becomes a Medius job through the same JobService as /v1 (same
+// validation, quota, idempotency and tenant scoping); this package only
+// translates. The projectServiceId is the Medius tenant.
+package cortex
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/problem"
+	"github.com/medius-platform/medius/services/mediator/internal/auth"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// Prefix of every Cortex route.
+const Prefix = "/cortex"
+
+// Cortex job profiles and the output types they produce.
+const (
+	ProfileSpeechToText  = "MediaCortexSpeechToText"
+	ProfileVideoAnalysis = "MediaCortexVideoAnalysis"
+)
+
+// DefaultProfiles maps Cortex job profiles to Medius profiles.
+var DefaultProfiles = map[string]string{
+	ProfileSpeechToText:  "SpeechToText",
+	ProfileVideoAnalysis: "DetectShots",
+}
+
+// outputType names the jobOutputType of each Cortex profile.
+var outputType = map[string]string{
+	ProfileSpeechToText:  "SpeechToTextOutput",
+	ProfileVideoAnalysis: "VideoAnalysisOutput",
+}
+
+// speechFormats are the output formats SpeechToTextOutput can request.
+var speechFormats = []string{"jsonFormat", "ttmlFormat", "srtFormat", "textFormat", "draftjsFormat"}
+
+// Tag keys kept on Medius jobs created through Cortex.
+const (
+	tagProfile  = "cortex.jobProfile"
+	tagQuantity = "cortex.quantity"
+)
+
+// Jobs is the job API the front-end translates to (jobapi.Server).
+type Jobs interface {
+	CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*jobsv1.Job, error)
+	GetJob(ctx context.Context, req *jobsv1.GetJobRequest) (*jobsv1.Job, error)
+}
+
+// Exchanger turns a client id and secret into a token.
+type Exchanger interface {
+	Exchange(ctx context.Context, clientID, secret string) (string, time.Time, error)
+}
+
+// Handler serves /cortex.
+type Handler struct {
+	Jobs   Jobs
+	Authn  *auth.Authenticator
+	Tokens Exchanger
+	// Profiles maps Cortex profiles to Medius profiles (DefaultProfiles
+	// when nil).
+	Profiles map[string]string
+	// S3 tells whether the workers can reach S3 (awsS3Bucket/awsS3Key
+	// locators are used when a locator has no httpEndpoint).
+	S3  bool
+	now func() time.Time
+}
+
+// Mount adds the routes to mux.
+func (h *Handler) Mount(mux *http.ServeMux) {
+	mux.HandleFunc("POST "+Prefix+"/auth/access-token", h.accessToken)
+	mux.HandleFunc("POST "+Prefix+"/jobs", h.authed(h.createJob))
+	mux.HandleFunc("GET "+Prefix+"/jobs/{jobId}", h.authed(h.getJob))
+	mux.HandleFunc("GET "+Prefix+"/job-types", h.authed(h.jobTypes))
+	mux.HandleFunc(Prefix+"/", func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, http.StatusNotFound, "route-not-found", "Not Found", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path), "")
+	})
+}
+
+// Token is the spec's Token.
+type Token struct {
+	Authorization string `json:"authorization"`
+	Expires       int64  `json:"expires"`
+}
+
+func (h *Handler) accessToken(w http.ResponseWriter, r *http.Request) {
+	client, secret := r.Header.Get("client"), r.Header.Get("secret")
+	if client == "" || secret == "" {
+		writeProblem(w, http.StatusUnauthorized, "unauthenticated", "Unauthenticated", "the client and secret headers are required", "")
+		return
+	}
+	tok, exp, err := h.Tokens.Exchange(r.Context(), client, secret)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	// expires is the token's lifetime in seconds, like the OAuth expires_in.
+	writeJSON(w, http.StatusCreated, Token{Authorization: "Bearer " + tok, Expires: int64(math.Round(time.Until(exp).Seconds()))})
+}
+
+// authed authenticates the Authorization header: "Bearer <token>" as the
+// access-token answer gives it, or the bare token, which some SDKs send.
+func (h *Handler) authed(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		hdr := r.Header.Get("Authorization")
+		cred := auth.BearerFrom(hdr)
+		if cred == "" && !strings.Contains(strings.TrimSpace(hdr), " ") {
+			cred = strings.TrimSpace(hdr)
+		}
+		p, err := h.Authn.Authenticate(r.Context(), cred)
+		if err != nil {
+			h.writeError(w, r, err)
+			return
+		}
+		ctx := auth.WithPrincipal(r.Context(), p)
+		if _, err := auth.TenantFrom(ctx); err != nil {
+			h.writeError(w, r, err)
+			return
+		}
+		next(w, r.WithContext(ctx))
+	}
+}
+
+// Locator is the spec's FIMS-style locator.
+type Locator struct {
+	AWSS3Bucket  string `json:"awsS3Bucket,omitempty"`
+	AWSS3Key     string `json:"awsS3Key,omitempty"`
+	HTTPEndpoint string `json:"httpEndpoint,omitempty"`
+}
+
+// JobMediatorInput is the request body of POST /jobs. Unknown fields are
+// tolerated, as Cortex clients send more than the schema lists.
+type JobMediatorInput struct {
+	ProjectServiceID     *string         `json:"projectServiceId"`
+	Quantity             *json.Number    `json:"quantity"`
+	Tracking             json.RawMessage `json:"tracking"`
+	NotificationEndpoint string          `json:"notificationEndpoint"`
+	Job                  *struct {
+		JobType          string          `json:"jobType"`
+		JobProfile       string          `json:"jobProfile"`
+		RegionName       string          `json:"regionName"`
+		MaxRegionLatency *json.Number    `json:"maxRegionLatency"`
+		JobInput         json.RawMessage `json:"jobInput"`
+	} `json:"job"`
+}
+
+// jobInput holds the fields of VideoAnalysisInput and SpeechToTextInput.
+type jobInput struct {
+	JobInputType   string          `json:"jobInputType"`
+	InputFile      *Locator        `json:"inputFile"`
+	OutputLocation json.RawMessage `json:"outputLocation"`
+}
+
+// MediatorJob is the spec's MediatorJob.
+type MediatorJob struct {
+	ID           string         `json:"id"`
+	DateCreated  string         `json:"dateCreated"`
+	DateModified string         `json:"dateModified"`
+	Quantity     int64          `json:"quantity"`
+	Status       JobStatus      `json:"status"`
+	JobOutput    map[string]any `json:"jobOutput,omitempty"`
+}
+
+// JobStatus is the spec's JobMediatorStatus.
+type JobStatus struct {
+	Status        string `json:"status"`
+	StatusMessage string `json:"statusMessage"`
+	Progress      int32  `json:"progress"`
+}
+
+// JobType is the spec's JobType (named JobTypeProfiles). The schema lists
+// "name" but requires "jobType", so both carry the type.
+type JobType struct {
+	Name     string   `json:"name"`
+	JobType  string   `json:"jobType"`
+	Profiles []string `json:"profiles"`
+}
+
+const maxBody = 1 << 20
+
+func (h *Handler) createJob(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	tenant, _ := auth.TenantFrom(ctx)
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		writeProblem(w, http.StatusRequestEntityTooLarge, "body-too-large", "Request body too large", fmt.Sprintf("request bodies are limited to %d bytes", maxBody), "")
+		return
+	}
+	var in JobMediatorInput
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.UseNumber()
+	if err := dec.Decode(&in); err != nil {
+		writeProblem(w, http.StatusBadRequest, "malformed-body", "Malformed request body", "the body is not a JobMediatorInput: "+err.Error(), "")
+		return
+	}
+	job, err := h.translate(&in, tenant)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	created, err := h.Jobs.CreateJob(ctx, &jobsv1.CreateJobRequest{Job: job, RequestId: requestID(&in)})
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, toMediatorJob(created))
+}
+
+// requestID makes a Cortex tracking object the idempotency key: the spec
+// says it identifies the job uniquely. The profile is part of the key, since
+// one title is commonly sent to several profiles with the same tracking.
+func requestID(in *JobMediatorInput) string {
+	t := strings.TrimSpace(string(in.Tracking))
+	if t == "" || t == "null" || t == "{}" || t == `""` {
+		return ""
+	}
+	var v any
+	if json.Unmarshal(in.Tracking, &v) != nil {
+		return ""
+	}
+	canon, _ := json.Marshal(v) // map keys sorted: the same object, the same key
+	sum := sha256.Sum256(append([]byte(in.Job.JobProfile+"\x00"), canon...))
+	return "cortex-tracking-" + hex.EncodeToString(sum[:])
+}
+
+func badRequest(field, format string, args ...any) error {
+	return problem.InvalidArgument(field, format, args...)
+}
+
+// translate checks the required fields and builds the Medius job.
+func (h *Handler) translate(in *JobMediatorInput, tenant string) (*jobsv1.Job, error) {
+	switch {
+	case in.ProjectServiceID == nil || *in.ProjectServiceID == "":
+		return nil, badRequest("projectServiceId", "projectServiceId is required")
+	case *in.ProjectServiceID != tenant:
+		return nil, badRequest("projectServiceId", "projectServiceId %q does not match the project of the access token", *in.ProjectServiceID)
+	case in.Quantity == nil:
+		return nil, badRequest("quantity", "quantity is required")
+	case in.Job == nil:
+		return nil, badRequest("job", "job is required")
+	case in.Job.JobProfile == "":
+		return nil, badRequest("job.jobProfile", "job.jobProfile is required")
+	}
+	if _, err := in.Quantity.Int64(); err != nil {
+		return nil, badRequest("quantity", "quantity must be an integer")
+	}
+	profiles := h.Profiles
+	if profiles == nil {
+		profiles = DefaultProfiles
+	}
+	profile, ok := profiles[in.Job.JobProfile]
+	if !ok {
+		known := make([]string, 0, len(profiles))
+		for k := range profiles {
+			known = append(known, k)
+		}
+		slices.Sort(known)
+		return nil, badRequest("job.jobProfile", "job profile %q is not offered; offered: %s", in.Job.JobProfile, strings.Join(known, ", "))
+	}
+	if len(in.Job.JobInput) == 0 {
+		return nil, badRequest("job.jobInput", "job.jobInput is required")
+	}
+	var ji jobInput
+	if err := json.Unmarshal(in.Job.JobInput, &ji); err != nil {
+		return nil, badRequest("job.jobInput", "job.jobInput is not an object: %v", err)
+	}
+	var params map[string]any
+	_ = json.Unmarshal(in.Job.JobInput, &params)
+
+	job := &jobsv1.Job{
+		Profile:              profile,
+		JobType:              in.Job.JobType,
+		Region:               in.Job.RegionName,
+		NotificationEndpoint: in.NotificationEndpoint,
+		Input:                &jobsv1.JobInput{Locators: map[string]*jobsv1.Locator{}},
+		Tags:                 map[string]string{tagProfile: in.Job.JobProfile, tagQuantity: in.Quantity.String()},
+	}
+	if ji.InputFile == nil {
+		return nil, badRequest("job.jobInput.inputFile", "job.jobInput.inputFile is required")
+	}
+	u, err := h.locatorURL("job.jobInput.inputFile", ji.InputFile)
+	if err != nil {
+		return nil, err
+	}
+	job.Input.Locators["inputFile"] = &jobsv1.Locator{Url: u}
+	if len(ji.OutputLocation) == 0 || string(ji.OutputLocation) == "null" {
+		return nil, badRequest("job.jobInput.outputLocation", "job.jobInput.outputLocation is required")
+	}
+	// Where the worker writes: VideoAnalysis names one file, SpeechToText
+	// one per format. They travel as locators of those names.
+	if in.Job.JobProfile == ProfileSpeechToText {
+		var out map[string]*Locator
+		if err := json.Unmarshal(ji.OutputLocation, &out); err != nil {
+			return nil, badRequest("job.jobInput.outputLocation", "outputLocation must be a SpeechToTextOutput object")
+		}
+		for _, f := range speechFormats {
+			if l := out[f]; l != nil {
+				u, err := h.locatorURL("job.jobInput.outputLocation."+f, l)
+				if err != nil {
+					return nil, err
+				}
+				job.Input.Locators[f] = &jobsv1.Locator{Url: u}
+			}
+		}
+		if len(job.Input.Locators) == 1 {
+			return nil, badRequest("job.jobInput.outputLocation", "outputLocation names no output format (%s)", strings.Join(speechFormats, ", "))
+		}
+	} else {
+		var out Locator
+		if err := json.Unmarshal(ji.OutputLocation, &out); err != nil {
+			return nil, badRequest("job.jobInput.outputLocation", "outputLocation must be a Locator")
+		}
+		u, err := h.locatorURL("job.jobInput.outputLocation", &out)
+		if err != nil {
+			return nil, err
+		}
+		job.Input.Locators["outputLocation"] = &jobsv1.Locator{Url: u}
+	}
+	// Everything else of the job input (language, dataFilter, vocabulary,
+	// startOfMaterial...) goes to the worker as parameters.
+	delete(params, "inputFile")
+	delete(params, "outputLocation")
+	delete(params, "jobInputType")
+	if len(params) > 0 {
+		st, err := structpb.NewStruct(params)
+		if err != nil {
+			return nil, badRequest("job.jobInput", "job.jobInput: %v", err)
+		}
+		job.Input.Parameters = st
+	}
+	if t := strings.TrimSpace(string(in.Tracking)); t != "" && t != "null" {
+		var v any
+		if err := json.Unmarshal(in.Tracking, &v); err != nil {
+			return nil, badRequest("tracking", "tracking is not JSON")
+		}
+		tv, err := structpb.NewValue(v)
+		if err != nil {
+			return nil, badRequest("tracking", "tracking: %v", err)
+		}
+		job.Tracking = tv
+	}
+	return job, nil
+}
+
+// locatorURL picks the URL a worker uses: the httpEndpoint (GET for inputs,
+// PUT for outputs), else s3://bucket/key when S3 is configured.
+func (h *Handler) locatorURL(field string, l *Locator) (string, error) {
+	if l.HTTPEndpoint != "" {
+		u, err := url.Parse(l.HTTPEndpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return "", badRequest(field+".httpEndpoint", "httpEndpoint must be an absolute http(s) URL")
+		}
+		return l.HTTPEndpoint, nil
+	}
+	if l.AWSS3Bucket != "" && l.AWSS3Key != "" {
+		if !h.S3 {
+			return "", badRequest(field+".httpEndpoint", "httpEndpoint is required: this deployment has no S3 endpoint configured")
+		}
+		return "s3://" + l.AWSS3Bucket + "/" + strings.TrimPrefix(l.AWSS3Key, "/"), nil
+	}
+	return "", badRequest(field, "a locator needs an httpEndpoint (or awsS3Bucket and awsS3Key)")
+}
+
+func (h *Handler) getJob(w http.ResponseWriter, r *http.Request) {
+	job, err := h.Jobs.GetJob(r.Context(), &jobsv1.GetJobRequest{Id: r.PathValue("jobId")})
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toMediatorJob(job))
+}
+
+func (h *Handler) jobTypes(w http.ResponseWriter, r *http.Request) {
+	tenant, _ := auth.TenantFrom(r.Context())
+	psid := r.Header.Get("ProjectServiceId")
+	if psid == "" {
+		writeProblem(w, http.StatusBadRequest, "invalid-argument", "Invalid argument", "the ProjectServiceId header is required", "ProjectServiceId")
+		return
+	}
+	if psid != tenant {
+		writeProblem(w, http.StatusBadRequest, "invalid-argument", "Invalid argument", "ProjectServiceId does not match the project of the access token", "ProjectServiceId")
+		return
+	}
+	profiles := h.Profiles
+	if profiles == nil {
+		profiles = DefaultProfiles
+	}
+	names := make([]string, 0, len(profiles))
+	for k := range profiles {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	writeJSON(w, http.StatusOK, []JobType{{Name: "AIJob", JobType: "AIJob", Profiles: names}})
+}
+
+// cortexStatus maps Medius statuses to the spec's enum, which has no
+// CANCELED: a canceled job reads FAILED with a message saying so.
+func cortexStatus(j *jobsv1.Job) (string, string) {
+	msg := j.GetStatusMessage()
+	switch j.GetStatus() {
+	case jobsv1.JobStatus_JOB_STATUS_QUEUED:
+		return "QUEUED", msg
+	case jobsv1.JobStatus_JOB_STATUS_SCHEDULED:
+		return "SCHEDULED", msg
+	case jobsv1.JobStatus_JOB_STATUS_RUNNING:
+		return "RUNNING", msg
+	case jobsv1.JobStatus_JOB_STATUS_COMPLETED:
+		return "COMPLETED", msg
+	case jobsv1.JobStatus_JOB_STATUS_FAILED:
+		if msg == "" && j.GetError() != nil {
+			msg = strings.TrimSpace(j.GetError().GetTitle() + ": " + j.GetError().GetDetail())
+		}
+		return "FAILED", msg
+	case jobsv1.JobStatus_JOB_STATUS_CANCELED:
+		if msg == "" {
+			msg = "canceled"
+		}
+		return "FAILED", msg
+	}
+	return "NEW", msg
+}
+
+func toMediatorJob(j *jobsv1.Job) MediatorJob {
+	st, msg := cortexStatus(j)
+	mj := MediatorJob{
+		ID:           j.GetId(),
+		DateCreated:  j.GetCreateTime().AsTime().UTC().Format("2006-01-02T15:04:05.000Z"),
+		DateModified: j.GetUpdateTime().AsTime().UTC().Format("2006-01-02T15:04:05.000Z"),
+		// Billing counts started seconds.
+		Quantity: int64(math.Ceil(j.GetVerifiedQuantity())),
+		Status:   JobStatus{Status: st, StatusMessage: msg, Progress: min(max(j.GetProgress(), 0), 100)},
+	}
+	if typ, ok := outputType[j.GetTags()[tagProfile]]; ok {
+		mj.JobOutput = map[string]any{"jobOutputType": typ}
+	}
+	return mj
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeProblem(w http.ResponseWriter, code int, typ, title, detail, field string) {
+	problem.Write(w, &jobsv1.Problem{Type: problem.TypePrefix + typ, Title: title, Detail: detail, Status: int32(code), Field: field})
+}
+
+// writeError answers err as problem JSON with the Cortex status codes: the
+// spec answers a quota violation with 502.
+func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	st, _ := status.FromError(problem.ToStatus(r.Context(), err))
+	p := problem.FromStatus(st)
+	if st.Code() == codes.ResourceExhausted {
+		p.Status = http.StatusBadGateway
+	}
+	var pe *problem.Error
+	if errors.As(err, &pe) && pe.Code == codes.InvalidArgument && p.Field == "" {
+		p.Field = pe.Field
+	}
+	problem.Write(w, p)
+}
