@@ -758,12 +758,18 @@ func (x *GetJobRequest) GetId() string {
 type ListJobsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most 1000; 0 means 50.
-	PageSize      int32     `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string    `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	Status        JobStatus `protobuf:"varint,3,opt,name=status,proto3,enum=medius.jobs.v1.JobStatus" json:"status,omitempty"`
-	Profile       string    `protobuf:"bytes,4,opt,name=profile,proto3" json:"profile,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PageSize  int32     `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string    `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	Status    JobStatus `protobuf:"varint,3,opt,name=status,proto3,enum=medius.jobs.v1.JobStatus" json:"status,omitempty"`
+	Profile   string    `protobuf:"bytes,4,opt,name=profile,proto3" json:"profile,omitempty"`
+	// Only jobs carrying this tag: "key=value", or "key" for any value.
+	Tag string `protobuf:"bytes,5,opt,name=tag,proto3" json:"tag,omitempty"`
+	// Only jobs created at or after this time.
+	CreateTimeAfter *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time_after,json=createTimeAfter,proto3" json:"create_time_after,omitempty"`
+	// Only jobs created before this time.
+	CreateTimeBefore *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time_before,json=createTimeBefore,proto3" json:"create_time_before,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ListJobsRequest) Reset() {
@@ -822,6 +828,27 @@ func (x *ListJobsRequest) GetProfile() string {
 		return x.Profile
 	}
 	return ""
+}
+
+func (x *ListJobsRequest) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetCreateTimeAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTimeAfter
+	}
+	return nil
+}
+
+func (x *ListJobsRequest) GetCreateTimeBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTimeBefore
+	}
+	return nil
 }
 
 type ListJobsResponse struct {
@@ -1052,6 +1079,130 @@ func (x *RestartJobRequest) GetId() string {
 	return ""
 }
 
+type WatchJobRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobRequest) Reset() {
+	*x = WatchJobRequest{}
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobRequest) ProtoMessage() {}
+
+func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
+func (*WatchJobRequest) Descriptor() ([]byte, []int) {
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WatchJobRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DeleteJobRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteJobRequest) Reset() {
+	*x = DeleteJobRequest{}
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteJobRequest) ProtoMessage() {}
+
+func (x *DeleteJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteJobRequest.ProtoReflect.Descriptor instead.
+func (*DeleteJobRequest) Descriptor() ([]byte, []int) {
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DeleteJobRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DeleteJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteJobResponse) Reset() {
+	*x = DeleteJobResponse{}
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteJobResponse) ProtoMessage() {}
+
+func (x *DeleteJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteJobResponse.ProtoReflect.Descriptor instead.
+func (*DeleteJobResponse) Descriptor() ([]byte, []int) {
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{16}
+}
+
 var File_medius_jobs_v1_jobs_proto protoreflect.FileDescriptor
 
 const file_medius_jobs_v1_jobs_proto_rawDesc = "" +
@@ -1128,13 +1279,16 @@ const file_medius_jobs_v1_jobs_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x02 \x01(\tR\trequestId\"\x1f\n" +
 	"\rGetJobRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x9a\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xbe\x02\n" +
 	"\x0fListJobsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\x121\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x19.medius.jobs.v1.JobStatusR\x06status\x12\x18\n" +
-	"\aprofile\x18\x04 \x01(\tR\aprofile\"c\n" +
+	"\aprofile\x18\x04 \x01(\tR\aprofile\x12\x10\n" +
+	"\x03tag\x18\x05 \x01(\tR\x03tag\x12F\n" +
+	"\x11create_time_after\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x0fcreateTimeAfter\x12H\n" +
+	"\x12create_time_before\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x10createTimeBefore\"c\n" +
 	"\x10ListJobsResponse\x12'\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x13.medius.jobs.v1.JobR\x04jobs\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\"\n" +
@@ -1147,7 +1301,12 @@ const file_medius_jobs_v1_jobs_proto_rawDesc = "" +
 	"executions\x18\x01 \x03(\v2\x19.medius.jobs.v1.ExecutionR\n" +
 	"executions\"#\n" +
 	"\x11RestartJobRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id*\xce\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"!\n" +
+	"\x0fWatchJobRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\"\n" +
+	"\x10DeleteJobRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x13\n" +
+	"\x11DeleteJobResponse*\xce\x01\n" +
 	"\tJobStatus\x12\x1a\n" +
 	"\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eJOB_STATUS_NEW\x10\x01\x12\x15\n" +
@@ -1156,7 +1315,7 @@ const file_medius_jobs_v1_jobs_proto_rawDesc = "" +
 	"\x12JOB_STATUS_RUNNING\x10\x04\x12\x18\n" +
 	"\x14JOB_STATUS_COMPLETED\x10\x05\x12\x15\n" +
 	"\x11JOB_STATUS_FAILED\x10\x06\x12\x17\n" +
-	"\x13JOB_STATUS_CANCELED\x10\a2\xf7\x04\n" +
+	"\x13JOB_STATUS_CANCELED\x10\a2\xa4\x06\n" +
 	"\n" +
 	"JobService\x12Y\n" +
 	"\tCreateJob\x12 .medius.jobs.v1.CreateJobRequest\x1a\x13.medius.jobs.v1.Job\"\x15\x82\xd3\xe4\x93\x02\x0f:\x03job\"\b/v1/jobs\x12S\n" +
@@ -1166,7 +1325,9 @@ const file_medius_jobs_v1_jobs_proto_rawDesc = "" +
 	"\tCancelJob\x12 .medius.jobs.v1.CancelJobRequest\x1a\x13.medius.jobs.v1.Job\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/jobs/{id}:cancel\x12\x8a\x01\n" +
 	"\x11ListJobExecutions\x12(.medius.jobs.v1.ListJobExecutionsRequest\x1a).medius.jobs.v1.ListJobExecutionsResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/jobs/{id}/executions\x12f\n" +
 	"\n" +
-	"RestartJob\x12!.medius.jobs.v1.RestartJobRequest\x1a\x13.medius.jobs.v1.Job\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/jobs/{id}:restartBAZ?github.com/medius-platform/medius/pkg/api/medius/jobs/v1;jobsv1b\x06proto3"
+	"RestartJob\x12!.medius.jobs.v1.RestartJobRequest\x1a\x13.medius.jobs.v1.Job\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/jobs/{id}:restart\x12B\n" +
+	"\bWatchJob\x12\x1f.medius.jobs.v1.WatchJobRequest\x1a\x13.medius.jobs.v1.Job0\x01\x12g\n" +
+	"\tDeleteJob\x12 .medius.jobs.v1.DeleteJobRequest\x1a!.medius.jobs.v1.DeleteJobResponse\"\x15\x82\xd3\xe4\x93\x02\x0f*\r/v1/jobs/{id}BAZ?github.com/medius-platform/medius/pkg/api/medius/jobs/v1;jobsv1b\x06proto3"
 
 var (
 	file_medius_jobs_v1_jobs_proto_rawDescOnce sync.Once
@@ -1181,7 +1342,7 @@ func file_medius_jobs_v1_jobs_proto_rawDescGZIP() []byte {
 }
 
 var file_medius_jobs_v1_jobs_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_medius_jobs_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_medius_jobs_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_medius_jobs_v1_jobs_proto_goTypes = []any{
 	(JobStatus)(0),                    // 0: medius.jobs.v1.JobStatus
 	(*Problem)(nil),                   // 1: medius.jobs.v1.Problem
@@ -1198,59 +1359,68 @@ var file_medius_jobs_v1_jobs_proto_goTypes = []any{
 	(*ListJobExecutionsRequest)(nil),  // 12: medius.jobs.v1.ListJobExecutionsRequest
 	(*ListJobExecutionsResponse)(nil), // 13: medius.jobs.v1.ListJobExecutionsResponse
 	(*RestartJobRequest)(nil),         // 14: medius.jobs.v1.RestartJobRequest
-	nil,                               // 15: medius.jobs.v1.JobInput.LocatorsEntry
-	nil,                               // 16: medius.jobs.v1.JobOutput.LocatorsEntry
-	nil,                               // 17: medius.jobs.v1.Job.TagsEntry
-	(*structpb.Struct)(nil),           // 18: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil),     // 19: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 20: google.protobuf.Duration
-	(*structpb.Value)(nil),            // 21: google.protobuf.Value
+	(*WatchJobRequest)(nil),           // 15: medius.jobs.v1.WatchJobRequest
+	(*DeleteJobRequest)(nil),          // 16: medius.jobs.v1.DeleteJobRequest
+	(*DeleteJobResponse)(nil),         // 17: medius.jobs.v1.DeleteJobResponse
+	nil,                               // 18: medius.jobs.v1.JobInput.LocatorsEntry
+	nil,                               // 19: medius.jobs.v1.JobOutput.LocatorsEntry
+	nil,                               // 20: medius.jobs.v1.Job.TagsEntry
+	(*structpb.Struct)(nil),           // 21: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),     // 22: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 23: google.protobuf.Duration
+	(*structpb.Value)(nil),            // 24: google.protobuf.Value
 }
 var file_medius_jobs_v1_jobs_proto_depIdxs = []int32{
-	15, // 0: medius.jobs.v1.JobInput.locators:type_name -> medius.jobs.v1.JobInput.LocatorsEntry
-	18, // 1: medius.jobs.v1.JobInput.parameters:type_name -> google.protobuf.Struct
-	16, // 2: medius.jobs.v1.JobOutput.locators:type_name -> medius.jobs.v1.JobOutput.LocatorsEntry
-	18, // 3: medius.jobs.v1.JobOutput.data:type_name -> google.protobuf.Struct
+	18, // 0: medius.jobs.v1.JobInput.locators:type_name -> medius.jobs.v1.JobInput.LocatorsEntry
+	21, // 1: medius.jobs.v1.JobInput.parameters:type_name -> google.protobuf.Struct
+	19, // 2: medius.jobs.v1.JobOutput.locators:type_name -> medius.jobs.v1.JobOutput.LocatorsEntry
+	21, // 3: medius.jobs.v1.JobOutput.data:type_name -> google.protobuf.Struct
 	0,  // 4: medius.jobs.v1.Execution.status:type_name -> medius.jobs.v1.JobStatus
-	19, // 5: medius.jobs.v1.Execution.dispatch_time:type_name -> google.protobuf.Timestamp
-	19, // 6: medius.jobs.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
-	19, // 7: medius.jobs.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
+	22, // 5: medius.jobs.v1.Execution.dispatch_time:type_name -> google.protobuf.Timestamp
+	22, // 6: medius.jobs.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
+	22, // 7: medius.jobs.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
 	1,  // 8: medius.jobs.v1.Execution.error:type_name -> medius.jobs.v1.Problem
 	3,  // 9: medius.jobs.v1.Job.input:type_name -> medius.jobs.v1.JobInput
 	4,  // 10: medius.jobs.v1.Job.output:type_name -> medius.jobs.v1.JobOutput
 	0,  // 11: medius.jobs.v1.Job.status:type_name -> medius.jobs.v1.JobStatus
 	1,  // 12: medius.jobs.v1.Job.error:type_name -> medius.jobs.v1.Problem
-	20, // 13: medius.jobs.v1.Job.timeout:type_name -> google.protobuf.Duration
-	19, // 14: medius.jobs.v1.Job.deadline:type_name -> google.protobuf.Timestamp
-	17, // 15: medius.jobs.v1.Job.tags:type_name -> medius.jobs.v1.Job.TagsEntry
-	21, // 16: medius.jobs.v1.Job.tracking:type_name -> google.protobuf.Value
-	19, // 17: medius.jobs.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	19, // 18: medius.jobs.v1.Job.update_time:type_name -> google.protobuf.Timestamp
-	19, // 19: medius.jobs.v1.Job.end_time:type_name -> google.protobuf.Timestamp
+	23, // 13: medius.jobs.v1.Job.timeout:type_name -> google.protobuf.Duration
+	22, // 14: medius.jobs.v1.Job.deadline:type_name -> google.protobuf.Timestamp
+	20, // 15: medius.jobs.v1.Job.tags:type_name -> medius.jobs.v1.Job.TagsEntry
+	24, // 16: medius.jobs.v1.Job.tracking:type_name -> google.protobuf.Value
+	22, // 17: medius.jobs.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	22, // 18: medius.jobs.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	22, // 19: medius.jobs.v1.Job.end_time:type_name -> google.protobuf.Timestamp
 	5,  // 20: medius.jobs.v1.Job.executions:type_name -> medius.jobs.v1.Execution
 	6,  // 21: medius.jobs.v1.CreateJobRequest.job:type_name -> medius.jobs.v1.Job
 	0,  // 22: medius.jobs.v1.ListJobsRequest.status:type_name -> medius.jobs.v1.JobStatus
-	6,  // 23: medius.jobs.v1.ListJobsResponse.jobs:type_name -> medius.jobs.v1.Job
-	5,  // 24: medius.jobs.v1.ListJobExecutionsResponse.executions:type_name -> medius.jobs.v1.Execution
-	2,  // 25: medius.jobs.v1.JobInput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
-	2,  // 26: medius.jobs.v1.JobOutput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
-	7,  // 27: medius.jobs.v1.JobService.CreateJob:input_type -> medius.jobs.v1.CreateJobRequest
-	8,  // 28: medius.jobs.v1.JobService.GetJob:input_type -> medius.jobs.v1.GetJobRequest
-	9,  // 29: medius.jobs.v1.JobService.ListJobs:input_type -> medius.jobs.v1.ListJobsRequest
-	11, // 30: medius.jobs.v1.JobService.CancelJob:input_type -> medius.jobs.v1.CancelJobRequest
-	12, // 31: medius.jobs.v1.JobService.ListJobExecutions:input_type -> medius.jobs.v1.ListJobExecutionsRequest
-	14, // 32: medius.jobs.v1.JobService.RestartJob:input_type -> medius.jobs.v1.RestartJobRequest
-	6,  // 33: medius.jobs.v1.JobService.CreateJob:output_type -> medius.jobs.v1.Job
-	6,  // 34: medius.jobs.v1.JobService.GetJob:output_type -> medius.jobs.v1.Job
-	10, // 35: medius.jobs.v1.JobService.ListJobs:output_type -> medius.jobs.v1.ListJobsResponse
-	6,  // 36: medius.jobs.v1.JobService.CancelJob:output_type -> medius.jobs.v1.Job
-	13, // 37: medius.jobs.v1.JobService.ListJobExecutions:output_type -> medius.jobs.v1.ListJobExecutionsResponse
-	6,  // 38: medius.jobs.v1.JobService.RestartJob:output_type -> medius.jobs.v1.Job
-	33, // [33:39] is the sub-list for method output_type
-	27, // [27:33] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	22, // 23: medius.jobs.v1.ListJobsRequest.create_time_after:type_name -> google.protobuf.Timestamp
+	22, // 24: medius.jobs.v1.ListJobsRequest.create_time_before:type_name -> google.protobuf.Timestamp
+	6,  // 25: medius.jobs.v1.ListJobsResponse.jobs:type_name -> medius.jobs.v1.Job
+	5,  // 26: medius.jobs.v1.ListJobExecutionsResponse.executions:type_name -> medius.jobs.v1.Execution
+	2,  // 27: medius.jobs.v1.JobInput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
+	2,  // 28: medius.jobs.v1.JobOutput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
+	7,  // 29: medius.jobs.v1.JobService.CreateJob:input_type -> medius.jobs.v1.CreateJobRequest
+	8,  // 30: medius.jobs.v1.JobService.GetJob:input_type -> medius.jobs.v1.GetJobRequest
+	9,  // 31: medius.jobs.v1.JobService.ListJobs:input_type -> medius.jobs.v1.ListJobsRequest
+	11, // 32: medius.jobs.v1.JobService.CancelJob:input_type -> medius.jobs.v1.CancelJobRequest
+	12, // 33: medius.jobs.v1.JobService.ListJobExecutions:input_type -> medius.jobs.v1.ListJobExecutionsRequest
+	14, // 34: medius.jobs.v1.JobService.RestartJob:input_type -> medius.jobs.v1.RestartJobRequest
+	15, // 35: medius.jobs.v1.JobService.WatchJob:input_type -> medius.jobs.v1.WatchJobRequest
+	16, // 36: medius.jobs.v1.JobService.DeleteJob:input_type -> medius.jobs.v1.DeleteJobRequest
+	6,  // 37: medius.jobs.v1.JobService.CreateJob:output_type -> medius.jobs.v1.Job
+	6,  // 38: medius.jobs.v1.JobService.GetJob:output_type -> medius.jobs.v1.Job
+	10, // 39: medius.jobs.v1.JobService.ListJobs:output_type -> medius.jobs.v1.ListJobsResponse
+	6,  // 40: medius.jobs.v1.JobService.CancelJob:output_type -> medius.jobs.v1.Job
+	13, // 41: medius.jobs.v1.JobService.ListJobExecutions:output_type -> medius.jobs.v1.ListJobExecutionsResponse
+	6,  // 42: medius.jobs.v1.JobService.RestartJob:output_type -> medius.jobs.v1.Job
+	6,  // 43: medius.jobs.v1.JobService.WatchJob:output_type -> medius.jobs.v1.Job
+	17, // 44: medius.jobs.v1.JobService.DeleteJob:output_type -> medius.jobs.v1.DeleteJobResponse
+	37, // [37:45] is the sub-list for method output_type
+	29, // [29:37] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_medius_jobs_v1_jobs_proto_init() }
@@ -1264,7 +1434,7 @@ func file_medius_jobs_v1_jobs_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_medius_jobs_v1_jobs_proto_rawDesc), len(file_medius_jobs_v1_jobs_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,8 @@ const (
 	JobService_CancelJob_FullMethodName         = "/medius.jobs.v1.JobService/CancelJob"
 	JobService_ListJobExecutions_FullMethodName = "/medius.jobs.v1.JobService/ListJobExecutions"
 	JobService_RestartJob_FullMethodName        = "/medius.jobs.v1.JobService/RestartJob"
+	JobService_WatchJob_FullMethodName          = "/medius.jobs.v1.JobService/WatchJob"
+	JobService_DeleteJob_FullMethodName         = "/medius.jobs.v1.JobService/DeleteJob"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -46,6 +48,13 @@ type JobServiceClient interface {
 	ListJobExecutions(ctx context.Context, in *ListJobExecutionsRequest, opts ...grpc.CallOption) (*ListJobExecutionsResponse, error)
 	// RestartJob runs a FAILED or CANCELED job again as a new execution.
 	RestartJob(ctx context.Context, in *RestartJobRequest, opts ...grpc.CallOption) (*Job, error)
+	// WatchJob streams the job as it changes: its current state first, then
+	// every change, in order, ending after a terminal state. REST clients use
+	// Server-Sent Events at GET /v1/jobs/{id}:watch instead.
+	WatchJob(ctx context.Context, in *WatchJobRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Job], error)
+	// DeleteJob removes a terminal job from the repository; a job that has not
+	// ended is refused (FailedPrecondition).
+	DeleteJob(ctx context.Context, in *DeleteJobRequest, opts ...grpc.CallOption) (*DeleteJobResponse, error)
 }
 
 type jobServiceClient struct {
@@ -116,6 +125,35 @@ func (c *jobServiceClient) RestartJob(ctx context.Context, in *RestartJobRequest
 	return out, nil
 }
 
+func (c *jobServiceClient) WatchJob(ctx context.Context, in *WatchJobRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Job], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &JobService_ServiceDesc.Streams[0], JobService_WatchJob_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchJobRequest, Job]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobService_WatchJobClient = grpc.ServerStreamingClient[Job]
+
+func (c *jobServiceClient) DeleteJob(ctx context.Context, in *DeleteJobRequest, opts ...grpc.CallOption) (*DeleteJobResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteJobResponse)
+	err := c.cc.Invoke(ctx, JobService_DeleteJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -135,6 +173,13 @@ type JobServiceServer interface {
 	ListJobExecutions(context.Context, *ListJobExecutionsRequest) (*ListJobExecutionsResponse, error)
 	// RestartJob runs a FAILED or CANCELED job again as a new execution.
 	RestartJob(context.Context, *RestartJobRequest) (*Job, error)
+	// WatchJob streams the job as it changes: its current state first, then
+	// every change, in order, ending after a terminal state. REST clients use
+	// Server-Sent Events at GET /v1/jobs/{id}:watch instead.
+	WatchJob(*WatchJobRequest, grpc.ServerStreamingServer[Job]) error
+	// DeleteJob removes a terminal job from the repository; a job that has not
+	// ended is refused (FailedPrecondition).
+	DeleteJob(context.Context, *DeleteJobRequest) (*DeleteJobResponse, error)
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -162,6 +207,12 @@ func (UnimplementedJobServiceServer) ListJobExecutions(context.Context, *ListJob
 }
 func (UnimplementedJobServiceServer) RestartJob(context.Context, *RestartJobRequest) (*Job, error) {
 	return nil, status.Error(codes.Unimplemented, "method RestartJob not implemented")
+}
+func (UnimplementedJobServiceServer) WatchJob(*WatchJobRequest, grpc.ServerStreamingServer[Job]) error {
+	return status.Error(codes.Unimplemented, "method WatchJob not implemented")
+}
+func (UnimplementedJobServiceServer) DeleteJob(context.Context, *DeleteJobRequest) (*DeleteJobResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteJob not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -292,6 +343,35 @@ func _JobService_RestartJob_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_WatchJob_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchJobRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(JobServiceServer).WatchJob(m, &grpc.GenericServerStream[WatchJobRequest, Job]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobService_WatchJobServer = grpc.ServerStreamingServer[Job]
+
+func _JobService_DeleteJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).DeleteJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_DeleteJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).DeleteJob(ctx, req.(*DeleteJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -323,7 +403,17 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "RestartJob",
 			Handler:    _JobService_RestartJob_Handler,
 		},
+		{
+			MethodName: "DeleteJob",
+			Handler:    _JobService_DeleteJob_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchJob",
+			Handler:       _JobService_WatchJob_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "medius/jobs/v1/jobs.proto",
 }
