@@ -2,12 +2,14 @@ package jobapi
 
 import (
 	"fmt"
+	"math"
 	"net/url"
 	"strings"
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/problem"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // Bounds on client-supplied fields: jobs carry references to media, never
@@ -117,7 +119,8 @@ func validateLocator(name string, loc *jobsv1.Locator) error {
 }
 
 // validateAgainstProfile checks the job's input provides every parameter the
-// profile requires, as a locator or a parameter of that name.
+// profile requires, as a locator or a parameter of that name, and that every
+// declared parameter given has the declared type.
 func validateAgainstProfile(job *jobsv1.Job, profile *registryv1.JobProfile) error {
 	in := job.GetInput()
 	for _, spec := range profile.GetInputParameters() {
@@ -130,5 +133,60 @@ func validateAgainstProfile(job *jobsv1.Job, profile *registryv1.JobProfile) err
 		}
 		return problem.InvalidArgument("job.input."+name, "profile %q requires input parameter %q", profile.GetName(), name)
 	}
+	for _, specs := range [][]*registryv1.ParameterSpec{profile.GetInputParameters(), profile.GetOptionalInputParameters()} {
+		for _, spec := range specs {
+			if err := checkParameterType(profile.GetName(), spec, in); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
+}
+
+// checkParameterType checks a given parameter against its declared type; a
+// locator may come as a locator or as a URL string parameter.
+func checkParameterType(profile string, spec *registryv1.ParameterSpec, in *jobsv1.JobInput) error {
+	name, want := spec.GetName(), strings.ToLower(spec.GetType())
+	if strings.HasSuffix(want, "locator") {
+		// MCMA names kinds of locators (AwsS3FileLocator...); all are locators.
+		want = "locator"
+	}
+	_, isLocator := in.GetLocators()[name]
+	v, isParam := in.GetParameters().GetFields()[name]
+	if !isLocator && !isParam {
+		return nil
+	}
+	got := "locator"
+	if !isLocator {
+		got = valueType(v)
+	}
+	ok := got == want ||
+		(want == "locator" && got == "string") ||
+		(want == "number" && got == "integer") ||
+		want == "" // an untyped parameter takes anything
+	if !ok {
+		return problem.InvalidArgument("job.input."+name, "profile %q input parameter %q must be of type %s, got %s", profile, name, want, got)
+	}
+	return nil
+}
+
+// valueType names a JSON value's type as profiles do; a whole number is an
+// integer (and so also a number).
+func valueType(v *structpb.Value) string {
+	switch k := v.GetKind().(type) {
+	case *structpb.Value_StringValue:
+		return "string"
+	case *structpb.Value_NumberValue:
+		if k.NumberValue == math.Trunc(k.NumberValue) && !math.IsInf(k.NumberValue, 0) {
+			return "integer"
+		}
+		return "number"
+	case *structpb.Value_BoolValue:
+		return "boolean"
+	case *structpb.Value_StructValue:
+		return "object"
+	case *structpb.Value_ListValue:
+		return "array"
+	}
+	return "null"
 }
