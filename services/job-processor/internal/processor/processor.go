@@ -34,6 +34,10 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
+// AckWait of the processor's consumers: the messages a killed replica held
+// go to another after this long, so it bounds the recovery from a crash.
+const AckWait = 10 * time.Second
+
 // Durable consumers of the processor on bus.StreamEvents; replicas share them.
 const (
 	DurableCreated = "processor-created"
@@ -61,8 +65,8 @@ type Config struct {
 	// QueueTimeout is how long a job may wait for a service offering its
 	// profile, counted from its create_time, before it fails (no-service).
 	QueueTimeout time.Duration
-	// HandlerTimeout bounds the handling of one message (default 20s, under
-	// the consumers' 30s ack wait).
+	// HandlerTimeout bounds the handling of one message (default 8s, under
+	// the consumers' AckWait).
 	HandlerTimeout time.Duration
 	// CancelDeliveries is how often a cancel of a job without a record is
 	// retried (its JobCreated may not have been handled yet) before it is
@@ -111,7 +115,7 @@ func New(ctx context.Context, cfg Config) (*Processor, error) {
 		cfg.QueueTimeout = time.Minute
 	}
 	if cfg.HandlerTimeout <= 0 {
-		cfg.HandlerTimeout = 20 * time.Second
+		cfg.HandlerTimeout = 8 * time.Second
 	}
 	if cfg.CancelDeliveries == 0 {
 		cfg.CancelDeliveries = 10
@@ -159,11 +163,11 @@ func (p *Processor) Run(ctx context.Context) error {
 		cfg     bus.ConsumerConfig
 		handler bus.Handler
 	}{
-		{bus.ConsumerConfig{Stream: bus.StreamEvents, Durable: DurableCreated, Filter: []string{bus.SubjectJobCreated}}, p.HandleCreated},
-		{bus.ConsumerConfig{Stream: bus.StreamEvents, Durable: DurableExec, Filter: []string{bus.SubjectExecutionAll}}, p.HandleExecution},
-		{bus.ConsumerConfig{Stream: bus.StreamEvents, Durable: DurableCancel, Filter: []string{bus.SubjectJobCancel}}, p.HandleCancel},
-		{bus.ConsumerConfig{Stream: bus.StreamEvents, Durable: DurableRestart, Filter: []string{bus.SubjectJobRestart}}, p.HandleRestart},
-		{bus.ConsumerConfig{Stream: bus.StreamEvents, Durable: DurableTimer, Filter: []string{subjectTimer + "*"}, MaxAckPending: timerMaxAckPending}, p.HandleTimer},
+		{bus.ConsumerConfig{AckWait: AckWait, Stream: bus.StreamEvents, Durable: DurableCreated, Filter: []string{bus.SubjectJobCreated}}, p.HandleCreated},
+		{bus.ConsumerConfig{AckWait: AckWait, Stream: bus.StreamEvents, Durable: DurableExec, Filter: []string{bus.SubjectExecutionAll}}, p.HandleExecution},
+		{bus.ConsumerConfig{AckWait: AckWait, Stream: bus.StreamEvents, Durable: DurableCancel, Filter: []string{bus.SubjectJobCancel}}, p.HandleCancel},
+		{bus.ConsumerConfig{AckWait: AckWait, Stream: bus.StreamEvents, Durable: DurableRestart, Filter: []string{bus.SubjectJobRestart}}, p.HandleRestart},
+		{bus.ConsumerConfig{AckWait: AckWait, Stream: bus.StreamEvents, Durable: DurableTimer, Filter: []string{subjectTimer + "*"}, MaxAckPending: timerMaxAckPending}, p.HandleTimer},
 	}
 	// Set every consumer up first, so Ready means all of them are there.
 	for _, c := range consumers {
