@@ -57,3 +57,22 @@ func Scenes(t testing.TB, dir string) string {
 		"-c:v", "libx264", "-preset", "veryfast", out)
 	return out
 }
+
+// Caption is one text drawn on a stretch of Captions' video.
+type Caption struct {
+	Text       string
+	Start, End float64
+}
+
+// Captions writes dir/captions.mp4: 4 s of 640x240 white video at 5 fps with
+// the captions drawn in black (DejaVu Sans from fontconfig).
+func Captions(t testing.TB, dir string, caps []Caption) string {
+	t.Helper()
+	out := filepath.Join(dir, "captions.mp4")
+	vf := "color=c=white:s=640x240:d=4:r=5"
+	for _, c := range caps {
+		vf += fmt.Sprintf(",drawtext=text='%s':fontsize=56:fontcolor=black:x=30:y=90:enable='between(t,%g,%g)'", c.Text, c.Start, c.End)
+	}
+	ffmpeg(t, "-f", "lavfi", "-i", vf, "-c:v", "libx264", "-pix_fmt", "yuv420p", out)
+	return out
+}
