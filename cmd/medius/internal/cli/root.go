@@ -13,6 +13,6 @@ func New() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDevCmd(), newJobsCmd(), newTenantsCmd(), newKeysCmd(), newUsageCmd())
+	root.AddCommand(newDevCmd(), newJobsCmd(), newTenantsCmd(), newKeysCmd(), newUsageCmd(), newServicesCmd(), newInstancesCmd(), newProfilesCmd())
 	return root
 }
