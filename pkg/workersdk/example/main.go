@@ -28,8 +28,8 @@ import (
 var greet = workersdk.Profile{
 	Spec: &registryv1.JobProfile{
 		Name: "Greet", JobType: "QAJob", Description: "Says hello, slowly.",
-		InputParameters:  []*registryv1.ParameterSpec{{Name: "name", Type: "string"}},
-		OutputParameters: []*registryv1.ParameterSpec{{Name: "greeting", Type: "string"}},
+		OptionalInputParameters: []*registryv1.ParameterSpec{{Name: "name", Type: "string"}},
+		OutputParameters:        []*registryv1.ParameterSpec{{Name: "greeting", Type: "string"}},
 	},
 	Handler: func(ctx context.Context, job *workersdk.WorkItem, progress func(int)) (*jobsv1.JobOutput, float64, error) {
 		name := job.GetInput().GetParameters().GetFields()["name"].GetStringValue()

@@ -39,12 +39,12 @@ func LoudnessProfile(res *locator.Resolver) workersdk.Profile {
 	return workersdk.Profile{
 		Spec: &registryv1.JobProfile{
 			Name: MeasureLoudness, JobType: "QAJob",
-			Description: "EBU R128 loudness (integrated, range, true peak) with pass/fail against a target, measured by ffmpeg ebur128.",
-			InputParameters: []*registryv1.ParameterSpec{{Name: ParamInputFile, Type: "locator"},
-				{Name: ParamTargetLUFS, Type: "number"}, {Name: ParamToleranceLU, Type: "number"}, {Name: ParamMaxTruePeak, Type: "number"}},
-			OutputParameters: []*registryv1.ParameterSpec{{Name: ParamLoudness, Type: "object"}},
-			DefaultTimeout:   durationpb.New(time.Hour),
-			MaxAttempts:      3,
+			Description:             "EBU R128 loudness (integrated, range, true peak) with pass/fail against a target, measured by ffmpeg ebur128.",
+			InputParameters:         []*registryv1.ParameterSpec{{Name: ParamInputFile, Type: "locator"}},
+			OptionalInputParameters: []*registryv1.ParameterSpec{{Name: ParamTargetLUFS, Type: "number"}, {Name: ParamToleranceLU, Type: "number"}, {Name: ParamMaxTruePeak, Type: "number"}},
+			OutputParameters:        []*registryv1.ParameterSpec{{Name: ParamLoudness, Type: "object"}},
+			DefaultTimeout:          durationpb.New(time.Hour),
+			MaxAttempts:             3,
 		},
 		Handler: func(ctx context.Context, item *workersdk.WorkItem, progress func(int)) (*jobsv1.JobOutput, float64, error) {
 			target, err := numberParam(item, ParamTargetLUFS, -23, -70, 0)
@@ -134,12 +134,12 @@ func ShotsProfile(res *locator.Resolver) workersdk.Profile {
 	return workersdk.Profile{
 		Spec: &registryv1.JobProfile{
 			Name: DetectShots, JobType: "AIJob",
-			Description: "Shot boundaries (start, end, timecode) by ffmpeg scene-change detection.",
-			InputParameters: []*registryv1.ParameterSpec{{Name: ParamInputFile, Type: "locator"},
-				{Name: ParamThreshold, Type: "number"}},
-			OutputParameters: []*registryv1.ParameterSpec{{Name: ParamShots, Type: "array"}},
-			DefaultTimeout:   durationpb.New(2 * time.Hour),
-			MaxAttempts:      3,
+			Description:             "Shot boundaries (start, end, timecode) by ffmpeg scene-change detection.",
+			InputParameters:         []*registryv1.ParameterSpec{{Name: ParamInputFile, Type: "locator"}},
+			OptionalInputParameters: []*registryv1.ParameterSpec{{Name: ParamThreshold, Type: "number"}},
+			OutputParameters:        []*registryv1.ParameterSpec{{Name: ParamShots, Type: "array"}},
+			DefaultTimeout:          durationpb.New(2 * time.Hour),
+			MaxAttempts:             3,
 		},
 		Handler: func(ctx context.Context, item *workersdk.WorkItem, progress func(int)) (*jobsv1.JobOutput, float64, error) {
 			threshold, err := numberParam(item, ParamThreshold, 0.3, 0.01, 1)

@@ -30,12 +30,12 @@ const (
 func SleepProfile() workersdk.Profile {
 	return workersdk.Profile{
 		Spec: &registryv1.JobProfile{
-			Name:            Sleep,
-			JobType:         "QAJob",
-			Description:     "Diagnostic: sleeps for the given number of seconds (default 1), honouring cancel.",
-			InputParameters: []*registryv1.ParameterSpec{{Name: ParamSeconds, Type: "number"}},
-			DefaultTimeout:  durationpb.New(time.Hour),
-			MaxAttempts:     3,
+			Name:                    Sleep,
+			JobType:                 "QAJob",
+			Description:             "Diagnostic: sleeps for the given number of seconds (default 1), honouring cancel.",
+			OptionalInputParameters: []*registryv1.ParameterSpec{{Name: ParamSeconds, Type: "number"}},
+			DefaultTimeout:          durationpb.New(time.Hour),
+			MaxAttempts:             3,
 		},
 		Handler: func(ctx context.Context, item *workersdk.WorkItem, progress func(int)) (*jobsv1.JobOutput, float64, error) {
 			secs := 1.0

@@ -41,12 +41,12 @@ func OCRProfile(res *locator.Resolver) workersdk.Profile {
 	return workersdk.Profile{
 		Spec: &registryv1.JobProfile{
 			Name: ExtractText, JobType: "AIJob",
-			Description: "Text in images or video frames with timecodes and word boxes (tesseract OCR).",
-			InputParameters: []*registryv1.ParameterSpec{{Name: ParamInputFile, Type: "locator"},
-				{Name: ParamInterval, Type: "number"}, {Name: ParamLanguage, Type: "string"}, {Name: ParamMinConf, Type: "number"}},
-			OutputParameters: []*registryv1.ParameterSpec{{Name: ParamText, Type: "array"}},
-			DefaultTimeout:   durationpb.New(2 * time.Hour),
-			MaxAttempts:      3,
+			Description:             "Text in images or video frames with timecodes and word boxes (tesseract OCR).",
+			InputParameters:         []*registryv1.ParameterSpec{{Name: ParamInputFile, Type: "locator"}},
+			OptionalInputParameters: []*registryv1.ParameterSpec{{Name: ParamInterval, Type: "number"}, {Name: ParamLanguage, Type: "string"}, {Name: ParamMinConf, Type: "number"}},
+			OutputParameters:        []*registryv1.ParameterSpec{{Name: ParamText, Type: "array"}},
+			DefaultTimeout:          durationpb.New(2 * time.Hour),
+			MaxAttempts:             3,
 		},
 		Handler: func(ctx context.Context, item *workersdk.WorkItem, progress func(int)) (*jobsv1.JobOutput, float64, error) {
 			interval, err := numberParam(item, ParamInterval, 1, 0.04, 3600)

@@ -33,12 +33,12 @@ func ThumbnailsProfile(res *locator.Resolver) workersdk.Profile {
 	return workersdk.Profile{
 		Spec: &registryv1.JobProfile{
 			Name: ExtractThumbnails, JobType: "TransformJob",
-			Description: "JPEG/PNG thumbnails at given times or every N seconds (ffmpeg).",
-			InputParameters: []*registryv1.ParameterSpec{{Name: ParamInputFile, Type: "locator"}, {Name: ParamOutputLocation, Type: "locator"},
-				{Name: ParamTimes, Type: "array"}, {Name: ParamInterval, Type: "number"}, {Name: ParamFormat, Type: "string"}, {Name: ParamWidth, Type: "integer"}},
-			OutputParameters: []*registryv1.ParameterSpec{{Name: ParamThumbnails, Type: "array"}},
-			DefaultTimeout:   durationpb.New(time.Hour),
-			MaxAttempts:      3,
+			Description:             "JPEG/PNG thumbnails at given times or every N seconds (ffmpeg).",
+			InputParameters:         []*registryv1.ParameterSpec{{Name: ParamInputFile, Type: "locator"}, {Name: ParamOutputLocation, Type: "locator"}},
+			OptionalInputParameters: []*registryv1.ParameterSpec{{Name: ParamTimes, Type: "array"}, {Name: ParamInterval, Type: "number"}, {Name: ParamFormat, Type: "string"}, {Name: ParamWidth, Type: "integer"}},
+			OutputParameters:        []*registryv1.ParameterSpec{{Name: ParamThumbnails, Type: "array"}},
+			DefaultTimeout:          durationpb.New(time.Hour),
+			MaxAttempts:             3,
 		},
 		Handler: func(ctx context.Context, item *workersdk.WorkItem, progress func(int)) (*jobsv1.JobOutput, float64, error) {
 			format, err := stringParam(item, ParamFormat, "jpg", "jpg", "png")

@@ -38,8 +38,8 @@ func TranscodeProfile(res *locator.Resolver, name string) workersdk.Profile {
 	return workersdk.Profile{
 		Spec: &registryv1.JobProfile{
 			Name: name, JobType: "TransformJob", Description: desc,
-			InputParameters: []*registryv1.ParameterSpec{
-				{Name: ParamInputFile, Type: "locator"}, {Name: ParamOutputLocation, Type: "locator"},
+			InputParameters: []*registryv1.ParameterSpec{{Name: ParamInputFile, Type: "locator"}, {Name: ParamOutputLocation, Type: "locator"}},
+			OptionalInputParameters: []*registryv1.ParameterSpec{
 				{Name: ParamWidth, Type: "integer"}, {Name: ParamHeight, Type: "integer"},
 				{Name: ParamVideoBitrate, Type: "integer"}, {Name: ParamAudioBitrate, Type: "integer"},
 			},
