@@ -199,7 +199,7 @@ func newJobsCmd() *cobra.Command {
 			return printJobs(cmd.OutOrStdout(), c.output, j)
 		},
 	}
-	cmd.AddCommand(submit, get, waitCmd, list, cancel)
+	cmd.AddCommand(submit, get, waitCmd, list, cancel, newWatchCmd(&c))
 	return cmd
 }
 

@@ -178,7 +178,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	jobs.SetAdmission(quota.TenantAdmitter{Admitter: quota.New(etcd), Tenants: tenantStore})
 	usageStore := usage.New(etcd)
 	authn := auth.NewAuthenticator(keys, auth.WithAdminKey(cfg.AdminAPIKey), auth.WithTokens(tokens, tenantStore))
-	restAPI := &restapi.API{Authn: authn, Tokens: tokens, Tenants: tenantStore, Usage: usageStore}
+	restAPI := &restapi.API{Authn: authn, Tokens: tokens, Tenants: tenantStore, Usage: usageStore, Watch: jobs}
 
 	grpcSrv, health := grpcx.NewServer(
 		grpc.ChainUnaryInterceptor(authn.UnaryServerInterceptor()),

@@ -49,7 +49,7 @@ func startMediator(t *testing.T, mutate func(*Config)) *mediator {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	testsupport.Eventually(t, 20*time.Second, "readyz 200", func() bool {
+	testsupport.Eventually(t, 60*time.Second, "readyz 200", func() bool {
 		resp, err := http.Get("http://" + cfg.AdminAddr + "/readyz")
 		if err != nil {
 			return false

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
@@ -49,7 +50,7 @@ func New(ctx context.Context, conn *grpc.ClientConn, mounts ...func(*http.ServeM
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(openapi.Document)
 	})
-	mux.Handle("/v1/", gw)
+	mux.Handle("/v1/", watchPath(gw, mux))
 	for _, m := range mounts {
 		m(mux)
 	}
@@ -57,6 +58,22 @@ func New(ctx context.Context, conn *grpc.ClientConn, mounts ...func(*http.ServeM
 		routingError(r.Context(), nil, nil, w, r, http.StatusNotFound)
 	})
 	return limitBody(mux), nil
+}
+
+// watchPath sends GET /v1/jobs/{id}:watch (the AIP custom-method form the
+// API documents) to the route /v1/jobs/{id}/watch, which a ServeMux pattern
+// can express; everything else goes to the gateway.
+func watchPath(gw http.Handler, mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/jobs/") && strings.HasSuffix(r.URL.Path, ":watch") {
+			r2 := r.Clone(r.Context())
+			r2.URL.Path = strings.TrimSuffix(r.URL.Path, ":watch") + "/watch"
+			r2.URL.RawPath = ""
+			mux.ServeHTTP(w, r2)
+			return
+		}
+		gw.ServeHTTP(w, r)
+	})
 }
 
 // bodyMarshaler names request body decoding failures as such, so

@@ -194,3 +194,55 @@ func (s *Store) ClaimRequest(ctx context.Context, tenant, requestID, jobID strin
 	}
 	return string(e.Value()), nil
 }
+
+// Watch follows the record of job id: its current value first, then every
+// update, in order, on the channel until ctx ends. Watching the bucket
+// rather than the status events means every mediator replica sees every
+// change, whichever replica applied it.
+func (s *Store) Watch(ctx context.Context, id string) (<-chan *jobsv1.Job, error) {
+	if !ValidID(id) {
+		return nil, ErrNotFound
+	}
+	w, err := s.kv.Watch(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("watch job %s: %w", id, err)
+	}
+	out := make(chan *jobsv1.Job)
+	go func() {
+		defer close(out)
+		defer func() { _ = w.Stop() }()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e == nil {
+					// End of the initial values: a job not stored yet
+					// (or deleted) is reported as nil once.
+					select {
+					case out <- nil:
+					case <-ctx.Done():
+						return
+					}
+					continue
+				}
+				if e.Operation() != jetstream.KeyValuePut {
+					return // deleted or purged: nothing more will come
+				}
+				job := &jobsv1.Job{}
+				if err := proto.Unmarshal(e.Value(), job); err != nil {
+					continue
+				}
+				select {
+				case out <- job:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}

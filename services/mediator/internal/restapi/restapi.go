@@ -25,6 +25,8 @@ type API struct {
 	Tenants *tenants.Store
 	// Usage answers GET /v1/usage; nil leaves the route out.
 	Usage UsageReader
+	// Watch serves GET /v1/jobs/{id}:watch (SSE); nil leaves it out.
+	Watch Watcher
 }
 
 // Mount adds the routes to mux.
@@ -38,6 +40,11 @@ func (a *API) Mount(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/tenants/{tenant}/keys", a.ownerOrAdmin(a.listKeys))
 	mux.HandleFunc("POST /v1/tenants/{tenant}/keys", a.ownerOrAdmin(a.createKey))
 	mux.HandleFunc("DELETE /v1/tenants/{tenant}/keys/{client}", a.ownerOrAdmin(a.revokeKey))
+	if a.Watch != nil {
+		// ServeMux patterns cannot say "{id}:watch": the gateway routes
+		// that form here (gateway.WatchPath).
+		mux.HandleFunc("GET /v1/jobs/{id}/watch", a.tenantOnly(a.watch))
+	}
 	if a.Usage != nil {
 		mux.HandleFunc("GET /v1/usage", a.tenantOnly(a.usage))
 	}

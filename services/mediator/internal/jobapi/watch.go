@@ -1,0 +1,99 @@
+package jobapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/jobstate"
+	"github.com/medius-platform/medius/pkg/problem"
+	"github.com/medius-platform/medius/services/mediator/internal/auth"
+	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
+	"google.golang.org/grpc"
+)
+
+// Watch calls send with the caller's job id as it is now, then after every
+// change, in order, and returns after a terminal state was sent (or when ctx
+// ends, or send fails). Another tenant's job is NotFound.
+func (s *Server) Watch(ctx context.Context, id string, send func(*jobsv1.Job) error) error {
+	tenant, err := auth.TenantFrom(ctx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch, err := s.store.Watch(ctx, id)
+	if errors.Is(err, jobstore.ErrNotFound) {
+		return problem.NotFound("job", id)
+	}
+	if err != nil {
+		return storeError(ctx, err)
+	}
+	first := true
+	var last *jobsv1.Job
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case job, ok := <-ch:
+			if !ok {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return problem.NotFound("job", id) // deleted while watched
+			}
+			if job == nil {
+				if first {
+					return problem.NotFound("job", id)
+				}
+				continue
+			}
+			if job.GetTenant() != tenant {
+				return problem.NotFound("job", id)
+			}
+			first = false
+			// Record writes that change nothing a watcher sees (e.g. a
+			// claim completed by the sweep) are not news.
+			if last != nil && last.GetStatus() == job.GetStatus() && last.GetProgress() == job.GetProgress() &&
+				last.GetStatusMessage() == job.GetStatusMessage() {
+				continue
+			}
+			if err := send(job); err != nil {
+				return fmt.Errorf("send job %s: %w", id, err)
+			}
+			last = job
+			if jobstate.IsTerminal(job.GetStatus()) {
+				return nil
+			}
+		}
+	}
+}
+
+// WatchJob implements jobsv1.JobServiceServer.
+func (s *Server) WatchJob(req *jobsv1.WatchJobRequest, stream grpc.ServerStreamingServer[jobsv1.Job]) error {
+	err := s.Watch(stream.Context(), req.GetId(), stream.Send)
+	if err != nil && stream.Context().Err() == nil {
+		slog.DebugContext(stream.Context(), "watch ended", "job", req.GetId(), "err", err)
+	}
+	return err
+}
+
+// DeleteJob implements jobsv1.JobServiceServer: only a terminal job may go,
+// so a running job never loses its record.
+func (s *Server) DeleteJob(ctx context.Context, req *jobsv1.DeleteJobRequest) (*jobsv1.DeleteJobResponse, error) {
+	job, _, err := s.load(ctx, req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	if !jobstate.IsTerminal(job.GetStatus()) {
+		return nil, problem.FailedPrecondition("job-not-terminal",
+			fmt.Sprintf("job %s is %s: cancel it and wait for it to end before deleting it", job.GetId(), jobstate.Name(job.GetStatus())))
+	}
+	if err := s.store.Delete(ctx, job.GetId()); err != nil {
+		return nil, storeError(ctx, err)
+	}
+	slog.InfoContext(ctx, "job deleted", "job", job.GetId())
+	return &jobsv1.DeleteJobResponse{}, nil
+}
