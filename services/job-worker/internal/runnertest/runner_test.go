@@ -505,3 +505,26 @@ func TestMsgIDNamesInstance(t *testing.T) {
 		return u.GetStatus() == completed && u.GetInstanceId() == "inst-b"
 	})
 }
+
+// Bad media fails its job with a clear problem; the worker carries on.
+func TestBadMediaThenNextJob(t *testing.T) {
+	e := setup(t)
+	notMedia := filepath.Join(t.TempDir(), "notes.mp4")
+	if err := os.WriteFile(notMedia, []byte("not media"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Dir(notMedia)
+	e.start(t, func(c *workersdk.Config) {
+		c.InstanceID, c.Capacity = "inst-bad", 1
+		c.Profiles = profiles.Builtin(&locator.Resolver{Roots: []string{e.root, root}})
+	})
+	e.submit(t, "job-bad-media", profiles.CreateProxy, "file://"+notMedia, func(w *eventsv1.WorkItem) {
+		w.Input.Locators[profiles.ParamOutputLocation] = &jobsv1.Locator{Url: "file://" + root + "/out"}
+	})
+	f := e.waitStatus(t, "job-bad-media", failed)
+	if f.GetError().GetType() != "urn:medius:problem:"+workersdk.TypeInvalidInput || !strings.Contains(f.GetError().GetDetail(), "not readable media") {
+		t.Errorf("problem = %v, want invalid-input saying the input is not readable media", f.GetError())
+	}
+	e.submit(t, "job-after", profiles.ExtractTechnicalMetadata, "file://"+e.clip)
+	e.waitStatus(t, "job-after", completed)
+}
