@@ -15,6 +15,7 @@ import (
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/grpcx"
 	"github.com/medius-platform/medius/pkg/metrics"
+	"github.com/medius-platform/medius/pkg/registryclient"
 	"github.com/medius-platform/medius/pkg/telemetry"
 	"github.com/medius-platform/medius/services/job-processor/internal/processor"
 	"github.com/medius-platform/medius/services/job-processor/internal/selection"
@@ -175,7 +176,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		if err := bus.Provision(gctx, js); err != nil {
 			return err
 		}
-		lookup := selection.NewRegistryLookup(registryv1.NewRegistryServiceClient(cc), cfg.ServiceCacheTTL)
+		// Selection reads a local copy of the registry kept current by its
+		// Watch stream; the direct lookup answers until the copy is synced.
+		regClient := registryv1.NewRegistryServiceClient(cc)
+		cache := registryclient.NewCache(regClient)
+		g.Go(func() error { return cache.Run(gctx) })
+		lookup := selection.CacheLookup{Cache: cache, Fallback: selection.NewRegistryLookup(regClient, cfg.ServiceCacheTTL)}
 		p, err := processor.New(gctx, processor.Config{
 			JS:               js,
 			NC:               nc,
