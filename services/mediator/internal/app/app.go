@@ -30,6 +30,7 @@ import (
 	"github.com/medius-platform/medius/services/mediator/internal/statusconsumer"
 	"github.com/medius-platform/medius/services/mediator/internal/tenants"
 	"github.com/medius-platform/medius/services/mediator/internal/usage"
+	"github.com/medius-platform/medius/services/mediator/internal/webhook"
 	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -37,6 +38,7 @@ import (
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // ServiceName names the process in telemetry and NATS.
@@ -79,6 +81,9 @@ type Config struct {
 	// AllowPrivateWebhooks lets notification endpoints name loopback and
 	// private addresses (the dev stack; never on a shared deployment).
 	AllowPrivateWebhooks bool
+	// WebhookBaseDelay is the first retry delay of a failed notification,
+	// doubling after each failure (default 1s).
+	WebhookBaseDelay time.Duration
 
 	LogLevel     string
 	LogFormat    string
@@ -176,6 +181,18 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return err
 	}
 	jobs.SetAdmission(quota.TenantAdmitter{Admitter: quota.New(etcd), Tenants: tenantStore})
+	jobs.SetEndpointCheck(func(ep string) error { return webhook.CheckEndpoint(ep, cfg.AllowPrivateWebhooks) })
+	notifier := webhook.New(js, webhook.Config{AllowPrivate: cfg.AllowPrivateWebhooks, BaseDelay: cfg.WebhookBaseDelay},
+		func(ctx context.Context, tenant string) (string, error) {
+			t, err := tenantStore.Tenant(ctx, tenant)
+			return t.WebhookSecret, err
+		},
+		func(j *jobsv1.Job) ([]byte, error) {
+			if cortex.IsCortexJob(j) {
+				return cortex.MediatorJobJSON(j)
+			}
+			return protojson.MarshalOptions{EmitDefaultValues: true}.Marshal(j)
+		})
 	usageStore := usage.New(etcd)
 	authn := auth.NewAuthenticator(keys, auth.WithAdminKey(cfg.AdminAPIKey), auth.WithTokens(tokens, tenantStore))
 	restAPI := &restapi.API{Authn: authn, Tokens: tokens, Tenants: tenantStore, Usage: usageStore, Watch: jobs}
@@ -274,7 +291,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		_, err := usageStore.RecordJob(ctx, job)
 		return err
 	})
+	consumer.OnChange(notifier.Enqueue)
 	g.Go(func() error { return consumer.Run(workCtx, js) })
+	g.Go(func() error { return notifier.Run(workCtx) })
 	g.Go(func() error { return jobs.Sweep(workCtx, cfg.Sweep) })
 	g.Go(func() error {
 		<-gctx.Done()

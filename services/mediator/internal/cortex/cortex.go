@@ -485,3 +485,10 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error) 
 	}
 	problem.Write(w, p)
 }
+
+// IsCortexJob tells a job submitted through /cortex.
+func IsCortexJob(j *jobsv1.Job) bool { return j.GetTags()[tagProfile] != "" }
+
+// MediatorJobJSON renders j as the spec's MediatorJob (the body of Cortex
+// notifications).
+func MediatorJobJSON(j *jobsv1.Job) ([]byte, error) { return json.Marshal(toMediatorJob(j)) }

@@ -42,6 +42,8 @@ type Server struct {
 	now      func() time.Time
 	admitted metric.Int64Counter
 	admit    Admission
+
+	checkEndpoint func(string) error
 }
 
 // Admission takes and gives back a tenant's quota slots (package quota).
@@ -51,6 +53,10 @@ type Admission interface {
 	// Release gives a job's slot back; idempotent.
 	Release(ctx context.Context, tenant, job string) error
 }
+
+// SetEndpointCheck checks every notification endpoint with check (the
+// network policy: loopback and private addresses).
+func (s *Server) SetEndpointCheck(check func(string) error) { s.checkEndpoint = check }
 
 // SetAdmission checks every new job with a (nil: no quotas).
 func (s *Server) SetAdmission(a Admission) { s.admit = a }
@@ -88,6 +94,11 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 	in := req.GetJob()
 	if err := validateJob(in); err != nil {
 		return nil, err
+	}
+	if ep := in.GetNotificationEndpoint(); ep != "" && s.checkEndpoint != nil {
+		if err := s.checkEndpoint(ep); err != nil {
+			return nil, err
+		}
 	}
 	requestID := req.GetRequestId()
 	if requestID == "" {

@@ -1,0 +1,259 @@
+// Package webhook tells a job's notification endpoint about every status
+// change: at least once, signed, retried with exponential backoff up to a
+// limit, each request bounded in time.
+//
+// A change is first published on the events stream (subject
+// medius.events.webhook.<job>, msg id per status and progress, so a repeated
+// change is de-duplicated); the durable consumer "mediator-webhooks" delivers
+// it and acks only after the endpoint answered 2xx, so a mediator crash or an
+// endpoint outage only delays the POST.
+//
+// Each POST carries the job as JSON and these headers:
+//
+//	Medius-Event-Id:   unique per change (receivers de-duplicate on it)
+//	Medius-Timestamp:  Unix seconds when this attempt was signed
+//	Medius-Signature:  v1=<hex HMAC-SHA256(tenant webhook secret, "<timestamp>.<body>")>
+//
+// Receivers recompute the HMAC over the timestamp, a dot and the raw body,
+// compare in constant time, and refuse timestamps older than a few minutes.
+package webhook
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/locator"
+	"github.com/medius-platform/medius/pkg/problem"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// Headers of a notification.
+const (
+	HeaderEventID   = "Medius-Event-Id"
+	HeaderTimestamp = "Medius-Timestamp"
+	HeaderSignature = "Medius-Signature"
+)
+
+// Durable is the delivery consumer; subjectPrefix its subjects.
+const (
+	Durable       = "mediator-webhooks"
+	subjectPrefix = "medius.events.webhook."
+)
+
+// Config tunes delivery.
+type Config struct {
+	// MaxAttempts bounds the POSTs of one change (default 10).
+	MaxAttempts int
+	// BaseDelay is the wait after the first failure, doubling after each
+	// (default 1s); MaxDelay caps it (default 5m).
+	BaseDelay, MaxDelay time.Duration
+	// Timeout bounds one POST, connection to answer (default 10s).
+	Timeout time.Duration
+	// AllowPrivate lets endpoints be loopback or private addresses.
+	AllowPrivate bool
+}
+
+func (c *Config) defaults() {
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 10
+	}
+	if c.BaseDelay <= 0 {
+		c.BaseDelay = time.Second
+	}
+	if c.MaxDelay <= 0 {
+		c.MaxDelay = 5 * time.Minute
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 10 * time.Second
+	}
+}
+
+// Secrets returns a tenant's webhook secret.
+type Secrets func(ctx context.Context, tenant string) (string, error)
+
+// Body renders the notification body of a job (the Cortex front-end renders
+// its jobs as MediatorJob); nil renders the /v1 job JSON.
+type Body func(job *jobsv1.Job) ([]byte, error)
+
+// Notifier enqueues and delivers notifications.
+type Notifier struct {
+	js      jetstream.JetStream
+	cfg     Config
+	secrets Secrets
+	body    Body
+	client  *http.Client
+	now     func() time.Time
+}
+
+// New delivers with cfg, signing with the tenant secrets.
+func New(js jetstream.JetStream, cfg Config, secrets Secrets, body Body) *Notifier {
+	cfg.defaults()
+	return &Notifier{
+		js: js, cfg: cfg, secrets: secrets, body: body, now: time.Now,
+		client: &http.Client{
+			Transport: locator.NewTransport(cfg.AllowPrivate),
+			Timeout:   cfg.Timeout,
+			// A redirect is an answer, not an instruction: following it
+			// would send the signed body somewhere the client never named.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+	}
+}
+
+// CheckEndpoint refuses an endpoint that is not an absolute http(s) URL or,
+// unless private endpoints are allowed, names a loopback or private address
+// (literally, or as localhost). Host names resolving to such addresses are
+// refused again at connection time.
+func CheckEndpoint(raw string, allowPrivate bool) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return problem.InvalidArgument("job.notification_endpoint", "notification endpoint must be an absolute http(s) URL")
+	}
+	if allowPrivate {
+		return nil
+	}
+	host := strings.ToLower(u.Hostname())
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return problem.InvalidArgument("job.notification_endpoint", "notification endpoint %s is a loopback address, which this deployment refuses", host)
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		ip = ip.Unmap()
+		if ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsUnspecified() || ip.IsMulticast() ||
+			netip.MustParsePrefix("100.64.0.0/10").Contains(ip) {
+			return problem.InvalidArgument("job.notification_endpoint", "notification endpoint %s is a loopback or private address, which this deployment refuses", ip)
+		}
+	}
+	return nil
+}
+
+// Enqueue schedules a notification of job's current state, if it has an
+// endpoint. Use it as a statusconsumer change hook.
+func (n *Notifier) Enqueue(ctx context.Context, job *jobsv1.Job) error {
+	if job.GetNotificationEndpoint() == "" {
+		return nil
+	}
+	attempt := int32(0)
+	if ex := job.GetExecutions(); len(ex) > 0 {
+		attempt = ex[len(ex)-1].GetAttempt()
+	}
+	id := fmt.Sprintf("webhook-%s-%d-%d-%d", job.GetId(), attempt, job.GetStatus(), job.GetProgress())
+	if err := bus.Publish(ctx, n.js, subjectPrefix+job.GetId(), id, job); err != nil {
+		return fmt.Errorf("enqueue notification of job %s: %w", job.GetId(), err)
+	}
+	return nil
+}
+
+// Run delivers until ctx ends.
+func (n *Notifier) Run(ctx context.Context) error {
+	return bus.Consume(ctx, n.js, bus.ConsumerConfig{
+		Stream: bus.StreamEvents, Durable: Durable, Filter: []string{subjectPrefix + "*"},
+		// Longer than one POST, so a slow endpoint is not raced by a
+		// redelivery.
+		AckWait: n.cfg.Timeout + 20*time.Second,
+	}, n.handle)
+}
+
+func (n *Notifier) handle(ctx context.Context, msg jetstream.Msg) error {
+	job := &jobsv1.Job{}
+	if err := bus.Decode(msg.Data(), job); err != nil {
+		return err
+	}
+	attempt := uint64(1)
+	if md, err := msg.Metadata(); err == nil {
+		attempt = md.NumDelivered
+	}
+	eventID := msg.Headers().Get(jetstream.MsgIDHeader)
+	err := n.Deliver(ctx, job, eventID)
+	if err == nil {
+		slog.DebugContext(ctx, "notification delivered", "job", job.GetId(), "attempt", attempt)
+		return nil
+	}
+	if attempt >= uint64(n.cfg.MaxAttempts) {
+		slog.WarnContext(ctx, "notification abandoned", "job", job.GetId(), "endpoint", locator.Redact(job.GetNotificationEndpoint()),
+			"attempts", attempt, "err", err)
+		return bus.Permanent(err)
+	}
+	delay := n.cfg.BaseDelay << min(attempt-1, 30)
+	if delay <= 0 || delay > n.cfg.MaxDelay {
+		delay = n.cfg.MaxDelay
+	}
+	slog.InfoContext(ctx, "notification will be retried", "job", job.GetId(), "attempt", attempt, "after", delay, "err", err)
+	return bus.RetryAfter(delay, err)
+}
+
+// Sign returns the Medius-Signature value of body signed at ts.
+func Sign(secret string, ts int64, body []byte) string {
+	m := hmac.New(sha256.New, []byte(secret))
+	fmt.Fprintf(m, "%d.", ts)
+	m.Write(body)
+	return "v1=" + hex.EncodeToString(m.Sum(nil))
+}
+
+// Verify checks a signature header of body at ts (receivers' side; tests).
+func Verify(secret, tsHeader, sigHeader string, body []byte) bool {
+	ts, err := strconv.ParseInt(tsHeader, 10, 64)
+	if err != nil {
+		return false
+	}
+	return hmac.Equal([]byte(Sign(secret, ts, body)), []byte(sigHeader))
+}
+
+// Deliver POSTs job to its endpoint once.
+func (n *Notifier) Deliver(ctx context.Context, job *jobsv1.Job, eventID string) error {
+	secret, err := n.secrets(ctx, job.GetTenant())
+	if err != nil {
+		return fmt.Errorf("webhook secret of %s: %w", job.GetTenant(), err)
+	}
+	var body []byte
+	if n.body != nil {
+		body, err = n.body(job)
+	} else {
+		body, err = protojson.MarshalOptions{EmitDefaultValues: true}.Marshal(job)
+	}
+	if err != nil {
+		return fmt.Errorf("render notification: %w", err)
+	}
+	ts := n.now().Unix()
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, job.GetNotificationEndpoint(), bytes.NewReader(body))
+	if err != nil {
+		return bus.Permanent(fmt.Errorf("notification request: %w", err))
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "Medius-Webhook/1")
+	req.Header.Set(HeaderEventID, eventID)
+	req.Header.Set(HeaderTimestamp, strconv.FormatInt(ts, 10))
+	req.Header.Set(HeaderSignature, Sign(secret, ts, body))
+	resp, err := n.client.Do(req)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return fmt.Errorf("post notification: timed out after %v", n.cfg.Timeout)
+		}
+		return fmt.Errorf("post notification to %s: %w", locator.Redact(job.GetNotificationEndpoint()), err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("notification endpoint answered %s", resp.Status)
+	}
+	return nil
+}
