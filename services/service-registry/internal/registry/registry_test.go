@@ -32,13 +32,13 @@ type fixture struct {
 	client registryv1.RegistryServiceClient
 }
 
-func setup(t *testing.T) *fixture {
+func setup(t testing.TB) *fixture {
 	t.Helper()
 	env := devenv.Start(t)
 	return setupOn(t, env)
 }
 
-func setupOn(t *testing.T, env *devenv.Env) *fixture {
+func setupOn(t testing.TB, env *devenv.Env) *fixture {
 	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: env.Etcd.Endpoints, DialTimeout: 5 * time.Second})
 	if err != nil {
