@@ -22,6 +22,7 @@ import (
 	"github.com/medius-platform/medius/services/mediator/internal/cortex"
 	"github.com/medius-platform/medius/services/mediator/internal/gateway"
 	"github.com/medius-platform/medius/services/mediator/internal/jobapi"
+	"github.com/medius-platform/medius/services/mediator/internal/jobindex"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
 	"github.com/medius-platform/medius/services/mediator/internal/mcma"
 	"github.com/medius-platform/medius/services/mediator/internal/quota"
@@ -181,6 +182,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return err
 	}
 	jobs.SetAdmission(quota.TenantAdmitter{Admitter: quota.New(etcd), Tenants: tenantStore})
+	jobs.SetIndex(jobindex.New(etcd))
 	jobs.SetEndpointCheck(func(ep string) error { return webhook.CheckEndpoint(ep, cfg.AllowPrivateWebhooks) })
 	notifier := webhook.New(js, webhook.Config{AllowPrivate: cfg.AllowPrivateWebhooks, BaseDelay: cfg.WebhookBaseDelay},
 		func(ctx context.Context, tenant string) (string, error) {

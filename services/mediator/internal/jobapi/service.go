@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
@@ -18,6 +19,7 @@ import (
 	"github.com/medius-platform/medius/pkg/jobstate"
 	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/medius-platform/medius/services/mediator/internal/auth"
+	"github.com/medius-platform/medius/services/mediator/internal/jobindex"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel"
@@ -44,7 +46,12 @@ type Server struct {
 	admit    Admission
 
 	checkEndpoint func(string) error
+	index         *jobindex.Index
 }
+
+// SetIndex lists jobs through the index and keeps it (nil: listings scan
+// the bucket, fine for tests and small installs only).
+func (s *Server) SetIndex(x *jobindex.Index) { s.index = x }
 
 // Admission takes and gives back a tenant's quota slots (package quota).
 type Admission interface {
@@ -163,6 +170,15 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 		job.Input = &jobsv1.JobInput{}
 	}
 
+	// The index entry goes first: an entry whose job was never stored is
+	// skipped by listings, while a stored job missing from the index would
+	// be invisible.
+	if s.index != nil {
+		if err := s.index.Put(ctx, tenant, jobindex.Entry{ID: id, Profile: job.GetProfile(), Tags: job.GetTags()}); err != nil {
+			s.release(ctx, tenant, id)
+			return nil, storeError(ctx, fmt.Errorf("create job %s: %w", id, err))
+		}
+	}
 	// The record is stored before the request id is claimed: a claim then
 	// always names a stored job. A crash between the two leaves a NEW job
 	// whose claim the sweep completes (or, if a retry won, deletes the job).
@@ -317,6 +333,9 @@ func (s *Server) ListJobs(ctx context.Context, req *jobsv1.ListJobsRequest) (*jo
 	if err != nil {
 		return nil, err
 	}
+	if s.index != nil {
+		return s.listIndexed(ctx, tenant, req, size, after)
+	}
 	ids, err := s.store.IDs(ctx)
 	if err != nil {
 		return nil, storeError(ctx, err)
@@ -357,7 +376,27 @@ func matches(job *jobsv1.Job, tenant string, req *jobsv1.ListJobsRequest) bool {
 	if p := req.GetProfile(); p != "" && job.GetProfile() != p {
 		return false
 	}
+	if !tagMatches(job.GetTags(), req.GetTag()) {
+		return false
+	}
+	created := job.GetCreateTime().AsTime()
+	if a := req.GetCreateTimeAfter(); a != nil && created.Before(a.AsTime()) {
+		return false
+	}
+	if b := req.GetCreateTimeBefore(); b != nil && !created.Before(b.AsTime()) {
+		return false
+	}
 	return true
+}
+
+// tagMatches: "key=value" wants that value, "key" any value.
+func tagMatches(tags map[string]string, filter string) bool {
+	if filter == "" {
+		return true
+	}
+	k, v, hasValue := strings.Cut(filter, "=")
+	got, ok := tags[k]
+	return ok && (!hasValue || got == v)
 }
 
 func encodePageToken(lastID string) string {

@@ -94,6 +94,12 @@ func (s *Server) DeleteJob(ctx context.Context, req *jobsv1.DeleteJobRequest) (*
 	if err := s.store.Delete(ctx, job.GetId()); err != nil {
 		return nil, storeError(ctx, err)
 	}
+	if s.index != nil {
+		if err := s.index.Delete(ctx, job.GetTenant(), job.GetId()); err != nil {
+			// The listing skips entries whose job is gone.
+			slog.WarnContext(ctx, "unindex deleted job", "job", job.GetId(), "err", err)
+		}
+	}
 	slog.InfoContext(ctx, "job deleted", "job", job.GetId())
 	return &jobsv1.DeleteJobResponse{}, nil
 }

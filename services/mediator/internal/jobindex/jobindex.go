@@ -1,0 +1,168 @@
+// Package jobindex is the job repository's listing index: one etcd key per
+// job, per tenant, ordered newest first, so a page of a tenant's jobs is one
+// range read that starts right after the previous page's last job, however
+// many jobs are stored. Keys invert the job id (a UUIDv7, which starts with
+// its creation time), so etcd's ascending key order is newest first:
+//
+//	/medius/jobindex/<tenant>/<inverted id>  ->  Entry (JSON: profile, tags)
+//
+// The entry carries the job's immutable attributes, so profile and tag
+// filters need no job read; status, which changes, is checked on the record.
+package jobindex
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Prefix of index keys.
+const Prefix = "/medius/jobindex/"
+
+// Entry is what the index knows of a job.
+type Entry struct {
+	ID      string            `json:"-"`
+	Profile string            `json:"p,omitempty"`
+	Tags    map[string]string `json:"t,omitempty"`
+}
+
+// Index reads and writes the index.
+type Index struct {
+	cli *clientv3.Client
+}
+
+// New uses cli.
+func New(cli *clientv3.Client) *Index { return &Index{cli: cli} }
+
+// invert maps each hex digit d of id to f-d, keeping dashes, so ordering
+// inverted ids ascending orders ids descending.
+func invert(id string) string {
+	b := []byte(id)
+	for i, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			b[i] = hexDigit(15 - (c - '0'))
+		case c >= 'a' && c <= 'f':
+			b[i] = hexDigit(15 - (c - 'a' + 10))
+		}
+	}
+	return string(b)
+}
+
+func hexDigit(v byte) byte {
+	if v < 10 {
+		return '0' + v
+	}
+	return 'a' + v - 10
+}
+
+func tenantPrefix(tenant string) string { return Prefix + tenant + "/" }
+
+func key(tenant, id string) string { return tenantPrefix(tenant) + invert(id) }
+
+// Put indexes a job.
+func (x *Index) Put(ctx context.Context, tenant string, e Entry) error {
+	data, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("encode index entry of job %s: %w", e.ID, err)
+	}
+	if _, err := x.cli.Put(ctx, key(tenant, e.ID), string(data)); err != nil {
+		return fmt.Errorf("index job %s: %w", e.ID, err)
+	}
+	return nil
+}
+
+// Delete removes a job from the index.
+func (x *Index) Delete(ctx context.Context, tenant, id string) error {
+	if _, err := x.cli.Delete(ctx, key(tenant, id)); err != nil {
+		return fmt.Errorf("unindex job %s: %w", id, err)
+	}
+	return nil
+}
+
+// timeID is the smallest UUIDv7 of millisecond t: every id created at or
+// after t orders at or after it.
+func timeID(t time.Time) string {
+	var u uuid.UUID
+	ms := uint64(t.UnixMilli())
+	for i := 5; i >= 0; i-- {
+		u[i] = byte(ms)
+		ms >>= 8
+	}
+	u[6] = 0x70
+	u[8] = 0x80
+	return u.String()
+}
+
+// Query selects a tenant's entries, newest first.
+type Query struct {
+	Tenant string
+	// After is the last id of the previous page ("" for the first page).
+	After string
+	// CreatedAfter and CreatedBefore bound the creation time (zero: open).
+	CreatedAfter, CreatedBefore time.Time
+	// Match filters entries (nil: all).
+	Match func(Entry) bool
+}
+
+// Scan calls fn with each entry the query selects, newest first, reading
+// etcd in batches, until fn returns false or the entries end.
+func (x *Index) Scan(ctx context.Context, q Query, batch int, fn func(Entry) (bool, error)) error {
+	if batch <= 0 {
+		batch = 500
+	}
+	start := tenantPrefix(q.Tenant)
+	end := clientv3.GetPrefixRangeEnd(start)
+	if q.After != "" {
+		start = key(q.Tenant, q.After) + "\x00"
+	}
+	if !q.CreatedBefore.IsZero() {
+		// Newest first: jobs created before T start at T's inverted id.
+		if k := key(q.Tenant, timeID(q.CreatedBefore)) + "\x00"; k > start {
+			start = k
+		}
+	}
+	stop := ""
+	if !q.CreatedAfter.IsZero() {
+		stop = key(q.Tenant, timeID(q.CreatedAfter))
+	}
+	for {
+		resp, err := x.cli.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(int64(batch)))
+		if err != nil {
+			return fmt.Errorf("read job index of %s: %w", q.Tenant, err)
+		}
+		for _, kv := range resp.Kvs {
+			k := string(kv.Key)
+			if stop != "" && k > stop {
+				return nil
+			}
+			var e Entry
+			if json.Unmarshal(kv.Value, &e) != nil {
+				continue
+			}
+			e.ID = invert(strings.TrimPrefix(k, tenantPrefix(q.Tenant)))
+			if q.Match != nil && !q.Match(e) {
+				continue
+			}
+			more, err := fn(e)
+			if err != nil || !more {
+				return err
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return nil
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// PutOp is Put as an operation of a caller's transaction (bulk loads).
+func PutOp(tenant string, e Entry) clientv3.Op {
+	data, _ := json.Marshal(e)
+	return clientv3.OpPut(key(tenant, e.ID), string(data))
+}

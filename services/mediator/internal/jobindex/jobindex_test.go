@@ -1,0 +1,114 @@
+package jobindex_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/medius-platform/medius/services/mediator/internal/jobindex"
+	"github.com/medius-platform/medius/services/mediator/internal/testsupport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// fill indexes n jobs of tenant with increasing UUIDv7 ids and returns them,
+// oldest first.
+func fill(tb testing.TB, cli *clientv3.Client, tenant string, n int) []string {
+	tb.Helper()
+	ids := make([]string, n)
+	ops := []clientv3.Op{}
+	x := jobindex.New(cli)
+	_ = x
+	base := time.Now().Add(-time.Duration(n) * time.Millisecond)
+	for i := range n {
+		u, _ := uuid.NewV7()
+		// Spread over time so ids order like creation.
+		ms := uint64(base.Add(time.Duration(i) * time.Millisecond).UnixMilli())
+		for b := 5; b >= 0; b-- {
+			u[b] = byte(ms)
+			ms >>= 8
+		}
+		ids[i] = u.String()
+		ops = append(ops, jobindex.PutOp(tenant, jobindex.Entry{ID: ids[i], Profile: "P"}))
+		if len(ops) == 100 || i == n-1 {
+			if _, err := cli.Txn(context.Background()).Then(ops...).Commit(); err != nil {
+				tb.Fatal(err)
+			}
+			ops = ops[:0]
+		}
+	}
+	return ids
+}
+
+// pageAll reads every entry page by page and checks order, gaps, repeats.
+func pageAll(tb testing.TB, x *jobindex.Index, tenant string, ids []string, page int) {
+	tb.Helper()
+	after, got := "", 0
+	for {
+		n := 0
+		err := x.Scan(context.Background(), jobindex.Query{Tenant: tenant, After: after}, page, func(e jobindex.Entry) (bool, error) {
+			want := ids[len(ids)-1-got]
+			if e.ID != want {
+				return false, fmt.Errorf("entry %d is %s, want %s", got, e.ID, want)
+			}
+			got++
+			n++
+			after = e.ID
+			return n < page, nil
+		})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if n < page {
+			break
+		}
+	}
+	if got != len(ids) {
+		tb.Fatalf("paged %d entries, want %d", got, len(ids))
+	}
+}
+
+func TestScan(t *testing.T) {
+	env := testsupport.Start(t)
+	x := jobindex.New(env.EtcdCli)
+	ids := fill(t, env.EtcdCli, "acme", 1200)
+	fill(t, env.EtcdCli, "acmeco", 10) // a tenant whose name extends acme's
+	pageAll(t, x, "acme", ids, 100)
+
+	// Created range: the 100 newest.
+	from := time.UnixMilli(mustTime(t, ids[1100]).UnixMilli())
+	n := 0
+	if err := x.Scan(context.Background(), jobindex.Query{Tenant: "acme", CreatedAfter: from}, 50, func(jobindex.Entry) (bool, error) { n++; return true, nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n != 100 {
+		t.Fatalf("created after: %d, want 100", n)
+	}
+	n = 0
+	if err := x.Scan(context.Background(), jobindex.Query{Tenant: "acme", CreatedBefore: from}, 50, func(jobindex.Entry) (bool, error) { n++; return true, nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1100 {
+		t.Fatalf("created before: %d, want 1100", n)
+	}
+}
+
+func mustTime(t *testing.T, id string) time.Time {
+	u := uuid.MustParse(id)
+	sec, nsec := u.Time().UnixTime()
+	return time.Unix(sec, nsec)
+}
+
+// BenchmarkPage100k pages through 100,000 indexed jobs, 1,000 a page, as
+// ListJobs does: b.N full listings.
+func BenchmarkPage100k(b *testing.B) {
+	env := testsupport.Start(b)
+	x := jobindex.New(env.EtcdCli)
+	ids := fill(b, env.EtcdCli, "acme", 100_000)
+	b.ResetTimer()
+	for b.Loop() {
+		pageAll(b, x, "acme", ids, 1000)
+	}
+	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N)/100, "ms/page")
+}
