@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -247,6 +248,10 @@ type ConsumerConfig struct {
 	AckWait time.Duration
 	// MaxAckPending bounds the messages in flight across all replicas.
 	MaxAckPending int
+	// Concurrency is how many messages this process handles at once
+	// (default 1: one after the other). Above 1 the handler must tolerate
+	// messages of one subject handled out of order.
+	Concurrency int
 }
 
 // Consume runs handler on every message of the durable consumer until ctx
@@ -258,7 +263,14 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ha
 		return err
 	}
 	log := slog.With("consumer", cfg.Durable)
-	cc, err := cons.Consume(func(msg jetstream.Msg) {
+	// Above Concurrency 1 each message is handled on its own goroutine,
+	// at most Concurrency at once; inFlight lets the drain wait for them.
+	var inFlight sync.WaitGroup
+	var slots chan struct{}
+	if cfg.Concurrency > 1 {
+		slots = make(chan struct{}, cfg.Concurrency)
+	}
+	handle := func(msg jetstream.Msg) {
 		mctx := ContextFromHeader(ctx, msg.Headers())
 		err := handler(mctx, msg)
 		var retry retryError
@@ -282,6 +294,18 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ha
 			log.WarnContext(mctx, "message will be retried", "subject", msg.Subject(), "delivery", delivered, "after", delay, "err", err)
 			_ = msg.NakWithDelay(delay)
 		}
+	}
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		if slots == nil {
+			handle(msg)
+			return
+		}
+		slots <- struct{}{}
+		inFlight.Add(1)
+		go func() {
+			defer func() { <-slots; inFlight.Done() }()
+			handle(msg)
+		}()
 	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		if ctx.Err() == nil && !errors.Is(err, jetstream.ErrNoHeartbeat) {
 			log.Debug("consume", "err", err)
@@ -294,6 +318,7 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ha
 	// Drain lets the handler in progress finish and ack before we return.
 	cc.Drain()
 	<-cc.Closed()
+	inFlight.Wait()
 	return nil
 }
 

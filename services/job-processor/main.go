@@ -48,6 +48,7 @@ func parseConfig(args []string) (app.Config, error) {
 	fs.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", cfg.HeartbeatTimeout, "how long a running job's worker may stay silent before the attempt is lost and the job retried elsewhere")
 	fs.DurationVar(&cfg.RetryBackoff, "retry-backoff", cfg.RetryBackoff, "delay before retrying a lost attempt, doubling with each further loss")
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", cfg.AdminAddr, "admin HTTP listen address (/healthz, /readyz, /metrics)")
+	fs.StringVar(&cfg.PprofAddr, "pprof-addr", "", "serve net/http/pprof on this address (profiling; empty disables)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: json or text")
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP gRPC endpoint (host:port) for traces; empty disables export")

@@ -49,7 +49,10 @@ type Config struct {
 	// doubling with each further loss.
 	RetryBackoff time.Duration
 	// AdminAddr serves /healthz, /readyz and /metrics.
-	AdminAddr    string
+	AdminAddr string
+	// PprofAddr, when set, serves net/http/pprof (profiling; keep it on
+	// loopback).
+	PprofAddr    string
 	LogLevel     string
 	LogFormat    string
 	OTLPEndpoint string
@@ -161,6 +164,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		"registry", cfg.RegistryAddr, "queue_timeout", cfg.QueueTimeout)
 
 	g, gctx := errgroup.WithContext(ctx)
+	if cfg.PprofAddr != "" {
+		g.Go(func() error { return servePprof(gctx, cfg.PprofAddr) })
+	}
 	// The admin server outlives the consumers: it answers 503 while they drain.
 	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAdmin()

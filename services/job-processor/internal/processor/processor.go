@@ -34,6 +34,13 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
+// concurrency is how many messages of one consumer a replica handles at
+// once: each is a few round trips to NATS and the registry, so handling them
+// one by one would leave the process idle. The record logic is indifferent
+// to the order of a job's messages (stale, duplicate and out-of-order reports
+// are recognised), and compare-and-set settles two of a job's at once.
+const concurrency = 32
+
 // AckWait of the processor's consumers: the messages a killed replica held
 // go to another after this long, so it bounds the recovery from a crash.
 const AckWait = 10 * time.Second
@@ -163,11 +170,11 @@ func (p *Processor) Run(ctx context.Context) error {
 		cfg     bus.ConsumerConfig
 		handler bus.Handler
 	}{
-		{bus.ConsumerConfig{AckWait: AckWait, Stream: bus.StreamEvents, Durable: DurableCreated, Filter: []string{bus.SubjectJobCreated}}, p.HandleCreated},
-		{bus.ConsumerConfig{AckWait: AckWait, Stream: bus.StreamEvents, Durable: DurableExec, Filter: []string{bus.SubjectExecutionAll}}, p.HandleExecution},
-		{bus.ConsumerConfig{AckWait: AckWait, Stream: bus.StreamEvents, Durable: DurableCancel, Filter: []string{bus.SubjectJobCancel}}, p.HandleCancel},
-		{bus.ConsumerConfig{AckWait: AckWait, Stream: bus.StreamEvents, Durable: DurableRestart, Filter: []string{bus.SubjectJobRestart}}, p.HandleRestart},
-		{bus.ConsumerConfig{AckWait: AckWait, Stream: bus.StreamEvents, Durable: DurableTimer, Filter: []string{subjectTimer + "*"}, MaxAckPending: timerMaxAckPending}, p.HandleTimer},
+		{bus.ConsumerConfig{AckWait: AckWait, Concurrency: concurrency, Stream: bus.StreamEvents, Durable: DurableCreated, Filter: []string{bus.SubjectJobCreated}}, p.HandleCreated},
+		{bus.ConsumerConfig{AckWait: AckWait, Concurrency: concurrency, Stream: bus.StreamEvents, Durable: DurableExec, Filter: []string{bus.SubjectExecutionAll}}, p.HandleExecution},
+		{bus.ConsumerConfig{AckWait: AckWait, Concurrency: concurrency, Stream: bus.StreamEvents, Durable: DurableCancel, Filter: []string{bus.SubjectJobCancel}}, p.HandleCancel},
+		{bus.ConsumerConfig{AckWait: AckWait, Concurrency: concurrency, Stream: bus.StreamEvents, Durable: DurableRestart, Filter: []string{bus.SubjectJobRestart}}, p.HandleRestart},
+		{bus.ConsumerConfig{AckWait: AckWait, Concurrency: concurrency, Stream: bus.StreamEvents, Durable: DurableTimer, Filter: []string{subjectTimer + "*"}, MaxAckPending: timerMaxAckPending}, p.HandleTimer},
 	}
 	// Set every consumer up first, so Ready means all of them are there.
 	for _, c := range consumers {

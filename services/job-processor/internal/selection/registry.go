@@ -19,9 +19,20 @@ type RegistryLookup struct {
 	ttl    time.Duration
 	now    func() time.Time
 
-	mu       sync.Mutex
-	services map[string]cachedService
-	profiles map[string]cachedProfile
+	mu        sync.Mutex
+	services  map[string]cachedService
+	profiles  map[string]cachedProfile
+	instances map[string]cachedInstances
+}
+
+// InstancesTTL is how long a profile's instance list is reused: it spares
+// the registry a call per dispatch under load, and is short next to the
+// rate at which instances report their load.
+const InstancesTTL = 250 * time.Millisecond
+
+type cachedInstances struct {
+	list    []*registryv1.ServiceInstance
+	expires time.Time
 }
 
 type cachedProfile struct {
@@ -37,11 +48,33 @@ type cachedService struct {
 // NewRegistryLookup returns a Lookup asking client, caching service
 // definitions for ttl.
 func NewRegistryLookup(client registryv1.RegistryServiceClient, ttl time.Duration) *RegistryLookup {
-	return &RegistryLookup{client: client, ttl: ttl, now: time.Now, services: map[string]cachedService{}, profiles: map[string]cachedProfile{}}
+	return &RegistryLookup{client: client, ttl: ttl, now: time.Now, services: map[string]cachedService{}, profiles: map[string]cachedProfile{}, instances: map[string]cachedInstances{}}
 }
 
-// Instances lists every live instance offering profile, following pages.
+// Instances lists every live instance offering profile, from a list at
+// most InstancesTTL old. An empty list is not kept: a job waiting for a
+// worker sees it as soon as it registers.
 func (r *RegistryLookup) Instances(ctx context.Context, profile string) ([]*registryv1.ServiceInstance, error) {
+	now := r.now()
+	r.mu.Lock()
+	c, ok := r.instances[profile]
+	r.mu.Unlock()
+	if ok && now.Before(c.expires) {
+		return c.list, nil
+	}
+	list, err := r.listInstances(ctx, profile)
+	if err != nil {
+		return nil, err
+	}
+	if len(list) > 0 {
+		r.mu.Lock()
+		r.instances[profile] = cachedInstances{list: list, expires: now.Add(InstancesTTL)}
+		r.mu.Unlock()
+	}
+	return list, nil
+}
+
+func (r *RegistryLookup) listInstances(ctx context.Context, profile string) ([]*registryv1.ServiceInstance, error) {
 	var out []*registryv1.ServiceInstance
 	req := &registryv1.ListInstancesRequest{Profile: profile, PageSize: 1000}
 	for {

@@ -1,0 +1,324 @@
+package main_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/devenv"
+	"github.com/medius-platform/medius/pkg/devstack"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// platformResult is what one run of BenchmarkPlatform measured.
+type platformResult struct {
+	e2e, submit, ceiling       float64 // per second
+	p50, p99, fullP50, fullP99 time.Duration
+}
+
+var (
+	platformOnce sync.Once
+	platformRes  platformResult
+)
+
+// BenchmarkPlatform measures the four binaries as separate processes on
+// file-backed JetStream with the NoOp profile: end-to-end throughput (submit
+// -> COMPLETED) at full load, latency from submit to the worker's start at
+// full load and at 10 jobs/s, and, as the ceiling, the raw JetStream
+// publish+consume rate of the same server. The run is done once per process
+// whatever b.N is; it ends with one RESULT line. MEDIUS_BENCH_JOBS sets the
+// full-load job count (default 5000).
+func BenchmarkPlatform(b *testing.B) {
+	platformOnce.Do(func() { platformRes = runPlatform(b) })
+	r := platformRes
+	b.ReportMetric(r.e2e, "e2e_jobs/s")
+	b.ReportMetric(float64(r.p50.Microseconds())/1000, "p50_ms@10/s")
+	b.ReportMetric(float64(r.p99.Microseconds())/1000, "p99_ms@10/s")
+	b.ReportMetric(r.ceiling, "ceiling_msgs/s")
+}
+
+// starts records when a job was submitted and when its worker started it.
+type starts struct {
+	mu        sync.Mutex
+	submitted map[string]time.Time
+	started   map[string]time.Time
+	completed atomic.Int64
+	allDone   chan struct{}
+	want      int64
+}
+
+func newStarts(want int) *starts {
+	return &starts{submitted: map[string]time.Time{}, started: map[string]time.Time{}, allDone: make(chan struct{}), want: int64(want)}
+}
+
+func (s *starts) onExec(m *nats.Msg) {
+	u := &eventsv1.ExecutionUpdate{}
+	if proto.Unmarshal(m.Data, u) != nil || u.GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING || u.GetAttempt() != 1 {
+		return
+	}
+	s.mu.Lock()
+	if _, ok := s.started[u.GetJobId()]; !ok {
+		s.started[u.GetJobId()] = u.GetTime().AsTime()
+	}
+	s.mu.Unlock()
+}
+
+func (s *starts) onStatus(m *nats.Msg) {
+	ev := &eventsv1.JobStatusChanged{}
+	if proto.Unmarshal(m.Data, ev) != nil || ev.GetStatus() != jobsv1.JobStatus_JOB_STATUS_COMPLETED {
+		return
+	}
+	if s.completed.Add(1) == s.want {
+		close(s.allDone)
+	}
+}
+
+// latencies returns p50 and p99 of submit -> worker start.
+func (s *starts) latencies(b *testing.B) (p50, p99 time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var d []time.Duration
+	for id, sub := range s.submitted {
+		if st, ok := s.started[id]; ok {
+			d = append(d, st.Sub(sub))
+		}
+	}
+	if len(d) == 0 {
+		b.Fatal("no job started")
+	}
+	slices.Sort(d)
+	return d[len(d)/2], d[min(len(d)-1, len(d)*99/100)]
+}
+
+func runPlatform(b *testing.B) platformResult {
+	n := 5000
+	if v, err := strconv.Atoi(os.Getenv("MEDIUS_BENCH_JOBS")); err == nil && v > 0 {
+		n = v
+	}
+	pprofAddr, err := devenv.FreeAddr()
+	if err != nil {
+		b.Fatal(err)
+	}
+	l := startLab(b, devstack.Config{
+		Workers: 1,
+		Args: map[string][]string{"job-worker": {"--capacity", "64"},
+			"job-processor": {"--queue-timeout", "10m", "--pprof-addr", pprofAddr}},
+		Env: []string{"MEDIUS_LOG_LEVEL=warn"},
+	})
+	nc, js, err := bus.Connect(l.stack.NATS.URL, "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	var r platformResult
+	noop := &jobsv1.Job{Profile: "NoOp"}
+
+	// Full load through the API: CreateJob from 64 concurrent clients.
+	api := min(n, 1000)
+	run := l.measure(b, nc, api, func(i int) (string, error) {
+		job, err := l.jobs.CreateJob(authed(context.Background()), &jobsv1.CreateJobRequest{Job: noop})
+		return job.GetId(), err
+	})
+	r.submit = run.submitRate
+	b.Logf("full load via CreateJob: %d NoOp jobs submitted at %.0f jobs/s (64 concurrent calls), %.0f jobs/s end to end; submit -> worker start p50 %s p99 %s",
+		api, run.submitRate, run.e2e, run.p50, run.p99)
+
+	// Full load, batch submit: the jobs are stored and announced as
+	// CreateJob does after its checks (auth, validation, quota), from 64
+	// concurrent writers, so the rest of the platform is what is measured.
+	kv, err := js.KeyValue(context.Background(), bus.BucketJobs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// MEDIUS_BENCH_PPROF=<file> keeps a 10 s CPU profile of the processor
+	// under this load.
+	if out := os.Getenv("MEDIUS_BENCH_PPROF"); out != "" {
+		go func() {
+			resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/profile?seconds=10")
+			if err != nil {
+				b.Logf("profile: %v", err)
+				return
+			}
+			defer resp.Body.Close()
+			f, err := os.Create(out)
+			if err != nil {
+				b.Logf("profile: %v", err)
+				return
+			}
+			defer f.Close()
+			_, _ = io.Copy(f, resp.Body)
+		}()
+	}
+	run = l.measure(b, nc, n, func(int) (string, error) {
+		id, err := uuid.NewV7()
+		if err != nil {
+			return "", err
+		}
+		now := timestamppb.Now()
+		job := &jobsv1.Job{Id: id.String(), Tenant: "bench", Profile: "NoOp", JobType: "QAJob", Input: &jobsv1.JobInput{},
+			Status: jobsv1.JobStatus_JOB_STATUS_NEW, CreateTime: now, UpdateTime: now}
+		data, err := proto.Marshal(job)
+		if err != nil {
+			return "", err
+		}
+		ctx := context.Background()
+		if _, err := kv.Create(ctx, job.GetId(), data); err != nil {
+			return "", err
+		}
+		return job.GetId(), bus.Publish(ctx, js, bus.SubjectJobCreated, "created-"+job.GetId(), &eventsv1.JobCreated{Job: job})
+	})
+	r.e2e, r.fullP50, r.fullP99 = run.e2e, run.p50, run.p99
+	b.Logf("full load, batch submit: %d NoOp jobs stored and announced at %.0f jobs/s, %.0f jobs/s end to end; submit -> worker start p50 %s p99 %s",
+		n, run.submitRate, run.e2e, run.p50, run.p99)
+
+	// Light load: 10 jobs/s through CreateJob, one at a time.
+	const light = 100
+	tick := time.NewTicker(100 * time.Millisecond)
+	run = l.measure(b, nc, light, func(int) (string, error) {
+		<-tick.C
+		job, err := l.jobs.CreateJob(authed(context.Background()), &jobsv1.CreateJobRequest{Job: noop})
+		return job.GetId(), err
+	}, 1)
+	tick.Stop()
+	r.p50, r.p99 = run.p50, run.p99
+	b.Logf("10 jobs/s via CreateJob: submit -> worker start p50 %s p99 %s", r.p50, r.p99)
+
+	r.ceiling = ceiling(b, js, n)
+	b.Logf("ceiling: raw JetStream publish+consume on the same server (file storage): %.0f msgs/s", r.ceiling)
+	fmt.Printf("SUBMIT api_jobs_per_s=%.0f (CreateJob, 64 concurrent)\n", r.submit)
+	fmt.Printf("RESULT e2e_jobs_per_s=%.0f p50_ms=%.2f p99_ms=%.2f ceiling_msgs_per_s=%.0f\n",
+		r.e2e, float64(r.p50.Microseconds())/1000, float64(r.p99.Microseconds())/1000, r.ceiling)
+	return r
+}
+
+type runResult struct {
+	submitRate, e2e float64
+	p50, p99        time.Duration
+}
+
+// measure submits n jobs with submit (64 at a time unless told) and waits
+// until all are COMPLETED.
+func (l *lab) measure(b *testing.B, nc *nats.Conn, n int, submit func(i int) (string, error), concurrency ...int) runResult {
+	st := newStarts(n)
+	subs := l.follow(b, nc, st)
+	defer func() {
+		for _, s := range subs {
+			_ = s.Unsubscribe()
+		}
+	}()
+	limit := 64
+	if len(concurrency) > 0 {
+		limit = concurrency[0]
+	}
+	start := time.Now()
+	var g errgroup.Group
+	g.SetLimit(limit)
+	for i := range n {
+		g.Go(func() error {
+			t := time.Now()
+			id, err := submit(i)
+			if err != nil {
+				return err
+			}
+			st.mu.Lock()
+			st.submitted[id] = t
+			st.mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
+	}
+	submitted := time.Since(start)
+	select {
+	case <-st.allDone:
+	case <-time.After(10 * time.Minute):
+		b.Fatalf("%d of %d jobs completed in 10 min", st.completed.Load(), n)
+	}
+	elapsed := time.Since(start)
+	res := runResult{submitRate: float64(n) / submitted.Seconds(), e2e: float64(n) / elapsed.Seconds()}
+	res.p50, res.p99 = st.latencies(b)
+	return res
+}
+
+// follow subscribes s to the live execution and status events.
+func (l *lab) follow(b *testing.B, nc *nats.Conn, s *starts) []*nats.Subscription {
+	var out []*nats.Subscription
+	for subj, h := range map[string]nats.MsgHandler{bus.SubjectExecutionAll: s.onExec, bus.SubjectJobStatusAll: s.onStatus} {
+		sub, err := nc.Subscribe(subj, h)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = sub.SetPendingLimits(-1, -1)
+		out = append(out, sub)
+	}
+	if err := nc.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	return out
+}
+
+// ceiling publishes n messages (async, acked) to a file-backed stream and
+// consumes them with a pull consumer, acking each: the rate of both
+// together is the most any JetStream pipeline on this server can do.
+func ceiling(b *testing.B, js jetstream.JetStream, n int) float64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BENCH_CEILING", Subjects: []string{"bench.ceiling"}, Storage: jetstream.FileStorage})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cons, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "bench", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		b.Fatal(err)
+	}
+	payload := make([]byte, 200) // about a JobCreated's size
+	n *= 4                       // enough to measure
+	var got atomic.Int64
+	consumed := make(chan struct{})
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		_ = m.Ack()
+		if got.Add(1) == int64(n) {
+			close(consumed)
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cc.Stop()
+	start := time.Now()
+	for i := range n {
+		if _, err := js.PublishAsync("bench.ceiling", payload); err != nil {
+			b.Fatal(err)
+		}
+		if i%1000 == 999 {
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-ctx.Done():
+				b.Fatal(ctx.Err())
+			}
+		}
+	}
+	select {
+	case <-consumed:
+	case <-ctx.Done():
+		b.Fatalf("consumed %d of %d", got.Load(), n)
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
