@@ -78,8 +78,12 @@ check-generated: lint-proto
 	fi; echo "generated code is up to date"
 
 # bench runs the benchmarks; figures go in closing notes, never in assertions.
+# The platform benchmark (cmd/medius BenchmarkPlatform) runs last: its RESULT
+# line ends the output.
 bench: tools deps
-	go test -run '^$$' -bench . -benchtime 20x ./pkg/... ./cmd/medius/... $(addprefix ./services/,$(addsuffix /...,$(SERVICES)))
+	go test -run '^$$' -bench . -benchtime 20x ./pkg/... $(addprefix ./services/,$(addsuffix /...,$(SERVICES)))
+	mkdir -p $(BIN); set -o pipefail; go test -run '^$$' -bench . -benchtime 20x -timeout 30m ./cmd/medius/... | tee $(BIN)/bench-platform.txt
+	@grep '^RESULT' $(BIN)/bench-platform.txt | tail -1
 
 clean:
 	rm -rf $(BIN) proto/third_party
