@@ -10,7 +10,7 @@ SERVICES       := mediator job-processor job-worker service-registry
 DEPLOY_PKGS    := ./deploy/deploytest/... ./deploy/healthcheck/...
 GO_TEST_FLAGS  ?= -race -count=1 -timeout 25m
 # Packages apt installs when their command is missing (command:package).
-TOOLS          := ffmpeg:ffmpeg ffprobe:ffmpeg tesseract:tesseract-ocr tesseract:tesseract-ocr-eng
+TOOLS          := ffmpeg:ffmpeg ffprobe:ffmpeg tesseract:tesseract-ocr tesseract:tesseract-ocr-eng pocketsphinx_continuous:pocketsphinx pocketsphinx_continuous:pocketsphinx-en-us espeak-ng:espeak-ng
 
 .PHONY: help run test build generate check-generated lint-proto deps tools clean bench
 

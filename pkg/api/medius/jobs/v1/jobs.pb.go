@@ -470,8 +470,11 @@ type Job struct {
 	Executions []*Execution           `protobuf:"bytes,21,rep,name=executions,proto3" json:"executions,omitempty"`
 	// Billable quantity verified by the worker (seconds of media).
 	VerifiedQuantity float64 `protobuf:"fixed64,22,opt,name=verified_quantity,json=verifiedQuantity,proto3" json:"verified_quantity,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// How long the job is kept after it ends; unset means the mediator's
+	// retention period (90 days by default).
+	Ttl           *durationpb.Duration `protobuf:"bytes,23,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -656,6 +659,13 @@ func (x *Job) GetVerifiedQuantity() float64 {
 		return x.VerifiedQuantity
 	}
 	return 0
+}
+
+func (x *Job) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
 }
 
 type CreateJobRequest struct {
@@ -1241,7 +1251,7 @@ const file_medius_jobs_v1_jobs_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12-\n" +
-	"\x05error\x18\t \x01(\v2\x17.medius.jobs.v1.ProblemR\x05error\"\xfc\a\n" +
+	"\x05error\x18\t \x01(\v2\x17.medius.jobs.v1.ProblemR\x05error\"\xa9\b\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x19\n" +
@@ -1270,7 +1280,8 @@ const file_medius_jobs_v1_jobs_proto_rawDesc = "" +
 	"\n" +
 	"executions\x18\x15 \x03(\v2\x19.medius.jobs.v1.ExecutionR\n" +
 	"executions\x12+\n" +
-	"\x11verified_quantity\x18\x16 \x01(\x01R\x10verifiedQuantity\x1a7\n" +
+	"\x11verified_quantity\x18\x16 \x01(\x01R\x10verifiedQuantity\x12+\n" +
+	"\x03ttl\x18\x17 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"X\n" +
@@ -1392,35 +1403,36 @@ var file_medius_jobs_v1_jobs_proto_depIdxs = []int32{
 	22, // 18: medius.jobs.v1.Job.update_time:type_name -> google.protobuf.Timestamp
 	22, // 19: medius.jobs.v1.Job.end_time:type_name -> google.protobuf.Timestamp
 	5,  // 20: medius.jobs.v1.Job.executions:type_name -> medius.jobs.v1.Execution
-	6,  // 21: medius.jobs.v1.CreateJobRequest.job:type_name -> medius.jobs.v1.Job
-	0,  // 22: medius.jobs.v1.ListJobsRequest.status:type_name -> medius.jobs.v1.JobStatus
-	22, // 23: medius.jobs.v1.ListJobsRequest.create_time_after:type_name -> google.protobuf.Timestamp
-	22, // 24: medius.jobs.v1.ListJobsRequest.create_time_before:type_name -> google.protobuf.Timestamp
-	6,  // 25: medius.jobs.v1.ListJobsResponse.jobs:type_name -> medius.jobs.v1.Job
-	5,  // 26: medius.jobs.v1.ListJobExecutionsResponse.executions:type_name -> medius.jobs.v1.Execution
-	2,  // 27: medius.jobs.v1.JobInput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
-	2,  // 28: medius.jobs.v1.JobOutput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
-	7,  // 29: medius.jobs.v1.JobService.CreateJob:input_type -> medius.jobs.v1.CreateJobRequest
-	8,  // 30: medius.jobs.v1.JobService.GetJob:input_type -> medius.jobs.v1.GetJobRequest
-	9,  // 31: medius.jobs.v1.JobService.ListJobs:input_type -> medius.jobs.v1.ListJobsRequest
-	11, // 32: medius.jobs.v1.JobService.CancelJob:input_type -> medius.jobs.v1.CancelJobRequest
-	12, // 33: medius.jobs.v1.JobService.ListJobExecutions:input_type -> medius.jobs.v1.ListJobExecutionsRequest
-	14, // 34: medius.jobs.v1.JobService.RestartJob:input_type -> medius.jobs.v1.RestartJobRequest
-	15, // 35: medius.jobs.v1.JobService.WatchJob:input_type -> medius.jobs.v1.WatchJobRequest
-	16, // 36: medius.jobs.v1.JobService.DeleteJob:input_type -> medius.jobs.v1.DeleteJobRequest
-	6,  // 37: medius.jobs.v1.JobService.CreateJob:output_type -> medius.jobs.v1.Job
-	6,  // 38: medius.jobs.v1.JobService.GetJob:output_type -> medius.jobs.v1.Job
-	10, // 39: medius.jobs.v1.JobService.ListJobs:output_type -> medius.jobs.v1.ListJobsResponse
-	6,  // 40: medius.jobs.v1.JobService.CancelJob:output_type -> medius.jobs.v1.Job
-	13, // 41: medius.jobs.v1.JobService.ListJobExecutions:output_type -> medius.jobs.v1.ListJobExecutionsResponse
-	6,  // 42: medius.jobs.v1.JobService.RestartJob:output_type -> medius.jobs.v1.Job
-	6,  // 43: medius.jobs.v1.JobService.WatchJob:output_type -> medius.jobs.v1.Job
-	17, // 44: medius.jobs.v1.JobService.DeleteJob:output_type -> medius.jobs.v1.DeleteJobResponse
-	37, // [37:45] is the sub-list for method output_type
-	29, // [29:37] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	23, // 21: medius.jobs.v1.Job.ttl:type_name -> google.protobuf.Duration
+	6,  // 22: medius.jobs.v1.CreateJobRequest.job:type_name -> medius.jobs.v1.Job
+	0,  // 23: medius.jobs.v1.ListJobsRequest.status:type_name -> medius.jobs.v1.JobStatus
+	22, // 24: medius.jobs.v1.ListJobsRequest.create_time_after:type_name -> google.protobuf.Timestamp
+	22, // 25: medius.jobs.v1.ListJobsRequest.create_time_before:type_name -> google.protobuf.Timestamp
+	6,  // 26: medius.jobs.v1.ListJobsResponse.jobs:type_name -> medius.jobs.v1.Job
+	5,  // 27: medius.jobs.v1.ListJobExecutionsResponse.executions:type_name -> medius.jobs.v1.Execution
+	2,  // 28: medius.jobs.v1.JobInput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
+	2,  // 29: medius.jobs.v1.JobOutput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
+	7,  // 30: medius.jobs.v1.JobService.CreateJob:input_type -> medius.jobs.v1.CreateJobRequest
+	8,  // 31: medius.jobs.v1.JobService.GetJob:input_type -> medius.jobs.v1.GetJobRequest
+	9,  // 32: medius.jobs.v1.JobService.ListJobs:input_type -> medius.jobs.v1.ListJobsRequest
+	11, // 33: medius.jobs.v1.JobService.CancelJob:input_type -> medius.jobs.v1.CancelJobRequest
+	12, // 34: medius.jobs.v1.JobService.ListJobExecutions:input_type -> medius.jobs.v1.ListJobExecutionsRequest
+	14, // 35: medius.jobs.v1.JobService.RestartJob:input_type -> medius.jobs.v1.RestartJobRequest
+	15, // 36: medius.jobs.v1.JobService.WatchJob:input_type -> medius.jobs.v1.WatchJobRequest
+	16, // 37: medius.jobs.v1.JobService.DeleteJob:input_type -> medius.jobs.v1.DeleteJobRequest
+	6,  // 38: medius.jobs.v1.JobService.CreateJob:output_type -> medius.jobs.v1.Job
+	6,  // 39: medius.jobs.v1.JobService.GetJob:output_type -> medius.jobs.v1.Job
+	10, // 40: medius.jobs.v1.JobService.ListJobs:output_type -> medius.jobs.v1.ListJobsResponse
+	6,  // 41: medius.jobs.v1.JobService.CancelJob:output_type -> medius.jobs.v1.Job
+	13, // 42: medius.jobs.v1.JobService.ListJobExecutions:output_type -> medius.jobs.v1.ListJobExecutionsResponse
+	6,  // 43: medius.jobs.v1.JobService.RestartJob:output_type -> medius.jobs.v1.Job
+	6,  // 44: medius.jobs.v1.JobService.WatchJob:output_type -> medius.jobs.v1.Job
+	17, // 45: medius.jobs.v1.JobService.DeleteJob:output_type -> medius.jobs.v1.DeleteJobResponse
+	38, // [38:46] is the sub-list for method output_type
+	30, // [30:38] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_medius_jobs_v1_jobs_proto_init() }
