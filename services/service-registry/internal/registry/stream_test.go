@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/devenv"
 	"github.com/medius-platform/medius/pkg/registryclient"
@@ -363,4 +364,27 @@ func TestCreateAndUpdateSemantics(t *testing.T) {
 	if err != nil || len(list.GetProfiles()) != 1 || list.GetProfiles()[0].GetName() != "Transcode" {
 		t.Errorf("profiles in eu = %v, %v", list, err)
 	}
+}
+
+// A worker shutting down gracefully (Registration.Close) is gone at once,
+// not after its lease ttl, and its DOWN event follows.
+func TestGracefulCloseRemovesAtOnce(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ev := f.events(t, "svc")
+	reg, err := registryclient.Register(t.Context(), f.client, &registryv1.Service{Name: "svc", Profiles: []string{"p"}},
+		&registryv1.ServiceInstance{Id: "w-1", Capacity: 2}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, ev, eventsv1.ServiceInstanceChanged_KIND_UP, "w-1", 5*time.Second)
+	closed := time.Now()
+	if err := reg.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := instanceIDs(t, f, &registryv1.ListInstancesRequest{}); len(got) != 0 {
+		t.Fatalf("instances right after Close = %v, want none (ttl is 30s)", got)
+	}
+	waitEvent(t, ev, eventsv1.ServiceInstanceChanged_KIND_DOWN, "w-1", time.Second)
+	t.Logf("DOWN event %s after Close", time.Since(closed).Round(time.Millisecond))
 }
