@@ -29,7 +29,7 @@ const (
 func Builtin(res *locator.Resolver) []workersdk.Profile {
 	return []workersdk.Profile{
 		TechnicalMetadata(res), TranscodeProfile(res, Transcode), TranscodeProfile(res, CreateProxy),
-		ThumbnailsProfile(res), LoudnessProfile(res), ShotsProfile(res), OCRProfile(res),
+		ThumbnailsProfile(res), LoudnessProfile(res), ShotsProfile(res), OCRProfile(res), SpeechProfile(res),
 		SleepProfile(), NoOpProfile(),
 	}
 }

@@ -76,3 +76,29 @@ func Captions(t testing.TB, dir string, caps []Caption) string {
 	ffmpeg(t, "-f", "lavfi", "-i", vf, "-c:v", "libx264", "-pix_fmt", "yuv420p", out)
 	return out
 }
+
+// Speech writes dir/speech.wav: the sentences spoken by espeak-ng (Klatt
+// voice, 120 words a minute) at 16 kHz, after 0.5 s of silence and with
+// 1 s of silence after each.
+func Speech(t testing.TB, dir string, sentences ...string) string {
+	t.Helper()
+	var args []string
+	filter := ""
+	for i, s := range sentences {
+		p := filepath.Join(dir, fmt.Sprintf("sentence%d.wav", i))
+		if b, err := exec.Command("espeak-ng", "-v", "en-us+klatt4", "-s", "120", "-w", p, s).CombinedOutput(); err != nil {
+			t.Fatalf("espeak-ng: %v\n%s", err, b)
+		}
+		args = append(args, "-i", p)
+		filter += fmt.Sprintf("[%d:a]aresample=16000,apad=pad_dur=1[s%d];", i+1, i)
+	}
+	filter += "[0:a]"
+	for i := range sentences {
+		filter += fmt.Sprintf("[s%d]", i)
+	}
+	filter += fmt.Sprintf("concat=n=%d:v=0:a=1[out]", len(sentences)+1)
+	out := filepath.Join(dir, "speech.wav")
+	ffmpeg(t, append(append([]string{"-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono:d=0.5"}, args...),
+		"-filter_complex", filter, "-map", "[out]", "-ac", "1", "-c:a", "pcm_s16le", out)...)
+	return out
+}
