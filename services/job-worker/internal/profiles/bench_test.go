@@ -82,3 +82,14 @@ func BenchmarkExtractTechnicalMetadata(b *testing.B) {
 	res, _, clip := benchSetup(b)
 	benchProfile(b, TechnicalMetadata(res), "file://"+clip, "", nil, benchSeconds)
 }
+
+func BenchmarkSpeechToText(b *testing.B) {
+	dir := b.TempDir()
+	speech := testmedia.Speech(b, dir, "the president said on monday that the government would cut taxes")
+	_, seconds, err := Probe(b.Context(), speech)
+	if err != nil {
+		b.Fatal(err)
+	}
+	res := &locator.Resolver{Roots: []string{dir}}
+	benchProfile(b, SpeechProfile(res), "file://"+speech, "file://"+dir+"/out", nil, seconds)
+}
