@@ -33,10 +33,6 @@ func (s *Server) RegisterInstance(ctx context.Context, req *registryv1.RegisterI
 	key := InstanceKey(id)
 	sctx, cancel := storeCtx(ctx)
 	defer cancel()
-	prev, err := s.cli.Get(sctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("register instance %s: read previous: %w", id, err)
-	}
 	lease, err := s.cli.Grant(sctx, int64(math.Ceil(ttl.Seconds())))
 	if err != nil {
 		return nil, fmt.Errorf("register instance %s: grant lease: %w", id, err)
@@ -48,15 +44,18 @@ func (s *Server) RegisterInstance(ctx context.Context, req *registryv1.RegisterI
 	if err != nil {
 		return nil, fmt.Errorf("register instance %s: %w", id, err)
 	}
-	if _, err := s.cli.Put(sctx, key, val, clientv3.WithLease(lease.ID)); err != nil {
+	// The previous record comes back with the put (one round trip less per
+	// registration than reading it first).
+	put, err := s.cli.Put(sctx, key, val, clientv3.WithLease(lease.ID), clientv3.WithPrevKV())
+	if err != nil {
 		// Do not leave an orphan lease behind; it would expire anyway.
 		s.revokeQuietly(ctx, lease.ID)
 		return nil, fmt.Errorf("register instance %s: put: %w", id, err)
 	}
 	// A re-registration (a restarted worker keeping its id) moved the key to
 	// the new lease; the old one guards nothing any more.
-	if len(prev.Kvs) == 1 && prev.Kvs[0].Lease != 0 && clientv3.LeaseID(prev.Kvs[0].Lease) != lease.ID {
-		s.revokeQuietly(ctx, clientv3.LeaseID(prev.Kvs[0].Lease))
+	if prev := put.PrevKv; prev != nil && prev.Lease != 0 && clientv3.LeaseID(prev.Lease) != lease.ID {
+		s.revokeQuietly(ctx, clientv3.LeaseID(prev.Lease))
 	}
 	granted := time.Duration(lease.TTL) * time.Second
 	slog.InfoContext(ctx, "instance registered", "instance", id, "instance_service", inst.GetService(), "ttl", granted, "capacity", inst.GetCapacity())
