@@ -61,17 +61,48 @@ type starts struct {
 	completed atomic.Int64
 	allDone   chan struct{}
 	want      int64
+	// stages: when the test saw each step of a job (its own clock).
+	stages map[string]*[5]time.Time
+}
+
+// Steps of a job as seen on the bus, in order.
+const (
+	seenScheduled     = iota // processor announced SCHEDULED
+	seenRunning              // worker reported RUNNING
+	seenWorkerDone           // worker reported COMPLETED
+	seenAnnouncedDone        // processor announced COMPLETED
+)
+
+func (s *starts) saw(id string, step int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stages[id]
+	if st == nil {
+		st = &[5]time.Time{}
+		s.stages[id] = st
+	}
+	if st[step].IsZero() {
+		st[step] = time.Now()
+	}
 }
 
 func newStarts(want int) *starts {
-	return &starts{submitted: map[string]time.Time{}, started: map[string]time.Time{}, allDone: make(chan struct{}), want: int64(want)}
+	return &starts{submitted: map[string]time.Time{}, started: map[string]time.Time{}, allDone: make(chan struct{}), want: int64(want),
+		stages: map[string]*[5]time.Time{}}
 }
 
 func (s *starts) onExec(m *nats.Msg) {
 	u := &eventsv1.ExecutionUpdate{}
-	if proto.Unmarshal(m.Data, u) != nil || u.GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING || u.GetAttempt() != 1 {
+	if proto.Unmarshal(m.Data, u) != nil || u.GetAttempt() != 1 {
 		return
 	}
+	if u.GetStatus() == jobsv1.JobStatus_JOB_STATUS_COMPLETED {
+		s.saw(u.GetJobId(), seenWorkerDone)
+	}
+	if u.GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING {
+		return
+	}
+	s.saw(u.GetJobId(), seenRunning)
 	s.mu.Lock()
 	if _, ok := s.started[u.GetJobId()]; !ok {
 		s.started[u.GetJobId()] = u.GetTime().AsTime()
@@ -81,12 +112,44 @@ func (s *starts) onExec(m *nats.Msg) {
 
 func (s *starts) onStatus(m *nats.Msg) {
 	ev := &eventsv1.JobStatusChanged{}
-	if proto.Unmarshal(m.Data, ev) != nil || ev.GetStatus() != jobsv1.JobStatus_JOB_STATUS_COMPLETED {
+	if proto.Unmarshal(m.Data, ev) != nil {
 		return
 	}
+	if ev.GetStatus() == jobsv1.JobStatus_JOB_STATUS_SCHEDULED {
+		s.saw(ev.GetJobId(), seenScheduled)
+	}
+	if ev.GetStatus() != jobsv1.JobStatus_JOB_STATUS_COMPLETED {
+		return
+	}
+	s.saw(ev.GetJobId(), seenAnnouncedDone)
 	if s.completed.Add(1) == s.want {
 		close(s.allDone)
 	}
+}
+
+// breakdown is the median time of each step of a job: where time goes.
+func (s *starts) breakdown() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	med := func(from func(string, *[5]time.Time) time.Time, to int) time.Duration {
+		var d []time.Duration
+		for id, st := range s.stages {
+			if f := from(id, st); !f.IsZero() && !st[to].IsZero() {
+				d = append(d, st[to].Sub(f))
+			}
+		}
+		if len(d) == 0 {
+			return 0
+		}
+		slices.Sort(d)
+		return d[len(d)/2]
+	}
+	step := func(i int) func(string, *[5]time.Time) time.Time {
+		return func(_ string, st *[5]time.Time) time.Time { return st[i] }
+	}
+	submitted := func(id string, _ *[5]time.Time) time.Time { return s.submitted[id] }
+	return fmt.Sprintf("median submit->SCHEDULED %s, SCHEDULED->worker RUNNING %s, RUNNING->worker COMPLETED %s, worker COMPLETED->announced %s",
+		med(submitted, seenScheduled), med(step(seenScheduled), seenRunning), med(step(seenRunning), seenWorkerDone), med(step(seenWorkerDone), seenAnnouncedDone))
 }
 
 // latencies returns p50 and p99 of submit -> worker start.
@@ -254,6 +317,7 @@ func (l *lab) measure(b *testing.B, nc *nats.Conn, n int, submit func(i int) (st
 	elapsed := time.Since(start)
 	res := runResult{submitRate: float64(n) / submitted.Seconds(), e2e: float64(n) / elapsed.Seconds()}
 	res.p50, res.p99 = st.latencies(b)
+	b.Logf("%d jobs: %s", n, st.breakdown())
 	return res
 }
 
