@@ -25,6 +25,9 @@ import (
 	"github.com/medius-platform/medius/services/mediator/internal/registryapi"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
@@ -63,7 +66,7 @@ func registryBinary(t *testing.T) string {
 // setup runs the real registry on real etcd and NATS, the mediator's
 // registry proxy behind its auth interceptors, and the MCMA routes over it:
 // everything the mediator wires, on test ports.
-func setup(t *testing.T) (baseURL string) {
+func setup(t *testing.T) (baseURL string, proxy registryv1.RegistryServiceClient) {
 	t.Helper()
 	env := devenv.Start(t)
 	regAddr, err := devenv.FreeAddr()
@@ -129,7 +132,7 @@ func setup(t *testing.T) (baseURL string) {
 	(&API{Registry: registryv1.NewRegistryServiceClient(self)}).Mount(mux)
 	hs := httptest.NewServer(mux)
 	t.Cleanup(hs.Close)
-	return hs.URL
+	return hs.URL, registryv1.NewRegistryServiceClient(self)
 }
 
 type response struct {
@@ -195,7 +198,7 @@ func sameDocument(t *testing.T, what string, got []byte, want []byte) map[string
 
 func TestMCMAResources(t *testing.T) {
 	t.Parallel()
-	root := setup(t)
+	root, _ := setup(t)
 	base := root + Prefix
 
 	// Create a profile and a service from MCMA documents (admin).
@@ -314,7 +317,7 @@ func TestMCMAResources(t *testing.T) {
 
 func TestMCMAAuthAndErrors(t *testing.T) {
 	t.Parallel()
-	root := setup(t)
+	root, proxy := setup(t)
 	base := root + Prefix
 	profile := []byte(`{"@type":"JobProfile","name":"P","jobType":"AIJob"}`)
 	for _, tc := range []struct {
@@ -354,6 +357,24 @@ func TestMCMAAuthAndErrors(t *testing.T) {
 			}
 		})
 	}
+	// The registry as gRPC on the mediator: tenants read and watch, but never
+	// register instances there (workers talk to the registry directly).
+	tenant := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+tenantKey)
+	_, err := proxy.RegisterInstance(tenant, &registryv1.RegisterInstanceRequest{})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("RegisterInstance through the mediator: %v, want PermissionDenied", err)
+	}
+	stream, err := proxy.Watch(tenant, &registryv1.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first, err := stream.Recv(); err != nil || !first.GetResync() || !first.GetSynced() {
+		t.Errorf("Watch through the mediator: %v, %v; want a complete snapshot", first, err)
+	}
+	if _, err := proxy.ListServices(t.Context(), &registryv1.ListServicesRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("ListServices without a credential: %v, want Unauthenticated", err)
+	}
+
 	// Authorization: Bearer works as well as x-mcma-api-key.
 	req, _ := http.NewRequestWithContext(context.Background(), "GET", base+"/services", nil)
 	req.Header.Set("Authorization", "Bearer "+tenantKey)
