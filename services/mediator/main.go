@@ -14,6 +14,7 @@ import (
 
 	"github.com/medius-platform/medius/pkg/flagenv"
 	"github.com/medius-platform/medius/services/mediator/internal/app"
+	"github.com/medius-platform/medius/services/mediator/internal/jobapi"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
@@ -49,6 +50,7 @@ func parseFlags(args []string) (app.Config, error) {
 	fs.StringVar(&cfg.AdminAPIKey, "admin-api-key", "", "operator credential managing tenants, keys and quotas (prefer MEDIUS_ADMIN_API_KEY)")
 	fs.StringVar(&cfg.TokenSigningKey, "token-signing-key", "", "HS256 key signing access tokens; empty keeps a random one in etcd (prefer MEDIUS_TOKEN_SIGNING_KEY)")
 	fs.BoolVar(&cfg.AllowPrivateWebhooks, "allow-private-webhooks", false, "allow notification endpoints on loopback and private addresses")
+	fs.DurationVar(&cfg.Retention.Period, "retention", jobapi.DefaultRetention, "how long terminal jobs without a ttl are kept")
 	fs.DurationVar(&cfg.TokenTTL, "token-ttl", cfg.TokenTTL, "lifetime of access tokens")
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", cfg.AdminAddr, "admin listen address (/healthz, /readyz, /metrics)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")

@@ -98,6 +98,8 @@ type Config struct {
 	StopTimeout time.Duration
 	// Sweep tunes the re-publication of jobs left NEW.
 	Sweep jobapi.SweepConfig
+	// Retention tunes the deletion of old terminal jobs.
+	Retention jobapi.RetentionConfig
 }
 
 // Defaults returns the documented defaults (docs/internals.md).
@@ -297,6 +299,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	g.Go(func() error { return consumer.Run(workCtx, js) })
 	g.Go(func() error { return notifier.Run(workCtx) })
 	g.Go(func() error { return jobs.Sweep(workCtx, cfg.Sweep) })
+	g.Go(func() error { return jobs.Retain(workCtx, cfg.Retention) })
 	g.Go(func() error {
 		<-gctx.Done()
 		shutdown(ctx, log, cfg, admin, health, httpSrv, grpcSrv)

@@ -102,6 +102,9 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 	if err := validateJob(in); err != nil {
 		return nil, err
 	}
+	if ttl := in.GetTtl(); ttl != nil && (ttl.CheckValid() != nil || ttl.AsDuration() < 0) {
+		return nil, problem.InvalidArgument("job.ttl", "ttl must be a non-negative duration")
+	}
 	if ep := in.GetNotificationEndpoint(); ep != "" && s.checkEndpoint != nil {
 		if err := s.checkEndpoint(ep); err != nil {
 			return nil, err
@@ -160,6 +163,7 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 		Tags:                 in.GetTags(),
 		Region:               in.GetRegion(),
 		Tracking:             in.GetTracking(),
+		Ttl:                  in.GetTtl(),
 		CreateTime:           now,
 		UpdateTime:           now,
 	}

@@ -28,11 +28,15 @@ var (
 
 // Store is the job repository.
 type Store struct {
-	kv jetstream.KeyValue
+	kv     jetstream.KeyValue
+	window time.Duration
 }
 
 // New uses kv (the bus.BucketJobs bucket).
-func New(kv jetstream.KeyValue) *Store { return &Store{kv: kv} }
+func New(kv jetstream.KeyValue) *Store { return &Store{kv: kv, window: RequestWindow} }
+
+// SetRequestWindow changes how long request ids are remembered (tests).
+func (s *Store) SetRequestWindow(d time.Duration) { s.window = d }
 
 // NewID returns a fresh job id. UUIDv7 ids start with their creation time in
 // milliseconds, so ordering ids orders jobs by creation.
@@ -164,7 +168,12 @@ func RequestKey(tenant, requestID string) string {
 	return "req." + tenant + "." + hex.EncodeToString(sum[:])
 }
 
-// RequestOwner returns the job id claimed by (tenant, requestID), if any.
+// RequestWindow is how long a request id answers with the job it created;
+// after it, the id may create a new job.
+const RequestWindow = 24 * time.Hour
+
+// RequestOwner returns the job id claimed by (tenant, requestID) within the
+// last RequestWindow, if any.
 func (s *Store) RequestOwner(ctx context.Context, tenant, requestID string) (string, bool, error) {
 	e, err := s.kv.Get(ctx, RequestKey(tenant, requestID))
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
@@ -173,7 +182,18 @@ func (s *Store) RequestOwner(ctx context.Context, tenant, requestID string) (str
 	if err != nil {
 		return "", false, fmt.Errorf("read request id claim: %w", err)
 	}
+	if time.Since(e.Created()) > s.window {
+		return "", false, nil
+	}
 	return string(e.Value()), true, nil
+}
+
+// ForgetRequest deletes the claim of (tenant, requestID).
+func (s *Store) ForgetRequest(ctx context.Context, tenant, requestID string) error {
+	if err := s.kv.Purge(ctx, RequestKey(tenant, requestID)); err != nil {
+		return fmt.Errorf("forget request id: %w", err)
+	}
+	return nil
 }
 
 // ClaimRequest records that (tenant, requestID) is answered by job jobID,
@@ -191,6 +211,18 @@ func (s *Store) ClaimRequest(ctx context.Context, tenant, requestID, jobID strin
 	e, err := s.kv.Get(ctx, key)
 	if err != nil {
 		return "", fmt.Errorf("read request id claim: %w", err)
+	}
+	if time.Since(e.Created()) > s.window {
+		// An expired claim: this job takes the id over (compare-and-set,
+		// so of two racing takers one wins and the other sees its job).
+		if _, err := s.kv.Update(ctx, key, []byte(jobID), e.Revision()); err == nil {
+			return jobID, nil
+		} else if !isWrongRevision(err) {
+			return "", fmt.Errorf("renew request id claim: %w", err)
+		}
+		if e, err = s.kv.Get(ctx, key); err != nil {
+			return "", fmt.Errorf("read request id claim: %w", err)
+		}
 	}
 	return string(e.Value()), nil
 }
