@@ -301,6 +301,30 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	g.Go(func() error { return jobs.Sweep(workCtx, cfg.Sweep) })
 	g.Go(func() error { return jobs.Retain(workCtx, cfg.Retention) })
 	g.Go(func() error {
+		if err := jobs.Backfill(workCtx, etcd); err != nil && workCtx.Err() == nil {
+			log.WarnContext(workCtx, "job index backfill", "err", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		// Slots whose release was lost (a crash between admission and
+		// storing the job) come back within minutes.
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for {
+			select {
+			case <-workCtx.Done():
+				return nil
+			case <-t.C:
+			}
+			if n, err := jobs.ReconcileQuota(workCtx, quota.New(etcd), 2*time.Minute); err != nil && workCtx.Err() == nil {
+				log.WarnContext(workCtx, "quota reconciliation", "err", err)
+			} else if n > 0 {
+				log.InfoContext(workCtx, "quota slots freed", "count", n)
+			}
+		}
+	})
+	g.Go(func() error {
 		<-gctx.Done()
 		shutdown(ctx, log, cfg, admin, health, httpSrv, grpcSrv)
 		stopWork()

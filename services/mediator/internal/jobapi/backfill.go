@@ -1,0 +1,93 @@
+package jobapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/medius-platform/medius/pkg/jobstate"
+	"github.com/medius-platform/medius/services/mediator/internal/jobindex"
+	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// backfillDoneKey marks an index built for every stored job, so the scan
+// runs once per installation (jobs stored before the index existed).
+const backfillDoneKey = "/medius/jobindex-backfilled"
+
+// Backfill indexes every stored job once, in the background of the first
+// start with an index; later starts only read the marker.
+func (s *Server) Backfill(ctx context.Context, cli *clientv3.Client) error {
+	if s.index == nil {
+		return nil
+	}
+	resp, err := cli.Get(ctx, backfillDoneKey)
+	if err != nil {
+		return fmt.Errorf("read backfill marker: %w", err)
+	}
+	if len(resp.Kvs) > 0 {
+		return nil
+	}
+	ids, err := s.store.IDs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		job, _, err := s.store.Get(ctx, id)
+		if errors.Is(err, jobstore.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := s.index.Put(ctx, job.GetTenant(), jobindex.Entry{ID: id, Profile: job.GetProfile(), Tags: job.GetTags()}); err != nil {
+			return err
+		}
+	}
+	if _, err := cli.Put(ctx, backfillDoneKey, time.Now().UTC().Format(time.RFC3339)); err != nil {
+		return fmt.Errorf("write backfill marker: %w", err)
+	}
+	slog.InfoContext(ctx, "job index backfilled", "jobs", len(ids))
+	return nil
+}
+
+// QuotaMarkers lists the jobs holding quota slots (quota.Admitter).
+type QuotaMarkers interface {
+	Markers(ctx context.Context) (map[[2]string]time.Time, error)
+}
+
+// ReconcileQuota frees the slots of jobs that are gone or ended while
+// their release was lost (a crash between admission and storing the job, a
+// job deleted by hand). Slots younger than minAge are left alone: their job
+// may be in its CreateJob call.
+func (s *Server) ReconcileQuota(ctx context.Context, markers QuotaMarkers, minAge time.Duration) (int, error) {
+	if s.admit == nil {
+		return 0, nil
+	}
+	ms, err := markers.Markers(ctx)
+	if err != nil {
+		return 0, err
+	}
+	freed := 0
+	for k, admitted := range ms {
+		tenant, id := k[0], k[1]
+		if s.now().Sub(admitted) < minAge {
+			continue
+		}
+		job, _, err := s.store.Get(ctx, id)
+		switch {
+		case errors.Is(err, jobstore.ErrNotFound):
+		case err != nil:
+			return freed, err
+		case !jobstate.IsTerminal(job.GetStatus()):
+			continue
+		}
+		if err := s.admit.Release(ctx, tenant, id); err != nil {
+			return freed, err
+		}
+		freed++
+	}
+	return freed, nil
+}

@@ -1,0 +1,75 @@
+package jobapi
+
+import (
+	"context"
+	"testing"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/services/mediator/internal/jobindex"
+	"github.com/medius-platform/medius/services/mediator/internal/quota"
+	"github.com/medius-platform/medius/services/mediator/internal/tenants"
+)
+
+func TestBackfill(t *testing.T) {
+	f := setup(t)
+	ctx := as("acme")
+	var ids []string
+	for range 3 { // stored before the index existed
+		j, err := f.srv.CreateJob(ctx, &jobsv1.CreateJobRequest{Job: ameJob()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, j.Id)
+	}
+	f.srv.SetIndex(jobindex.New(f.env.EtcdCli))
+	if resp, _ := f.srv.ListJobs(ctx, &jobsv1.ListJobsRequest{}); len(resp.GetJobs()) != 0 {
+		t.Fatalf("index listed %d jobs before the backfill", len(resp.GetJobs()))
+	}
+	for range 2 { // the second run only reads the marker
+		if err := f.srv.Backfill(context.Background(), f.env.EtcdCli); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := f.srv.ListJobs(ctx, &jobsv1.ListJobsRequest{})
+	if err != nil || len(resp.Jobs) != 3 || resp.Jobs[0].Id != ids[2] {
+		t.Fatalf("after backfill: %v %v", resp, err)
+	}
+}
+
+func TestReconcileQuota(t *testing.T) {
+	f := setup(t)
+	ts := tenants.New(f.env.EtcdCli)
+	if _, err := ts.CreateTenant(context.Background(), tenants.Tenant{ID: "acme", Quota: tenants.Quota{MaxConcurrentJobs: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	adm := quota.New(f.env.EtcdCli)
+	f.srv.SetAdmission(quota.TenantAdmitter{Admitter: adm, Tenants: ts})
+	ctx := as("acme")
+	running, err := f.srv.CreateJob(ctx, &jobsv1.CreateJobRequest{Job: ameJob()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ended, err := f.srv.CreateJob(ctx, &jobsv1.CreateJobRequest{Job: ameJob()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job, rev, _ := f.store.Get(ctx, ended.Id)
+	job.Status = jobsv1.JobStatus_JOB_STATUS_FAILED
+	if _, err := f.store.Update(ctx, job, rev); err != nil {
+		t.Fatal(err)
+	}
+	// A slot taken by a mediator that died before storing its job.
+	if err := adm.Admit(context.Background(), "acme", "0190b6f1-0000-7000-8000-000000000000", tenants.Quota{}); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := adm.Active(context.Background(), "acme"); n != 3 {
+		t.Fatalf("active %d, want 3", n)
+	}
+	freed, err := f.srv.ReconcileQuota(context.Background(), adm, 0)
+	if err != nil || freed != 2 {
+		t.Fatalf("freed %d, %v; want 2", freed, err)
+	}
+	if n, _ := adm.Active(context.Background(), "acme"); n != 1 {
+		t.Fatalf("active %d after reconciliation, want 1 (%s)", n, running.Id)
+	}
+}
