@@ -56,6 +56,7 @@ func parseFlags(args []string) (app.Config, error) {
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: json or text")
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP gRPC endpoint (host:port) for traces; empty disables export")
+	fs.BoolVar(&cfg.CortexS3, "cortex-s3", false, "Cortex locators may use awsS3Bucket/awsS3Key without httpEndpoint (the workers have an S3 endpoint configured)")
 	cortexProfiles := fs.String("cortex-profiles", "", "Cortex to Medius profile map, e.g. MediaCortexSpeechToText=SpeechToText,MediaCortexVideoAnalysis=DetectShots (empty: those defaults)")
 	if err := flagenv.Parse(fs, args); err != nil {
 		return app.Config{}, err

@@ -79,6 +79,9 @@ type Config struct {
 	// CortexProfiles maps Dalet Media Cortex job profiles to Medius
 	// profiles (nil: cortex.DefaultProfiles).
 	CortexProfiles map[string]string
+	// CortexS3 says the workers reach S3 (their --s3-* flags), so Cortex
+	// locators may name awsS3Bucket/awsS3Key without an httpEndpoint.
+	CortexS3 bool
 	// AllowPrivateWebhooks lets notification endpoints name loopback and
 	// private addresses (the dev stack; never on a shared deployment).
 	AllowPrivateWebhooks bool
@@ -223,7 +226,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer selfConn.Close()
 	gwCtx, stopGW := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopGW()
-	cortexAPI := &cortex.Handler{Jobs: jobs, Authn: authn, Tokens: restAPI, Profiles: cfg.CortexProfiles}
+	cortexAPI := &cortex.Handler{Jobs: jobs, Authn: authn, Tokens: restAPI, Profiles: cfg.CortexProfiles, S3: cfg.CortexS3}
 	rest, err := gateway.New(gwCtx, selfConn, restAPI.Mount, (&mcma.API{Registry: registryv1.NewRegistryServiceClient(selfConn)}).Mount, cortexAPI.Mount)
 	if err != nil {
 		return err
