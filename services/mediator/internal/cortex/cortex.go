@@ -330,6 +330,14 @@ func (h *Handler) translate(in *JobMediatorInput, tenant string) (*jobsv1.Job, e
 		if len(job.Input.Locators) == 1 {
 			return nil, badRequest("job.jobInput.outputLocation", "outputLocation names no output format (%s)", strings.Join(speechFormats, ", "))
 		}
+		// Medius speech workers write every format under one output
+		// location: the folder of the first format named.
+		for _, f := range speechFormats {
+			if l := job.Input.Locators[f]; l != nil {
+				job.Input.Locators["outputLocation"] = &jobsv1.Locator{Url: folderOf(l.GetUrl())}
+				break
+			}
+		}
 	} else {
 		var out Locator
 		if err := json.Unmarshal(ji.OutputLocation, &out); err != nil {
@@ -384,6 +392,21 @@ func (h *Handler) locatorURL(field string, l *Locator) (string, error) {
 		return "s3://" + l.AWSS3Bucket + "/" + strings.TrimPrefix(l.AWSS3Key, "/"), nil
 	}
 	return "", badRequest(field, "a locator needs an httpEndpoint (or awsS3Bucket and awsS3Key)")
+}
+
+// folderOf is the folder holding the file url names, query dropped:
+// https://h/a/b.srt?sig -> https://h/a/, s3://b/k/x.srt -> s3://b/k/.
+func folderOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	u.RawQuery, u.Fragment = "", ""
+	if i := strings.LastIndex(u.Path, "/"); i >= 0 {
+		u.Path = u.Path[:i+1]
+	}
+	u.RawPath = ""
+	return u.String()
 }
 
 func (h *Handler) getJob(w http.ResponseWriter, r *http.Request) {

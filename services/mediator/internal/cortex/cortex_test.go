@@ -350,15 +350,23 @@ func TestCortexErrors(t *testing.T) {
 	speech := strings.NewReplacer(`MediaCortexVideoAnalysis`, `MediaCortexSpeechToText`,
 		`"outputLocation": {"awsS3Bucket": "b", "awsS3Key": "out.json", "httpEndpoint": "https://media.example.com/out.json?sig=2"}`,
 		`"outputLocation": {"srtFormat": {"awsS3Bucket": "b", "awsS3Key": "o.srt", "httpEndpoint": "https://media.example.com/o.srt"}}`).Replace(videoJob("default", "{}"))
-	if code, b := f.do("POST", "/jobs", authz, speech); code != 201 {
+	code, b := f.do("POST", "/jobs", authz, speech)
+	if code != 201 {
 		t.Fatalf("speech to text: %d %s", code, b)
+	}
+	var sj cortex.MediatorJob
+	_ = json.Unmarshal(b, &sj)
+	stt, _, err := f.store.Get(context.Background(), sj.ID)
+	if err != nil || stt.GetProfile() != "SpeechToText" || stt.GetInput().GetLocators()["srtFormat"].GetUrl() != "https://media.example.com/o.srt" ||
+		stt.GetInput().GetLocators()["outputLocation"].GetUrl() != "https://media.example.com/" {
+		t.Fatalf("speech job %v %v", stt, err)
 	}
 
 	// Quota: the spec answers a quota violation with 502.
 	if _, err := f.ts.SetQuota(context.Background(), "default", tenants.Quota{MaxConcurrentJobs: 1}); err != nil {
 		t.Fatal(err)
 	}
-	code, b := f.do("POST", "/jobs", authz, videoJob("default", `"another"`))
+	code, b = f.do("POST", "/jobs", authz, videoJob("default", `"another"`))
 	wantProblem(t, "over quota", code, b, 502, "")
 	f.spec.check("post", "/jobs", code, b)
 	var p map[string]any
