@@ -10,6 +10,7 @@ import (
 )
 
 func TestMeasureLoudness(t *testing.T) {
+	t.Parallel() // the tools are separate processes: overlap their start-up and I/O
 	dir := t.TempDir()
 	tone := testmedia.Tone(t, dir, -23)
 	for _, s := range stores(t) {
@@ -58,6 +59,7 @@ func TestMeasureLoudness(t *testing.T) {
 }
 
 func TestDetectShots(t *testing.T) {
+	t.Parallel() // the tools are separate processes: overlap their start-up and I/O
 	dir := t.TempDir()
 	clip := testmedia.Scenes(t, dir)
 	for _, s := range stores(t) {

@@ -13,6 +13,7 @@ import (
 )
 
 func TestExtractText(t *testing.T) {
+	t.Parallel() // the tools are separate processes: overlap their start-up and I/O
 	dir := t.TempDir()
 	video := testmedia.Captions(t, dir, []testmedia.Caption{{Text: "MEDIUS PLATFORM", Start: 0, End: 1.9}, {Text: "BROADCAST NEWS", Start: 2, End: 4}})
 	for _, s := range stores(t) {

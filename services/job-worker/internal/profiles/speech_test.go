@@ -67,6 +67,7 @@ func parseClock(t *testing.T, s string) float64 {
 }
 
 func TestSpeechToText(t *testing.T) {
+	t.Parallel() // the tools are separate processes: overlap their start-up and I/O
 	sentences := []string{"the president said on monday that the government would cut taxes"}
 	dir := t.TempDir()
 	speech := testmedia.Speech(t, dir, sentences...)

@@ -25,6 +25,7 @@ func decodeImage(t *testing.T, path string) (image.Image, string) {
 }
 
 func TestExtractThumbnails(t *testing.T) {
+	t.Parallel() // the tools are separate processes: overlap their start-up and I/O
 	_, clip := fixture(t)
 	for _, s := range stores(t) {
 		t.Run(s.name, func(t *testing.T) {

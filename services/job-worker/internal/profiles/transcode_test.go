@@ -2,7 +2,12 @@ package profiles
 
 import (
 	"context"
+	"io"
 	"math"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -12,6 +17,7 @@ import (
 )
 
 func TestTranscode(t *testing.T) {
+	t.Parallel() // the tools are separate processes: overlap their start-up and I/O
 	_, clip := fixture(t)
 	for _, s := range stores(t) {
 		t.Run(s.name, func(t *testing.T) {
@@ -101,5 +107,37 @@ func TestTranscodeCanceled(t *testing.T) {
 	}
 	if pids := childProcesses("ffmpeg"); len(pids) > 0 {
 		t.Errorf("ffmpeg processes left after cancel: %v", pids)
+	}
+}
+
+// A single-file output goes to an http(s) output location by PUT, as to a
+// signed URL.
+func TestTranscodeToHTTP(t *testing.T) {
+	dir, clip := fixture(t)
+	got := make(chan []byte, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPut || r.URL.Query().Get("sig") != "abc" {
+			http.Error(w, "want a signed PUT", http.StatusForbidden)
+			return
+		}
+		b, _ := io.ReadAll(r.Body)
+		got <- b
+	}))
+	defer srv.Close()
+	res := &locator.Resolver{Roots: []string{dir}, AllowPrivate: true}
+	url := srv.URL + "/upload/proxy.mp4?sig=abc"
+	out, _, err := run(t, TranscodeProfile(res, CreateProxy), workItem(CreateProxy, "file://"+clip, url, map[string]any{ParamHeight: 120}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := out.GetLocators()[ParamOutputFile].GetUrl(); u != url {
+		t.Errorf("output locator = %q, want the PUT URL", u)
+	}
+	p := filepath.Join(t.TempDir(), "proxy.mp4")
+	if err := os.WriteFile(p, <-got, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if v := ffprobeStream(t, p, "v"); v["codec_name"] != "h264" || v["height"] != "120" {
+		t.Errorf("uploaded proxy = %v, want h264 120 lines", v)
 	}
 }
