@@ -235,6 +235,12 @@ func (p *Processor) HandleCreated(ctx context.Context, msg jetstream.Msg) error 
 	if err := validID(job.GetId()); err != nil {
 		return bus.Permanent(fmt.Errorf("job created: %w", err))
 	}
+	// The usual case, in few round trips: a service is there, so the record
+	// is created already SCHEDULED, and QUEUED, the work item and SCHEDULED
+	// go out together.
+	if done, err := p.createScheduled(ctx, job); done || err != nil {
+		return err
+	}
 	rec, _, err := p.store.update(ctx, job.GetId(), func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
 		if rec != nil {
 			return rec, record.AlreadyApplied, nil
@@ -417,10 +423,11 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 		}
 	}
 	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING && u.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING {
-		// Watch the attempt from now on (the msg id makes repeats no-ops).
-		if err := p.startTimer(ctx, id, u.GetAttempt()); err != nil {
-			return err
-		}
+		// Watch the attempt from now on (the msg id makes repeats no-ops),
+		// and announce, in one round trip.
+		return p.publishAll(ctx,
+			outMsg{SubjectTimer(id), timerMsgID(id, u.GetAttempt()), &eventsv1.ExecutionTimer{JobId: id, Attempt: u.GetAttempt()}},
+			outMsg{bus.SubjectJobStatus(id), record.StatusMsgID(rec), record.StatusEvent(rec)})
 	}
 	return p.announce(ctx, rec)
 }

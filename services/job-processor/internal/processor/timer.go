@@ -45,11 +45,13 @@ type ProfileLookup interface {
 // its msg id makes a repeat a no-op.
 func (p *Processor) startTimer(ctx context.Context, id string, attempt int32) error {
 	t := &eventsv1.ExecutionTimer{JobId: id, Attempt: attempt}
-	if err := bus.Publish(ctx, p.cfg.JS, SubjectTimer(id), "timer-"+id+"-"+strconv.Itoa(int(attempt)), t); err != nil {
+	if err := bus.Publish(ctx, p.cfg.JS, SubjectTimer(id), timerMsgID(id, attempt), t); err != nil {
 		return fmt.Errorf("start timer of job %s attempt %d: %w", id, attempt, err)
 	}
 	return nil
 }
+
+func timerMsgID(id string, attempt int32) string { return "timer-" + id + "-" + strconv.Itoa(int(attempt)) }
 
 // errTimerPending re-arms a timer: it is not an error, only the delay.
 func rearm(d time.Duration) error {
