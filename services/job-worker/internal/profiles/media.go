@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -117,19 +118,10 @@ func stringParam(item *workersdk.WorkItem, name, def string, allowed ...string) 
 		return def, nil
 	}
 	s, isStr := v.GetKind().(*structpb.Value_StringValue)
-	if !isStr || (len(allowed) > 0 && !contains(allowed, s.StringValue)) {
+	if !isStr || (len(allowed) > 0 && !slices.Contains(allowed, s.StringValue)) {
 		return "", invalidParam(name, fmt.Sprintf("must be one of %v", allowed))
 	}
 	return s.StringValue, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // outputs stores local files at the job's output location under their base
