@@ -113,6 +113,12 @@ func TestTenantsKeysAndTokens(t *testing.T) {
 		c.BootstrapClientID, c.BootstrapClientSecret = "default-client", "default-secret-0123456789"
 	})
 
+	// The OpenAPI document describes these routes too.
+	if code, b := m.do("GET", "/v1/openapi.json", "", "", nil); code != 200 || !strings.Contains(string(b), `"/v1/tenants/{tenant}/keys"`) ||
+		!strings.Contains(string(b), `"/v1/jobs/{id}:watch"`) || !strings.Contains(string(b), `"/v1/jobs/{id}/executions"`) {
+		t.Fatalf("openapi: %d", code)
+	}
+
 	// The bootstrap tenant exists; its client id and secret get a token.
 	var tenants struct{ Tenants []map[string]any }
 	if code, b := m.do("GET", "/v1/tenants", adminKey, "", &tenants); code != 200 || len(tenants.Tenants) != 1 || tenants.Tenants[0]["id"] != "default" {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -46,13 +47,16 @@ func New(ctx context.Context, conn *grpc.ClientConn, mounts ...func(*http.ServeM
 		return nil, fmt.Errorf("register registry service gateway: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/openapi.json", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(openapi.Document)
-	})
 	mux.Handle("/v1/", watchPath(gw, mux))
 	for _, m := range mounts {
 		m(mux)
+	}
+	// A mount may serve a fuller document (routes it serves by hand).
+	if _, pat := mux.Handler(&http.Request{Method: http.MethodGet, URL: &url.URL{Path: "/v1/openapi.json"}}); pat != "GET /v1/openapi.json" {
+		mux.HandleFunc("GET /v1/openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(openapi.Document)
+		})
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		routingError(r.Context(), nil, nil, w, r, http.StatusNotFound)

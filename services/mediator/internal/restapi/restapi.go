@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/medius-platform/medius/pkg/api/openapi"
 	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/medius-platform/medius/services/mediator/internal/auth"
 	"github.com/medius-platform/medius/services/mediator/internal/tenants"
@@ -31,6 +32,12 @@ type API struct {
 
 // Mount adds the routes to mux.
 func (a *API) Mount(mux *http.ServeMux) {
+	if doc, err := Document(openapi.Document); err == nil {
+		mux.HandleFunc("GET /v1/openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(doc)
+		})
+	}
 	mux.HandleFunc("POST /v1/auth/token", a.token)
 	mux.HandleFunc("GET /v1/tenants", a.admin(a.listTenants))
 	mux.HandleFunc("POST /v1/tenants", a.admin(a.createTenant))
