@@ -162,6 +162,9 @@ func (c *registryClient) GetService(_ context.Context, req *registryv1.GetServic
 
 func (c *registryClient) ListInstances(_ context.Context, req *registryv1.ListInstancesRequest, _ ...grpc.CallOption) (*registryv1.ListInstancesResponse, error) {
 	c.calls++
+	if req.Profile == "none" {
+		return &registryv1.ListInstancesResponse{}, nil
+	}
 	if req.PageToken == "" {
 		return &registryv1.ListInstancesResponse{Instances: []*registryv1.ServiceInstance{inst("a1", "a", 0, 1)}, NextPageToken: "p2"}, nil
 	}
@@ -198,5 +201,23 @@ func TestRegistryLookup(t *testing.T) {
 	ins, err := r.Instances(ctx, "P")
 	if err != nil || len(ins) != 2 || c.calls != 2 {
 		t.Errorf("Instances = %v, %v after %d calls; want both pages", ins, err, c.calls)
+	}
+	// Within InstancesTTL the list is reused; past it, asked for again.
+	if ins, err := r.Instances(ctx, "P"); err != nil || len(ins) != 2 || c.calls != 2 {
+		t.Errorf("cached Instances = %v, %v after %d calls; want no new call", ins, err, c.calls)
+	}
+	clock = clock.Add(InstancesTTL)
+	if _, err := r.Instances(ctx, "P"); err != nil || c.calls != 4 {
+		t.Errorf("after InstancesTTL: %v, %d calls, want a fresh listing", err, c.calls)
+	}
+	// An empty list is never kept: a worker that registers is seen at once.
+	c.calls = 0
+	for range 2 {
+		if ins, err := r.Instances(ctx, "none"); err != nil || len(ins) != 0 {
+			t.Fatalf("Instances(none) = %v, %v", ins, err)
+		}
+	}
+	if c.calls != 2 {
+		t.Errorf("%d calls for an empty profile twice, want 2 (not cached)", c.calls)
 	}
 }
