@@ -14,6 +14,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -65,10 +67,16 @@ func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job) (bool,
 	if _, rev, err := p.store.get(ctx, id); err != nil || rev != 0 {
 		return false, err
 	}
-	cand, err := p.cfg.Selector.Select(ctx, selection.Request{Profile: job.GetProfile(), Region: job.GetRegion()})
+	// The same select and dispatch spans as the general path, so the job's
+	// trace shows them whichever path it took.
+	sctx, span := tracer.Start(ctx, "select", trace.WithAttributes(attribute.String("medius.job_id", id), attribute.String("medius.profile", job.GetProfile())))
+	cand, err := p.cfg.Selector.Select(sctx, selection.Request{Profile: job.GetProfile(), Region: job.GetRegion()})
+	endSpan(span, err)
 	if err != nil {
 		return false, nil //nolint:nilerr // the general path waits or retries
 	}
+	ctx, span = tracer.Start(ctx, "dispatch", trace.WithAttributes(attribute.String("medius.job_id", id), attribute.String("medius.service", cand.Service)))
+	defer span.End()
 	now := p.cfg.Now()
 	rec := record.New(job, now)
 	queued := outMsg{bus.SubjectJobStatus(id), record.StatusMsgID(rec), record.StatusEvent(rec)}
