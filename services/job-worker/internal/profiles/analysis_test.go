@@ -20,6 +20,7 @@ func TestMeasureLoudness(t *testing.T) {
 				t.Fatal(err)
 			}
 			l := out.GetData().GetFields()[ParamLoudness].GetStructValue().AsMap()
+			t.Logf("generated -23 LUFS, measured %v", l)
 			if i := l["integratedLoudnessLufs"].(float64); math.Abs(i+23) > 0.5 {
 				t.Errorf("integrated loudness = %v LUFS, want -23 ± 0.5", i)
 			}
@@ -70,6 +71,7 @@ func TestDetectShots(t *testing.T) {
 			}
 			shots := out.GetData().GetFields()[ParamShots].GetListValue().AsSlice()
 			want := []float64{0, 1.2, 2.4, 3.6}
+			t.Logf("cuts at 1.2 and 2.4, shots %v", shots)
 			if len(shots) != 3 {
 				t.Fatalf("shots = %v, want 3 (cuts at 1.2 and 2.4)", shots)
 			}
