@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -261,6 +263,20 @@ func TestJobTraceAndMetrics(t *testing.T) {
 			return df == 1 && dc == 1 && inflight == 0 && depth == 0,
 				fmt.Sprintf("failed +%v, canceled +%v, in flight %v, queue depth %v", df, dc, inflight, depth)
 		})
+		// A job with a webhook: the mediator's delivery counter moves once
+		// the endpoint has answered.
+		var received atomic.Int32
+		hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			received.Add(1)
+		}))
+		defer hook.Close()
+		api.wait(api.submit(`{"profile":"Sleep","input":{"parameters":{"seconds":0}},"notificationEndpoint":"`+hook.URL+`/hook"}`), "JOB_STATUS_COMPLETED")
+		poll(t, 20*time.Second, "webhook deliveries to be counted", func() (bool, string) {
+			d := sum(scrape(t, admin["mediator"]), "medius_webhook_deliveries_total", []string{tenant})
+			return received.Load() >= 1 && d >= 1, fmt.Sprintf("endpoint received %d, medius_webhook_deliveries_total %v", received.Load(), d)
+		})
+
 		if c := sum(after["job-worker"], "medius_worker_capacity", []string{`service="medius-worker"`}); c < 1 {
 			t.Errorf("worker capacity %v, want the configured capacity", c)
 		}

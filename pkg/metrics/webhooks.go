@@ -33,12 +33,19 @@ func NewWebhooks() (*Webhooks, error) {
 	return &Webhooks{deliveries: d, failures: f}, nil
 }
 
-// Delivered counts a delivery the endpoint accepted.
+// Delivered counts a delivery the endpoint accepted. A nil *Webhooks counts
+// nothing.
 func (w *Webhooks) Delivered(ctx context.Context, tenant string) {
+	if w == nil {
+		return
+	}
 	w.deliveries.Add(ctx, 1, metric.WithAttributes(attribute.String("tenant", tenant)))
 }
 
 // Failed counts a failed attempt.
 func (w *Webhooks) Failed(ctx context.Context, tenant, reason string) {
+	if w == nil {
+		return
+	}
 	w.failures.Add(ctx, 1, metric.WithAttributes(attribute.String("tenant", tenant), attribute.String("reason", reason)))
 }

@@ -39,6 +39,7 @@ import (
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/locator"
+	"github.com/medius-platform/medius/pkg/metrics"
 	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -100,13 +101,17 @@ type Notifier struct {
 	body    Body
 	client  *http.Client
 	now     func() time.Time
+	metrics *metrics.Webhooks
 }
 
 // New delivers with cfg, signing with the tenant secrets.
 func New(js jetstream.JetStream, cfg Config, secrets Secrets, body Body) *Notifier {
 	cfg.defaults()
+	// Constant, valid instrument names: this cannot fail, and a nil
+	// *metrics.Webhooks would only count nothing.
+	m, _ := metrics.NewWebhooks()
 	return &Notifier{
-		js: js, cfg: cfg, secrets: secrets, body: body, now: time.Now,
+		js: js, cfg: cfg, secrets: secrets, body: body, now: time.Now, metrics: m,
 		client: &http.Client{
 			Transport: locator.NewTransport(cfg.AllowPrivate),
 			Timeout:   cfg.Timeout,
@@ -182,10 +187,12 @@ func (n *Notifier) handle(ctx context.Context, msg jetstream.Msg) error {
 	eventID := msg.Headers().Get(jetstream.MsgIDHeader)
 	err := n.Deliver(ctx, job, eventID)
 	if err == nil {
+		n.metrics.Delivered(ctx, job.GetTenant())
 		slog.DebugContext(ctx, "notification delivered", "job", job.GetId(), "attempt", attempt)
 		return nil
 	}
 	if attempt >= uint64(n.cfg.MaxAttempts) {
+		n.metrics.Failed(ctx, job.GetTenant(), "abandoned")
 		slog.WarnContext(ctx, "notification abandoned", "job", job.GetId(), "endpoint", locator.Redact(job.GetNotificationEndpoint()),
 			"attempts", attempt, "err", err)
 		return bus.Permanent(err)
@@ -194,6 +201,7 @@ func (n *Notifier) handle(ctx context.Context, msg jetstream.Msg) error {
 	if delay <= 0 || delay > n.cfg.MaxDelay {
 		delay = n.cfg.MaxDelay
 	}
+	n.metrics.Failed(ctx, job.GetTenant(), "retrying")
 	slog.InfoContext(ctx, "notification will be retried", "job", job.GetId(), "attempt", attempt, "after", delay, "err", err)
 	return bus.RetryAfter(delay, err)
 }
