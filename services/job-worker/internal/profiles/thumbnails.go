@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
@@ -95,18 +96,33 @@ func ThumbnailsProfile(res *locator.Resolver) workersdk.Profile {
 			if err != nil {
 				return nil, 0, err
 			}
+			scale := fmt.Sprintf("scale=%d:-2", int(width)&^1)
+			done := 0 // progress reached before storing
+			if interval > 0 && item.GetInput().GetParameters().GetFields()[ParamTimes] == nil {
+				// One decoding pass picks a frame every interval: seeking once
+				// per image would decode each GOP again.
+				sel := fmt.Sprintf("select='isnan(prev_selected_t)+gte(t-prev_selected_t\\,%g)',%s", interval-0.001, scale)
+				if _, err := runFFmpeg(ctx, m.duration, func(p int) { progress(p * 9 / 10) }, "-i", m.path, "-map", "0:v:0", "-an",
+					"-vf", sel, "-fps_mode", "vfr", "-frames:v", strconv.Itoa(len(times)), "-q:v", "3",
+					filepath.Join(dir, "thumbnail-%04d."+format)); err != nil {
+					return nil, 0, err
+				}
+				done = 90
+			}
 			thumbs := make([]any, 0, len(times))
 			locs := map[string]*jobsv1.Locator{}
 			for i, t := range times {
 				name := fmt.Sprintf("thumbnail-%04d.%s", i+1, format)
 				dst := filepath.Join(dir, name)
-				// Seek before -i: fast, and exact since ffmpeg decodes from the
-				// previous keyframe. Near the end, take the last frame instead
-				// of none.
-				ss := min(t, max(m.duration-0.1, 0))
-				if _, err := runFFmpeg(ctx, 0, func(int) {}, "-ss", fmt.Sprintf("%.3f", ss), "-i", m.path, "-map", "0:v:0",
-					"-frames:v", "1", "-vf", fmt.Sprintf("scale=%d:-2", int(width)&^1), "-q:v", "3", dst); err != nil {
-					return nil, 0, err
+				if _, err := os.Stat(dst); err != nil {
+					// Seek before -i: fast, and exact since ffmpeg decodes from
+					// the previous keyframe. Near the end, take the last frame
+					// instead of none.
+					ss := min(t, max(m.duration-0.1, 0))
+					if _, err := runFFmpeg(ctx, 0, func(int) {}, "-ss", fmt.Sprintf("%.3f", ss), "-i", m.path, "-map", "0:v:0",
+						"-frames:v", "1", "-vf", scale, "-q:v", "3", dst); err != nil {
+						return nil, 0, err
+					}
 				}
 				if fi, err := os.Stat(dst); err != nil || fi.Size() == 0 {
 					return nil, 0, badMedia(fmt.Sprintf("has no decodable frame at %.3f s", t))
@@ -117,7 +133,7 @@ func ThumbnailsProfile(res *locator.Resolver) workersdk.Profile {
 				}
 				locs[fmt.Sprintf("thumbnail%d", i+1)] = loc
 				thumbs = append(thumbs, map[string]any{"time": t, "timecode": timecode(t), "url": loc.GetUrl()})
-				progress(100 * (i + 1) / len(times))
+				progress(done + (100-done)*(i+1)/len(times))
 			}
 			list, err := structpb.NewList(thumbs)
 			if err != nil {
