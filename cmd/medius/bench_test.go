@@ -71,6 +71,7 @@ const (
 	seenRunning              // worker reported RUNNING
 	seenWorkerDone           // worker reported COMPLETED
 	seenAnnouncedDone        // processor announced COMPLETED
+	seenCreated              // mediator announced JobCreated
 )
 
 func (s *starts) saw(id string, step int) {
@@ -148,8 +149,8 @@ func (s *starts) breakdown() string {
 		return func(_ string, st *[5]time.Time) time.Time { return st[i] }
 	}
 	submitted := func(id string, _ *[5]time.Time) time.Time { return s.submitted[id] }
-	return fmt.Sprintf("median submit->SCHEDULED %s, SCHEDULED->worker RUNNING %s, RUNNING->worker COMPLETED %s, worker COMPLETED->announced %s",
-		med(submitted, seenScheduled), med(step(seenScheduled), seenRunning), med(step(seenRunning), seenWorkerDone), med(step(seenWorkerDone), seenAnnouncedDone))
+	return fmt.Sprintf("median submit->JobCreated %s, JobCreated->SCHEDULED %s, SCHEDULED->worker RUNNING %s, RUNNING->worker COMPLETED %s, worker COMPLETED->announced %s",
+		med(submitted, seenCreated), med(step(seenCreated), seenScheduled), med(step(seenScheduled), seenRunning), med(step(seenRunning), seenWorkerDone), med(step(seenWorkerDone), seenAnnouncedDone))
 }
 
 // latencies returns p50 and p99 of submit -> worker start.
@@ -328,7 +329,13 @@ func (l *lab) measure(b *testing.B, nc *nats.Conn, n int, submit func(i int) (st
 // follow subscribes s to the live execution and status events.
 func (l *lab) follow(b *testing.B, nc *nats.Conn, s *starts) []*nats.Subscription {
 	var out []*nats.Subscription
-	for subj, h := range map[string]nats.MsgHandler{bus.SubjectExecutionAll: s.onExec, bus.SubjectJobStatusAll: s.onStatus} {
+	onCreated := func(m *nats.Msg) {
+		ev := &eventsv1.JobCreated{}
+		if proto.Unmarshal(m.Data, ev) == nil {
+			s.saw(ev.GetJob().GetId(), seenCreated)
+		}
+	}
+	for subj, h := range map[string]nats.MsgHandler{bus.SubjectExecutionAll: s.onExec, bus.SubjectJobStatusAll: s.onStatus, bus.SubjectJobCreated: onCreated} {
 		sub, err := nc.Subscribe(subj, h)
 		if err != nil {
 			b.Fatal(err)
