@@ -195,9 +195,10 @@ func runPlatform(b *testing.B) platformResult {
 
 	// Full load through the API: CreateJob from 64 concurrent clients.
 	api := min(n, 1000)
-	run := l.measure(b, nc, api, func(i int) (string, error) {
+	run := l.measure(b, nc, api, func(i int) (string, time.Time, error) {
+		t := time.Now()
 		job, err := l.jobs.CreateJob(authed(context.Background()), &jobsv1.CreateJobRequest{Job: noop})
-		return job.GetId(), err
+		return job.GetId(), t, err
 	})
 	r.submit = run.submitRate
 	b.Logf("full load via CreateJob: %d NoOp jobs submitted at %.0f jobs/s (64 concurrent calls), %.0f jobs/s end to end; submit -> worker start p50 %s p99 %s",
@@ -229,23 +230,24 @@ func runPlatform(b *testing.B) platformResult {
 			_, _ = io.Copy(f, resp.Body)
 		}()
 	}
-	run = l.measure(b, nc, n, func(int) (string, error) {
+	run = l.measure(b, nc, n, func(int) (string, time.Time, error) {
+		t := time.Now()
 		id, err := uuid.NewV7()
 		if err != nil {
-			return "", err
+			return "", t, err
 		}
 		now := timestamppb.Now()
 		job := &jobsv1.Job{Id: id.String(), Tenant: "bench", Profile: "NoOp", JobType: "QAJob", Input: &jobsv1.JobInput{},
 			Status: jobsv1.JobStatus_JOB_STATUS_NEW, CreateTime: now, UpdateTime: now}
 		data, err := proto.Marshal(job)
 		if err != nil {
-			return "", err
+			return "", t, err
 		}
 		ctx := context.Background()
 		if _, err := kv.Create(ctx, job.GetId(), data); err != nil {
-			return "", err
+			return "", t, err
 		}
-		return job.GetId(), bus.Publish(ctx, js, bus.SubjectJobCreated, "created-"+job.GetId(), &eventsv1.JobCreated{Job: job})
+		return job.GetId(), t, bus.Publish(ctx, js, bus.SubjectJobCreated, "created-"+job.GetId(), &eventsv1.JobCreated{Job: job})
 	})
 	r.e2e, r.fullP50, r.fullP99 = run.e2e, run.p50, run.p99
 	b.Logf("full load, batch submit: %d NoOp jobs stored and announced at %.0f jobs/s, %.0f jobs/s end to end; submit -> worker start p50 %s p99 %s",
@@ -255,12 +257,12 @@ func runPlatform(b *testing.B) platformResult {
 	const light = 100
 	tick := time.NewTicker(100 * time.Millisecond)
 	var calls []time.Duration
-	run = l.measure(b, nc, light, func(int) (string, error) {
+	run = l.measure(b, nc, light, func(int) (string, time.Time, error) {
 		<-tick.C
 		t := time.Now()
 		job, err := l.jobs.CreateJob(authed(context.Background()), &jobsv1.CreateJobRequest{Job: noop})
 		calls = append(calls, time.Since(t))
-		return job.GetId(), err
+		return job.GetId(), t, err
 	}, 1)
 	tick.Stop()
 	slices.Sort(calls)
@@ -282,7 +284,8 @@ type runResult struct {
 
 // measure submits n jobs with submit (64 at a time unless told) and waits
 // until all are COMPLETED.
-func (l *lab) measure(b *testing.B, nc *nats.Conn, n int, submit func(i int) (string, error), concurrency ...int) runResult {
+// submit returns the job's id and when its submission began.
+func (l *lab) measure(b *testing.B, nc *nats.Conn, n int, submit func(i int) (string, time.Time, error), concurrency ...int) runResult {
 	st := newStarts(n)
 	subs := l.follow(b, nc, st)
 	defer func() {
@@ -299,8 +302,7 @@ func (l *lab) measure(b *testing.B, nc *nats.Conn, n int, submit func(i int) (st
 	g.SetLimit(limit)
 	for i := range n {
 		g.Go(func() error {
-			t := time.Now()
-			id, err := submit(i)
+			id, t, err := submit(i)
 			if err != nil {
 				return err
 			}
