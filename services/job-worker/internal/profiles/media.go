@@ -183,7 +183,9 @@ func (o *outputs) put(ctx context.Context, src, name string, single bool) (*jobs
 // progress 0..99 from its -progress stream against duration seconds. The
 // process is killed when ctx ends. It returns ffmpeg's stderr (the tail kept
 // for errors, all of it for filters that report there, bounded).
-func runFFmpeg(ctx context.Context, duration float64, progress func(int), args ...string) ([]byte, error) {
+func runFFmpeg(ctx context.Context, duration float64, progress func(int), args ...string) (_ []byte, err error) {
+	ctx, end := toolSpan(ctx, FFmpeg)
+	defer func() { end(err) }()
 	full := append([]string{"-hide_banner", "-nostdin", "-nostats", "-progress", "pipe:1", "-y"}, args...)
 	cmd := exec.CommandContext(ctx, FFmpeg, full...)
 	stdout, err := cmd.StdoutPipe()

@@ -171,6 +171,7 @@ func validLang(s string) bool {
 // tesseract finds in the images listed with at least minConf confidence:
 // [{text, confidence, box{left, top, width, height}}].
 func tesseract(ctx context.Context, listFile, lang string, minConf float64) (map[int][]any, error) {
+	ctx, end := toolSpan(ctx, Tesseract)
 	cmd := exec.CommandContext(ctx, Tesseract, listFile, "stdout", "-l", lang, "tsv")
 	// One thread: a worker runs several jobs at once, and OpenMP threads
 	// contending for the cores make tesseract slower, not faster.
@@ -178,7 +179,9 @@ func tesseract(ctx context.Context, listFile, lang string, minConf float64) (map
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Run(); err != nil {
+	err := cmd.Run()
+	end(err)
+	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("tesseract: %w", context.Cause(ctx))
 		}

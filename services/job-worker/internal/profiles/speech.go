@@ -129,13 +129,16 @@ type cue struct {
 
 // recognise runs pocketsphinx with word times on a 16 kHz mono wav.
 func recognise(ctx context.Context, wav string) ([]word, error) {
+	ctx, end := toolSpan(ctx, Pocketsphinx)
 	cmd := exec.CommandContext(ctx, Pocketsphinx, "-infile", wav, "-time", "yes",
 		"-hmm", filepath.Join(PocketsphinxModel, "en-us"), "-lm", filepath.Join(PocketsphinxModel, "en-us.lm.bin"),
 		"-dict", filepath.Join(PocketsphinxModel, "cmudict-en-us.dict"), "-logfn", os.DevNull)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Run(); err != nil {
+	err := cmd.Run()
+	end(err)
+	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("pocketsphinx: %w", context.Cause(ctx))
 		}

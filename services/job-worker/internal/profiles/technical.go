@@ -100,12 +100,15 @@ var FFprobe = "ffprobe"
 func Probe(ctx context.Context, path string) (*structpb.Struct, float64, error) {
 	// path is absolute (pkg/locator returns no other), so ffprobe cannot
 	// take it for an option or a protocol URL.
+	ctx, end := toolSpan(ctx, FFprobe)
 	cmd := exec.CommandContext(ctx, FFprobe, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", "-i", path)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	// Don't wait forever for pipes held by a killed process's children.
 	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Run(); err != nil {
+	err := cmd.Run()
+	end(err)
+	if err != nil {
 		if ctx.Err() != nil {
 			return nil, 0, fmt.Errorf("ffprobe: %w", context.Cause(ctx))
 		}
