@@ -100,6 +100,7 @@ func newProfilesCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			c.preferAdmin(cmd)
 			cl, ctx, closeFn, err := c.dialRegistry(cmd.Context())
 			if err != nil {
 				return err
@@ -122,6 +123,7 @@ func newProfilesCmd() *cobra.Command {
 	del := &cobra.Command{
 		Use: "delete NAME", Short: "Delete a job profile (admin)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			c.preferAdmin(cmd)
 			cl, ctx, closeFn, err := c.dialRegistry(cmd.Context())
 			if err != nil {
 				return err

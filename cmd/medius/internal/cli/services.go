@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -30,6 +31,18 @@ func (c *clientFlags) dialRegistry(ctx context.Context) (registryv1.RegistryServ
 	}
 	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.apiKey)
 	return registryv1.NewRegistryServiceClient(cc), ctx, func() { cc.Close() }, nil
+}
+
+// preferAdmin makes a registry write use the admin credential from
+// MEDIUS_ADMIN_API_KEY when --api-key was not given, the same variable
+// `medius tenants` reads, so an operator need not juggle two variables.
+func (c *clientFlags) preferAdmin(cmd *cobra.Command) {
+	if cmd.Flags().Changed("api-key") {
+		return
+	}
+	if k := os.Getenv("MEDIUS_ADMIN_API_KEY"); k != "" {
+		c.apiKey = k
+	}
 }
 
 // printJSONList writes items as one JSON array (protojson field names).
