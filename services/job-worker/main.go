@@ -5,13 +5,7 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"flag"
 	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/medius-platform/medius/pkg/flagenv"
 	"github.com/medius-platform/medius/services/job-worker/internal/app"
@@ -20,27 +14,12 @@ import (
 // version is set at build time (-ldflags "-X main.version=...").
 var version = "dev"
 
-func main() {
-	cfg, err := parseConfig(os.Args[1:])
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(0)
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "job-worker: invalid configuration: %v\n", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := app.Run(ctx, cfg); err != nil {
-		fmt.Fprintf(os.Stderr, "job-worker: %v\n", err)
-		os.Exit(1)
-	}
-}
+func main() { flagenv.Main("job-worker", parseConfig, app.Run) }
 
 func parseConfig(args []string) (app.Config, error) {
 	cfg := app.Defaults()
 	cfg.Version = version
-	fs := flag.NewFlagSet("job-worker", flag.ContinueOnError)
+	fs := flagenv.NewFlagSet("job-worker")
 	fs.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "NATS server URL")
 	etcd := fs.String("etcd-endpoints", "http://127.0.0.1:2379", "etcd endpoints, comma separated (unused by the worker; accepted for a uniform environment)")
 	fs.StringVar(&cfg.RegistryAddr, "registry-addr", cfg.RegistryAddr, "service registry gRPC address")
@@ -60,10 +39,6 @@ func parseConfig(args []string) (app.Config, error) {
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP gRPC endpoint (host:port) for traces; empty disables export")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", cfg.HeartbeatInterval, "period of the RUNNING heartbeat update sent while a job runs")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long running jobs may finish on shutdown before they are handed back")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: job-worker [flags]\n\nEvery flag can also be set as MEDIUS_<FLAG> (e.g. MEDIUS_NATS_URL).\n\n")
-		fs.PrintDefaults()
-	}
 	if err := flagenv.Parse(fs, args); err != nil {
 		return cfg, err
 	}

@@ -4,13 +4,8 @@
 package main
 
 import (
-	"context"
-	"flag"
 	"fmt"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 
 	"github.com/medius-platform/medius/pkg/flagenv"
 	"github.com/medius-platform/medius/services/mediator/internal/app"
@@ -20,24 +15,12 @@ import (
 // version is set at build time (-ldflags "-X main.version=...").
 var version = "dev"
 
-func main() {
-	cfg, err := parseFlags(os.Args[1:])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "mediator:", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := app.Run(ctx, cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "mediator:", err)
-		os.Exit(1)
-	}
-}
+func main() { flagenv.Main("mediator", parseFlags, app.Run) }
 
 func parseFlags(args []string) (app.Config, error) {
 	cfg := app.Defaults()
 	cfg.Version = version
-	fs := flag.NewFlagSet("mediator", flag.ContinueOnError)
+	fs := flagenv.NewFlagSet("mediator")
 	fs.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "NATS server URL")
 	etcd := fs.String("etcd-endpoints", "http://127.0.0.1:2379", "etcd endpoints (comma list)")
 	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "gRPC listen address")

@@ -4,13 +4,7 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"flag"
 	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/medius-platform/medius/pkg/flagenv"
 	"github.com/medius-platform/medius/services/service-registry/internal/app"
@@ -19,27 +13,12 @@ import (
 // version is set at build time (-ldflags "-X main.version=...").
 var version = "dev"
 
-func main() {
-	cfg, err := parseConfig(os.Args[1:])
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(0)
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "service-registry: invalid configuration: %v\n", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := app.Run(ctx, cfg); err != nil {
-		fmt.Fprintf(os.Stderr, "service-registry: %v\n", err)
-		os.Exit(1)
-	}
-}
+func main() { flagenv.Main("service-registry", parseConfig, app.Run) }
 
 func parseConfig(args []string) (app.Config, error) {
 	cfg := app.Defaults()
 	cfg.Version = version
-	fs := flag.NewFlagSet("service-registry", flag.ContinueOnError)
+	fs := flagenv.NewFlagSet("service-registry")
 	fs.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "NATS server URL")
 	etcd := fs.String("etcd-endpoints", "http://127.0.0.1:2379", "etcd endpoints, comma separated")
 	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "gRPC listen address (registry API and health)")
@@ -48,10 +27,6 @@ func parseConfig(args []string) (app.Config, error) {
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: json or text")
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP gRPC endpoint (host:port) for traces; empty disables export")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: service-registry [flags]\n\nEvery flag can also be set as MEDIUS_<FLAG> (e.g. MEDIUS_NATS_URL).\n\n")
-		fs.PrintDefaults()
-	}
 	if err := flagenv.Parse(fs, args); err != nil {
 		return cfg, err
 	}

@@ -55,10 +55,10 @@ func newJobsCmd() *cobra.Command {
 	var inputs, params []string
 	var wait bool
 	submit := &cobra.Command{
-		Use:   "submit",
-		Short: "Submit a job",
+		Use:     "submit",
+		Short:   "Submit a job",
 		Example: `  medius jobs submit --profile ExtractTechnicalMetadata --input inputFile=file://$PWD/clip.mp4 --wait`,
-		Args:  cobra.NoArgs,
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			job := &jobsv1.Job{Profile: profile, JobType: jobType, Input: &jobsv1.JobInput{Locators: map[string]*jobsv1.Locator{}}}
 			for _, in := range inputs {
@@ -272,4 +272,3 @@ func envOr(k, def string) string {
 	}
 	return def
 }
-

@@ -51,7 +51,9 @@ func (p *Processor) startTimer(ctx context.Context, id string, attempt int32) er
 	return nil
 }
 
-func timerMsgID(id string, attempt int32) string { return "timer-" + id + "-" + strconv.Itoa(int(attempt)) }
+func timerMsgID(id string, attempt int32) string {
+	return "timer-" + id + "-" + strconv.Itoa(int(attempt))
+}
 
 // errTimerPending re-arms a timer: it is not an error, only the delay.
 func rearm(d time.Duration) error {
