@@ -106,6 +106,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if cfg.Workers == 0 {
 		cfg.Workers = 1
 	}
+	if cfg.Processors == 0 {
+		cfg.Processors = 1
+	}
 	if cfg.RESTAddr == "" {
 		cfg.RESTAddr = "127.0.0.1:8080"
 	}
@@ -126,7 +129,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			s.Stop()
 		}
 	}()
-	if s.APIKey, err = apiKey(cfg); err != nil {
+	if s.APIKey, err = keptSecret(cfg.Dir, "bootstrap-api-key", cfg.APIKey, "mk_", 24); err != nil {
 		return nil, err
 	}
 	if s.ClientID, err = keptSecret(cfg.Dir, "bootstrap-client-id", cfg.ClientID, "mc_", 8); err != nil {
@@ -157,11 +160,12 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		if name == "job-worker" {
 			n = cfg.Workers
 		}
-		if name == "job-processor" && cfg.Processors > 1 {
+		if name == "job-processor" {
 			n = cfg.Processors
 		}
 		for i := 0; i < n; i++ {
 			args := append([]string{}, common...)
+			var env []string
 			switch name {
 			case "service-registry":
 				args = append(args, "--grpc-addr", s.RegistryAddr)
@@ -175,16 +179,18 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 				args = append(args, "--registry-addr", s.RegistryAddr)
 			case "mediator":
 				args = append(args, "--registry-addr", s.RegistryAddr, "--grpc-addr", cfg.GRPCAddr,
-					"--http-addr", cfg.RESTAddr, "--bootstrap-api-key", s.APIKey,
-					"--bootstrap-client-id", s.ClientID, "--bootstrap-client-secret", s.ClientSecret,
-					"--admin-api-key", s.AdminKey, "--allow-private-webhooks=true")
+					"--http-addr", cfg.RESTAddr, "--bootstrap-client-id", s.ClientID, "--allow-private-webhooks=true")
+				// Secrets go in the environment, not the command line that
+				// any local user can read with ps.
+				env = []string{"MEDIUS_BOOTSTRAP_API_KEY=" + s.APIKey,
+					"MEDIUS_BOOTSTRAP_CLIENT_SECRET=" + s.ClientSecret, "MEDIUS_ADMIN_API_KEY=" + s.AdminKey}
 			}
 			args = append(args, cfg.Args[name]...)
 			label := name
 			if n > 1 {
 				label = fmt.Sprintf("%s-%d", name, i+1)
 			}
-			proc, err := s.start(ctx, label, name, args)
+			proc, err := s.start(ctx, label, name, args, env)
 			if err != nil {
 				return nil, err
 			}
@@ -196,12 +202,12 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	return s, nil
 }
 
-func (s *Stack) start(ctx context.Context, label, bin string, args []string) (*Process, error) {
+func (s *Stack) start(ctx context.Context, label, bin string, args, env []string) (*Process, error) {
 	admin, err := devenv.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	p := &Process{Name: label, AdminAddr: admin, env: append(os.Environ(), s.cfg.Env...)}
+	p := &Process{Name: label, AdminAddr: admin, env: append(append(os.Environ(), s.cfg.Env...), env...)}
 	p.args = append([]string{filepath.Join(s.cfg.BinDir, bin), "--admin-addr", admin}, args...)
 	if s.cfg.Logs != nil {
 		p.out = s.cfg.Logs
@@ -384,27 +390,6 @@ func (p *Process) WaitReady(ctx context.Context, timeout time.Duration) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-}
-
-// apiKey returns the configured key, else the one kept in Dir from an
-// earlier start, else a new one (kept for the next start).
-func apiKey(cfg Config) (string, error) {
-	if cfg.APIKey != "" {
-		return cfg.APIKey, nil
-	}
-	path := filepath.Join(cfg.Dir, "bootstrap-api-key")
-	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
-		return strings.TrimSpace(string(b)), nil
-	}
-	buf := make([]byte, 24)
-	if _, err := rand.Read(buf); err != nil {
-		return "", fmt.Errorf("generate api key: %w", err)
-	}
-	key := "mk_" + hex.EncodeToString(buf)
-	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("keep api key: %w", err)
-	}
-	return key, nil
 }
 
 // keptSecret returns given, else the value kept in dir/name from an earlier
