@@ -25,17 +25,12 @@ func newInstancesCmd() *cobra.Command {
 				return err
 			}
 			defer closeFn()
-			var all []*registryv1.ServiceInstance
-			req := &registryv1.ListInstancesRequest{Service: service, Profile: profile, Region: region, PageSize: 1000}
-			for {
-				resp, err := cl.ListInstances(ctx, req)
-				if err != nil {
-					return err
-				}
-				all = append(all, resp.GetInstances()...)
-				if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
-					break
-				}
+			all, err := allPages(func(token string) ([]*registryv1.ServiceInstance, string, error) {
+				resp, err := cl.ListInstances(ctx, &registryv1.ListInstancesRequest{Service: service, Profile: profile, Region: region, PageSize: 1000, PageToken: token})
+				return resp.GetInstances(), resp.GetNextPageToken(), err
+			})
+			if err != nil {
+				return err
 			}
 			if c.output == "json" {
 				return printJSONList(cmd.OutOrStdout(), all)

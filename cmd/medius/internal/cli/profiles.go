@@ -33,17 +33,12 @@ func newProfilesCmd() *cobra.Command {
 				return err
 			}
 			defer closeFn()
-			var all []*registryv1.JobProfile
-			req := &registryv1.ListJobProfilesRequest{JobType: jobType, Region: region, PageSize: 1000}
-			for {
-				resp, err := cl.ListJobProfiles(ctx, req)
-				if err != nil {
-					return err
-				}
-				all = append(all, resp.GetProfiles()...)
-				if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
-					break
-				}
+			all, err := allPages(func(token string) ([]*registryv1.JobProfile, string, error) {
+				resp, err := cl.ListJobProfiles(ctx, &registryv1.ListJobProfilesRequest{JobType: jobType, Region: region, PageSize: 1000, PageToken: token})
+				return resp.GetProfiles(), resp.GetNextPageToken(), err
+			})
+			if err != nil {
+				return err
 			}
 			return printProfiles(cmd.OutOrStdout(), c.output, all)
 		},

@@ -45,6 +45,23 @@ func (c *clientFlags) preferAdmin(cmd *cobra.Command) {
 	}
 }
 
+// allPages follows page tokens until the last page and returns every item.
+func allPages[T any](page func(token string) (items []T, next string, err error)) ([]T, error) {
+	var all []T
+	token := ""
+	for {
+		items, next, err := page(token)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, items...)
+		if next == "" {
+			return all, nil
+		}
+		token = next
+	}
+}
+
 // printJSONList writes items as one JSON array (protojson field names).
 func printJSONList[T proto.Message](w io.Writer, items []T) error {
 	m := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true}
@@ -90,17 +107,12 @@ func newServicesCmd() *cobra.Command {
 				return err
 			}
 			defer closeFn()
-			var all []*registryv1.Service
-			req := &registryv1.ListServicesRequest{Profile: profile, JobType: jobType, Region: region, PageSize: 1000}
-			for {
-				resp, err := cl.ListServices(ctx, req)
-				if err != nil {
-					return err
-				}
-				all = append(all, resp.GetServices()...)
-				if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
-					break
-				}
+			all, err := allPages(func(token string) ([]*registryv1.Service, string, error) {
+				resp, err := cl.ListServices(ctx, &registryv1.ListServicesRequest{Profile: profile, JobType: jobType, Region: region, PageSize: 1000, PageToken: token})
+				return resp.GetServices(), resp.GetNextPageToken(), err
+			})
+			if err != nil {
+				return err
 			}
 			if c.output == "json" {
 				return printJSONList(cmd.OutOrStdout(), all)
