@@ -91,7 +91,11 @@ func TestChaos(t *testing.T) {
 	ids := make([]string, jobs)
 	var submitted errgroup.Group
 	submitted.SetLimit(8)
+	// Wait may only start once every Go has been called (a WaitGroup
+	// cannot be reused while Wait runs), so the feeder says when it is done.
+	fed := make(chan struct{})
 	go func() {
+		defer close(fed)
 		for i := range jobs {
 			submitted.Go(func() error {
 				req := &jobsv1.CreateJobRequest{RequestId: fmt.Sprintf("chaos-%d", i), Job: sleepJob(0.2 + 1.8*rand.Float64())}
@@ -144,6 +148,7 @@ func TestChaos(t *testing.T) {
 	})
 	time.Sleep(3 * time.Second)
 	hit("restart NATS", l.stack.NATS.Restart)
+	<-fed
 	if err := submitted.Wait(); err != nil {
 		t.Fatal(err)
 	}
