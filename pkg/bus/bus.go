@@ -263,6 +263,15 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ha
 		return err
 	}
 	log := slog.With("consumer", cfg.Durable)
+	// Handlers run on a context that survives ctx: on shutdown the drain
+	// below lets the message in hand finish and be acked instead of failing
+	// half-way. AckWait bounds it, since past that the message is
+	// redelivered anyway.
+	bound := cfg.AckWait
+	if bound == 0 {
+		bound = defaultAckWait
+	}
+	hctx := context.WithoutCancel(ctx)
 	// Above Concurrency 1 each message is handled on its own goroutine,
 	// at most Concurrency at once; inFlight lets the drain wait for them.
 	var inFlight sync.WaitGroup
@@ -271,7 +280,8 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ha
 		slots = make(chan struct{}, cfg.Concurrency)
 	}
 	handle := func(msg jetstream.Msg) {
-		mctx := ContextFromHeader(ctx, msg.Headers())
+		mctx, cancel := context.WithTimeout(ContextFromHeader(hctx, msg.Headers()), bound)
+		defer cancel()
 		err := handler(mctx, msg)
 		var retry retryError
 		switch {
@@ -322,11 +332,13 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ha
 	return nil
 }
 
+const defaultAckWait = 30 * time.Second
+
 // EnsureConsumer creates or updates the durable consumer, retrying while
 // JetStream is not ready.
 func EnsureConsumer(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig) (jetstream.Consumer, error) {
 	if cfg.AckWait == 0 {
-		cfg.AckWait = 30 * time.Second
+		cfg.AckWait = defaultAckWait
 	}
 	if cfg.MaxAckPending == 0 {
 		cfg.MaxAckPending = 1000

@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -229,5 +230,46 @@ func TestRetryAfterRedeliversAfterItsDelay(t *testing.T) {
 	defer mu.Unlock()
 	if gap := seen[1].Sub(seen[0]); gap < 700*time.Millisecond {
 		t.Errorf("redelivered after %s, want at least 700ms", gap)
+	}
+}
+
+// A message in hand when the service shuts down is finished and acked, not
+// failed half-way: its handler's context outlives the consumer's.
+func TestShutdownLetsTheHandlerInHandFinish(t *testing.T) {
+	ctx, js := setup(t)
+	if err := Publish(ctx, js, SubjectJobCancel, "", &eventsv1.JobCancelRequested{JobId: "in-hand"}); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	var handlerErr atomic.Value
+	cctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- Consume(cctx, js, ConsumerConfig{Stream: StreamEvents, Durable: "t-drain", Filter: []string{SubjectJobCancel}},
+			func(hctx context.Context, msg jetstream.Msg) error {
+				close(started)
+				time.Sleep(300 * time.Millisecond) // shutdown begins meanwhile
+				handlerErr.Store(fmt.Sprint(hctx.Err()))
+				return hctx.Err()
+			})
+	}()
+	<-started
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := handlerErr.Load(); got != "<nil>" {
+		t.Fatalf("handler context at the end: %v, want still live", got)
+	}
+	cons, err := js.Consumer(ctx, StreamEvents, "t-drain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumAckPending != 0 || info.NumPending != 0 || info.NumRedelivered != 0 {
+		t.Fatalf("message not acked: %d ack pending, %d pending, %d redelivered", info.NumAckPending, info.NumPending, info.NumRedelivered)
 	}
 }

@@ -72,9 +72,6 @@ type Config struct {
 	// QueueTimeout is how long a job may wait for a service offering its
 	// profile, counted from its create_time, before it fails (no-service).
 	QueueTimeout time.Duration
-	// HandlerTimeout bounds the handling of one message (default 8s, under
-	// the consumers' AckWait).
-	HandlerTimeout time.Duration
 	// CancelDeliveries is how often a cancel of a job without a record is
 	// retried (its JobCreated may not have been handled yet) before it is
 	// dropped (default 10).
@@ -120,9 +117,6 @@ func New(ctx context.Context, cfg Config) (*Processor, error) {
 	}
 	if cfg.QueueTimeout <= 0 {
 		cfg.QueueTimeout = time.Minute
-	}
-	if cfg.HandlerTimeout <= 0 {
-		cfg.HandlerTimeout = 8 * time.Second
 	}
 	if cfg.CancelDeliveries == 0 {
 		cfg.CancelDeliveries = 10
@@ -184,7 +178,7 @@ func (p *Processor) Run(ctx context.Context) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	for _, c := range consumers {
-		g.Go(func() error { return bus.Consume(gctx, p.cfg.JS, c.cfg, p.detach(c.handler)) })
+		g.Go(func() error { return bus.Consume(gctx, p.cfg.JS, c.cfg, c.handler) })
 	}
 	g.Go(func() error { p.watchConnection(gctx); return nil })
 	p.ready.Store(true)
@@ -209,18 +203,6 @@ func (p *Processor) watchConnection(ctx context.Context) {
 				p.lastDown.Store(p.cfg.Now().UnixNano())
 			}
 		}
-	}
-}
-
-// detach runs h on a context that outlives the consumer's: on shutdown
-// bus.Consume drains, and the message in hand should finish (and be acked)
-// rather than fail half-way because its context was canceled. Trace context
-// and other values are kept; HandlerTimeout bounds it.
-func (p *Processor) detach(h bus.Handler) bus.Handler {
-	return func(ctx context.Context, msg jetstream.Msg) error {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.HandlerTimeout)
-		defer cancel()
-		return h(ctx, msg)
 	}
 }
 
