@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -90,6 +91,18 @@ type Etcd struct {
 // one; a restart on existing data should pass the ports it had (Ports), since
 // etcd remembers its member's peer URL.
 func StartEtcd(dir string, clientPort, peerPort int) (*Etcd, error) {
+	// A port picked here is free only until etcd binds it: a test in another
+	// package, running in parallel, may take it in between. Then try again
+	// with new ports; ports the caller chose are never changed.
+	for attempt := 1; ; attempt++ {
+		e, err := startEtcd(dir, clientPort, peerPort)
+		if err == nil || attempt == 5 || (clientPort != 0 && peerPort != 0) || !errors.Is(err, syscall.EADDRINUSE) {
+			return e, err
+		}
+	}
+}
+
+func startEtcd(dir string, clientPort, peerPort int) (*Etcd, error) {
 	var err error
 	if clientPort == 0 {
 		if clientPort, err = FreePort(); err != nil {

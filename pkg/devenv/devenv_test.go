@@ -2,6 +2,9 @@ package devenv
 
 import (
 	"context"
+	"errors"
+	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -63,5 +66,20 @@ func TestRestartKeepsData(t *testing.T) {
 	}
 	if resp == nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v" {
 		t.Fatalf("after etcd restart: got %v, %v", resp, err)
+	}
+}
+
+// A port the caller chose is kept: when it is busy, StartEtcd says so
+// instead of moving etcd elsewhere (a restart must come back where clients
+// expect it). Only ports devenv picks itself are retried.
+func TestChosenBusyPortIsReported(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, err = StartEtcd(t.TempDir(), l.Addr().(*net.TCPAddr).Port, 0)
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("err = %v, want EADDRINUSE", err)
 	}
 }
