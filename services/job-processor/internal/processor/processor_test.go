@@ -317,6 +317,10 @@ func TestHappyPath(t *testing.T) {
 	for range 2 {
 		b.exec(t, update("job-1", 1, running, 40))
 	}
+	// Reports of one job are handled concurrently, so a COMPLETED sent at
+	// once could overtake this progress (which is then, rightly, not
+	// announced); a real worker's reports are seconds apart.
+	b.waitStatuses(t, "job-1", "QUEUED SCHEDULED RUNNING-0 RUNNING-40")
 	out := &jobsv1.JobOutput{Data: &structpb.Struct{Fields: map[string]*structpb.Value{"duration": structpb.NewNumberValue(42)}}}
 	done := update("job-1", 1, completed, 100)
 	done.Output, done.VerifiedQuantity = out, 42
