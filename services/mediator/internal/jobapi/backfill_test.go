@@ -59,7 +59,7 @@ func TestReconcileQuota(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A slot taken by a mediator that died before storing its job.
-	if err := adm.Admit(context.Background(), "acme", "0190b6f1-0000-7000-8000-000000000000", tenants.Quota{}); err != nil {
+	if err := adm.Admit(context.Background(), "acme", "0190b6f1-0000-7000-8000-000000000000", tenants.Quota{MaxConcurrentJobs: 5}); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := adm.Active(context.Background(), "acme"); n != 3 {

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/medius-platform/medius/pkg/problem"
+	"github.com/medius-platform/medius/services/mediator/internal/groupcommit"
 	"github.com/medius-platform/medius/services/mediator/internal/tenants"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -68,10 +69,28 @@ func QuantityKey(tenant, periodID string) string { return quantityPrefix + tenan
 type Admitter struct {
 	cli *clientv3.Client
 	now func() time.Time
+	// Concurrent admissions of a tenant under the same quota share one
+	// transaction, so they cost one etcd write between them instead of
+	// contending for its counters one at a time.
+	batches *groupcommit.Group[batchKey, string]
 }
 
+type batchKey struct {
+	tenant string
+	q      tenants.Quota
+}
+
+// maxBatch bounds one transaction: it reads 3 counters and one marker per
+// job, and compares and writes as many, within etcd's default limit of 128
+// operations per transaction.
+const maxBatch = 100
+
 // New uses cli.
-func New(cli *clientv3.Client) *Admitter { return &Admitter{cli: cli, now: time.Now} }
+func New(cli *clientv3.Client) *Admitter {
+	a := &Admitter{cli: cli, now: time.Now}
+	a.batches = groupcommit.New(maxBatch, 15*time.Second, a.admitBatch)
+	return a
+}
 
 type counter struct {
 	key string
@@ -107,45 +126,99 @@ func itoa(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
 
 // Admit takes one of tenant's slots for job, or refuses with
 // ResourceExhausted naming the quota reached. Admitting the same job twice
-// takes one slot.
+// takes one slot. A quota without limits admits at once.
 func (a *Admitter) Admit(ctx context.Context, tenant, job string, q tenants.Quota) error {
+	if !limited(q) {
+		return nil
+	}
+	return a.batches.Do(ctx, batchKey{tenant, q}, job)
+}
+
+// limited tells whether q bounds anything. A tenant without limits is
+// admitted without counting (nothing to check, so no etcd write per job);
+// limits set later count the jobs admitted from then on.
+func limited(q tenants.Quota) bool {
+	return q.MaxConcurrentJobs > 0 || q.MaxJobsPerPeriod > 0 || q.MaxQuantityPerPeriod > 0
+}
+
+// admitBatch admits batch's jobs in order, as far as the quota goes, in one
+// transaction that commits only if no counter changed meanwhile (another
+// replica); on a conflict it reads again and retries.
+func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) []error {
+	tenant, q := k.tenant, k.q
 	pid := PeriodID(q.Period, a.now())
-	marker := MarkerKey(tenant, job)
+	keys := []string{ActiveKey(tenant), JobsKey(tenant, pid), QuantityKey(tenant, pid)}
+	for _, job := range batch {
+		keys = append(keys, MarkerKey(tenant, job))
+	}
+	errs := make([]error, len(batch))
+	fail := func(err error) []error {
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
+		return errs
+	}
 	for {
-		cs, err := a.read(ctx, ActiveKey(tenant), JobsKey(tenant, pid), QuantityKey(tenant, pid), marker)
+		clear(errs)
+		cs, err := a.read(ctx, keys...)
 		if err != nil {
-			return err
+			return fail(err)
 		}
-		active, jobs, quantity, mk := cs[0], cs[1], cs[2], cs[3]
-		if mk.rev != 0 {
-			return nil // already admitted
+		active, jobs, quantity := cs[0], cs[1], cs[2]
+		cmps := []clientv3.Cmp{unchanged(active), unchanged(jobs)}
+		var ops []clientv3.Op
+		first := map[string]int{} // a job asked twice in one batch takes one slot
+		admitted := 0.0
+		for i, job := range batch {
+			if j, dup := first[job]; dup {
+				errs[i] = errs[j]
+				continue
+			}
+			first[job] = i
+			if cs[3+i].rev != 0 {
+				continue // already admitted
+			}
+			if errs[i] = refusal(tenant, q, active.val+admitted, jobs.val+admitted, quantity.val); errs[i] != nil {
+				continue
+			}
+			admitted++
+			marker := keys[3+i]
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(marker), "=", 0))
+			ops = append(ops, clientv3.OpPut(marker, a.now().UTC().Format(time.RFC3339)))
 		}
-		switch {
-		case q.MaxConcurrentJobs > 0 && active.val >= float64(q.MaxConcurrentJobs):
-			return problem.ResourceExhausted(TypeConcurrent,
-				fmt.Sprintf("quota maxConcurrentJobs reached: tenant %s has %d jobs running, the limit is %d", tenant, int64(active.val), q.MaxConcurrentJobs))
-		case q.MaxJobsPerPeriod > 0 && jobs.val >= float64(q.MaxJobsPerPeriod):
-			return problem.ResourceExhausted(TypeJobs,
-				fmt.Sprintf("quota maxJobsPerPeriod reached: tenant %s submitted %d jobs this %s, the limit is %d", tenant, int64(jobs.val), period(q), q.MaxJobsPerPeriod))
-		case q.MaxQuantityPerPeriod > 0 && quantity.val >= q.MaxQuantityPerPeriod:
-			return problem.ResourceExhausted(TypeQuantity,
-				fmt.Sprintf("quota maxQuantityPerPeriod reached: tenant %s used %g of %g this %s", tenant, quantity.val, q.MaxQuantityPerPeriod, period(q)))
+		if admitted == 0 {
+			return errs
 		}
-		resp, err := a.cli.Txn(ctx).
-			If(unchanged(active), unchanged(jobs), clientv3.Compare(clientv3.CreateRevision(marker), "=", 0)).
-			Then(clientv3.OpPut(active.key, itoa(active.val+1)), clientv3.OpPut(jobs.key, itoa(jobs.val+1)),
-				clientv3.OpPut(marker, a.now().UTC().Format(time.RFC3339))).
-			Commit()
+		ops = append(ops, clientv3.OpPut(active.key, itoa(active.val+admitted)), clientv3.OpPut(jobs.key, itoa(jobs.val+admitted)))
+		resp, err := a.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
-			return fmt.Errorf("admit job %s: %w", job, err)
+			return fail(fmt.Errorf("admit %d jobs of tenant %s: %w", int(admitted), tenant, err))
 		}
 		if resp.Succeeded {
-			return nil
+			return errs
 		}
 		if err := ctx.Err(); err != nil {
-			return err
+			return fail(err)
 		}
 	}
+}
+
+// refusal names the quota one more job would exceed, or is nil.
+func refusal(tenant string, q tenants.Quota, active, jobs, quantity float64) error {
+	switch {
+	case q.MaxConcurrentJobs > 0 && active >= float64(q.MaxConcurrentJobs):
+		return problem.ResourceExhausted(TypeConcurrent,
+			fmt.Sprintf("quota maxConcurrentJobs reached: tenant %s has %d jobs running, the limit is %d", tenant, int64(active), q.MaxConcurrentJobs))
+	case q.MaxJobsPerPeriod > 0 && jobs >= float64(q.MaxJobsPerPeriod):
+		return problem.ResourceExhausted(TypeJobs,
+			fmt.Sprintf("quota maxJobsPerPeriod reached: tenant %s submitted %d jobs this %s, the limit is %d", tenant, int64(jobs), period(q), q.MaxJobsPerPeriod))
+	case q.MaxQuantityPerPeriod > 0 && quantity >= q.MaxQuantityPerPeriod:
+		return problem.ResourceExhausted(TypeQuantity,
+			fmt.Sprintf("quota maxQuantityPerPeriod reached: tenant %s used %g of %g this %s", tenant, quantity, q.MaxQuantityPerPeriod, period(q)))
+	}
+	return nil
 }
 
 func period(q tenants.Quota) string {

@@ -12,6 +12,7 @@ import (
 	"github.com/medius-platform/medius/services/mediator/internal/quota"
 	"github.com/medius-platform/medius/services/mediator/internal/tenants"
 	"github.com/medius-platform/medius/services/mediator/internal/testsupport"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 )
 
@@ -96,5 +97,67 @@ func TestJobsPerPeriod(t *testing.T) {
 	var pe *problem.Error
 	if !errors.As(err, &pe) || pe.Type != quota.TypeJobs {
 		t.Fatalf("third job of the day: %v, want %s", err, quota.TypeJobs)
+	}
+}
+
+// A tenant without limits is admitted without counting, so its submits
+// cost no etcd write; its releases are no-ops.
+func TestUnlimitedIsNotCounted(t *testing.T) {
+	env := testsupport.Start(t)
+	a := quota.New(env.EtcdCli)
+	ctx := context.Background()
+	for i := range 5 {
+		if err := a.Admit(ctx, "free", fmt.Sprint(i), tenants.Quota{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := env.EtcdCli.Get(ctx, "/medius/quota/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Count != 0 {
+		t.Fatalf("%d quota keys written for a tenant without limits", resp.Count)
+	}
+	if err := a.Release(ctx, "free", "0"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Submits of one tenant queued together are admitted in batches exactly up
+// to the quota, and a job asked twice at once holds one slot: both calls get
+// the same answer.
+func TestBatchAdmitsUpToTheLimit(t *testing.T) {
+	env := testsupport.Start(t)
+	a := quota.New(env.EtcdCli)
+	ctx := context.Background()
+	q := tenants.Quota{MaxConcurrentJobs: 150, MaxJobsPerPeriod: 1000}
+	var mu sync.Mutex
+	answers := map[string][]bool{}
+	var wg sync.WaitGroup
+	for i := range 300 {
+		wg.Go(func() {
+			job := fmt.Sprint(i % 200) // jobs 0-99 asked twice
+			err := a.Admit(ctx, "acme", job, q)
+			var pe *problem.Error
+			if err != nil && (!errors.As(err, &pe) || pe.Type != quota.TypeConcurrent) {
+				t.Errorf("admit %s: %v", job, err)
+			}
+			mu.Lock()
+			answers[job] = append(answers[job], err == nil)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	holders := 0
+	for job, got := range answers {
+		if len(got) == 2 && got[0] != got[1] {
+			t.Errorf("job %s asked twice got %v", job, got)
+		}
+		if got[0] {
+			holders++
+		}
+	}
+	if n, err := a.Active(ctx, "acme"); err != nil || n != 150 || holders != 150 {
+		t.Fatalf("active = %d (%v), %d jobs admitted; want exactly the limit 150", n, err, holders)
 	}
 }

@@ -1,0 +1,135 @@
+// Package groupcommit batches concurrent writes into one commit: the first
+// caller of a key leads, committing everything queued for that key
+// meanwhile in batches until none is left, while the others wait for their
+// batch's answer. Under load, N concurrent writes cost one round trip (and
+// one etcd fsync) between them; alone, a write costs what it did before.
+package groupcommit
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// CommitFunc commits one batch of key's items and returns one error per
+// item (nil: done).
+type CommitFunc[K comparable, T any] func(ctx context.Context, key K, batch []T) []error
+
+// Group queues items per key and commits them in batches.
+type Group[K comparable, T any] struct {
+	commit   CommitFunc[K, T]
+	maxBatch int
+	timeout  time.Duration
+
+	mu      sync.Mutex
+	queued  map[K][]*call[T]
+	leading map[K]bool
+}
+
+type call[T any] struct {
+	item T
+	done chan error
+	// lead is closed when the call is to commit the next batch.
+	lead chan struct{}
+}
+
+// New commits with commit, at most maxBatch items at a time; a batch's
+// commit gets timeout, whatever happens to the call that leads it.
+func New[K comparable, T any](maxBatch int, timeout time.Duration, commit CommitFunc[K, T]) *Group[K, T] {
+	return &Group[K, T]{commit: commit, maxBatch: max(maxBatch, 1), timeout: timeout,
+		queued: map[K][]*call[T]{}, leading: map[K]bool{}}
+}
+
+// Do commits item under key and returns its outcome. When ctx ends first it
+// returns ctx's error, and the item may still be committed.
+//
+// The call that finds no commit under way leads: it commits a batch (its
+// own item first) and hands the lead to the oldest call still queued, so
+// under steady load each call leads at most one batch and no caller waits
+// for others' batches beyond its own.
+func (g *Group[K, T]) Do(ctx context.Context, key K, item T) error {
+	c := &call[T]{item: item, done: make(chan error, 1), lead: make(chan struct{})}
+	g.mu.Lock()
+	g.queued[key] = append(g.queued[key], c)
+	if !g.leading[key] {
+		g.leading[key] = true
+		close(c.lead)
+	}
+	g.mu.Unlock()
+	for {
+		select {
+		case err := <-c.done:
+			return err
+		case <-c.lead:
+			c.lead = nil // lead once
+			g.commitBatch(ctx, key)
+		case <-ctx.Done():
+			g.mu.Lock()
+			promoted := c.lead != nil && closed(c.lead)
+			if !promoted {
+				g.withdraw(key, c)
+			}
+			g.mu.Unlock()
+			if promoted {
+				// Handed the lead as it gave up: the others still need it.
+				g.commitBatch(ctx, key)
+			}
+			return ctx.Err()
+		}
+	}
+}
+
+func closed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// withdraw takes c out of key's queue if it is still there (not yet in a
+// batch). g.mu is held.
+func (g *Group[K, T]) withdraw(key K, c *call[T]) {
+	q := g.queued[key]
+	for i, x := range q {
+		if x == c {
+			g.queued[key] = append(q[:i:i], q[i+1:]...)
+			return
+		}
+	}
+}
+
+// commitBatch commits the oldest batch of key's queue, then hands the lead
+// to the oldest call left, or gives it up when none is.
+func (g *Group[K, T]) commitBatch(ctx context.Context, key K) {
+	g.mu.Lock()
+	queue := g.queued[key]
+	n := min(len(queue), g.maxBatch)
+	batch := queue[:n:n]
+	g.queued[key] = queue[n:]
+	g.mu.Unlock()
+
+	if n > 0 {
+		// The leader's own cancellation must not fail the others' items.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.timeout)
+		items := make([]T, n)
+		for i, c := range batch {
+			items[i] = c.item
+		}
+		errs := g.commit(cctx, key, items)
+		cancel()
+		for i, c := range batch {
+			c.done <- errs[i]
+		}
+	}
+
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if next := g.queued[key]; len(next) > 0 {
+		close(next[0].lead)
+		return
+	}
+	delete(g.queued, key)
+	delete(g.leading, key)
+}
