@@ -301,6 +301,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	consumer.OnChange(notifier.Enqueue)
 	g.Go(func() error { return consumer.Run(workCtx, js) })
 	g.Go(func() error { return notifier.Run(workCtx) })
+	g.Go(func() error { return jobs.IndexCreated(workCtx, js) })
 	g.Go(func() error { return jobs.Sweep(workCtx, cfg.Sweep) })
 	g.Go(func() error { return jobs.Retain(workCtx, cfg.Retention) })
 	g.Go(func() error {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/medius-platform/medius/pkg/jobstate"
-	"github.com/medius-platform/medius/services/mediator/internal/jobindex"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -42,7 +41,7 @@ func (s *Server) Backfill(ctx context.Context, cli *clientv3.Client) error {
 		if err != nil {
 			return err
 		}
-		if err := s.index.Put(ctx, job.GetTenant(), jobindex.Entry{ID: id, Profile: job.GetProfile(), Tags: job.GetTags()}); err != nil {
+		if err := s.index.Put(ctx, job.GetTenant(), indexEntry(job)); err != nil {
 			return err
 		}
 	}

@@ -174,15 +174,6 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 		job.Input = &jobsv1.JobInput{}
 	}
 
-	// The index entry goes first: an entry whose job was never stored is
-	// skipped by listings, while a stored job missing from the index would
-	// be invisible.
-	if s.index != nil {
-		if err := s.index.Put(ctx, tenant, jobindex.Entry{ID: id, Profile: job.GetProfile(), Tags: job.GetTags()}); err != nil {
-			s.release(ctx, tenant, id)
-			return nil, storeError(ctx, fmt.Errorf("create job %s: %w", id, err))
-		}
-	}
 	// The record is stored before the request id is claimed: a claim then
 	// always names a stored job. A crash between the two leaves a NEW job
 	// whose claim the sweep completes (or, if a retry won, deletes the job).
@@ -205,6 +196,15 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 		// The job is stored; the sweep publishes it. Failing the call would
 		// make a client without a request id submit it twice.
 		slog.WarnContext(ctx, "job stored, publish deferred to sweep", "job", id, "err", err)
+	}
+	// Indexed after the announcement, so the job is on its way to a worker
+	// while the index write (an etcd fsync) completes; the call still
+	// returns only once the job is listed. Should this write fail or the
+	// process die first, the index consumer writes it from the JobCreated.
+	if s.index != nil {
+		if err := s.index.Put(ctx, tenant, indexEntry(job)); err != nil {
+			slog.WarnContext(ctx, "job stored, index deferred to its consumer", "job", id, "err", err)
+		}
 	}
 	s.admitted.Add(ctx, 1, metric.WithAttributes(attribute.String("profile", job.Profile), attribute.String("tenant", tenant)))
 	slog.InfoContext(ctx, "job created", "job", id, "tenant", tenant, "profile", job.Profile)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/medius-platform/medius/services/mediator/internal/groupcommit"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -34,10 +35,39 @@ type Entry struct {
 // Index reads and writes the index.
 type Index struct {
 	cli *clientv3.Client
+	// Concurrent puts share one etcd transaction (one fsync).
+	puts *groupcommit.Group[struct{}, clientv3.Op]
 }
 
+// maxPuts is etcd's default limit of operations per transaction.
+const maxPuts = 128
+
 // New uses cli.
-func New(cli *clientv3.Client) *Index { return &Index{cli: cli} }
+func New(cli *clientv3.Client) *Index {
+	x := &Index{cli: cli}
+	x.puts = groupcommit.New(maxPuts, 15*time.Second, x.commit)
+	return x
+}
+
+func (x *Index) commit(ctx context.Context, _ struct{}, ops []clientv3.Op) []error {
+	errs := make([]error, len(ops))
+	// etcd refuses a transaction writing a key twice: a job indexed twice
+	// at once (its creation and the JobCreated consumer) is written once.
+	seen := make(map[string]bool, len(ops))
+	unique := ops[:0:0]
+	for _, op := range ops {
+		if k := string(op.KeyBytes()); !seen[k] {
+			seen[k] = true
+			unique = append(unique, op)
+		}
+	}
+	if _, err := x.cli.Txn(ctx).Then(unique...).Commit(); err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+	}
+	return errs
+}
 
 // invert maps each hex digit d of id to f-d, keeping dashes, so ordering
 // inverted ids ascending orders ids descending.
@@ -71,7 +101,7 @@ func (x *Index) Put(ctx context.Context, tenant string, e Entry) error {
 	if err != nil {
 		return fmt.Errorf("encode index entry of job %s: %w", e.ID, err)
 	}
-	if _, err := x.cli.Put(ctx, key(tenant, e.ID), string(data)); err != nil {
+	if err := x.puts.Do(ctx, struct{}{}, clientv3.OpPut(key(tenant, e.ID), string(data))); err != nil {
 		return fmt.Errorf("index job %s: %w", e.ID, err)
 	}
 	return nil

@@ -3,6 +3,7 @@ package jobindex_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -111,4 +112,36 @@ func BenchmarkPage100k(b *testing.B) {
 		pageAll(b, x, "acme", ids, 1000)
 	}
 	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N)/100, "ms/page")
+}
+
+// Concurrent puts, some of the same job at once (its creation and the
+// JobCreated consumer), all land, each job once.
+func TestConcurrentPuts(t *testing.T) {
+	env := testsupport.Start(t)
+	x := jobindex.New(env.EtcdCli)
+	ids := make([]string, 300)
+	for i := range ids {
+		u, _ := uuid.NewV7()
+		ids[i] = u.String()
+	}
+	var wg sync.WaitGroup
+	for i := range 600 {
+		wg.Go(func() {
+			if err := x.Put(context.Background(), "acme", jobindex.Entry{ID: ids[i%300], Profile: "P"}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	got := map[string]int{}
+	err := x.Scan(context.Background(), jobindex.Query{Tenant: "acme"}, 100, func(e jobindex.Entry) (bool, error) {
+		got[e.ID]++
+		return true, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(ids) {
+		t.Fatalf("%d jobs indexed, want %d", len(got), len(ids))
+	}
 }
