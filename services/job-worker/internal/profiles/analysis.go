@@ -2,8 +2,11 @@ package profiles
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -129,20 +132,28 @@ func parseEBUR128(stderr []byte) (loudness, error) {
 }
 
 // ShotsProfile finds shot boundaries with ffmpeg's scene-change score: a
-// frame scoring above threshold (default 0.3) starts a new shot.
+// frame scoring above threshold (default 0.3) starts a new shot. The shots
+// are in the job output's data and, when the job gives an outputFile
+// locator (written exactly there) or an outputLocation, also in a JSON
+// file, which is what a Cortex VideoAnalysis client collects.
 func ShotsProfile(res *locator.Resolver) workersdk.Profile {
 	return workersdk.Profile{
 		Spec: &registryv1.JobProfile{
 			Name: DetectShots, JobType: "AIJob",
-			Description:             "Shot boundaries (start, end, timecode) by ffmpeg scene-change detection.",
+			Description: "Shot boundaries (start, end, timecode) by ffmpeg scene-change detection; also written as JSON (shots.json) " +
+				"exactly at an outputFile input locator, or under an outputLocation, when given.",
 			InputParameters:         []*registryv1.ParameterSpec{{Name: ParamInputFile, Type: "locator"}},
-			OptionalInputParameters: []*registryv1.ParameterSpec{{Name: ParamThreshold, Type: "number"}},
-			OutputParameters:        []*registryv1.ParameterSpec{{Name: ParamShots, Type: "array"}},
+			OptionalInputParameters: []*registryv1.ParameterSpec{{Name: ParamThreshold, Type: "number"}, {Name: ParamOutputLocation, Type: "locator"}},
+			OutputParameters:        []*registryv1.ParameterSpec{{Name: ParamShots, Type: "array"}, {Name: ParamOutputFile, Type: "locator"}},
 			DefaultTimeout:          durationpb.New(2 * time.Hour),
 			MaxAttempts:             3,
 		},
 		Handler: func(ctx context.Context, item *workersdk.WorkItem, progress func(int)) (*jobsv1.JobOutput, float64, error) {
 			threshold, err := numberParam(item, ParamThreshold, 0.3, 0.01, 1)
+			if err != nil {
+				return nil, 0, err
+			}
+			outs, err := newNamedOutputs(res, item, []string{ParamOutputFile}, false)
 			if err != nil {
 				return nil, 0, err
 			}
@@ -173,9 +184,35 @@ func ShotsProfile(res *locator.Resolver) workersdk.Profile {
 			if err != nil {
 				return nil, 0, fmt.Errorf("shots output: %w", err)
 			}
-			return &jobsv1.JobOutput{Data: &structpb.Struct{Fields: map[string]*structpb.Value{ParamShots: structpb.NewListValue(list)}}}, m.duration, nil
+			out := &jobsv1.JobOutput{Data: &structpb.Struct{Fields: map[string]*structpb.Value{ParamShots: structpb.NewListValue(list)}}}
+			if outs.wants(ParamOutputFile) {
+				loc, err := writeShots(ctx, outs, out.GetData())
+				if err != nil {
+					return nil, 0, err
+				}
+				out.Locators = map[string]*jobsv1.Locator{ParamOutputFile: loc}
+			}
+			return out, m.duration, nil
 		},
 	}
+}
+
+// writeShots stores the output data ({"shots": [...]}) as shots.json.
+func writeShots(ctx context.Context, outs *namedOutputs, data *structpb.Struct) (*jobsv1.Locator, error) {
+	b, err := json.MarshalIndent(data.AsMap(), "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("shots json: %w", err)
+	}
+	dir, rm, err := workDir()
+	defer rm()
+	if err != nil {
+		return nil, err
+	}
+	p := filepath.Join(dir, "shots.json")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		return nil, fmt.Errorf("write shots.json: %w", err)
+	}
+	return outs.put(ctx, ParamOutputFile, p, "shots.json", true)
 }
 
 var rePTS = regexp.MustCompile(`Parsed_showinfo.*\bpts_time:\s*([\d.]+)`)

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf16"
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
@@ -25,16 +26,59 @@ import (
 // Names of the speech-to-text profile, its outputs and the engine's files.
 const (
 	SpeechToText = "SpeechToText"
-	// Output locators, as in the Cortex SpeechToTextOutput.
-	ParamJSONOutput = "jsonOutputFile"
-	ParamTTMLOutput = "ttmlOutputFile"
-	ParamSRTOutput  = "srtOutputFile"
-	ParamVTTOutput  = "webVttOutputFile"
-	ParamTextOutput = "textOutputFile"
-	ParamTranscript = "transcript"
-	maxCueWords     = 10
-	maxCueSeconds   = 6.0
+	// Output locators, one per format (the Cortex front maps its
+	// SpeechToTextOutput jsonFormat, ttmlFormat... to them). Given as input
+	// locators, they name where each requested format is written.
+	ParamJSONOutput    = "jsonOutputFile"
+	ParamTTMLOutput    = "ttmlOutputFile"
+	ParamSRTOutput     = "srtOutputFile"
+	ParamVTTOutput     = "webVttOutputFile"
+	ParamTextOutput    = "textOutputFile"
+	ParamDraftJSOutput = "draftjsOutputFile"
+	ParamTranscript    = "transcript"
+	maxCueWords        = 10
+	maxCueSeconds      = 6.0
 )
+
+// transcriptFormat is one file SpeechToText writes: its output locator, its
+// name under an outputLocation folder, and its contents.
+type transcriptFormat struct {
+	param, file string
+	render      func(t *transcript) []byte
+}
+
+// transcript is what the recogniser heard.
+type transcript struct {
+	words []word
+	cues  []cue
+	text  string
+}
+
+var transcriptFormats = []transcriptFormat{
+	{ParamJSONOutput, "transcript.json", func(t *transcript) []byte { return transcriptJSON(t.words, t.cues, t.text) }},
+	{ParamTTMLOutput, "transcript.ttml", func(t *transcript) []byte { return ttml(t.cues) }},
+	{ParamSRTOutput, "transcript.srt", func(t *transcript) []byte { return srt(t.cues) }},
+	{ParamVTTOutput, "transcript.vtt", func(t *transcript) []byte { return webVTT(t.cues) }},
+	{ParamTextOutput, "transcript.txt", func(t *transcript) []byte { return []byte(t.text + "\n") }},
+	{ParamDraftJSOutput, "transcript.draftjs.json", func(t *transcript) []byte { return draftJS(t.words) }},
+}
+
+// formatSpecs declares the format locators.
+func formatSpecs() []*registryv1.ParameterSpec {
+	specs := make([]*registryv1.ParameterSpec, len(transcriptFormats))
+	for i, f := range transcriptFormats {
+		specs[i] = &registryv1.ParameterSpec{Name: f.param, Type: "locator"}
+	}
+	return specs
+}
+
+func transcriptParams() []string {
+	names := make([]string, len(transcriptFormats))
+	for i, f := range transcriptFormats {
+		names[i] = f.param
+	}
+	return names
+}
 
 // Pocketsphinx is the recogniser run, and PocketsphinxModel the directory
 // of the Debian en-us model (pocketsphinx-en-us).
@@ -44,24 +88,31 @@ var (
 )
 
 // SpeechProfile transcribes the first audio stream with pocketsphinx and
-// writes the transcript as JSON (word timings), EBU-TT/TTML, SRT, WebVTT and
-// plain text to the output location.
+// writes the transcript as JSON (word timings), EBU-TT/TTML, SRT, WebVTT,
+// plain text and Draft.js: each format given its own output locator
+// (jsonOutputFile...) is written exactly there, and only those; with an
+// outputLocation folder instead, every format is written under it.
 func SpeechProfile(res *locator.Resolver) workersdk.Profile {
 	return workersdk.Profile{
 		Spec: &registryv1.JobProfile{
 			Name: SpeechToText, JobType: "AIJob",
-			Description:     "English speech to text with word timings, as JSON, TTML, SRT, WebVTT and text (pocketsphinx, en-us model).",
-			InputParameters: []*registryv1.ParameterSpec{{Name: ParamInputFile, Type: "locator"}, {Name: ParamOutputLocation, Type: "locator"}},
-			OutputParameters: []*registryv1.ParameterSpec{{Name: ParamJSONOutput, Type: "locator"}, {Name: ParamTTMLOutput, Type: "locator"},
-				{Name: ParamSRTOutput, Type: "locator"}, {Name: ParamVTTOutput, Type: "locator"}, {Name: ParamTextOutput, Type: "locator"},
-				{Name: ParamTranscript, Type: "string"}},
-			DefaultTimeout: durationpb.New(4 * time.Hour),
-			MaxAttempts:    3,
+			Description: "English speech to text with word timings, as JSON, TTML, SRT, WebVTT, text and Draft.js (pocketsphinx, en-us model). " +
+				"Give each format wanted as an input locator named like its output (jsonOutputFile, ttmlOutputFile, srtOutputFile, webVttOutputFile, textOutputFile, draftjsOutputFile) to have it written exactly there, or an outputLocation folder for all.",
+			InputParameters: []*registryv1.ParameterSpec{{Name: ParamInputFile, Type: "locator"}},
+			// The format locators are not declared as inputs too: a profile's
+			// parameters share one namespace, and they are its outputs.
+			OptionalInputParameters: []*registryv1.ParameterSpec{{Name: ParamOutputLocation, Type: "locator"}},
+			OutputParameters:        append(formatSpecs(), &registryv1.ParameterSpec{Name: ParamTranscript, Type: "string"}),
+			DefaultTimeout:          durationpb.New(4 * time.Hour),
+			MaxAttempts:             3,
 		},
 		Handler: func(ctx context.Context, item *workersdk.WorkItem, progress func(int)) (*jobsv1.JobOutput, float64, error) {
-			outs, err := newOutputs(res, item)
+			outs, err := newNamedOutputs(res, item, transcriptParams(), true)
 			if err != nil {
 				return nil, 0, err
+			}
+			if outs.none() {
+				return nil, 0, outs.missing(item, transcriptParams())
 			}
 			m, cleanup, err := openMedia(ctx, res, item, false, true)
 			defer cleanup()
@@ -85,29 +136,24 @@ func SpeechProfile(res *locator.Resolver) workersdk.Profile {
 			}
 			progress(90)
 			cues := toCues(words)
-			files := map[string]string{
-				ParamJSONOutput: "transcript.json", ParamTTMLOutput: "transcript.ttml", ParamSRTOutput: "transcript.srt",
-				ParamVTTOutput: "transcript.vtt", ParamTextOutput: "transcript.txt",
-			}
-			text := transcriptText(cues)
-			contents := map[string][]byte{
-				ParamJSONOutput: transcriptJSON(words, cues, text), ParamTTMLOutput: ttml(cues), ParamSRTOutput: srt(cues),
-				ParamVTTOutput: webVTT(cues), ParamTextOutput: []byte(text + "\n"),
-			}
+			t := &transcript{words: words, cues: cues, text: transcriptText(cues)}
 			locs := map[string]*jobsv1.Locator{}
-			for param, name := range files {
-				p := filepath.Join(dir, name)
-				if err := os.WriteFile(p, contents[param], 0o600); err != nil {
-					return nil, 0, fmt.Errorf("write %s: %w", name, err)
+			for _, f := range transcriptFormats {
+				if !outs.wants(f.param) {
+					continue
 				}
-				loc, err := outs.put(ctx, p, name, false)
+				p := filepath.Join(dir, f.file)
+				if err := os.WriteFile(p, f.render(t), 0o600); err != nil {
+					return nil, 0, fmt.Errorf("write %s: %w", f.file, err)
+				}
+				loc, err := outs.put(ctx, f.param, p, f.file, false)
 				if err != nil {
 					return nil, 0, err
 				}
-				locs[param] = loc
+				locs[f.param] = loc
 			}
 			return &jobsv1.JobOutput{Locators: locs, Data: &structpb.Struct{Fields: map[string]*structpb.Value{
-				ParamTranscript: structpb.NewStringValue(text),
+				ParamTranscript: structpb.NewStringValue(t.text),
 			}}}, m.duration, nil
 		},
 	}
@@ -181,31 +227,40 @@ func parseSphinx(out []byte) []word {
 	return words
 }
 
-// toCues groups words into subtitle cues: a new cue per utterance, and
+// groupCues splits words into subtitle cues: a new cue per utterance, and
 // when a cue would exceed maxCueWords or maxCueSeconds.
-func toCues(words []word) []cue {
-	var cues []cue
-	var cur []string
-	var c cue
-	lastUtt := -1
+func groupCues(words []word) [][]word {
+	var groups [][]word
+	var cur []word
 	for _, w := range words {
-		if len(cur) > 0 && (w.utterance != lastUtt || len(cur) == maxCueWords || w.End-c.Start > maxCueSeconds) {
-			c.Text = strings.Join(cur, " ")
-			cues = append(cues, c)
+		if len(cur) > 0 && (w.utterance != cur[0].utterance || len(cur) == maxCueWords || w.End-cur[0].Start > maxCueSeconds) {
+			groups = append(groups, cur)
 			cur = nil
 		}
-		if len(cur) == 0 {
-			c = cue{Start: w.Start}
-		}
-		cur = append(cur, w.Word)
-		c.End = w.End
-		lastUtt = w.utterance
+		cur = append(cur, w)
 	}
 	if len(cur) > 0 {
-		c.Text = strings.Join(cur, " ")
-		cues = append(cues, c)
+		groups = append(groups, cur)
+	}
+	return groups
+}
+
+// toCues is the cues of groupCues, timed from their first word's start to
+// their last word's end.
+func toCues(words []word) []cue {
+	var cues []cue
+	for _, g := range groupCues(words) {
+		cues = append(cues, cue{Start: g[0].Start, End: g[len(g)-1].End, Text: cueText(g)})
 	}
 	return cues
+}
+
+func cueText(g []word) string {
+	t := make([]string, len(g))
+	for i, w := range g {
+		t[i] = w.Word
+	}
+	return strings.Join(t, " ")
 }
 
 func transcriptText(cues []cue) string {
@@ -263,4 +318,52 @@ func ttml(cues []cue) []byte {
 	}
 	b.WriteString("    </div>\n  </body>\n</tt>\n")
 	return b.Bytes()
+}
+
+// draftJS renders the transcript as a Draft.js raw content state (what
+// convertFromRaw loads), the way transcript editors hold one: a block per
+// cue with its times, each word an entity of type WORD carrying its start,
+// end and confidence, so an edited text keeps its timings.
+func draftJS(words []word) []byte {
+	type entityRange struct {
+		Offset int `json:"offset"`
+		Length int `json:"length"`
+		Key    int `json:"key"`
+	}
+	type block struct {
+		Key               string         `json:"key"`
+		Text              string         `json:"text"`
+		Type              string         `json:"type"`
+		Depth             int            `json:"depth"`
+		InlineStyleRanges []any          `json:"inlineStyleRanges"`
+		EntityRanges      []entityRange  `json:"entityRanges"`
+		Data              map[string]any `json:"data"`
+	}
+	type entity struct {
+		Type       string         `json:"type"`
+		Mutability string         `json:"mutability"`
+		Data       map[string]any `json:"data"`
+	}
+	blocks := []block{}
+	entities := map[string]entity{}
+	for i, g := range groupCues(words) {
+		b := block{Key: fmt.Sprintf("c%d", i), Text: cueText(g), Type: "unstyled", InlineStyleRanges: []any{},
+			Data: map[string]any{"start": g[0].Start, "end": g[len(g)-1].End}}
+		offset := 0
+		for j, w := range g {
+			if j > 0 {
+				offset++ // the space
+			}
+			// Draft.js offsets count UTF-16 code units, as JavaScript strings do.
+			n := len(utf16.Encode([]rune(w.Word)))
+			key := len(entities)
+			b.EntityRanges = append(b.EntityRanges, entityRange{Offset: offset, Length: n, Key: key})
+			entities[strconv.Itoa(key)] = entity{Type: "WORD", Mutability: "MUTABLE",
+				Data: map[string]any{"text": w.Word, "start": w.Start, "end": w.End, "confidence": w.Confidence}}
+			offset += n
+		}
+		blocks = append(blocks, b)
+	}
+	out, _ := json.MarshalIndent(map[string]any{"blocks": blocks, "entityMap": entities}, "", "  ")
+	return out
 }

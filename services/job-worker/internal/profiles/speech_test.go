@@ -110,6 +110,7 @@ func TestSpeechToText(t *testing.T) {
 			if len(js.Cues) == 0 {
 				t.Fatalf("no cues")
 			}
+			checkDraftJS(t, read(ParamDraftJSOutput), js.Text)
 			if math.Abs(js.Cues[0].Start-0.5) > 0.4 {
 				t.Errorf("first cue starts at %v, speech starts at 0.5", js.Cues[0].Start)
 			}
