@@ -56,13 +56,50 @@ var outputType = map[string]string{
 	ProfileVideoAnalysis: "VideoAnalysisOutput",
 }
 
-// speechFormats are the output formats SpeechToTextOutput can request.
-var speechFormats = []string{"jsonFormat", "ttmlFormat", "srtFormat", "textFormat", "draftjsFormat"}
+// output pairs a Cortex output locator with the Medius locator carrying it:
+// in the job input it says where the worker writes that output, exactly
+// (the worker profiles' per-output locators, see job-worker SpeechToText
+// and DetectShots), and the worker reports what it wrote under the same
+// name in the job output.
+type output struct {
+	cortex string // field of the SpeechToTextOutput / VideoAnalysisOutput
+	medius string // input and output locator name
+}
+
+// speechOutputs are the formats a SpeechToTextOutput can request.
+var speechOutputs = []output{
+	{"jsonFormat", "jsonOutputFile"},
+	{"ttmlFormat", "ttmlOutputFile"},
+	{"srtFormat", "srtOutputFile"},
+	{"textFormat", "textOutputFile"},
+	{"draftjsFormat", "draftjsOutputFile"},
+}
+
+// videoOutput is VideoAnalysisInput's outputLocation, one JSON file,
+// reported as VideoAnalysisOutput's outputFile.
+var videoOutput = output{"outputFile", "outputFile"}
+
+// outputsOf lists the outputs a job of Cortex profile can report.
+func outputsOf(profile string) []output {
+	switch profile {
+	case ProfileSpeechToText:
+		return speechOutputs
+	case ProfileVideoAnalysis:
+		return []output{videoOutput}
+	}
+	return nil
+}
 
 // Tag keys kept on Medius jobs created through Cortex.
 const (
 	tagProfile  = "cortex.jobProfile"
 	tagQuantity = "cortex.quantity"
+	// tagS3 + a Cortex output field keeps the awsS3Bucket/awsS3Key the
+	// client gave beside the httpEndpoint the worker writes to, so the
+	// jobOutput names the output as the client did.
+	tagS3 = "cortex.s3."
+	// maxTagValue is the mediator's limit on a tag value.
+	maxTagValue = 256
 )
 
 // Jobs is the job API the front-end translates to (jobapi.Server).
@@ -312,42 +349,34 @@ func (h *Handler) translate(in *JobMediatorInput, tenant string) (*jobsv1.Job, e
 		return nil, badRequest("job.jobInput.outputLocation", "job.jobInput.outputLocation is required")
 	}
 	// Where the worker writes: VideoAnalysis names one file, SpeechToText
-	// one per format. They travel as locators of those names.
+	// one per format wanted. Each travels as the locator of that output, so
+	// the worker writes exactly there (a signed URL names one object) and
+	// writes nothing else.
 	if in.Job.JobProfile == ProfileSpeechToText {
 		var out map[string]*Locator
 		if err := json.Unmarshal(ji.OutputLocation, &out); err != nil {
 			return nil, badRequest("job.jobInput.outputLocation", "outputLocation must be a SpeechToTextOutput object")
 		}
-		for _, f := range speechFormats {
-			if l := out[f]; l != nil {
-				u, err := h.locatorURL("job.jobInput.outputLocation."+f, l)
-				if err != nil {
+		var names []string
+		for _, o := range speechOutputs {
+			names = append(names, o.cortex)
+			if l := out[o.cortex]; l != nil {
+				if err := h.addOutput(job, "job.jobInput.outputLocation."+o.cortex, o, l); err != nil {
 					return nil, err
 				}
-				job.Input.Locators[f] = &jobsv1.Locator{Url: u}
 			}
 		}
 		if len(job.Input.Locators) == 1 {
-			return nil, badRequest("job.jobInput.outputLocation", "outputLocation names no output format (%s)", strings.Join(speechFormats, ", "))
-		}
-		// Medius speech workers write every format under one output
-		// location: the folder of the first format named.
-		for _, f := range speechFormats {
-			if l := job.Input.Locators[f]; l != nil {
-				job.Input.Locators["outputLocation"] = &jobsv1.Locator{Url: folderOf(l.GetUrl())}
-				break
-			}
+			return nil, badRequest("job.jobInput.outputLocation", "outputLocation names no output format (%s)", strings.Join(names, ", "))
 		}
 	} else {
 		var out Locator
 		if err := json.Unmarshal(ji.OutputLocation, &out); err != nil {
 			return nil, badRequest("job.jobInput.outputLocation", "outputLocation must be a Locator")
 		}
-		u, err := h.locatorURL("job.jobInput.outputLocation", &out)
-		if err != nil {
+		if err := h.addOutput(job, "job.jobInput.outputLocation", videoOutput, &out); err != nil {
 			return nil, err
 		}
-		job.Input.Locators["outputLocation"] = &jobsv1.Locator{Url: u}
 	}
 	// Everything else of the job input (language, dataFilter, vocabulary,
 	// startOfMaterial...) goes to the worker as parameters.
@@ -394,19 +423,49 @@ func (h *Handler) locatorURL(field string, l *Locator) (string, error) {
 	return "", badRequest(field, "a locator needs an httpEndpoint (or awsS3Bucket and awsS3Key)")
 }
 
-// folderOf is the folder holding the file url names, query dropped:
-// https://h/a/b.srt?sig -> https://h/a/, s3://b/k/x.srt -> s3://b/k/.
-func folderOf(raw string) string {
+// addOutput makes the Cortex output locator l the job's locator of output
+// o, keeping an awsS3Bucket/awsS3Key given beside the httpEndpoint used.
+func (h *Handler) addOutput(job *jobsv1.Job, field string, o output, l *Locator) error {
+	u, err := h.locatorURL(field, l)
+	if err != nil {
+		return err
+	}
+	job.Input.Locators[o.medius] = &jobsv1.Locator{Url: u}
+	if l.HTTPEndpoint != "" && l.AWSS3Bucket != "" && l.AWSS3Key != "" {
+		// A key too long for a tag is only left out of the jobOutput.
+		if s3 := "s3://" + l.AWSS3Bucket + "/" + strings.TrimPrefix(l.AWSS3Key, "/"); len(s3) <= maxTagValue {
+			job.Tags[tagS3+o.cortex] = s3
+		}
+	}
+	return nil
+}
+
+// cortexLocator names a locator the worker wrote as a Cortex Locator: an
+// http(s) URL is the httpEndpoint (with the bucket and key the client gave
+// beside it, if any), s3://bucket/key the awsS3Bucket and awsS3Key. A
+// scheme Cortex cannot express gives nil.
+func cortexLocator(raw, s3 string) *Locator {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return raw
+		return nil
 	}
-	u.RawQuery, u.Fragment = "", ""
-	if i := strings.LastIndex(u.Path, "/"); i >= 0 {
-		u.Path = u.Path[:i+1]
+	bucketKey := func(s string) (string, string) {
+		b, k, _ := strings.Cut(strings.TrimPrefix(s, "s3://"), "/")
+		return b, k
 	}
-	u.RawPath = ""
-	return u.String()
+	switch strings.ToLower(u.Scheme) {
+	case "http", "https":
+		l := &Locator{HTTPEndpoint: raw}
+		if s3 != "" {
+			l.AWSS3Bucket, l.AWSS3Key = bucketKey(s3)
+		}
+		return l
+	case "s3":
+		l := &Locator{}
+		l.AWSS3Bucket, l.AWSS3Key = bucketKey(raw)
+		return l
+	}
+	return nil
 }
 
 func (h *Handler) getJob(w http.ResponseWriter, r *http.Request) {
@@ -478,8 +537,18 @@ func toMediatorJob(j *jobsv1.Job) MediatorJob {
 		Quantity: int64(math.Ceil(j.GetVerifiedQuantity())),
 		Status:   JobStatus{Status: st, StatusMessage: msg, Progress: min(max(j.GetProgress(), 0), 100)},
 	}
-	if typ, ok := outputType[j.GetTags()[tagProfile]]; ok {
+	profile := j.GetTags()[tagProfile]
+	if typ, ok := outputType[profile]; ok {
 		mj.JobOutput = map[string]any{"jobOutputType": typ}
+	}
+	// Once COMPLETED the outputs exist: name each one written.
+	if mj.JobOutput != nil && j.GetStatus() == jobsv1.JobStatus_JOB_STATUS_COMPLETED {
+		for _, o := range outputsOf(profile) {
+			written := j.GetOutput().GetLocators()[o.medius].GetUrl()
+			if l := cortexLocator(written, j.GetTags()[tagS3+o.cortex]); written != "" && l != nil {
+				mj.JobOutput[o.cortex] = l
+			}
+		}
 	}
 	return mj
 }

@@ -81,8 +81,47 @@ func (s *spec) check(method, path string, code int, body []byte) {
 	if err := json.Unmarshal(body, &v); err != nil {
 		s.t.Fatalf("%s %s: body not JSON: %s", method, path, body)
 	}
+	if job, ok := v.(map[string]any); ok {
+		if out, ok := job["jobOutput"].(map[string]any); ok {
+			s.checkJobOutput(out)
+			// The base schema's additionalProperties: false holds for the
+			// discriminator alone; the rest was checked against the subtype.
+			job["jobOutput"] = map[string]any{"jobOutputType": out["jobOutputType"]}
+		}
+	}
 	if err := mt.Schema.Value.VisitJSON(v); err != nil {
 		s.t.Fatalf("%s %s %d: body %s does not validate: %v", method, path, code, body, err)
+	}
+}
+
+// checkJobOutput validates a jobOutput as the spec's discriminator means
+// it: JobOutput is the base of VideoAnalysisOutput and SpeechToTextOutput
+// (allOf JobOutput plus their own properties), and jobOutputType names the
+// one the object is. A strict JSON Schema reading of allOf with the base's
+// additionalProperties: false would refuse every subtype property, the
+// spec's own examples included, so the subtype's properties are merged
+// into one closed object schema and the object validated against that.
+func (s *spec) checkJobOutput(out map[string]any) {
+	s.t.Helper()
+	typ, _ := out["jobOutputType"].(string)
+	ref := s.doc.Components.Schemas[typ]
+	if ref == nil {
+		s.t.Fatalf("jobOutputType %q names no schema of the spec", typ)
+	}
+	merged := openapi3.NewObjectSchema()
+	no := false
+	merged.AdditionalProperties = openapi3.AdditionalProperties{Has: &no}
+	for _, part := range ref.Value.AllOf {
+		for name, p := range part.Value.Properties {
+			merged.Properties[name] = p
+		}
+		merged.Required = append(merged.Required, part.Value.Required...)
+	}
+	if len(merged.Properties) < 2 {
+		s.t.Fatalf("schema %s is not a subtype of JobOutput", typ)
+	}
+	if err := merged.VisitJSON(out); err != nil {
+		s.t.Fatalf("jobOutput %v does not validate as %s: %v", out, typ, err)
 	}
 }
 
@@ -95,7 +134,10 @@ type fixture struct {
 	ts    *tenants.Store
 }
 
-func setup(t *testing.T) *fixture {
+func setup(t *testing.T) *fixture { return setupWith(t, nil) }
+
+// setupWith lets configure change the handler before it serves.
+func setupWith(t *testing.T, configure func(*cortex.Handler)) *fixture {
 	env := testsupport.Start(t)
 	ts := tenants.New(env.EtcdCli)
 	ctx := context.Background()
@@ -120,6 +162,9 @@ func setup(t *testing.T) *fixture {
 	authn := auth.NewAuthenticator(auth.NewEtcdKeys(env.EtcdCli), auth.WithTokens(tokens, ts))
 	rest := &restapi.API{Authn: authn, Tokens: tokens, Tenants: ts}
 	h := &cortex.Handler{Jobs: jobs, Authn: authn, Tokens: rest}
+	if configure != nil {
+		configure(h)
+	}
 	mux := http.NewServeMux()
 	h.Mount(mux)
 	srv := httptest.NewServer(mux)
@@ -180,6 +225,33 @@ func (f *fixture) token(client, secret string) string {
 	return tok.Authorization
 }
 
+// publish reports a status of job id as the processor does.
+func (f *fixture) publish(id string, st jobsv1.JobStatus, progress int32, qty float64, out *jobsv1.JobOutput) {
+	f.t.Helper()
+	ev := &eventsv1.JobStatusChanged{JobId: id, Status: st, Progress: progress, VerifiedQuantity: qty, Output: out,
+		Execution: &jobsv1.Execution{Attempt: 1, Service: "medius-worker", Status: st}, Time: timestamppb.Now()}
+	if err := bus.Publish(context.Background(), f.env.JS, bus.SubjectJobStatus(id), fmt.Sprintf("t-%s-%d-%d", id, st, progress), ev); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// poll GETs job id until its status is want and returns the body.
+func (f *fixture) poll(authz map[string]string, id, want string) []byte {
+	f.t.Helper()
+	var body []byte
+	testsupport.Eventually(f.t, 10*time.Second, "status "+want, func() bool {
+		code, b := f.do("GET", "/jobs/"+id, authz, "")
+		if code != 200 {
+			f.t.Fatalf("get: %d %s", code, b)
+		}
+		var got cortex.MediatorJob
+		_ = json.Unmarshal(b, &got)
+		body = b
+		return got.Status.Status == want
+	})
+	return body
+}
+
 func wantProblem(t *testing.T, what string, code int, b []byte, wantCode int, field string) {
 	t.Helper()
 	var p map[string]any
@@ -237,7 +309,8 @@ func TestCortexFlow(t *testing.T) {
 	}
 	if job.GetProfile() != "DetectShots" || job.GetTenant() != "default" || job.GetNotificationEndpoint() != "https://example.com/hook" ||
 		job.GetInput().GetLocators()["inputFile"].GetUrl() != "https://media.example.com/00000132.mp4?sig=1" ||
-		job.GetInput().GetLocators()["outputLocation"].GetUrl() != "https://media.example.com/out.json?sig=2" ||
+		job.GetInput().GetLocators()["outputFile"].GetUrl() != "https://media.example.com/out.json?sig=2" ||
+		job.GetInput().GetLocators()["outputLocation"] != nil || job.GetTags()["cortex.s3.outputFile"] != "s3://b/out.json" ||
 		job.GetInput().GetParameters().GetFields()["language"].GetStringValue() != "English" ||
 		job.GetTracking().GetStructValue().GetFields()["titleId"].GetStringValue() != "62236" {
 		t.Fatalf("medius job %v", job)
@@ -260,25 +333,19 @@ func TestCortexFlow(t *testing.T) {
 	// The processor reports; every poll validates and moves forward to
 	// COMPLETED with the verified quantity.
 	publish := func(st jobsv1.JobStatus, progress int32, qty float64) {
-		ev := &eventsv1.JobStatusChanged{JobId: mj.ID, Status: st, Progress: progress, VerifiedQuantity: qty,
-			Execution: &jobsv1.Execution{Attempt: 1, Service: "medius-worker", Status: st}, Time: timestamppb.Now()}
-		if err := bus.Publish(context.Background(), f.env.JS, bus.SubjectJobStatus(mj.ID), fmt.Sprintf("t-%s-%d-%d", mj.ID, st, progress), ev); err != nil {
-			t.Fatal(err)
+		var out *jobsv1.JobOutput
+		if st == jobsv1.JobStatus_JOB_STATUS_COMPLETED {
+			// What DetectShots reports having written.
+			out = &jobsv1.JobOutput{Locators: map[string]*jobsv1.Locator{"outputFile": {Url: "https://media.example.com/out.json?sig=2"}}}
 		}
+		f.publish(mj.ID, st, progress, qty, out)
 	}
 	seen := []string{}
 	poll := func(want string) cortex.MediatorJob {
+		b := f.poll(authz, mj.ID, want)
+		f.spec.check("get", "/jobs/{jobId}", 200, b)
 		var got cortex.MediatorJob
-		testsupport.Eventually(t, 10*time.Second, "status "+want, func() bool {
-			code, b := f.do("GET", "/jobs/"+mj.ID, authz, "")
-			if code != 200 {
-				t.Fatalf("get: %d %s", code, b)
-			}
-			f.spec.check("get", "/jobs/{jobId}", code, b)
-			got = cortex.MediatorJob{}
-			_ = json.Unmarshal(b, &got)
-			return got.Status.Status == want
-		})
+		_ = json.Unmarshal(b, &got)
 		seen = append(seen, got.Status.Status)
 		return got
 	}
@@ -287,13 +354,18 @@ func TestCortexFlow(t *testing.T) {
 	publish(jobsv1.JobStatus_JOB_STATUS_SCHEDULED, 0, 0)
 	poll("SCHEDULED")
 	publish(jobsv1.JobStatus_JOB_STATUS_RUNNING, 42, 0)
-	if got := poll("RUNNING"); got.Status.Progress != 42 {
-		t.Fatalf("running progress %d", got.Status.Progress)
+	if got := poll("RUNNING"); got.Status.Progress != 42 || len(got.JobOutput) != 1 {
+		t.Fatalf("running %+v", got)
 	}
 	publish(jobsv1.JobStatus_JOB_STATUS_COMPLETED, 100, 39.2)
 	done := poll("COMPLETED")
 	if done.Status.Progress != 100 || done.Quantity != 40 || done.JobOutput["jobOutputType"] != "VideoAnalysisOutput" {
 		t.Fatalf("completed %+v", done)
+	}
+	// The output file, named as the client named it.
+	if of, _ := done.JobOutput["outputFile"].(map[string]any); of["httpEndpoint"] != "https://media.example.com/out.json?sig=2" ||
+		of["awsS3Bucket"] != "b" || of["awsS3Key"] != "out.json" {
+		t.Fatalf("completed jobOutput %v, want the outputFile locator", done.JobOutput)
 	}
 	t.Logf("statuses seen: %v", seen)
 
@@ -346,7 +418,12 @@ func TestCortexErrors(t *testing.T) {
 		wantProblem(t, "unauthenticated", code, b, 401, "")
 		f.spec.check("post", "/jobs", code, b)
 	}
-	// A Medius profile the registry does not know: a clear 400 naming it.
+	// Quota: one job at a time, set before the job it counts (jobs admitted
+	// while a tenant has no limit are not counted).
+	if _, err := f.ts.SetQuota(context.Background(), "default", tenants.Quota{MaxConcurrentJobs: 1}); err != nil {
+		t.Fatal(err)
+	}
+	// SpeechToText: each format asked for travels as its own locator.
 	speech := strings.NewReplacer(`MediaCortexVideoAnalysis`, `MediaCortexSpeechToText`,
 		`"outputLocation": {"awsS3Bucket": "b", "awsS3Key": "out.json", "httpEndpoint": "https://media.example.com/out.json?sig=2"}`,
 		`"outputLocation": {"srtFormat": {"awsS3Bucket": "b", "awsS3Key": "o.srt", "httpEndpoint": "https://media.example.com/o.srt"}}`).Replace(videoJob("default", "{}"))
@@ -357,15 +434,12 @@ func TestCortexErrors(t *testing.T) {
 	var sj cortex.MediatorJob
 	_ = json.Unmarshal(b, &sj)
 	stt, _, err := f.store.Get(context.Background(), sj.ID)
-	if err != nil || stt.GetProfile() != "SpeechToText" || stt.GetInput().GetLocators()["srtFormat"].GetUrl() != "https://media.example.com/o.srt" ||
-		stt.GetInput().GetLocators()["outputLocation"].GetUrl() != "https://media.example.com/" {
+	if err != nil || stt.GetProfile() != "SpeechToText" || stt.GetInput().GetLocators()["srtOutputFile"].GetUrl() != "https://media.example.com/o.srt" ||
+		len(stt.GetInput().GetLocators()) != 2 || stt.GetTags()["cortex.s3.srtFormat"] != "s3://b/o.srt" {
 		t.Fatalf("speech job %v %v", stt, err)
 	}
 
-	// Quota: the spec answers a quota violation with 502.
-	if _, err := f.ts.SetQuota(context.Background(), "default", tenants.Quota{MaxConcurrentJobs: 1}); err != nil {
-		t.Fatal(err)
-	}
+	// Over quota: the spec answers a quota violation with 502.
 	code, b = f.do("POST", "/jobs", authz, videoJob("default", `"another"`))
 	wantProblem(t, "over quota", code, b, 502, "")
 	f.spec.check("post", "/jobs", code, b)
@@ -373,5 +447,124 @@ func TestCortexErrors(t *testing.T) {
 	_ = json.Unmarshal(b, &p)
 	if p["type"] != problem.TypePrefix+quota.TypeConcurrent {
 		t.Fatalf("quota problem %s", b)
+	}
+}
+
+// speechJob asks for the given SpeechToTextOutput formats.
+func speechJob(outputLocation string) string {
+	return fmt.Sprintf(`{
+  "projectServiceId": "default", "quantity": 12,
+  "job": {
+    "jobType": "AIJob", "jobProfile": "MediaCortexSpeechToText",
+    "jobInput": {
+      "jobInputType": "SpeechToTextInput", "language": "English",
+      "inputFile": {"awsS3Bucket": "b", "awsS3Key": "talk.wav", "httpEndpoint": "https://media.example.com/talk.wav?sig=0"},
+      "outputLocation": %s
+    }
+  }
+}`, outputLocation)
+}
+
+// Each requested format travels as its own locator, no folder is made up,
+// and a COMPLETED job lists what the worker wrote, as the client named it.
+func TestCortexSpeechOutputs(t *testing.T) {
+	f := setupWith(t, func(h *cortex.Handler) { h.S3 = true })
+	authz := map[string]string{"Authorization": f.token("default-client", "default-secret-0123456789")}
+	submit := func(outputLocation string) (string, *jobsv1.Job) {
+		code, b := f.do("POST", "/jobs", authz, speechJob(outputLocation))
+		if code != 201 {
+			t.Fatalf("create: %d %s", code, b)
+		}
+		f.spec.check("post", "/jobs", code, b)
+		var mj cortex.MediatorJob
+		_ = json.Unmarshal(b, &mj)
+		job, _, err := f.store.Get(context.Background(), mj.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mj.ID, job
+	}
+	locators := func(j *jobsv1.Job) map[string]string {
+		m := map[string]string{}
+		for k, l := range j.GetInput().GetLocators() {
+			m[k] = l.GetUrl()
+		}
+		return m
+	}
+
+	// As the spec has it: every locator with bucket, key and signed URL.
+	id, job := submit(`{
+	  "srtFormat": {"awsS3Bucket": "b", "awsS3Key": "subs/abc.srt", "httpEndpoint": "https://media.example.com/upload/abc.srt?sig=123"},
+	  "ttmlFormat": {"awsS3Bucket": "b", "awsS3Key": "other/x.ttml", "httpEndpoint": "https://media.example.com/other/x.ttml?sig=456"}}`)
+	want := map[string]string{
+		"inputFile":      "https://media.example.com/talk.wav?sig=0",
+		"srtOutputFile":  "https://media.example.com/upload/abc.srt?sig=123",
+		"ttmlOutputFile": "https://media.example.com/other/x.ttml?sig=456",
+	}
+	if got := locators(job); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("job locators %v, want %v", got, want)
+	}
+	f.publish(id, jobsv1.JobStatus_JOB_STATUS_RUNNING, 50, 0, nil)
+	b := f.poll(authz, id, "RUNNING")
+	f.spec.check("get", "/jobs/{jobId}", 200, b)
+	var running cortex.MediatorJob
+	_ = json.Unmarshal(b, &running)
+	if fmt.Sprint(running.JobOutput) != "map[jobOutputType:SpeechToTextOutput]" {
+		t.Fatalf("running jobOutput %v, want only the type", running.JobOutput)
+	}
+	f.publish(id, jobsv1.JobStatus_JOB_STATUS_COMPLETED, 100, 11.5, &jobsv1.JobOutput{Locators: map[string]*jobsv1.Locator{
+		"srtOutputFile":  {Url: want["srtOutputFile"]},
+		"ttmlOutputFile": {Url: want["ttmlOutputFile"]},
+		// Not a Cortex format: not listed.
+		"webVttOutputFile": {Url: "https://media.example.com/x.vtt"},
+	}})
+	b = f.poll(authz, id, "COMPLETED")
+	f.spec.check("get", "/jobs/{jobId}", 200, b)
+	var done struct {
+		JobOutput map[string]json.RawMessage `json:"jobOutput"`
+	}
+	_ = json.Unmarshal(b, &done)
+	wantOut := map[string]string{
+		"jobOutputType": `"SpeechToTextOutput"`,
+		"srtFormat":     `{"awsS3Bucket":"b","awsS3Key":"subs/abc.srt","httpEndpoint":"https://media.example.com/upload/abc.srt?sig=123"}`,
+		"ttmlFormat":    `{"awsS3Bucket":"b","awsS3Key":"other/x.ttml","httpEndpoint":"https://media.example.com/other/x.ttml?sig=456"}`,
+	}
+	if len(done.JobOutput) != len(wantOut) {
+		t.Fatalf("jobOutput %s, want %v", b, wantOut)
+	}
+	for k, v := range wantOut {
+		if string(done.JobOutput[k]) != v {
+			t.Errorf("jobOutput.%s = %s, want %s", k, done.JobOutput[k], v)
+		}
+	}
+
+	// Leaner locators, as some clients send them: an S3 object alone (this
+	// deployment reaches S3) and a signed URL alone. They come back as
+	// given (which the spec's Locator, requiring all three fields, would
+	// not accept from either side).
+	id, job = submit(`{
+	  "textFormat": {"awsS3Bucket": "b", "awsS3Key": "t/talk.txt"},
+	  "draftjsFormat": {"httpEndpoint": "https://media.example.com/d.json?sig=9"}}`)
+	if got := locators(job); got["textOutputFile"] != "s3://b/t/talk.txt" || got["draftjsOutputFile"] != "https://media.example.com/d.json?sig=9" || len(got) != 3 {
+		t.Fatalf("job locators %v", got)
+	}
+	f.publish(id, jobsv1.JobStatus_JOB_STATUS_COMPLETED, 100, 11.5, &jobsv1.JobOutput{Locators: map[string]*jobsv1.Locator{
+		"textOutputFile":    {Url: "s3://b/t/talk.txt"},
+		"draftjsOutputFile": {Url: "https://media.example.com/d.json?sig=9"},
+	}})
+	b = f.poll(authz, id, "COMPLETED")
+	var lean struct {
+		JobOutput map[string]map[string]string `json:"jobOutput"`
+	}
+	_ = json.Unmarshal(b, &lean)
+	if fmt.Sprint(lean.JobOutput["textFormat"]) != "map[awsS3Bucket:b awsS3Key:t/talk.txt]" ||
+		fmt.Sprint(lean.JobOutput["draftjsFormat"]) != "map[httpEndpoint:https://media.example.com/d.json?sig=9]" {
+		t.Fatalf("jobOutput %s", b)
+	}
+
+	// No format at all, or not an object: 400 naming outputLocation.
+	for _, out := range []string{`{}`, `{"webVttFormat": {"httpEndpoint": "https://media.example.com/x.vtt"}}`, `"https://media.example.com/"`} {
+		code, b := f.do("POST", "/jobs", authz, speechJob(out))
+		wantProblem(t, "outputLocation "+out, code, b, 400, "job.jobInput.outputLocation")
 	}
 }
