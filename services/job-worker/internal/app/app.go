@@ -184,6 +184,15 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		resolver.S3 = &s3cfg
 	}
 	builtin := profiles.Builtin(resolver)
+	// DetectFaces is offered only where its engine runs: a worker without
+	// OpenCV would take face jobs only to fail them.
+	faces := profiles.DefaultFaceEngine()
+	if engine, ferr := faces.Check(ctx); ferr != nil {
+		log.WarnContext(ctx, "DetectFaces not offered", "err", ferr)
+	} else {
+		builtin = append(builtin, profiles.FacesProfile(resolver, faces))
+		log.InfoContext(ctx, "DetectFaces offered", "engine", engine)
+	}
 	runner, err := workersdk.New(workersdk.Config{
 		JS: js, NC: nc, Service: cfg.Service, InstanceID: cfg.InstanceID, Capacity: cfg.Capacity,
 		Profiles: builtin, AckWait: cfg.AckWait, HeartbeatInterval: cfg.HeartbeatInterval, DrainTimeout: cfg.DrainTimeout, Logger: slog.Default(),
