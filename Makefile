@@ -9,8 +9,11 @@ SERVICES       := mediator job-processor job-worker service-registry
 # Deployment checks (compose, kustomize, traces, metrics) and the image healthcheck.
 DEPLOY_PKGS    := ./deploy/deploytest/... ./deploy/healthcheck/...
 GO_TEST_FLAGS  ?= -race -count=1 -timeout 25m
-# Packages apt installs when their command is missing (command:package).
-TOOLS          := ffmpeg:ffmpeg ffprobe:ffmpeg tesseract:tesseract-ocr tesseract:tesseract-ocr-eng pocketsphinx_continuous:pocketsphinx pocketsphinx_continuous:pocketsphinx-en-us espeak-ng:espeak-ng
+# Packages apt installs when their command is missing (command:package); a
+# package without a command is named by a file it installs (an absolute
+# path, globs allowed).
+TOOLS          := ffmpeg:ffmpeg ffprobe:ffmpeg tesseract:tesseract-ocr tesseract:tesseract-ocr-eng pocketsphinx_continuous:pocketsphinx pocketsphinx_continuous:pocketsphinx-en-us espeak-ng:espeak-ng \
+                  /usr/lib/python3/dist-packages/cv2*:python3-opencv /usr/share/opencv4/haarcascades/haarcascade_frontalface_alt2.xml:opencv-data
 
 .PHONY: help run test build generate check-generated lint-proto deps tools clean bench
 
@@ -24,7 +27,7 @@ help:
 # otherwise it names exactly what to install.
 tools:
 	@missing=""; for t in $(TOOLS); do cmd=$${t%%:*}; pkg=$${t##*:}; \
-	  command -v $$cmd >/dev/null || missing="$$missing $$pkg"; done; \
+	  command -v $$cmd >/dev/null || ls -d $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
 	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
 	if [ -n "$${missing// }" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
