@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -55,8 +56,24 @@ func SubjectExecution(jobID string) string { return subjectExecution + jobID }
 // SubjectInstance is where the registry reports instance changes of a service.
 func SubjectInstance(service string) string { return subjectInstance + service }
 
-// SubjectWork is the work queue of a service.
-func SubjectWork(service string) string { return subjectWork + service }
+// SubjectWork is where the work item of job id for service goes. One
+// subject per job lets the processor withdraw a job's item from the queue
+// (a lost attempt, a cancel, a move to another service) with a purge of
+// that subject, so no worker ever runs an attempt that is over.
+func SubjectWork(service, jobID string) string { return subjectWork + service + "." + jobID }
+
+// WorkQueue is the filter of service's work queue: every job's item.
+func WorkQueue(service string) string { return subjectWork + service + ".*" }
+
+// WorkService returns the service whose queue subject is on, if any.
+func WorkService(subject string) (string, bool) {
+	rest, ok := strings.CutPrefix(subject, subjectWork)
+	if !ok {
+		return "", false
+	}
+	service, _, ok := strings.Cut(rest, ".")
+	return service, ok && service != ""
+}
 
 // SubjectCancel is the core-NATS subject a worker running job id listens on to
 // be told to stop it. Not persisted: a worker that misses it is stopped by the

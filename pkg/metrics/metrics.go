@@ -9,7 +9,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -37,7 +36,6 @@ func RegisterQueueDepth(js jetstream.JetStream) (metric.Registration, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue depth gauge: %w", err)
 	}
-	prefix := strings.TrimSuffix(bus.SubjectWork(""), ".")
 	return meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		// A scrape must not hang on a slow NATS.
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -47,29 +45,21 @@ func RegisterQueueDepth(js jetstream.JetStream) (metric.Registration, error) {
 			slog.DebugContext(ctx, "queue depth: stream unavailable", "err", err)
 			return nil
 		}
-		// Every service with workers (a consumer on its queue) is reported,
-		// at 0 when its queue is empty, so a dashboard shows it.
+		// Each service's queue has one consumer, shared by its workers:
+		// what it has not delivered yet plus what it awaits acks for is the
+		// queue's depth. Every service with workers is reported, at 0 when
+		// its queue is empty, so a dashboard shows it.
 		depth := map[string]int64{}
 		consumers := stream.ListConsumers(ctx)
 		for ci := range consumers.Info() {
 			for _, f := range append([]string{ci.Config.FilterSubject}, ci.Config.FilterSubjects...) {
-				if service, ok := strings.CutPrefix(f, prefix+"."); ok && service != "" && !strings.ContainsAny(service, "*>") {
-					if _, seen := depth[service]; !seen {
-						depth[service] = 0
-					}
+				if service, ok := bus.WorkService(f); ok && f == bus.WorkQueue(service) {
+					depth[service] += int64(ci.NumPending) + int64(ci.NumAckPending)
 				}
 			}
 		}
 		if err := consumers.Err(); err != nil {
 			slog.DebugContext(ctx, "queue depth: consumers", "err", err)
-		}
-		info, err := stream.Info(ctx, jetstream.WithSubjectFilter(prefix+".>"))
-		if err != nil {
-			slog.DebugContext(ctx, "queue depth: stream info", "err", err)
-			return nil
-		}
-		for subject, n := range info.State.Subjects {
-			depth[strings.TrimPrefix(subject, prefix+".")] = int64(n)
 		}
 		for service, n := range depth {
 			o.ObserveInt64(g, n, metric.WithAttributes(attribute.String("service", service)))

@@ -135,7 +135,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	cons, err := bus.EnsureConsumer(ctx, r.cfg.JS, bus.ConsumerConfig{
 		Stream:  bus.StreamWork,
 		Durable: ConsumerName(r.cfg.Service),
-		Filter:  []string{bus.SubjectWork(r.cfg.Service)},
+		Filter:  []string{bus.WorkQueue(r.cfg.Service)},
 		AckWait: r.cfg.AckWait,
 	})
 	if err != nil {
@@ -144,7 +144,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("work consumer: %w", err)
 	}
-	r.log.InfoContext(ctx, "taking work", "subject", bus.SubjectWork(r.cfg.Service), "capacity", r.cfg.Capacity)
+	r.log.InfoContext(ctx, "taking work", "subject", bus.WorkQueue(r.cfg.Service), "capacity", r.cfg.Capacity)
 
 	// Jobs run under jobsCtx, not ctx: the end of ctx only stops intake;
 	// jobs are stopped DrainTimeout later.

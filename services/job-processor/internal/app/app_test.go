@@ -116,7 +116,7 @@ func TestRun(t *testing.T) {
 	}
 	var item eventsv1.WorkItem
 	waitFor(t, "the work item", func() bool {
-		m, err := work.GetLastMsgForSubject(ctx, bus.SubjectWork("probe"))
+		m, err := work.GetLastMsgForSubject(ctx, bus.SubjectWork("probe", "job-app"))
 		return err == nil && proto.Unmarshal(m.Data, &item) == nil
 	})
 	if item.JobId != "job-app" || item.Attempt != 1 {

@@ -102,7 +102,7 @@ func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job) (bool,
 	// A failure here is healed by redelivery: the record is SCHEDULED, and
 	// advance publishes the same work item and announcements again.
 	out := []outMsg{queued,
-		{bus.SubjectWork(cand.Service), record.WorkMsgID(rec), item},
+		{bus.SubjectWork(cand.Service, id), record.WorkMsgID(rec), item},
 		{bus.SubjectJobStatus(id), record.StatusMsgID(rec), record.StatusEvent(rec)}}
 	if rec.GetDeadline() != nil {
 		out = append(out, outMsg{SubjectTimer(id), timerMsgID(id, 0), &eventsv1.ExecutionTimer{JobId: id}})

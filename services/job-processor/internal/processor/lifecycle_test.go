@@ -84,6 +84,11 @@ func TestLostWorkerRetriedThenHeartbeatsKeepItAlive(t *testing.T) {
 	if w, id := b.workItem(t, "probe"); w.GetAttempt() != 2 || id != "work-job-l-2" {
 		t.Fatalf("retry work item = %v (%s)", w, id)
 	}
+	// The lost attempt's item, held by the dead worker, is withdrawn: its
+	// redelivery would run attempt 1 again.
+	if n := b.workCount(t, "probe"); n != 1 {
+		t.Fatalf("%d work items queued for job-l, want only the retry's", n)
+	}
 	// Attempt 2 heartbeats for three heartbeat timeouts: never taken for lost,
 	// even while a zombie of attempt 1 (its item redelivered to a worker)
 	// heartbeats more often still.

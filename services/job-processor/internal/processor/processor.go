@@ -102,6 +102,7 @@ type Processor struct {
 	cfg     Config
 	store   store
 	events  jetstream.Stream
+	work    jetstream.Stream
 	metrics metrics
 	ready   atomic.Bool
 	// lastDown is when this process last saw NATS unreachable (unix ns),
@@ -140,6 +141,10 @@ func New(ctx context.Context, cfg Config) (*Processor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bind stream %s: %w", bus.StreamEvents, err)
 	}
+	work, err := cfg.JS.Stream(ctx, bus.StreamWork)
+	if err != nil {
+		return nil, fmt.Errorf("bind stream %s: %w", bus.StreamWork, err)
+	}
 	kv, err := cfg.JS.KeyValue(ctx, bus.BucketExecutions)
 	if err != nil {
 		return nil, fmt.Errorf("bind bucket %s: %w", bus.BucketExecutions, err)
@@ -148,7 +153,7 @@ func New(ctx context.Context, cfg Config) (*Processor, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Processor{cfg: cfg, store: store{kv: kv}, events: events, metrics: m}
+	p := &Processor{cfg: cfg, store: store{kv: kv}, events: events, work: work, metrics: m}
 	p.lastDown.Store(cfg.Now().UnixNano())
 	return p, nil
 }
@@ -317,7 +322,7 @@ func (p *Processor) sendWork(ctx context.Context, rec *jobsv1.Job) error {
 	if d := effectiveTimeout(rec, p.profile(ctx, rec.GetProfile())); d > 0 {
 		item.Timeout = durationpb.New(d + p.cfg.TimeoutGrace)
 	}
-	if err := bus.Publish(ctx, p.cfg.JS, bus.SubjectWork(cur.GetService()), record.WorkMsgID(rec), item); err != nil {
+	if err := bus.Publish(ctx, p.cfg.JS, bus.SubjectWork(cur.GetService(), rec.GetId()), record.WorkMsgID(rec), item); err != nil {
 		return fmt.Errorf("dispatch job %s to %s: %w", rec.GetId(), cur.GetService(), err)
 	}
 	return p.announce(ctx, rec)
@@ -454,6 +459,9 @@ func (p *Processor) HandleCancel(ctx context.Context, msg jetstream.Msg) error {
 		p.metrics.canceled(ctx, rec)
 		slog.InfoContext(ctx, "job canceled", "job_id", id)
 	}
+	if err := p.withdrawUnstarted(ctx, rec); err != nil {
+		return err
+	}
 	if err := p.stopWorker(ctx, rec); err != nil {
 		return err
 	}
@@ -472,6 +480,30 @@ func (p *Processor) stopWorker(ctx context.Context, rec *jobsv1.Job) error {
 		return fmt.Errorf("stop worker of job %s: %w", rec.GetId(), err)
 	}
 	return nil
+}
+
+// withdrawWork removes job id's work item from service's queue, whether it
+// waits there or a worker holds it unacknowledged: a redelivery would run an
+// attempt that is over. Removing an item that is gone does nothing.
+func (p *Processor) withdrawWork(ctx context.Context, service, id string) error {
+	if service == "" {
+		return nil
+	}
+	if err := p.work.Purge(ctx, jetstream.WithPurgeSubject(bus.SubjectWork(service, id))); err != nil {
+		return fmt.Errorf("withdraw work item of job %s from %s: %w", id, service, err)
+	}
+	return nil
+}
+
+// withdrawUnstarted withdraws the work item of rec's current execution if
+// no worker started it, so none does now that the job has ended. A started
+// one is left to its worker, which is told to stop and acks it.
+func (p *Processor) withdrawUnstarted(ctx context.Context, rec *jobsv1.Job) error {
+	cur := record.Current(rec)
+	if cur == nil || cur.GetStartTime() != nil {
+		return nil
+	}
+	return p.withdrawWork(ctx, cur.GetService(), rec.GetId())
 }
 
 // announce publishes rec's current state to the mediator.

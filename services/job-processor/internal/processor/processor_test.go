@@ -262,7 +262,7 @@ func (b *bundle) record(t *testing.T, id string) *jobsv1.Job {
 // workItem reads the work item stored for service, with its msg id.
 func (b *bundle) workItem(t *testing.T, service string) (*eventsv1.WorkItem, string) {
 	t.Helper()
-	m, err := b.work.GetLastMsgForSubject(b.ctx, bus.SubjectWork(service))
+	m, err := b.work.GetLastMsgForSubject(b.ctx, bus.WorkQueue(service))
 	if err != nil {
 		t.Fatalf("work item for %s: %v", service, err)
 	}
@@ -275,11 +275,15 @@ func (b *bundle) workItem(t *testing.T, service string) (*eventsv1.WorkItem, str
 
 func (b *bundle) workCount(t *testing.T, service string) uint64 {
 	t.Helper()
-	info, err := b.work.Info(b.ctx, jetstream.WithSubjectFilter(bus.SubjectWork(service)))
+	info, err := b.work.Info(b.ctx, jetstream.WithSubjectFilter(bus.WorkQueue(service)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return info.State.Subjects[bus.SubjectWork(service)]
+	var n uint64
+	for _, c := range info.State.Subjects {
+		n += c
+	}
+	return n
 }
 
 func update(id string, attempt int32, st jobsv1.JobStatus, progress int32) *eventsv1.ExecutionUpdate {
@@ -327,7 +331,9 @@ func TestHappyPath(t *testing.T) {
 	for range 2 {
 		b.exec(t, done)
 	}
-	// A late report of an earlier state is ignored.
+	b.waitStatuses(t, "job-1", "QUEUED SCHEDULED RUNNING-0 RUNNING-40 COMPLETED")
+	// A late report of an earlier state (once the end is applied: reports
+	// of one job are handled concurrently) is ignored.
 	b.exec(t, update("job-1", 1, running, 60))
 	b.settled(t, processor.DurableExec)
 	evs := b.waitStatuses(t, "job-1", "QUEUED SCHEDULED RUNNING-0 RUNNING-40 COMPLETED")
@@ -476,6 +482,22 @@ func TestCancel(t *testing.T) {
 	b.waitStatuses(t, "job-5", "QUEUED SCHEDULED RUNNING-30 CANCELED")
 	if rec := b.record(t, "job-5"); rec.Status != canceled {
 		t.Errorf("record status = %v", rec.Status)
+	}
+}
+
+// Canceling a job no worker has started withdraws its work item, so none
+// starts it later.
+func TestCancelWithdrawsQueuedItem(t *testing.T) {
+	b := setup(t, oneService(), time.Minute)
+	b.create(t, "job-q")
+	b.waitStatuses(t, "job-q", "QUEUED SCHEDULED")
+	if n := b.workCount(t, "probe"); n != 1 {
+		t.Fatalf("%d work items before the cancel", n)
+	}
+	b.publish(t, bus.SubjectJobCancel, "cancel-job-q", &eventsv1.JobCancelRequested{JobId: "job-q", Tenant: "t1"})
+	b.waitStatuses(t, "job-q", "QUEUED SCHEDULED CANCELED")
+	if n := b.workCount(t, "probe"); n != 0 {
+		t.Fatalf("%d work items left for a canceled job", n)
 	}
 }
 

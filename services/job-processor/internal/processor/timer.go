@@ -106,6 +106,11 @@ func (p *Processor) HandleTimer(ctx context.Context, msg jetstream.Msg) error {
 		if wait := at.Sub(now); wait > 0 {
 			return rearm(min(wait, next))
 		}
+		// The lost attempt's item must not come back to a worker (its
+		// redelivery after the ack wait would run it again).
+		if err := p.withdrawWork(ctx, record.Current(rec).GetService(), id); err != nil {
+			return err
+		}
 		if err := p.announce(ctx, rec); err != nil {
 			return err
 		}
@@ -210,6 +215,9 @@ func (p *Processor) expire(ctx context.Context, id string, prob *jobsv1.Problem)
 		p.metrics.failed(ctx, rec)
 		slog.WarnContext(ctx, "job expired", "job_id", id, "problem", prob.GetType(), "detail", prob.GetDetail())
 	}
+	if err := p.withdrawUnstarted(ctx, rec); err != nil {
+		return err
+	}
 	if err := p.stopWorker(ctx, rec); err != nil {
 		return err
 	}
@@ -233,6 +241,10 @@ func (p *Processor) loseWorker(ctx context.Context, rec *jobsv1.Job, attempt, ma
 		return nil
 	}
 	lost := rec.GetExecutions()[attempt-1]
+	if err := p.withdrawWork(ctx, lost.GetService(), id); err != nil {
+		// Done again before the retry is dispatched.
+		slog.WarnContext(ctx, "withdraw lost attempt's work item", "job_id", id, "err", err)
+	}
 	p.metrics.lost(ctx, rec.GetProfile())
 	slog.WarnContext(ctx, "worker lost", "job_id", id, "attempt", attempt, "service", lost.GetService(),
 		"instance_id", lost.GetInstanceId(), "reason", reason, "status", jobstate.Name(rec.GetStatus()))

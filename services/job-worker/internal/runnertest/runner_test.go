@@ -182,7 +182,7 @@ func (e *env) submit(t *testing.T, job, profile, url string, mod ...func(*events
 	for _, m := range mod {
 		m(item)
 	}
-	if err := bus.Publish(t.Context(), e.js, bus.SubjectWork(service), "work-"+job+"-1", item); err != nil {
+	if err := bus.Publish(t.Context(), e.js, bus.SubjectWork(service, job), "work-"+job+"-1", item); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -425,7 +425,7 @@ func TestShutdownHandsBack(t *testing.T) {
 func TestBadPayloadTerminated(t *testing.T) {
 	e := setup(t)
 	e.start(t, func(c *workersdk.Config) { c.Capacity = 1 })
-	if _, err := e.js.Publish(t.Context(), bus.SubjectWork(service), []byte{0xff, 0xff, 0xff}); err != nil {
+	if _, err := e.js.Publish(t.Context(), bus.SubjectWork(service, "garbage"), []byte{0xff, 0xff, 0xff}); err != nil {
 		t.Fatal(err)
 	}
 	e.submit(t, "after", profiles.ExtractTechnicalMetadata, "file://"+e.clip)
@@ -496,7 +496,7 @@ func TestMsgIDNamesInstance(t *testing.T) {
 	e.waitStatus(t, "job-r", completed)
 	stopA()
 	// The same work item again (as a redelivery would bring it) on inst-b.
-	if err := bus.Publish(t.Context(), e.js, bus.SubjectWork(service), "work-job-r-again", &eventsv1.WorkItem{
+	if err := bus.Publish(t.Context(), e.js, bus.SubjectWork(service, "job-r"), "work-job-r-again", &eventsv1.WorkItem{
 		JobId: "job-r", Tenant: "t1", Attempt: 1, Profile: profiles.NoOp, Service: service}); err != nil {
 		t.Fatal(err)
 	}
