@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"strings"
 	"sync"
@@ -267,8 +268,13 @@ type ConsumerConfig struct {
 	MaxAckPending int
 	// Concurrency is how many messages this process handles at once
 	// (default 1: one after the other). Above 1 the handler must tolerate
-	// messages of one subject handled out of order.
+	// messages of one subject handled out of order, unless
+	// OrderedBySubject.
 	Concurrency int
+	// OrderedBySubject handles the messages of one subject one after the
+	// other, in stream order, and those of different subjects in parallel
+	// (Concurrency lanes, a subject always on the same lane).
+	OrderedBySubject bool
 }
 
 // Consume runs handler on every message of the durable consumer until ctx
@@ -322,17 +328,34 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ha
 			_ = msg.NakWithDelay(delay)
 		}
 	}
-	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		if slots == nil {
-			handle(msg)
-			return
+	var lanes []chan jetstream.Msg
+	if cfg.Concurrency > 1 && cfg.OrderedBySubject {
+		lanes = make([]chan jetstream.Msg, cfg.Concurrency)
+		for i := range lanes {
+			lanes[i] = make(chan jetstream.Msg, 16)
+			inFlight.Go(func() {
+				for msg := range lanes[i] {
+					handle(msg)
+				}
+			})
 		}
-		slots <- struct{}{}
-		inFlight.Add(1)
-		go func() {
-			defer func() { <-slots; inFlight.Done() }()
+	}
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		switch {
+		case lanes != nil:
+			h := fnv.New32a()
+			_, _ = h.Write([]byte(msg.Subject()))
+			lanes[h.Sum32()%uint32(len(lanes))] <- msg
+		case slots == nil:
 			handle(msg)
-		}()
+		default:
+			slots <- struct{}{}
+			inFlight.Add(1)
+			go func() {
+				defer func() { <-slots; inFlight.Done() }()
+				handle(msg)
+			}()
+		}
 	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		if ctx.Err() == nil && !errors.Is(err, jetstream.ErrNoHeartbeat) {
 			log.Debug("consume", "err", err)
@@ -345,6 +368,9 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ha
 	// Drain lets the handler in progress finish and ack before we return.
 	cc.Drain()
 	<-cc.Closed()
+	for _, l := range lanes {
+		close(l) // no more messages come once the consumer is closed
+	}
 	inFlight.Wait()
 	return nil
 }

@@ -273,3 +273,74 @@ func TestShutdownLetsTheHandlerInHandFinish(t *testing.T) {
 		t.Fatalf("message not acked: %d ack pending, %d pending, %d redelivered", info.NumAckPending, info.NumPending, info.NumRedelivered)
 	}
 }
+
+// OrderedBySubject: a subject's messages are handled one after the other in
+// stream order, different subjects at the same time.
+func TestConsumeOrderedBySubject(t *testing.T) {
+	ctx, js := setup(t)
+	const jobs, each = 8, 25
+	for i := range each {
+		for j := range jobs {
+			id := fmt.Sprintf("job-%d", j)
+			if err := Publish(ctx, js, SubjectJobStatus(id), "", &eventsv1.JobStatusChanged{JobId: id, Progress: int32(i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var mu sync.Mutex
+	seen := map[string][]int32{}
+	busy := map[string]bool{}
+	var active, most atomic.Int32
+	all := make(chan struct{})
+	var total atomic.Int32
+	cctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- Consume(cctx, js, ConsumerConfig{Stream: StreamEvents, Durable: "t-ordered", Filter: []string{SubjectJobStatusAll},
+			Concurrency: 4, OrderedBySubject: true},
+			func(_ context.Context, msg jetstream.Msg) error {
+				ev := &eventsv1.JobStatusChanged{}
+				if err := Decode(msg.Data(), ev); err != nil {
+					return err
+				}
+				mu.Lock()
+				if busy[ev.JobId] {
+					t.Errorf("two messages of %s handled at once", ev.JobId)
+				}
+				busy[ev.JobId] = true
+				mu.Unlock()
+				if n := active.Add(1); n > most.Load() {
+					most.Store(n)
+				}
+				time.Sleep(time.Millisecond)
+				active.Add(-1)
+				mu.Lock()
+				busy[ev.JobId] = false
+				seen[ev.JobId] = append(seen[ev.JobId], ev.Progress)
+				mu.Unlock()
+				if total.Add(1) == jobs*each {
+					close(all)
+				}
+				return nil
+			})
+	}()
+	select {
+	case <-all:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("handled %d of %d", total.Load(), jobs*each)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for id, got := range seen {
+		for i, p := range got {
+			if p != int32(i) {
+				t.Fatalf("%s handled in order %v", id, got)
+			}
+		}
+	}
+	if most.Load() < 2 {
+		t.Fatalf("at most %d messages handled at once, want subjects in parallel", most.Load())
+	}
+}

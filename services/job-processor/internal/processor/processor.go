@@ -39,7 +39,7 @@ import (
 // one by one would leave the process idle. The record logic is indifferent
 // to the order of a job's messages (stale, duplicate and out-of-order reports
 // are recognised), and compare-and-set settles two of a job's at once.
-const concurrency = 32
+const concurrency = 128
 
 // AckWait of the processor's consumers: the messages a killed replica held
 // go to another after this long, so it bounds the recovery from a crash.

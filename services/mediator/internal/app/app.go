@@ -182,7 +182,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer regConn.Close()
 
 	store := jobstore.New(kv)
-	jobs, err := jobapi.New(store, js, jobapi.RegistryProfiles{Client: registryv1.NewRegistryServiceClient(regConn)})
+	jobs, err := jobapi.New(store, js, &jobapi.CachedProfiles{
+		Profiles: jobapi.RegistryProfiles{Client: registryv1.NewRegistryServiceClient(regConn)}, TTL: 2 * time.Second})
 	if err != nil {
 		return err
 	}

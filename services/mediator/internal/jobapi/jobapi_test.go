@@ -30,11 +30,13 @@ type standInRegistry struct {
 	mu       sync.Mutex
 	profiles map[string]*registryv1.JobProfile
 	down     bool
+	calls    int
 }
 
 func (r *standInRegistry) GetJobProfile(_ context.Context, name string) (*registryv1.JobProfile, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.calls++
 	if r.down {
 		return nil, errors.New("connection refused")
 	}

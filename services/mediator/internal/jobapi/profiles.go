@@ -3,6 +3,7 @@ package jobapi
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
@@ -47,4 +48,50 @@ func (r RegistryProfiles) GetJobProfile(ctx context.Context, name string) (*regi
 		return nil, ErrProfileNotFound
 	}
 	return nil, problem.Unavailable("job profile registry unavailable", err)
+}
+
+// CachedProfiles keeps profiles found by Profiles for TTL, so a submit does
+// not cost a registry round trip (and its etcd read) each time. A profile
+// changed in the registry applies to new jobs within TTL; unknown names are
+// not cached, so a profile just created is usable at once.
+type CachedProfiles struct {
+	Profiles Profiles
+	TTL      time.Duration
+	now      func() time.Time
+
+	mu    sync.Mutex
+	cache map[string]cachedProfile
+}
+
+type cachedProfile struct {
+	p       *registryv1.JobProfile
+	expires time.Time
+}
+
+// maxCachedProfiles bounds the cache; it is cleared when full.
+const maxCachedProfiles = 4096
+
+// GetJobProfile implements Profiles.
+func (c *CachedProfiles) GetJobProfile(ctx context.Context, name string) (*registryv1.JobProfile, error) {
+	now := time.Now()
+	if c.now != nil {
+		now = c.now()
+	}
+	c.mu.Lock()
+	e, ok := c.cache[name]
+	c.mu.Unlock()
+	if ok && now.Before(e.expires) {
+		return e.p, nil
+	}
+	p, err := c.Profiles.GetJobProfile(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cache == nil || len(c.cache) >= maxCachedProfiles {
+		c.cache = map[string]cachedProfile{}
+	}
+	c.cache[name] = cachedProfile{p: p, expires: now.Add(c.TTL)}
+	return p, nil
 }

@@ -1,7 +1,10 @@
 package jobapi
 
 import (
+	"context"
+	"errors"
 	"testing"
+	"time"
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
@@ -56,5 +59,32 @@ func TestInputMatchesProfileTypes(t *testing.T) {
 				t.Fatalf("got %v (field %q), want InvalidArgument naming %s", err, problem.FromStatus(st).GetField(), tc.field)
 			}
 		})
+	}
+}
+
+// A profile is asked of the registry once per TTL; an unknown one each
+// time, so a profile just created is usable at once.
+func TestCachedProfiles(t *testing.T) {
+	reg := &standInRegistry{profiles: map[string]*registryv1.JobProfile{"P": {Name: "P"}}}
+	now := time.Unix(1000, 0)
+	c := &CachedProfiles{Profiles: reg, TTL: 2 * time.Second, now: func() time.Time { return now }}
+	for range 3 {
+		if p, err := c.GetJobProfile(context.Background(), "P"); err != nil || p.GetName() != "P" {
+			t.Fatalf("P: %v %v", p, err)
+		}
+	}
+	if reg.calls != 1 {
+		t.Fatalf("%d registry calls within the TTL, want 1", reg.calls)
+	}
+	now = now.Add(3 * time.Second)
+	if _, err := c.GetJobProfile(context.Background(), "P"); err != nil || reg.calls != 2 {
+		t.Fatalf("after the TTL: %v, %d calls", err, reg.calls)
+	}
+	if _, err := c.GetJobProfile(context.Background(), "Q"); !errors.Is(err, ErrProfileNotFound) {
+		t.Fatalf("unknown profile: %v", err)
+	}
+	reg.profiles["Q"] = &registryv1.JobProfile{Name: "Q"}
+	if _, err := c.GetJobProfile(context.Background(), "Q"); err != nil {
+		t.Fatalf("profile created after a miss: %v", err)
 	}
 }

@@ -30,6 +30,9 @@ const Durable = "mediator-status"
 // it, so an unknown job is not expected to appear later.
 const unknownJobDeliveries = 5
 
+// concurrency is how many jobs' events a replica applies at once.
+const concurrency = 64
+
 // casAttempts bounds in-process retries of a conflicting update before the
 // message is handed back for redelivery.
 const casAttempts = 5
@@ -79,6 +82,11 @@ func (c *Consumer) Run(ctx context.Context, js jetstream.JetStream) error {
 		Stream:  bus.StreamEvents,
 		Durable: Durable,
 		Filter:  []string{bus.SubjectJobStatusAll},
+		// A job's events in order (so watchers and webhooks see each
+		// status), many jobs at once: each event is a few round trips, and
+		// a terminal one an etcd write (usage).
+		Concurrency:      concurrency,
+		OrderedBySubject: true,
 	}, c.handle)
 }
 
