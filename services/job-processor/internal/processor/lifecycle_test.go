@@ -215,3 +215,38 @@ func TestRestartFailedJob(t *testing.T) {
 	b.settled(t, processor.DurableRestart)
 	b.waitStatuses(t, "job-r", "QUEUED SCHEDULED FAILED QUEUED SCHEDULED COMPLETED")
 }
+
+// A job waiting in the queue of a service whose instances all vanished moves
+// to the next candidate, its stale item withdrawn; while the service has a
+// live instance, or no other service can take it, it stays.
+func TestStrandedJobMovesToNextCandidate(t *testing.T) {
+	reg := oneService()
+	b := setup(t, reg, time.Minute, fast(profiles{"P": {Name: "P"}}))
+	// The queue's consumer, as probe's workers made it; none is pulling now.
+	if _, err := bus.EnsureConsumer(b.ctx, b.js, bus.ConsumerConfig{Stream: bus.StreamWork, Durable: "worker-probe",
+		Filter: []string{bus.WorkQueue("probe")}}); err != nil {
+		t.Fatal(err)
+	}
+	b.create(t, "job-s")
+	b.waitStatuses(t, "job-s", "QUEUED SCHEDULED")
+	// probe still registered: several looks later the job has not moved.
+	time.Sleep(4 * 600 * time.Millisecond) // the span being asserted, not a synchronisation
+	if rec := b.record(t, "job-s"); len(rec.Executions) != 1 {
+		t.Fatalf("moved while its service was live: %v", rec)
+	}
+
+	reg.set([]*registryv1.ServiceInstance{{Id: "premium-1", Service: "probe-premium", Capacity: 4, Profiles: []string{"P"}}}, nil)
+	start := time.Now()
+	rec := b.waitRecord(t, "job-s", "attempt 2 on probe-premium", func(r *jobsv1.Job) bool { return len(r.Executions) == 2 })
+	t.Logf("stranded job moved in %s", time.Since(start).Round(time.Millisecond))
+	moved, cur := rec.Executions[0], rec.Executions[1]
+	if moved.GetError().GetType() != record.ProblemServiceGone || cur.GetService() != "probe-premium" || rec.Status != jobsv1.JobStatus_JOB_STATUS_SCHEDULED {
+		t.Fatalf("record after the move = %v", rec)
+	}
+	waitFor(t, "the work item on probe-premium", func() bool { return b.workCount(t, "probe-premium") == 1 })
+	if w, id := b.workItem(t, "probe-premium"); w.GetAttempt() != 2 || id != "work-job-s-2" {
+		t.Fatalf("work item on probe-premium = %v (%s)", w, id)
+	}
+	waitFor(t, "probe's stale item withdrawn", func() bool { return b.workCount(t, "probe") == 0 })
+	b.waitStatuses(t, "job-s", "QUEUED SCHEDULED SCHEDULED")
+}

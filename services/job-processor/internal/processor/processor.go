@@ -61,6 +61,8 @@ var tracer = otel.Tracer(instrumentation)
 // none can now, any other error is transient.
 type Selector interface {
 	Select(ctx context.Context, req selection.Request) (selection.Candidate, error)
+	// Candidates lists every service that can take req now, best first.
+	Candidates(ctx context.Context, req selection.Request) ([]selection.Candidate, error)
 }
 
 // Config configures a Processor.
@@ -186,6 +188,7 @@ func (p *Processor) Run(ctx context.Context) error {
 		g.Go(func() error { return bus.Consume(gctx, p.cfg.JS, c.cfg, c.handler) })
 	}
 	g.Go(func() error { p.watchConnection(gctx); return nil })
+	g.Go(func() error { p.watchStranded(gctx); return nil })
 	p.ready.Store(true)
 	defer p.ready.Store(false)
 	return g.Wait()

@@ -57,6 +57,36 @@ func WorkerLost(rec *jobsv1.Job, attempt, maxAttempts int32, reason string, now 
 	return Applied
 }
 
+// Reroute moves a SCHEDULED job whose current execution, attempt, waits on
+// service from with no worker having started it, to service to: the
+// execution ends FAILED with ProblemServiceGone and a new one is scheduled
+// on to. It is not a lost attempt: it counts against no attempt limit.
+func Reroute(rec *jobsv1.Job, attempt int32, from, to string, now time.Time) Outcome {
+	cur := Current(rec)
+	if rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || cur == nil || cur.GetAttempt() != attempt ||
+		cur.GetService() != from || cur.GetStartTime() != nil || from == to {
+		return Ignored
+	}
+	end := timestamppb.New(now)
+	cur.Status = jobsv1.JobStatus_JOB_STATUS_FAILED
+	cur.EndTime = end
+	cur.Error = &jobsv1.Problem{
+		Type:   ProblemServiceGone,
+		Title:  "Service unavailable",
+		Detail: fmt.Sprintf("attempt %d waited on %s, which has no live instance left; moved to %s", attempt, from, to),
+		Status: 503,
+	}
+	rec.Executions = append(rec.Executions, &jobsv1.Execution{
+		Attempt:      NextAttempt(rec),
+		Service:      to,
+		Status:       jobsv1.JobStatus_JOB_STATUS_SCHEDULED,
+		DispatchTime: end,
+	})
+	rec.StatusMessage = fmt.Sprintf("%s has no live instance; moved to %s", from, to)
+	rec.UpdateTime = end
+	return Applied
+}
+
 // LostInARow counts the latest executions that ended worker-lost, back to
 // the previous other ending or to the loss that exhausted an earlier run's
 // attempts (a restart starts counting afresh).
@@ -66,6 +96,9 @@ func lostInARow(ex []*jobsv1.Execution) int32 {
 	var n int32
 	for i := len(ex) - 1; i >= 0; i-- {
 		e := ex[i].GetError()
+		if e.GetType() == ProblemServiceGone {
+			continue // moved on before any worker took it: neither a loss nor a success
+		}
 		if e.GetType() != ProblemWorkerLost || strings.HasPrefix(e.GetDetail(), exhaustedPrefix) {
 			break
 		}

@@ -183,3 +183,43 @@ func TestBeat(t *testing.T) {
 		}
 	}
 }
+
+func TestReroute(t *testing.T) {
+	waiting := func() *jobsv1.Job {
+		return &jobsv1.Job{Id: "j1", Status: scheduled, Executions: []*jobsv1.Execution{
+			{Attempt: 1, Service: "gone", Status: scheduled, DispatchTime: timestamppb.New(t0)}}}
+	}
+	rec := waiting()
+	if got := Reroute(rec, 1, "gone", "next", now); got != Applied {
+		t.Fatalf("Reroute = %v", got)
+	}
+	old, cur := rec.Executions[0], Current(rec)
+	if old.GetStatus() != failed || old.GetError().GetType() != ProblemServiceGone || old.GetEndTime() == nil {
+		t.Fatalf("moved execution = %v", old)
+	}
+	if cur.GetAttempt() != 2 || cur.GetService() != "next" || cur.GetStatus() != scheduled || rec.GetStatus() != scheduled {
+		t.Fatalf("new execution = %v, job %v", cur, rec.GetStatus())
+	}
+	// A reroute is no lost attempt: the attempt limit still counts losses only.
+	if n := LostInARow(rec); n != 0 {
+		t.Fatalf("lost in a row after a reroute = %d", n)
+	}
+
+	// Refused: a repeat (attempt 1 is over), another service's attempt,
+	// an attempt a worker started, a job no longer waiting.
+	if got := Reroute(rec, 1, "gone", "next", now); got != Ignored {
+		t.Fatalf("repeat = %v", got)
+	}
+	if got := Reroute(waiting(), 1, "other", "next", now); got != Ignored {
+		t.Fatalf("other service = %v", got)
+	}
+	started := waiting()
+	started.Executions[0].StartTime = timestamppb.New(t0)
+	if got := Reroute(started, 1, "gone", "next", now); got != Ignored {
+		t.Fatalf("started attempt = %v", got)
+	}
+	run := lostRun()
+	if got := Reroute(run, 1, "svc", "next", now); got != Ignored {
+		t.Fatalf("running job = %v", got)
+	}
+}

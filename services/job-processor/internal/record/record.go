@@ -52,6 +52,9 @@ const (
 	ProblemWorkerLost      = problem.TypePrefix + "worker-lost"
 	ProblemTimeout         = problem.TypePrefix + "job-timeout-passed"
 	ProblemDeadline        = problem.TypePrefix + "job-deadline-passed"
+	// ProblemServiceGone ends an execution no worker started because its
+	// service lost every instance; the job moved on to another service.
+	ProblemServiceGone = problem.TypePrefix + "service-unavailable"
 )
 
 // HeartbeatMessage is the status message of a worker's heartbeat update; it

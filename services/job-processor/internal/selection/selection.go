@@ -61,9 +61,22 @@ func New(lookup Lookup) *Selector { return &Selector{lookup: lookup} }
 // Select returns the best candidate for req, ErrNoCandidate when there is
 // none, or the lookup's error.
 func (s *Selector) Select(ctx context.Context, req Request) (Candidate, error) {
+	ranked, err := s.Candidates(ctx, req)
+	if err != nil {
+		return Candidate{}, err
+	}
+	if len(ranked) == 0 {
+		return Candidate{}, ErrNoCandidate
+	}
+	return ranked[0], nil
+}
+
+// Candidates returns every service that can take req now, best first
+// (none: an empty list), or the lookup's error.
+func (s *Selector) Candidates(ctx context.Context, req Request) ([]Candidate, error) {
 	instances, err := s.lookup.Instances(ctx, req.Profile)
 	if err != nil {
-		return Candidate{}, fmt.Errorf("list instances of profile %s: %w", req.Profile, err)
+		return nil, fmt.Errorf("list instances of profile %s: %w", req.Profile, err)
 	}
 	services := map[string]*registryv1.Service{}
 	for _, in := range instances {
@@ -78,15 +91,11 @@ func (s *Selector) Select(ctx context.Context, req Request) (Candidate, error) {
 			// only loses its place in the cost order.
 			svc = nil
 		case err != nil:
-			return Candidate{}, fmt.Errorf("get service %s: %w", name, err)
+			return nil, fmt.Errorf("get service %s: %w", name, err)
 		}
 		services[name] = svc
 	}
-	ranked := Rank(req, instances, services)
-	if len(ranked) == 0 {
-		return Candidate{}, ErrNoCandidate
-	}
-	return ranked[0], nil
+	return Rank(req, instances, services), nil
 }
 
 // Rank orders the services of instances that can take req, best first: by

@@ -1,0 +1,164 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/services/job-processor/internal/record"
+	"github.com/medius-platform/medius/services/job-processor/internal/selection"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Stranded work: a job dispatched to a service waits in that service's queue
+// until one of its instances takes it. Should every instance vanish, the job
+// would wait for the service to come back while another service offering
+// its profile could run it. Each replica looks at the work consumers every
+// HeartbeatTimeout: a queue with items waiting, none held by a worker and no
+// worker asking for more, on two looks in a row, is suspect; each of its
+// jobs whose service the registry no longer lists as a candidate moves to
+// the best candidate left (record.Reroute, a compare-and-set, so replicas
+// looking at once move a job once). With no candidate left, the job waits.
+
+// strandedLooks is how many looks in a row a queue must seem abandoned: a
+// live worker between two fetches can look idle once.
+const strandedLooks = 2
+
+// watchStranded looks for abandoned queues until ctx ends.
+func (p *Processor) watchStranded(ctx context.Context) {
+	t := time.NewTicker(p.cfg.HeartbeatTimeout)
+	defer t.Stop()
+	suspect := map[string]int{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		idle, err := p.abandonedQueues(ctx)
+		if err != nil {
+			slog.DebugContext(ctx, "look for stranded work", "err", err)
+			continue
+		}
+		for service := range suspect {
+			if !slices.Contains(idle, service) {
+				delete(suspect, service)
+			}
+		}
+		for _, service := range idle {
+			if suspect[service]++; suspect[service] < strandedLooks {
+				continue
+			}
+			if n, err := p.rerouteQueue(ctx, service); err != nil {
+				slog.WarnContext(ctx, "reroute stranded work", "service", service, "err", err)
+			} else if n > 0 {
+				slog.WarnContext(ctx, "stranded jobs moved to another service", "from", service, "jobs", n)
+			}
+		}
+	}
+}
+
+// abandonedQueues lists the services whose queue holds items that no worker
+// holds or asks for.
+func (p *Processor) abandonedQueues(ctx context.Context) ([]string, error) {
+	var out []string
+	list := p.work.ListConsumers(ctx)
+	for ci := range list.Info() {
+		service, ok := bus.WorkService(ci.Config.FilterSubject)
+		if !ok || ci.Config.FilterSubject != bus.WorkQueue(service) {
+			continue
+		}
+		if ci.NumPending > 0 && ci.NumAckPending == 0 && ci.NumWaiting == 0 {
+			out = append(out, service)
+		}
+	}
+	if err := list.Err(); err != nil {
+		return nil, fmt.Errorf("list work consumers: %w", err)
+	}
+	return out, nil
+}
+
+// rerouteQueue moves the jobs waiting in service's queue to another service
+// when service is no longer a candidate for them, and returns how many moved.
+func (p *Processor) rerouteQueue(ctx context.Context, service string) (int, error) {
+	info, err := p.work.Info(ctx, jetstream.WithSubjectFilter(bus.WorkQueue(service)))
+	if err != nil {
+		return 0, fmt.Errorf("list queue of %s: %w", service, err)
+	}
+	moved := 0
+	for subject := range info.State.Subjects {
+		id := subject[strings.LastIndexByte(subject, '.')+1:]
+		ok, err := p.reroute(ctx, service, id)
+		if err != nil {
+			return moved, err
+		}
+		if ok {
+			moved++
+		}
+	}
+	return moved, nil
+}
+
+// reroute moves job id from service to the best candidate if service can no
+// longer take it and no worker started it; it reports whether it did.
+func (p *Processor) reroute(ctx context.Context, service, id string) (bool, error) {
+	rec, _, err := p.store.get(ctx, id)
+	if err != nil || rec == nil {
+		return false, err
+	}
+	cur := record.Current(rec)
+	if cur.GetService() != service {
+		// This item is stale: the job moved on, and an earlier reroute
+		// stopped half-way.
+		return false, p.completeMove(ctx, rec, service)
+	}
+	if rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || cur.GetStartTime() != nil {
+		return false, nil
+	}
+	cands, err := p.cfg.Selector.Candidates(ctx, selection.Request{Profile: rec.GetProfile(), Region: rec.GetRegion()})
+	if err != nil {
+		return false, err
+	}
+	if len(cands) == 0 || slices.ContainsFunc(cands, func(c selection.Candidate) bool { return c.Service == service }) {
+		return false, nil // still served, or nowhere else to go
+	}
+	to := cands[0]
+	attempt := cur.GetAttempt()
+	rec, outcome, err := p.store.update(ctx, id, func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
+		if rec == nil {
+			return nil, record.Ignored, nil
+		}
+		return rec, record.Reroute(rec, attempt, service, to.Service, p.cfg.Now()), nil
+	})
+	if err != nil || outcome != record.Applied {
+		return false, err
+	}
+	slog.InfoContext(ctx, "job moved to another service", "job_id", id, "from", service, "to", to.Service, "attempt", record.Current(rec).GetAttempt())
+	return true, p.completeMove(ctx, rec, service)
+}
+
+// completeMove sends the work item of rec's current execution (unless its
+// queue holds it already) and only then withdraws the stale one from
+// service, so that a failure half-way leaves the stale item for the next
+// look to finish the move.
+func (p *Processor) completeMove(ctx context.Context, rec *jobsv1.Job, service string) error {
+	cur := record.Current(rec)
+	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_SCHEDULED && cur.GetStartTime() == nil {
+		_, err := p.work.GetLastMsgForSubject(ctx, bus.SubjectWork(cur.GetService(), rec.GetId()))
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			if err := p.sendWork(ctx, rec); err != nil {
+				return err
+			}
+		case err != nil:
+			return fmt.Errorf("look for the work item of job %s: %w", rec.GetId(), err)
+		}
+	}
+	return p.withdrawWork(ctx, service, rec.GetId())
+}
