@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -252,6 +253,10 @@ func runPlatform(b *testing.B) platformResult {
 	r.e2e, r.fullP50, r.fullP99 = run.e2e, run.p50, run.p99
 	b.Logf("full load, batch submit: %d NoOp jobs stored and announced at %.0f jobs/s, %.0f jobs/s end to end; submit -> worker start p50 %s p99 %s",
 		n, run.submitRate, run.e2e, run.p50, run.p99)
+	// The burst queued n jobs faster than the worker's capacity takes them:
+	// what each process's memory peaked at shows whether it grew with the
+	// backlog (MEDIUS_BENCH_JOBS=100000 for the 100k burst).
+	b.Logf("peak memory (VmHWM) after %d queued jobs: %s", n, peakRSS(l))
 
 	// Light load: 10 jobs/s through CreateJob, one at a time.
 	const light = 100
@@ -398,4 +403,21 @@ func ceiling(b *testing.B, js jetstream.JetStream, n int) float64 {
 		b.Fatalf("consumed %d of %d", got.Load(), n)
 	}
 	return float64(n) / time.Since(start).Seconds()
+}
+
+// peakRSS lists each service process's peak resident memory (VmHWM).
+func peakRSS(l *lab) string {
+	var out []string
+	for _, p := range l.stack.Processes() {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Pid()))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+				out = append(out, p.Name+" "+strings.TrimSpace(v))
+			}
+		}
+	}
+	return strings.Join(out, ", ")
 }

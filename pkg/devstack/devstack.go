@@ -307,6 +307,16 @@ func (p *Process) Exited() (bool, error) {
 	}
 }
 
+// Pid is the running process's id (0 before its start).
+func (p *Process) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
 // Signal sends sig to the process.
 func (p *Process) Signal(sig os.Signal) error {
 	p.mu.Lock()
