@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,6 +65,11 @@ type Runner struct {
 	log      *slog.Logger
 	tracer   trace.Tracer
 	inFlight atomic.Int32
+
+	// stops holds how to stop each running job, by job id, for the one
+	// cancel subscription of the runner.
+	stopsMu sync.Mutex
+	stops   map[string][]*func()
 }
 
 // Causes of a job context's end.
@@ -143,6 +150,16 @@ func (r *Runner) Run(ctx context.Context) error {
 			return nil
 		}
 		return fmt.Errorf("work consumer: %w", err)
+	}
+	// One subscription hears every cancel, before any work is taken: a
+	// subscription per job would cost each job a round trip to NATS.
+	cancels, err := r.cfg.NC.Subscribe(bus.SubjectCancel("*"), r.onCancel)
+	if err != nil {
+		return fmt.Errorf("listen for cancels: %w", err)
+	}
+	defer func() { _ = cancels.Unsubscribe() }()
+	if err := r.cfg.NC.FlushTimeout(5 * time.Second); err != nil {
+		return fmt.Errorf("listen for cancels: %w", err)
 	}
 	r.log.InfoContext(ctx, "taking work", "subject", bus.WorkQueue(r.cfg.Service), "capacity", r.cfg.Capacity)
 
@@ -291,18 +308,10 @@ func (r *Runner) execute(ctx context.Context, log *slog.Logger, item *eventsv1.W
 	}
 	// Listen for cancel before announcing RUNNING: the processor may send a
 	// cancel as soon as it sees it.
-	sub, err := r.cfg.NC.Subscribe(bus.SubjectCancel(item.GetJobId()), func(*nats.Msg) {
+	defer r.onStop(item.GetJobId(), func() {
 		log.InfoContext(ctx, "cancel requested")
 		cancel(errCancelRequested)
-	})
-	if err != nil {
-		log.WarnContext(ctx, "cannot listen for cancel; handing the item back", "err", err)
-		return nil
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := r.cfg.NC.FlushTimeout(5 * time.Second); err != nil {
-		log.WarnContext(ctx, "flush cancel subscription", "err", err)
-	}
+	})()
 
 	if err := r.publish(ctx, r.update(item, jobsv1.JobStatus_JOB_STATUS_RUNNING), ""); err != nil {
 		log.WarnContext(ctx, "cannot report RUNNING; handing the item back", "err", err)
@@ -349,6 +358,38 @@ func (r *Runner) execute(ctx context.Context, log *slog.Logger, item *eventsv1.W
 		upd.Error = pe.Problem()
 		log.WarnContext(ctx, "job failed", "problem", upd.Error.GetType(), "detail", upd.Error.GetDetail())
 		return upd
+	}
+}
+
+// onStop registers stop for job id until the returned func is called.
+func (r *Runner) onStop(id string, stop func()) (remove func()) {
+	f := &stop
+	r.stopsMu.Lock()
+	if r.stops == nil {
+		r.stops = map[string][]*func(){}
+	}
+	r.stops[id] = append(r.stops[id], f)
+	r.stopsMu.Unlock()
+	return func() {
+		r.stopsMu.Lock()
+		defer r.stopsMu.Unlock()
+		left := slices.DeleteFunc(r.stops[id], func(g *func()) bool { return g == f })
+		if len(left) == 0 {
+			delete(r.stops, id)
+		} else {
+			r.stops[id] = left
+		}
+	}
+}
+
+// onCancel stops the running job a cancel request names, if it runs here.
+func (r *Runner) onCancel(m *nats.Msg) {
+	id := strings.TrimPrefix(m.Subject, bus.SubjectCancel(""))
+	r.stopsMu.Lock()
+	stops := slices.Clone(r.stops[id])
+	r.stopsMu.Unlock()
+	for _, stop := range stops {
+		(*stop)()
 	}
 }
 
