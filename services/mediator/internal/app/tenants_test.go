@@ -201,6 +201,12 @@ func TestTenantsKeysAndTokens(t *testing.T) {
 	// A tenant manages its own keys, never another's.
 	code, b = m.do("GET", "/v1/tenants/default/keys", key.ClientSecret, "", nil)
 	m.wantProblem("other tenant's keys", 404, b, "tenant-not-found")
+	// An unknown key is named in the answer.
+	code, b = m.do("DELETE", "/v1/tenants/acme/keys/mc_doesnotexist", adminKey, "", nil)
+	m.wantProblem("revoke an unknown key", 404, b, "api-key-not-found")
+	if !strings.Contains(string(b), "mc_doesnotexist") {
+		t.Fatalf("revoke an unknown key: %s does not name it", b)
+	}
 
 	// The same over gRPC metadata, with a token.
 	var acmeTok struct {

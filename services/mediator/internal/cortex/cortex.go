@@ -353,17 +353,26 @@ func (h *Handler) translate(in *JobMediatorInput, tenant string) (*jobsv1.Job, e
 	// the worker writes exactly there (a signed URL names one object) and
 	// writes nothing else.
 	if in.Job.JobProfile == ProfileSpeechToText {
-		var out map[string]*Locator
+		// Fields other than the formats (the spec's jobOutputType, or what
+		// a client adds) are tolerated.
+		var out map[string]json.RawMessage
 		if err := json.Unmarshal(ji.OutputLocation, &out); err != nil {
 			return nil, badRequest("job.jobInput.outputLocation", "outputLocation must be a SpeechToTextOutput object")
 		}
 		var names []string
 		for _, o := range speechOutputs {
 			names = append(names, o.cortex)
-			if l := out[o.cortex]; l != nil {
-				if err := h.addOutput(job, "job.jobInput.outputLocation."+o.cortex, o, l); err != nil {
-					return nil, err
-				}
+			raw, ok := out[o.cortex]
+			if !ok || string(raw) == "null" {
+				continue
+			}
+			field := "job.jobInput.outputLocation." + o.cortex
+			var l Locator
+			if err := json.Unmarshal(raw, &l); err != nil {
+				return nil, badRequest(field, "%s must be a Locator", field)
+			}
+			if err := h.addOutput(job, field, o, &l); err != nil {
+				return nil, err
 			}
 		}
 		if len(job.Input.Locators) == 1 {

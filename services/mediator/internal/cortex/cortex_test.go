@@ -492,8 +492,10 @@ func TestCortexSpeechOutputs(t *testing.T) {
 		return m
 	}
 
-	// As the spec has it: every locator with bucket, key and signed URL.
+	// As the spec has it: jobOutputType, and every locator with bucket, key
+	// and signed URL.
 	id, job := submit(`{
+	  "jobOutputType": "SpeechToTextOutput",
 	  "srtFormat": {"awsS3Bucket": "b", "awsS3Key": "subs/abc.srt", "httpEndpoint": "https://media.example.com/upload/abc.srt?sig=123"},
 	  "ttmlFormat": {"awsS3Bucket": "b", "awsS3Key": "other/x.ttml", "httpEndpoint": "https://media.example.com/other/x.ttml?sig=456"}}`)
 	want := map[string]string{

@@ -126,6 +126,18 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
+// requestStoreError maps a store failure of request r, naming the tenant or
+// key of its path that was not found.
+func requestStoreError(r *http.Request, err error) error {
+	switch {
+	case errors.Is(err, tenants.ErrTenantNotFound) && r.PathValue("tenant") != "":
+		return problem.NotFound("tenant", r.PathValue("tenant"))
+	case errors.Is(err, tenants.ErrClientNotFound) && r.PathValue("client") != "":
+		return problem.NotFound("api-key", r.PathValue("client"))
+	}
+	return storeError(r.Context(), err)
+}
+
 // storeError maps a tenants store failure.
 func storeError(ctx context.Context, err error) error {
 	var pe *problem.Error
@@ -201,7 +213,7 @@ func (a *API) token(w http.ResponseWriter, r *http.Request) {
 func (a *API) listTenants(w http.ResponseWriter, r *http.Request) {
 	ts, err := a.Tenants.Tenants(r.Context())
 	if err != nil {
-		problem.WriteError(r.Context(), w, storeError(r.Context(), err))
+		problem.WriteError(r.Context(), w, requestStoreError(r, err))
 		return
 	}
 	WriteJSON(w, http.StatusOK, map[string]any{"tenants": ts})
@@ -215,7 +227,7 @@ func (a *API) createTenant(w http.ResponseWriter, r *http.Request) {
 	}
 	t, err := a.Tenants.CreateTenant(r.Context(), t)
 	if err != nil {
-		problem.WriteError(r.Context(), w, storeError(r.Context(), err))
+		problem.WriteError(r.Context(), w, requestStoreError(r, err))
 		return
 	}
 	WriteJSON(w, http.StatusCreated, t)
@@ -224,7 +236,7 @@ func (a *API) createTenant(w http.ResponseWriter, r *http.Request) {
 func (a *API) getTenant(w http.ResponseWriter, r *http.Request) {
 	t, err := a.Tenants.Tenant(r.Context(), r.PathValue("tenant"))
 	if err != nil {
-		problem.WriteError(r.Context(), w, storeError(r.Context(), err))
+		problem.WriteError(r.Context(), w, requestStoreError(r, err))
 		return
 	}
 	WriteJSON(w, http.StatusOK, t)
@@ -232,7 +244,7 @@ func (a *API) getTenant(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) deleteTenant(w http.ResponseWriter, r *http.Request) {
 	if err := a.Tenants.DeleteTenant(r.Context(), r.PathValue("tenant")); err != nil {
-		problem.WriteError(r.Context(), w, storeError(r.Context(), err))
+		problem.WriteError(r.Context(), w, requestStoreError(r, err))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -246,7 +258,7 @@ func (a *API) setQuota(w http.ResponseWriter, r *http.Request) {
 	}
 	t, err := a.Tenants.SetQuota(r.Context(), r.PathValue("tenant"), q)
 	if err != nil {
-		problem.WriteError(r.Context(), w, storeError(r.Context(), err))
+		problem.WriteError(r.Context(), w, requestStoreError(r, err))
 		return
 	}
 	WriteJSON(w, http.StatusOK, t)
@@ -264,12 +276,12 @@ type KeyResponse struct {
 func (a *API) listKeys(w http.ResponseWriter, r *http.Request) {
 	tenant := r.PathValue("tenant")
 	if _, err := a.Tenants.Tenant(r.Context(), tenant); err != nil {
-		problem.WriteError(r.Context(), w, storeError(r.Context(), err))
+		problem.WriteError(r.Context(), w, requestStoreError(r, err))
 		return
 	}
 	cs, err := a.Tenants.Clients(r.Context(), tenant)
 	if err != nil {
-		problem.WriteError(r.Context(), w, storeError(r.Context(), err))
+		problem.WriteError(r.Context(), w, requestStoreError(r, err))
 		return
 	}
 	out := make([]KeyResponse, 0, len(cs))
@@ -291,7 +303,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request) {
 	}
 	c, secret, err := a.Tenants.NewKey(r.Context(), r.PathValue("tenant"), body.Name)
 	if err != nil {
-		problem.WriteError(r.Context(), w, storeError(r.Context(), err))
+		problem.WriteError(r.Context(), w, requestStoreError(r, err))
 		return
 	}
 	w.Header().Set("Cache-Control", "no-store")
@@ -300,7 +312,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) revokeKey(w http.ResponseWriter, r *http.Request) {
 	if err := a.Tenants.RevokeClient(r.Context(), r.PathValue("tenant"), r.PathValue("client")); err != nil {
-		problem.WriteError(r.Context(), w, storeError(r.Context(), err))
+		problem.WriteError(r.Context(), w, requestStoreError(r, err))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
