@@ -30,11 +30,16 @@ type clientFlags struct {
 func (c *clientFlags) register(cmd *cobra.Command) {
 	f := cmd.PersistentFlags()
 	f.StringVar(&c.server, "server", envOr("MEDIUS_SERVER", "127.0.0.1:9090"), "mediator gRPC address (MEDIUS_SERVER)")
-	f.StringVar(&c.apiKey, "api-key", os.Getenv("MEDIUS_API_KEY"), "API key (MEDIUS_API_KEY)")
+	// Read from the environment when used: as the flag's default, --help
+	// would print the secret.
+	f.StringVar(&c.apiKey, "api-key", "", "API key (default $MEDIUS_API_KEY)")
 	f.StringVarP(&c.output, "output", "o", "table", "output: table or json")
 }
 
 func (c *clientFlags) dial(ctx context.Context) (jobsv1.JobServiceClient, context.Context, func(), error) {
+	if c.apiKey == "" {
+		c.apiKey = os.Getenv("MEDIUS_API_KEY")
+	}
 	if c.apiKey == "" {
 		return nil, nil, nil, errors.New("no API key: pass --api-key or set MEDIUS_API_KEY")
 	}

@@ -20,13 +20,17 @@ import (
 type restClient struct {
 	url    string
 	key    string
+	keyEnv string
 	output string
 }
 
 func (c *restClient) register(cmd *cobra.Command, keyFlag, keyEnv, keyHelp string) {
 	f := cmd.PersistentFlags()
 	f.StringVar(&c.url, "rest-url", envOr("MEDIUS_REST_URL", "http://127.0.0.1:8080"), "mediator REST base URL (MEDIUS_REST_URL)")
-	f.StringVar(&c.key, keyFlag, os.Getenv(keyEnv), keyHelp+" ("+keyEnv+")")
+	// The environment is read when the key is used, not as the flag's
+	// default: --help would print the secret.
+	c.keyEnv = keyEnv
+	f.StringVar(&c.key, keyFlag, "", keyHelp+" (default $"+keyEnv+")")
 	f.StringVarP(&c.output, "output", "o", "table", "output: table or json")
 }
 
@@ -48,6 +52,9 @@ func (e *restError) Error() string {
 
 // do sends body (JSON, when not nil) and decodes the answer into out.
 func (c *restClient) do(ctx context.Context, method, path string, body, out any) error {
+	if c.key == "" {
+		c.key = os.Getenv(c.keyEnv)
+	}
 	if c.key == "" {
 		return errors.New("no credential: see --help for the key flag and variable")
 	}

@@ -23,6 +23,9 @@ import (
 
 func (c *clientFlags) dialRegistry(ctx context.Context) (registryv1.RegistryServiceClient, context.Context, func(), error) {
 	if c.apiKey == "" {
+		c.apiKey = os.Getenv("MEDIUS_API_KEY")
+	}
+	if c.apiKey == "" {
 		return nil, nil, nil, errors.New("no API key: pass --api-key or set MEDIUS_API_KEY")
 	}
 	cc, err := grpcx.Dial(c.server)
