@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -139,5 +140,40 @@ func TestTranscodeToHTTP(t *testing.T) {
 	}
 	if v := ffprobeStream(t, p, "v"); v["codec_name"] != "h264" || v["height"] != "120" {
 		t.Errorf("uploaded proxy = %v, want h264 120 lines", v)
+	}
+}
+
+// CreateProxy and ExtractTechnicalMetadata through both stores: a file root
+// and a real S3 server (input read from a bucket, output written to one).
+func TestProxyAndTechnicalMetadataStores(t *testing.T) {
+	t.Parallel()
+	_, clip := fixture(t)
+	for _, s := range stores(t) {
+		t.Run(s.name, func(t *testing.T) {
+			in := s.input(t, clip, "clip.mp4")
+			out, qty, err := run(t, TranscodeProfile(s.res, CreateProxy), workItem(CreateProxy, in, s.outputLocation(t), nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if math.Abs(qty-3) > 0.2 {
+				t.Errorf("proxy verified quantity = %v, want about 3", qty)
+			}
+			url := out.GetLocators()[ParamOutputFile].GetUrl()
+			if !strings.HasPrefix(url, s.outputLocation(t)) {
+				t.Errorf("proxy written to %s, want under %s", url, s.outputLocation(t))
+			}
+			if v := ffprobeStream(t, s.fetch(t, url), "v"); v["codec_name"] != "h264" {
+				t.Errorf("proxy video = %v, want h264", v)
+			}
+
+			md, qty, err := run(t, TechnicalMetadata(s.res), workItem(ExtractTechnicalMetadata, in, "", nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tm := md.GetData().GetFields()[ParamTechnicalMetadata].GetStructValue().AsMap()
+			if d, _ := tm["format"].(map[string]any)["duration"].(float64); math.Abs(d-3) > 0.2 || math.Abs(qty-3) > 0.2 {
+				t.Errorf("technical metadata duration %v, quantity %v, want about 3", d, qty)
+			}
+		})
 	}
 }
