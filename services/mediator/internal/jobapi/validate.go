@@ -1,6 +1,7 @@
 package jobapi
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"net/url"
@@ -143,8 +144,9 @@ func validateAgainstProfile(job *jobsv1.Job, profile *registryv1.JobProfile) err
 	return nil
 }
 
-// checkParameterType checks a given parameter against its declared type; a
-// locator may come as a locator or as a URL string parameter.
+// checkParameterType checks a given parameter against its declared type. A
+// locator may come as a locator or as a URL string parameter; the string is
+// moved to the locators, where workers look for it.
 func checkParameterType(profile string, spec *registryv1.ParameterSpec, in *jobsv1.JobInput) error {
 	name, want := spec.GetName(), strings.ToLower(spec.GetType())
 	if strings.HasSuffix(want, "locator") {
@@ -160,13 +162,35 @@ func checkParameterType(profile string, spec *registryv1.ParameterSpec, in *jobs
 	if !isLocator {
 		got = valueType(v)
 	}
+	if want == "locator" && got == "string" {
+		return moveToLocators(profile, name, v.GetStringValue(), in)
+	}
 	ok := got == want ||
-		(want == "locator" && got == "string") ||
 		(want == "number" && got == "integer") ||
 		want == "" // an untyped parameter takes anything
 	if !ok {
 		return problem.InvalidArgument("job.input."+name, "profile %q input parameter %q must be of type %s, got %s", profile, name, want, got)
 	}
+	return nil
+}
+
+// moveToLocators makes the URL string parameter name a locator of in,
+// checked as any locator.
+func moveToLocators(profile, name, raw string, in *jobsv1.JobInput) error {
+	loc := &jobsv1.Locator{Url: raw}
+	if err := validateLocator(name, loc); err != nil {
+		var pe *problem.Error
+		if errors.As(err, &pe) {
+			return problem.InvalidArgument("job.input."+name, "profile %q input parameter %q is a locator (a file, http, https or s3 URL): %s",
+				profile, name, pe.Detail)
+		}
+		return err
+	}
+	if in.Locators == nil {
+		in.Locators = map[string]*jobsv1.Locator{}
+	}
+	in.Locators[name] = loc
+	delete(in.GetParameters().GetFields(), name)
 	return nil
 }
 

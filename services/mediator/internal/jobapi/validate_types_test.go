@@ -37,7 +37,6 @@ func TestInputMatchesProfileTypes(t *testing.T) {
 	}{
 		{"all good", job(map[string]any{"position": 1.5, "width": 320, "sharp": true, "label": "x", "crop": map[string]any{"x": 1}, "sizes": []any{1, 2}}, "inputFile"), ""},
 		{"integer is a number", job(map[string]any{"position": 2}, "inputFile"), ""},
-		{"locator as a URL string", job(map[string]any{"position": 2, "inputFile": "https://example.com/a.mp4"}), ""},
 		{"missing required", job(map[string]any{"position": 2}), "job.input.inputFile"},
 		{"number as string", job(map[string]any{"position": "2"}, "inputFile"), "job.input.position"},
 		{"fractional integer", job(map[string]any{"position": 2, "width": 1.5}, "inputFile"), "job.input.width"},
@@ -45,6 +44,8 @@ func TestInputMatchesProfileTypes(t *testing.T) {
 		{"locator for a string", job(map[string]any{"position": 2}, "inputFile", "label"), "job.input.label"},
 		{"object as array", job(map[string]any{"position": 2, "crop": []any{}}, "inputFile"), "job.input.crop"},
 		{"locator as a number", job(map[string]any{"position": 2, "inputFile": 3}), "job.input.inputFile"},
+		{"locator as a string that is no URL", job(map[string]any{"position": 2, "inputFile": "x"}), "job.input.inputFile"},
+		{"locator as a URL of another scheme", job(map[string]any{"position": 2, "inputFile": "ftp://example.com/a.mp4"}), "job.input.inputFile"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := validateAgainstProfile(tc.job, profile)
@@ -59,6 +60,26 @@ func TestInputMatchesProfileTypes(t *testing.T) {
 				t.Fatalf("got %v (field %q), want InvalidArgument naming %s", err, problem.FromStatus(st).GetField(), tc.field)
 			}
 		})
+	}
+}
+
+// A locator given as a URL string parameter becomes a locator, where
+// workers look for it.
+func TestLocatorStringBecomesLocator(t *testing.T) {
+	profile := &registryv1.JobProfile{Name: "Probe", InputParameters: []*registryv1.ParameterSpec{{Name: "inputFile", Type: "locator"}}}
+	st, _ := structpb.NewStruct(map[string]any{"inputFile": "https://example.com/a.mp4", "other": 1})
+	job := &jobsv1.Job{Input: &jobsv1.JobInput{Parameters: st}}
+	if err := validateAgainstProfile(job, profile); err != nil {
+		t.Fatal(err)
+	}
+	if got := job.GetInput().GetLocators()["inputFile"].GetUrl(); got != "https://example.com/a.mp4" {
+		t.Fatalf("locator inputFile = %q", got)
+	}
+	if _, still := job.GetInput().GetParameters().GetFields()["inputFile"]; still {
+		t.Fatal("inputFile left among the parameters")
+	}
+	if _, kept := job.GetInput().GetParameters().GetFields()["other"]; !kept {
+		t.Fatal("another parameter was dropped")
 	}
 }
 
