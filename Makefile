@@ -49,7 +49,7 @@ build: deps
 	@for s in $(SERVICES); do go build -o $(BIN)/$$s ./services/$$s || exit 1; done
 
 run: tools build
-	./$(BIN)/medius dev --bin-dir $(BIN)
+	./$(BIN)/medius dev --bin-dir $(BIN) $(RUN_ARGS)
 
 test: tools deps check-generated
 	go vet ./pkg/... ./cmd/medius/... $(addprefix ./services/,$(addsuffix /...,$(SERVICES))) $(DEPLOY_PKGS)

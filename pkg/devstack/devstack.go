@@ -87,6 +87,8 @@ type Process struct {
 	env       []string
 	out       io.Writer
 	closeOut  func() error
+	// logPath is the file out writes to ("" when the caller gave a writer).
+	logPath string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -220,7 +222,7 @@ func (s *Stack) start(ctx context.Context, label, bin string, args, env []string
 		if err != nil {
 			return nil, fmt.Errorf("log file: %w", err)
 		}
-		p.out, p.closeOut = f, f.Close
+		p.out, p.closeOut, p.logPath = f, f.Close, f.Name()
 	}
 	if err := p.Start(); err != nil {
 		return nil, err
@@ -307,6 +309,21 @@ func (p *Process) Exited() (bool, error) {
 	}
 }
 
+// logTail returns the last n lines of the process's log file, to say why
+// it stopped without sending the user to the file ("" without a file).
+func (p *Process) logTail(n int) string {
+	if p.logPath == "" {
+		return ""
+	}
+	data, err := os.ReadFile(p.logPath)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	lines = lines[max(len(lines)-n, 0):]
+	return "\n  " + strings.Join(lines, "\n  ") + "\n  (" + p.logPath + ")"
+}
+
 // Pid is the running process's id (0 before its start).
 func (p *Process) Pid() int {
 	p.mu.Lock()
@@ -380,7 +397,7 @@ func (p *Process) WaitReady(ctx context.Context, timeout time.Duration) error {
 	var last string
 	for {
 		if exited, err := p.Exited(); exited {
-			return fmt.Errorf("%s exited while starting: %v", p.Name, err)
+			return fmt.Errorf("%s exited while starting: %v%s", p.Name, err, p.logTail(3))
 		}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := http.DefaultClient.Do(req)
