@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"slices"
+	"strings"
 
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/problem"
@@ -56,6 +58,17 @@ func checkNonEmpty(field string, values []string) error {
 	return nil
 }
 
+// JobTypes are the MCMA job types; a profile or service naming another is
+// refused, so a typo never leaves a profile no job can match.
+var JobTypes = []string{"AIJob", "AmeJob", "CaptureJob", "DistributionJob", "QAJob", "TransferJob", "TransformJob", "WorkflowJob"}
+
+func checkJobType(field, t string) error {
+	if !slices.Contains(JobTypes, t) {
+		return problem.InvalidArgument(field, "%s %q is not an MCMA job type (%s)", field, t, strings.Join(JobTypes, ", "))
+	}
+	return nil
+}
+
 // validateService checks a service definition; prefix is where it sits in
 // the request ("service"), so the error names the field as the client sent it.
 func validateService(prefix string, s *registryv1.Service) error {
@@ -67,6 +80,11 @@ func validateService(prefix string, s *registryv1.Service) error {
 	}
 	if err := checkNonEmpty(prefix+".job_types", s.GetJobTypes()); err != nil {
 		return err
+	}
+	for i, t := range s.GetJobTypes() {
+		if err := checkJobType(fmt.Sprintf("%s.job_types[%d]", prefix, i), t); err != nil {
+			return err
+		}
 	}
 	if err := checkNames(prefix+".profiles", s.GetProfiles()); err != nil {
 		return err
@@ -105,6 +123,9 @@ func validateProfile(prefix string, p *registryv1.JobProfile) error {
 	}
 	if p.GetJobType() == "" {
 		return problem.InvalidArgument(prefix+".job_type", "%s.job_type is required", prefix)
+	}
+	if err := checkJobType(prefix+".job_type", p.GetJobType()); err != nil {
+		return err
 	}
 	seen := map[string]string{}
 	lists := []struct {
