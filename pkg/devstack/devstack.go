@@ -254,7 +254,12 @@ func (s *Stack) Process(name string) *Process {
 // stops taking jobs first, the registry goes last), waits for each to drain,
 // then stops etcd and NATS. Safe to call more than once.
 func (s *Stack) Stop() {
-	procs := s.Processes()
+	// Stopped once: a second call (a deferred one after an explicit one)
+	// finds nothing left to stop.
+	s.mu.Lock()
+	procs := s.procs
+	s.procs = nil
+	s.mu.Unlock()
 	for i := len(procs) - 1; i >= 0; i-- {
 		if err := procs[i].Stop(45 * time.Second); err != nil {
 			slog.Warn("stop service", "service", procs[i].Name, "err", err)
@@ -308,6 +313,10 @@ func (p *Process) Exited() (bool, error) {
 		return false, nil
 	}
 }
+
+// LogPath is the file the process logs to ("" when the stack was given a
+// writer).
+func (p *Process) LogPath() string { return p.logPath }
 
 // logTail returns the last n lines of the process's log file, to say why
 // it stopped without sending the user to the file ("" without a file).

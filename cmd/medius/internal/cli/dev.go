@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -67,7 +69,7 @@ from MEDIUS_ADMIN_API_KEY, else they are generated and kept in --dir.`,
 			fmt.Fprintf(out, "Try:\n  curl -s -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' \\\n"+
 				"    -d '{\"profile\":\"ExtractTechnicalMetadata\",\"input\":{\"locators\":{\"inputFile\":{\"url\":\"file:///path/to/media.mp4\"}}}}' \\\n"+
 				"    http://%s/v1/jobs\n\nCtrl-C to stop.\n", stack.APIKey, stack.RESTAddr)
-			<-ctx.Done()
+			watchChildren(ctx, out, stack)
 			fmt.Fprintln(out, "\nstopping...")
 			stack.Stop()
 			fmt.Fprintln(out, "stopped")
@@ -83,4 +85,26 @@ from MEDIUS_ADMIN_API_KEY, else they are generated and kept in --dir.`,
 	f.StringSliceVar(&roots, "file-roots", []string{cwd}, "directories file:// locators may name")
 	f.IntVar(&cfg.Workers, "workers", 1, "number of job-worker processes")
 	return cmd
+}
+
+// watchChildren says when a service of the stack exits on its own (a crash,
+// a kill), once each, until ctx ends: a user trying the platform should not
+// learn it from a job that never runs.
+func watchChildren(ctx context.Context, out io.Writer, stack *devstack.Stack) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	told := map[*devstack.Process]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, p := range stack.Processes() {
+			if exited, err := p.Exited(); exited && !told[p] {
+				told[p] = true
+				fmt.Fprintf(out, "%s %s exited: %v (its log: %s)\n", time.Now().Format("15:04:05"), p.Name, err, p.LogPath())
+			}
+		}
+	}
 }
