@@ -180,9 +180,14 @@ func runPlatform(b *testing.B) platformResult {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// MEDIUS_BENCH_CAPACITY sets the worker's capacity (default 64).
+	capacity := "64"
+	if v, err := strconv.Atoi(os.Getenv("MEDIUS_BENCH_CAPACITY")); err == nil && v > 0 {
+		capacity = strconv.Itoa(v)
+	}
 	l := startLab(b, devstack.Config{
 		Workers: 1,
-		Args: map[string][]string{"job-worker": {"--capacity", "64"},
+		Args: map[string][]string{"job-worker": {"--capacity", capacity},
 			"job-processor": {"--queue-timeout", "10m", "--pprof-addr", pprofAddr}},
 		Env: []string{"MEDIUS_LOG_LEVEL=warn"},
 	})
