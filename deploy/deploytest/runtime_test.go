@@ -197,7 +197,7 @@ func TestJobTraceAndMetrics(t *testing.T) {
 			t.Logf("trace %s: %s: %s", trace, w, strings.Join(got[w], ", "))
 		}
 		names := strings.Join(append(append(got["job-processor"], got["job-worker"]...), got["mediator"]...), "|")
-		for _, step := range []string{"select", "dispatch", "execute", "tool ffprobe"} {
+		for _, step := range []string{"POST /v1/jobs", "select", "dispatch", "execute", "tool ffprobe"} {
 			if !strings.Contains(names, step) {
 				t.Errorf("no %q span in the job's trace: %s", step, names)
 			}

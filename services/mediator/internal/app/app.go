@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/medius-platform/medius/pkg/adminserver"
@@ -238,7 +239,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	defer httpLn.Close()
 	httpSrv := &http.Server{
-		Handler:           otelhttp.NewHandler(rest, "mediator.rest"),
+		Handler:           otelhttp.NewHandler(rest, "mediator.rest", otelhttp.WithSpanNameFormatter(restSpanName)),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
@@ -411,4 +412,18 @@ func bootstrap(ctx context.Context, keys *auth.EtcdKeys, ts *tenants.Store, cfg 
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// restSpanName names a REST request's span by method and API area ("POST
+// /v1/jobs", "GET /cortex/jobs"): routing happens after the span starts,
+// and the full path would put job ids in span names.
+func restSpanName(_ string, r *http.Request) string {
+	parts := strings.SplitN(strings.TrimPrefix(r.URL.Path, "/"), "/", 3)
+	area := "/" + parts[0]
+	if len(parts) > 1 {
+		// "jobs/{id}:cancel" and "jobs:batch" keep only the collection.
+		coll, _, _ := strings.Cut(parts[1], ":")
+		area += "/" + coll
+	}
+	return r.Method + " " + area
 }
