@@ -2,17 +2,14 @@ package profiles
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"strconv"
-	"strings"
 	"time"
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/locator"
-	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/medius-platform/medius/pkg/workersdk"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -105,7 +102,7 @@ func FacesProfile(res *locator.Resolver, eng FaceEngine) workersdk.Profile {
 // faceOutput lists the faces found, in time order, with boxes in the
 // input's pixels and normalised to its width and height (0-1), and
 // summarises the run.
-func faceOutput(run faceRun, pic *picture, interval float64) (*structpb.ListValue, *structpb.Struct) {
+func faceOutput(run faceRun, pic *media, interval float64) (*structpb.ListValue, *structpb.Struct) {
 	// The detector saw the picture upright (ffmpeg applies the rotation of
 	// phone video): its pixels are the probed ones, turned alike.
 	w, h := pic.width, pic.height
@@ -158,49 +155,3 @@ func boxValue(x, y, w, h float64) *structpb.Value {
 }
 
 func round4(f float64) float64 { return math.Round(f*10000) / 10000 }
-
-// picture is an opened image or video input.
-type picture struct {
-	path          string
-	isImage       bool
-	duration      float64
-	width, height int
-}
-
-// openPicture resolves the inputFile locator and probes it. Unlike
-// openMedia it takes still images, which have no duration. cleanup is
-// never nil.
-func openPicture(ctx context.Context, res *locator.Resolver, item *workersdk.WorkItem) (*picture, func(), error) {
-	url, err := workersdk.InputLocator(item, ParamInputFile)
-	if err != nil {
-		return nil, func() {}, err
-	}
-	path, cleanup, err := res.Open(ctx, url)
-	if err != nil {
-		return nil, cleanup, workersdk.InputError(ParamInputFile, url, err)
-	}
-	meta, duration, err := Probe(ctx, path)
-	if err != nil {
-		var pe *problem.Error
-		if errors.As(err, &pe) && pe.Type == workersdk.TypeToolFailed {
-			return nil, cleanup, badMedia("is not a readable image or video: " + pe.Detail)
-		}
-		return nil, cleanup, err
-	}
-	format := meta.GetFields()["format"].GetStructValue().GetFields()["formatName"].GetStringValue()
-	p := &picture{path: path, duration: duration, isImage: strings.HasSuffix(format, "_pipe") || format == "image2"}
-	for _, s := range meta.GetFields()["streams"].GetListValue().GetValues() {
-		f := s.GetStructValue().GetFields()
-		if f["codecType"].GetStringValue() == "video" {
-			p.width, p.height = int(f["width"].GetNumberValue()), int(f["height"].GetNumberValue())
-			break
-		}
-	}
-	switch {
-	case p.width == 0 || p.height == 0:
-		return nil, cleanup, badMedia("has no picture (no video stream)")
-	case !p.isImage && (!(duration > 0) || math.IsInf(duration, 0)):
-		return nil, cleanup, badMedia("has no duration")
-	}
-	return p, cleanup, nil
-}

@@ -41,13 +41,14 @@ type media struct {
 	height   int
 	hasVideo bool
 	hasAudio bool
+	// isImage: a still image (an image2 or *_pipe format), no duration.
+	isImage bool
 }
 
-// openMedia resolves the inputFile locator and probes it. An input ffprobe
-// cannot read, or that has no duration or none of the stream kinds needed,
-// is the client's error (invalid-input), not a tool failure. cleanup is
-// never nil.
-func openMedia(ctx context.Context, res *locator.Resolver, item *workersdk.WorkItem, needVideo, needAudio bool) (*media, func(), error) {
+// openInput resolves the inputFile locator and probes it. An input ffprobe
+// cannot read is the client's error (invalid-input), not a tool failure.
+// cleanup is never nil.
+func openInput(ctx context.Context, res *locator.Resolver, item *workersdk.WorkItem) (*media, func(), error) {
 	noop := func() {}
 	url, err := workersdk.InputLocator(item, ParamInputFile)
 	if err != nil {
@@ -65,7 +66,8 @@ func openMedia(ctx context.Context, res *locator.Resolver, item *workersdk.WorkI
 		}
 		return nil, cleanup, err
 	}
-	m := &media{path: path, duration: dur}
+	format := meta.GetFields()["format"].GetStructValue().GetFields()["formatName"].GetStringValue()
+	m := &media{path: path, duration: dur, isImage: strings.HasSuffix(format, "_pipe") || format == "image2"}
 	for _, s := range meta.GetFields()["streams"].GetListValue().GetValues() {
 		f := s.GetStructValue().GetFields()
 		switch f["codecType"].GetStringValue() {
@@ -78,13 +80,39 @@ func openMedia(ctx context.Context, res *locator.Resolver, item *workersdk.WorkI
 			m.hasAudio = true
 		}
 	}
+	return m, cleanup, nil
+}
+
+func hasDuration(m *media) bool { return m.duration > 0 && !math.IsInf(m.duration, 0) }
+
+// openMedia opens an input that plays for some time and has the stream
+// kinds needed; otherwise the client's error (invalid-input).
+func openMedia(ctx context.Context, res *locator.Resolver, item *workersdk.WorkItem, needVideo, needAudio bool) (*media, func(), error) {
+	m, cleanup, err := openInput(ctx, res, item)
 	switch {
-	case !(dur > 0) || math.IsInf(dur, 0):
+	case err != nil:
+		return nil, cleanup, err
+	case !hasDuration(m):
 		return nil, cleanup, badMedia("has no duration")
 	case needVideo && !m.hasVideo:
 		return nil, cleanup, badMedia("has no video stream")
 	case needAudio && !m.hasAudio:
 		return nil, cleanup, badMedia("has no audio stream")
+	}
+	return m, cleanup, nil
+}
+
+// openPicture opens a still image or a video: what has pictures to look
+// at. An image has no duration.
+func openPicture(ctx context.Context, res *locator.Resolver, item *workersdk.WorkItem) (*media, func(), error) {
+	m, cleanup, err := openInput(ctx, res, item)
+	switch {
+	case err != nil:
+		return nil, cleanup, err
+	case !m.hasVideo || m.width == 0 || m.height == 0:
+		return nil, cleanup, badMedia("has no picture (no video stream)")
+	case !m.isImage && !hasDuration(m):
+		return nil, cleanup, badMedia("has no duration")
 	}
 	return m, cleanup, nil
 }

@@ -64,27 +64,12 @@ func OCRProfile(res *locator.Resolver) workersdk.Profile {
 			if err != nil {
 				return nil, 0, err
 			}
-			url, err := workersdk.InputLocator(item, ParamInputFile)
+			m, cleanup, err := openPicture(ctx, res, item)
+			defer cleanup()
 			if err != nil {
 				return nil, 0, err
 			}
-			path, cleanup, err := res.Open(ctx, url)
-			defer cleanup()
-			if err != nil {
-				return nil, 0, workersdk.InputError(ParamInputFile, url, err)
-			}
-			meta, duration, err := Probe(ctx, path)
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil, 0, err
-				}
-				return nil, 0, badMedia("is not a readable image or video")
-			}
-			format := meta.GetFields()["format"].GetStructValue().GetFields()["formatName"].GetStringValue()
-			isImage := strings.HasSuffix(format, "_pipe") || format == "image2"
-			if !isImage && !(duration > 0) {
-				return nil, 0, badMedia("has no duration")
-			}
+			path, duration, isImage := m.path, m.duration, m.isImage
 			dir, rm, err := workDir()
 			defer rm()
 			if err != nil {
