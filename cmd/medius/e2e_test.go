@@ -17,7 +17,6 @@ import (
 
 	"github.com/medius-platform/medius/cmd/medius/internal/cli"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
-	"github.com/medius-platform/medius/pkg/devenv"
 	"github.com/medius-platform/medius/pkg/devstack"
 	"github.com/medius-platform/medius/pkg/grpcx"
 	"github.com/medius-platform/medius/pkg/jobstate"
@@ -58,48 +57,13 @@ func setup(t testing.TB) *platform {
 	if err != nil {
 		t.Fatalf("make fixture: %v\n%s", err, out)
 	}
-	rest, err := devenv.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	grpcAddr, err := devenv.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	stackDir := filepath.Join(dir, "stack")
-	stack, err := devstack.Start(ctx, devstack.Config{
-		Dir: stackDir, BinDir: bin, RESTAddr: rest, GRPCAddr: grpcAddr,
-		APIKey: apiKey, FileRoots: []string{media},
-	})
-	if err != nil {
-		dumpLogs(t, stackDir)
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		stack.Stop()
-		if t.Failed() {
-			dumpLogs(t, stackDir)
-		}
-	})
-	cc, err := grpcx.Dial(grpcAddr)
+	stack := devstack.StartForTest(t, devstack.Config{BinDir: bin, Dir: filepath.Join(dir, "stack"), APIKey: apiKey, FileRoots: []string{media}})
+	cc, err := grpcx.Dial(stack.GRPCAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
 	return &platform{stack: stack, mediaDir: media, clip: clip, grpc: jobsv1.NewJobServiceClient(cc)}
-}
-
-func dumpLogs(t testing.TB, dir string) {
-	files, _ := filepath.Glob(filepath.Join(dir, "logs", "*.log"))
-	for _, f := range files {
-		b, _ := os.ReadFile(f)
-		if len(b) > 8000 {
-			b = b[len(b)-8000:]
-		}
-		t.Logf("---- %s ----\n%s", filepath.Base(f), b)
-	}
 }
 
 func TestEndToEnd(t *testing.T) {

@@ -12,7 +12,6 @@ import (
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
-	"github.com/medius-platform/medius/pkg/devenv"
 	"github.com/medius-platform/medius/pkg/devstack"
 	"github.com/medius-platform/medius/pkg/grpcx"
 	"github.com/medius-platform/medius/pkg/problem"
@@ -43,30 +42,10 @@ func startLab(t testing.TB, cfg devstack.Config) *lab {
 	if err := os.MkdirAll(media, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	rest, err := devenv.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	grpcAddr, err := devenv.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cfg.Dir, cfg.BinDir, cfg.RESTAddr, cfg.GRPCAddr, cfg.APIKey = filepath.Join(dir, "stack"), bin, rest, grpcAddr, apiKey
+	cfg.Dir, cfg.BinDir, cfg.APIKey = filepath.Join(dir, "stack"), bin, apiKey
 	cfg.FileRoots = []string{media}
-	stack, err := devstack.Start(ctx, cfg)
-	if err != nil {
-		dumpLogs(t, cfg.Dir)
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		stack.Stop()
-		if t.Failed() {
-			dumpLogs(t, cfg.Dir)
-		}
-	})
-	cc, err := grpcx.Dial(grpcAddr)
+	stack := devstack.StartForTest(t, cfg)
+	cc, err := grpcx.Dial(stack.GRPCAddr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/medius-platform/medius/pkg/devenv"
 	"github.com/medius-platform/medius/pkg/devstack"
 	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
@@ -105,33 +104,11 @@ func TestJobTraceAndMetrics(t *testing.T) {
 		"-c:v", "libx264", "-pix_fmt", "yuv420p", clip).CombinedOutput(); err != nil {
 		t.Fatalf("make fixture: %v\n%s", err, out)
 	}
-	rest, err := devenv.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	grpcAddr, err := devenv.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	stackDir := filepath.Join(dir, "stack")
-	stack, err := devstack.Start(ctx, devstack.Config{
-		Dir: stackDir, BinDir: bin, RESTAddr: rest, GRPCAddr: grpcAddr,
-		APIKey: runtimeAPIKey, FileRoots: []string{media},
+	stack := devstack.StartForTest(t, devstack.Config{
+		BinDir: bin, Dir: filepath.Join(dir, "stack"), APIKey: runtimeAPIKey, FileRoots: []string{media},
 		// The batch span processor exports every 5s by default; a short
 		// delay keeps the test quick without changing what is exported.
 		Env: []string{"MEDIUS_OTLP_ENDPOINT=" + ln.Addr().String(), "OTEL_BSP_SCHEDULE_DELAY=200"},
-	})
-	if err != nil {
-		dumpLogs(t, stackDir)
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		stack.Stop()
-		if t.Failed() {
-			dumpLogs(t, stackDir)
-		}
 	})
 
 	admin := map[string]string{}
@@ -153,7 +130,7 @@ func TestJobTraceAndMetrics(t *testing.T) {
 	}
 
 	// One job, through the REST API as a user submits it.
-	api := &restClient{t: t, base: "http://" + rest}
+	api := &restClient{t: t, base: "http://" + stack.RESTAddr}
 	start := time.Now()
 	job := struct{ ID string }{api.submit(fmt.Sprintf(`{"profile":"ExtractTechnicalMetadata","input":{"locators":{"inputFile":{"url":"file://%s"}}}}`, clip))}
 	api.wait(job.ID, "JOB_STATUS_COMPLETED")
@@ -370,17 +347,6 @@ func keys(m map[string][]string) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-func dumpLogs(t *testing.T, dir string) {
-	files, _ := filepath.Glob(filepath.Join(dir, "logs", "*.log"))
-	for _, f := range files {
-		b, _ := os.ReadFile(f)
-		if len(b) > 6000 {
-			b = b[len(b)-6000:]
-		}
-		t.Logf("---- %s ----\n%s", filepath.Base(f), b)
-	}
 }
 
 // restClient is a user of the REST API with the bootstrap key.

@@ -1,6 +1,7 @@
 package devstack
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -8,6 +9,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/medius-platform/medius/pkg/devenv"
 )
 
 var (
@@ -61,4 +65,53 @@ func RepoRoot() (string, error) {
 		return "", fmt.Errorf("not inside the Medius go.work workspace")
 	}
 	return filepath.Dir(w), nil
+}
+
+// StartForTest starts the platform for t and stops it when t ends. Empty
+// fields of cfg are filled in: the binaries (BuildBinaries), a data
+// directory under t.TempDir and free REST and gRPC addresses. When the start
+// or the test fails, the tail of every service's log goes to t's output.
+func StartForTest(t testing.TB, cfg Config) *Stack {
+	t.Helper()
+	if cfg.BinDir == "" {
+		cfg.BinDir = BuildBinaries(t)
+	}
+	if cfg.Dir == "" {
+		cfg.Dir = filepath.Join(t.TempDir(), "stack")
+	}
+	for _, addr := range []*string{&cfg.RESTAddr, &cfg.GRPCAddr} {
+		if *addr == "" {
+			a, err := devenv.FreeAddr()
+			if err != nil {
+				t.Fatal(err)
+			}
+			*addr = a
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	stack, err := Start(ctx, cfg)
+	if err != nil {
+		DumpLogs(t, cfg.Dir)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stack.Stop()
+		if t.Failed() {
+			DumpLogs(t, cfg.Dir)
+		}
+	})
+	return stack
+}
+
+// DumpLogs writes the last 8 kB of each service log under dir to t's output.
+func DumpLogs(t testing.TB, dir string) {
+	files, _ := filepath.Glob(filepath.Join(dir, "logs", "*.log"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		if len(b) > 8000 {
+			b = b[len(b)-8000:]
+		}
+		t.Logf("---- %s ----\n%s", filepath.Base(f), b)
+	}
 }

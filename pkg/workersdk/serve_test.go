@@ -2,13 +2,11 @@ package workersdk_test
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
-	"github.com/medius-platform/medius/pkg/devenv"
 	"github.com/medius-platform/medius/pkg/devstack"
 	"github.com/medius-platform/medius/pkg/grpcx"
 	"github.com/medius-platform/medius/pkg/workersdk"
@@ -20,23 +18,10 @@ import (
 // it registers its own profile and service, takes a job submitted through
 // the mediator, reports its result, and stops cleanly.
 func TestServe(t *testing.T) {
-	bin := devstack.BuildBinaries(t)
-	rest, err := devenv.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	grpcAddr, err := devenv.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
+	const key = "mk_sdk_test_key"
+	stack := devstack.StartForTest(t, devstack.Config{APIKey: key})
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	const key = "mk_sdk_test_key"
-	stack, err := devstack.Start(ctx, devstack.Config{Dir: filepath.Join(t.TempDir(), "stack"), BinDir: bin, RESTAddr: rest, GRPCAddr: grpcAddr, APIKey: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stack.Stop)
 
 	greet := workersdk.Profile{
 		Spec: &registryv1.JobProfile{Name: "Greet", JobType: "QAJob",
@@ -58,7 +43,7 @@ func TestServe(t *testing.T) {
 	}()
 	t.Cleanup(stopWorker)
 
-	cc, err := grpcx.Dial(grpcAddr)
+	cc, err := grpcx.Dial(stack.GRPCAddr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/medius-platform/medius/pkg/locator"
+	"github.com/medius-platform/medius/pkg/testmedia"
 	"github.com/medius-platform/medius/pkg/workersdk"
-	"github.com/medius-platform/medius/services/job-worker/internal/testmedia"
 )
 
 // Benchmarks report x-realtime: seconds of media processed per second of

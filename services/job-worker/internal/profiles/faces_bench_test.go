@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/medius-platform/medius/pkg/locator"
-	"github.com/medius-platform/medius/services/job-worker/internal/testmedia"
+	"github.com/medius-platform/medius/pkg/testmedia"
 )
 
 // BenchmarkDetectFaces is the speed on the common 10 s 720p clip, one frame

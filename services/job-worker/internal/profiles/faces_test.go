@@ -13,8 +13,8 @@ import (
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/locator"
+	"github.com/medius-platform/medius/pkg/testmedia"
 	"github.com/medius-platform/medius/pkg/workersdk"
-	"github.com/medius-platform/medius/services/job-worker/internal/testmedia"
 )
 
 // foundFace is one entry of the faces output.

@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/medius-platform/medius/pkg/locator"
+	"github.com/medius-platform/medius/pkg/testmedia"
 	"github.com/medius-platform/medius/pkg/workersdk"
-	"github.com/medius-platform/medius/services/job-worker/internal/testmedia"
 )
 
 func TestExtractText(t *testing.T) {

@@ -21,8 +21,8 @@ import (
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/locator"
 	"github.com/medius-platform/medius/pkg/locator/s3test"
+	"github.com/medius-platform/medius/pkg/testmedia"
 	"github.com/medius-platform/medius/pkg/workersdk"
-	"github.com/medius-platform/medius/services/job-worker/internal/testmedia"
 )
 
 // putServer records the PUTs it receives, refusing any without a sig
@@ -102,7 +102,7 @@ func TestSpeechToTextPerFormatOutputs(t *testing.T) {
 	}
 	text := out.GetData().GetFields()[ParamTranscript].GetStringValue()
 	t.Logf("heard %q", text)
-	if wer(strings.Fields(sentences[0]), strings.Fields(text)) > 0.4 {
+	if testmedia.WER(strings.Fields(sentences[0]), strings.Fields(text)) > 0.4 {
 		t.Errorf("transcript %q too far from %q", text, sentences[0])
 	}
 

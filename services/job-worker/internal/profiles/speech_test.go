@@ -10,31 +10,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/medius-platform/medius/services/job-worker/internal/testmedia"
+	"github.com/medius-platform/medius/pkg/testmedia"
 )
-
-// wer is the word error rate of hyp against ref (word-level Levenshtein
-// distance over the reference length).
-func wer(ref, hyp []string) float64 {
-	d := make([]int, len(hyp)+1)
-	for j := range d {
-		d[j] = j
-	}
-	for i := 1; i <= len(ref); i++ {
-		prev := d[0]
-		d[0] = i
-		for j := 1; j <= len(hyp); j++ {
-			cur := d[j]
-			cost := 1
-			if ref[i-1] == hyp[j-1] {
-				cost = 0
-			}
-			d[j] = min(d[j]+1, d[j-1]+1, prev+cost)
-			prev = cur
-		}
-	}
-	return float64(d[len(hyp)]) / float64(len(ref))
-}
 
 // parseCues reads SRT or WebVTT cue times and texts.
 func parseCues(t *testing.T, data []byte) []cue {
@@ -99,7 +76,7 @@ func TestSpeechToText(t *testing.T) {
 				t.Fatalf("json output: %v", err)
 			}
 			hyp := strings.Fields(strings.TrimSpace(string(read(ParamTextOutput))))
-			w := wer(ref, hyp)
+			w := testmedia.WER(ref, hyp)
 			t.Logf("WER %.1f%%: %q", 100*w, strings.Join(hyp, " "))
 			if w > 0.4 {
 				t.Errorf("word error rate %.0f%% > 40%%: heard %q", 100*w, hyp)

@@ -2,7 +2,6 @@ package cortex_test
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"encoding/xml"
 	"fmt"
@@ -11,9 +10,7 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -22,8 +19,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/medius-platform/medius/pkg/devenv"
 	"github.com/medius-platform/medius/pkg/devstack"
+	"github.com/medius-platform/medius/pkg/testmedia"
 	"github.com/medius-platform/medius/services/mediator/internal/cortex"
 )
 
@@ -31,46 +28,6 @@ import (
 // `make run` starts them, workers allowed to reach loopback URLs), a real
 // pocketsphinx transcribing an espeak-ng sentence, and a local web server
 // standing in for the client's storage behind signed URLs.
-
-// startStack runs the platform with extra flags per binary.
-func startStack(t *testing.T, args map[string][]string) *devstack.Stack {
-	t.Helper()
-	bin := devstack.BuildBinaries(t)
-	rest, err := devenv.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	grpcAddr, err := devenv.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(t.TempDir(), "stack")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	st, err := devstack.Start(ctx, devstack.Config{Dir: dir, BinDir: bin, RESTAddr: rest, GRPCAddr: grpcAddr, Args: args})
-	if err != nil {
-		dumpStackLogs(t, dir)
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		st.Stop()
-		if t.Failed() {
-			dumpStackLogs(t, dir)
-		}
-	})
-	return st
-}
-
-func dumpStackLogs(t *testing.T, dir string) {
-	files, _ := filepath.Glob(filepath.Join(dir, "logs", "*.log"))
-	for _, f := range files {
-		b, _ := os.ReadFile(f)
-		if len(b) > 6000 {
-			b = b[len(b)-6000:]
-		}
-		t.Logf("---- %s ----\n%s", filepath.Base(f), b)
-	}
-}
 
 // every200ms polls cond until it holds, failing t after timeout; gentler
 // than testsupport.Eventually on a machine also running four services and
@@ -151,9 +108,8 @@ func (s *storage) put(uri string) []byte {
 	return s.puts[uri]
 }
 
-// spoken writes dir/talk.wav: 0.5 s of silence, sentence spoken by
-// espeak-ng (as the worker's speech tests make it), 1 s of silence, 16 kHz
-// mono; it returns the path and duration.
+// spoken writes sentence spoken by espeak-ng (testmedia.Speech) and returns
+// its path and duration.
 func spoken(t *testing.T, dir, sentence string) (string, float64) {
 	t.Helper()
 	for _, tool := range []string{"espeak-ng", "ffmpeg", "ffprobe", "pocketsphinx_continuous"} {
@@ -161,17 +117,7 @@ func spoken(t *testing.T, dir, sentence string) (string, float64) {
 			t.Fatalf("%s not found: install espeak-ng, ffmpeg and pocketsphinx (make test does this when run as root)", tool)
 		}
 	}
-	voice := filepath.Join(dir, "voice.wav")
-	if b, err := exec.Command("espeak-ng", "-v", "en-us+klatt4", "-s", "120", "-w", voice, sentence).CombinedOutput(); err != nil {
-		t.Fatalf("espeak-ng: %v\n%s", err, b)
-	}
-	out := filepath.Join(dir, "talk.wav")
-	if b, err := exec.Command("ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
-		"-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono:d=0.5", "-i", voice,
-		"-filter_complex", "[1:a]aresample=16000,apad=pad_dur=1[s];[0:a][s]concat=n=2:v=0:a=1[out]",
-		"-map", "[out]", "-ac", "1", "-c:a", "pcm_s16le", out).CombinedOutput(); err != nil {
-		t.Fatalf("ffmpeg: %v\n%s", err, b)
-	}
+	out := testmedia.Speech(t, dir, sentence)
 	b, err := exec.Command("ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", out).Output()
 	if err != nil {
 		t.Fatalf("ffprobe: %v", err)
@@ -191,7 +137,7 @@ func TestCortexSpeechToTextEndToEnd(t *testing.T) {
 	const sentence = "the president said on monday that the government would cut taxes"
 	audio, duration := spoken(t, t.TempDir(), sentence)
 	web := newStorage(t, audio)
-	st := startStack(t, nil)
+	st := devstack.StartForTest(t, devstack.Config{})
 	base := "http://" + st.RESTAddr
 	spec := loadSpec(t)
 
@@ -285,7 +231,7 @@ func TestCortexSpeechToTextEndToEnd(t *testing.T) {
 	srtCues := parseSRT(t, web.put(srtURI))
 	heard := cueTexts(srtCues)
 	t.Logf("heard %q", heard)
-	if wer(strings.Fields(sentence), strings.Fields(heard)) > 0.4 {
+	if testmedia.WER(strings.Fields(sentence), strings.Fields(heard)) > 0.4 {
 		t.Errorf("SRT transcript %q too far from %q", heard, sentence)
 	}
 	var tt struct {
@@ -401,35 +347,11 @@ func cueTexts(cues []subCue) string {
 	return strings.Join(t, " ")
 }
 
-// wer is the word error rate of hyp against ref.
-func wer(ref, hyp []string) float64 {
-	d := make([]int, len(hyp)+1)
-	for j := range d {
-		d[j] = j
-	}
-	for i := 1; i <= len(ref); i++ {
-		prev := d[0]
-		d[0] = i
-		for j := 1; j <= len(hyp); j++ {
-			cur := d[j]
-			cost := 1
-			if ref[i-1] == hyp[j-1] {
-				cost = 0
-			}
-			d[j] = min(d[j]+1, d[j-1]+1, prev+cost)
-			prev = cur
-		}
-	}
-	return float64(d[len(hyp)]) / float64(len(ref))
-}
-
-// Tokens end: an expired token gets 401 on /v1 and /cortex, and a revoked
-// key's tokens are refused before they would expire, on both.
 func TestTokenExpiryAndRevocationEndToEnd(t *testing.T) {
 	t.Parallel()
 	// Long enough to tell revocation (auth cache: 10 s) from expiry.
 	const ttl = 20 * time.Second
-	st := startStack(t, map[string][]string{"mediator": {"--token-ttl", ttl.String()}})
+	st := devstack.StartForTest(t, devstack.Config{Args: map[string][]string{"mediator": {"--token-ttl", ttl.String()}}})
 	base := "http://" + st.RESTAddr
 	spec := loadSpec(t)
 	admin := map[string]string{"Authorization": "Bearer " + st.AdminKey}

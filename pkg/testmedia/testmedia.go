@@ -1,5 +1,6 @@
 // Package testmedia makes small real media files for tests with the real
-// ffmpeg.
+// ffmpeg and espeak-ng, and measures what tests measure of media work (word
+// error rate). Tests of the workers and of the services end to end share it.
 package testmedia
 
 import (
@@ -101,4 +102,27 @@ func Speech(t testing.TB, dir string, sentences ...string) string {
 	ffmpeg(t, append(append([]string{"-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono:d=0.5"}, args...),
 		"-filter_complex", filter, "-map", "[out]", "-ac", "1", "-c:a", "pcm_s16le", out)...)
 	return out
+}
+
+// WER is the word error rate of hyp against ref: the word-level
+// Levenshtein distance over the reference's length.
+func WER(ref, hyp []string) float64 {
+	d := make([]int, len(hyp)+1)
+	for j := range d {
+		d[j] = j
+	}
+	for i := 1; i <= len(ref); i++ {
+		prev := d[0]
+		d[0] = i
+		for j := 1; j <= len(hyp); j++ {
+			cur := d[j]
+			cost := 1
+			if ref[i-1] == hyp[j-1] {
+				cost = 0
+			}
+			d[j] = min(d[j]+1, d[j-1]+1, prev+cost)
+			prev = cur
+		}
+	}
+	return float64(d[len(hyp)]) / float64(len(ref))
 }
