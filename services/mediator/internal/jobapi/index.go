@@ -22,10 +22,10 @@ func indexEntry(job *jobsv1.Job) jobindex.Entry {
 	return jobindex.Entry{ID: job.GetId(), Profile: job.GetProfile(), Tags: job.GetTags()}
 }
 
-// IndexCreated indexes every announced job until ctx ends. CreateJob
-// indexes its job itself; this consumer is what makes the index complete
-// when that write failed or its process died before it (the JobCreated is
-// durable, the write idempotent).
+// IndexCreated makes sure every announced job is indexed, until ctx ends.
+// CreateJob indexes its job itself, so this consumer usually only reads; it
+// is what makes the index complete when that write failed or its process
+// died before it (the JobCreated is durable).
 func (s *Server) IndexCreated(ctx context.Context, js jetstream.JetStream) error {
 	if s.index == nil {
 		return nil
@@ -41,6 +41,6 @@ func (s *Server) IndexCreated(ctx context.Context, js jetstream.JetStream) error
 		if job.GetId() == "" || job.GetTenant() == "" {
 			return bus.Permanent(fmt.Errorf("index: JobCreated without job id or tenant"))
 		}
-		return s.index.Put(ctx, job.GetTenant(), indexEntry(job))
+		return s.index.Ensure(ctx, job.GetTenant(), indexEntry(job))
 	})
 }

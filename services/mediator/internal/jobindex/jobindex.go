@@ -35,8 +35,9 @@ type Entry struct {
 // Index reads and writes the index.
 type Index struct {
 	cli *clientv3.Client
-	// Concurrent puts share one etcd transaction (one fsync).
-	puts *groupcommit.Group[struct{}, clientv3.Op]
+	// Concurrent puts share one etcd transaction (one fsync); those keyed
+	// true write only the entries not there yet (Ensure).
+	puts *groupcommit.Group[bool, clientv3.Op]
 }
 
 // maxPuts is etcd's default limit of operations per transaction.
@@ -49,10 +50,16 @@ func New(cli *clientv3.Client) *Index {
 	return x
 }
 
-func (x *Index) commit(ctx context.Context, _ struct{}, ops []clientv3.Op) []error {
+func (x *Index) commit(ctx context.Context, onlyMissing bool, ops []clientv3.Op) []error {
 	errs := make([]error, len(ops))
+	fail := func(err error) []error {
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
 	// etcd refuses a transaction writing a key twice: a job indexed twice
-	// at once (its creation and the JobCreated consumer) is written once.
+	// at once is written once.
 	seen := make(map[string]bool, len(ops))
 	unique := ops[:0:0]
 	for _, op := range ops {
@@ -61,10 +68,28 @@ func (x *Index) commit(ctx context.Context, _ struct{}, ops []clientv3.Op) []err
 			unique = append(unique, op)
 		}
 	}
-	if _, err := x.cli.Txn(ctx).Then(unique...).Commit(); err != nil {
-		for i := range errs {
-			errs[i] = err
+	if onlyMissing {
+		// A read costs no fsync: write only what is missing, usually nothing.
+		gets := make([]clientv3.Op, len(unique))
+		for i, op := range unique {
+			gets[i] = clientv3.OpGet(string(op.KeyBytes()), clientv3.WithCountOnly())
 		}
+		resp, err := x.cli.Txn(ctx).Then(gets...).Commit()
+		if err != nil {
+			return fail(err)
+		}
+		missing := unique[:0:0]
+		for i, r := range resp.Responses {
+			if r.GetResponseRange().GetCount() == 0 {
+				missing = append(missing, unique[i])
+			}
+		}
+		if unique = missing; len(unique) == 0 {
+			return errs
+		}
+	}
+	if _, err := x.cli.Txn(ctx).Then(unique...).Commit(); err != nil {
+		return fail(err)
 	}
 	return errs
 }
@@ -97,11 +122,21 @@ func key(tenant, id string) string { return tenantPrefix(tenant) + invert(id) }
 
 // Put indexes a job.
 func (x *Index) Put(ctx context.Context, tenant string, e Entry) error {
+	return x.put(ctx, tenant, e, false)
+}
+
+// Ensure indexes a job unless it is indexed already: the check is a read,
+// so making sure of many indexed jobs costs no write.
+func (x *Index) Ensure(ctx context.Context, tenant string, e Entry) error {
+	return x.put(ctx, tenant, e, true)
+}
+
+func (x *Index) put(ctx context.Context, tenant string, e Entry, onlyMissing bool) error {
 	data, err := json.Marshal(e)
 	if err != nil {
 		return fmt.Errorf("encode index entry of job %s: %w", e.ID, err)
 	}
-	if err := x.puts.Do(ctx, struct{}{}, clientv3.OpPut(key(tenant, e.ID), string(data))); err != nil {
+	if err := x.puts.Do(ctx, onlyMissing, clientv3.OpPut(key(tenant, e.ID), string(data))); err != nil {
 		return fmt.Errorf("index job %s: %w", e.ID, err)
 	}
 	return nil

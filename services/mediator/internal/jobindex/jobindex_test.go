@@ -145,3 +145,32 @@ func TestConcurrentPuts(t *testing.T) {
 		t.Fatalf("%d jobs indexed, want %d", len(got), len(ids))
 	}
 }
+
+// Ensure writes a missing entry and leaves an existing one alone (no new
+// revision).
+func TestEnsure(t *testing.T) {
+	env := testsupport.Start(t)
+	x := jobindex.New(env.EtcdCli)
+	ctx := context.Background()
+	u, _ := uuid.NewV7()
+	id := u.String()
+	if err := x.Ensure(ctx, "acme", jobindex.Entry{ID: id, Profile: "P"}); err != nil {
+		t.Fatal(err)
+	}
+	rev := func() int64 {
+		resp, err := env.EtcdCli.Get(ctx, jobindex.Prefix, clientv3.WithPrefix())
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("index holds %v (%v), want one entry", resp, err)
+		}
+		return resp.Kvs[0].ModRevision
+	}
+	first := rev()
+	for range 3 {
+		if err := x.Ensure(ctx, "acme", jobindex.Entry{ID: id, Profile: "P"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := rev(); got != first {
+		t.Fatalf("an indexed job was written again: revision %d, was %d", got, first)
+	}
+}
