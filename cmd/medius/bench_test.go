@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"slices"
@@ -20,6 +21,7 @@ import (
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/devenv"
 	"github.com/medius-platform/medius/pkg/devstack"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -303,14 +305,27 @@ type runResult struct {
 // work is what the infrastructure did: messages into and out of NATS (every
 // publish, KV read, ack and pull request is one in; every delivery one out)
 // and requests to etcd's KV service. Per job, it is what the platform costs.
-type work struct{ natsIn, natsOut, etcd float64 }
+type work struct {
+	natsIn, natsOut, etcd float64
+	// byClient is the messages each client (by connection name, its first
+	// word) sent into NATS.
+	byClient map[string]float64
+}
 
 func (l *lab) work(b *testing.B) work {
 	v, err := l.stack.NATS.Server.Varz(nil)
 	if err != nil {
 		b.Fatal(err)
 	}
-	w := work{natsIn: float64(v.InMsgs), natsOut: float64(v.OutMsgs)}
+	w := work{natsIn: float64(v.InMsgs), natsOut: float64(v.OutMsgs), byClient: map[string]float64{}}
+	cz, err := l.stack.NATS.Server.Connz(&server.ConnzOptions{Limit: 1000})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range cz.Conns {
+		name, _, _ := strings.Cut(c.Name, " ")
+		w.byClient[name] += float64(c.InMsgs)
+	}
 	mfs, err := prometheus.DefaultGatherer.Gather()
 	if err != nil {
 		b.Fatal(err)
@@ -342,7 +357,11 @@ func (l *lab) quiet(b *testing.B, from work) work {
 		}
 		last = now
 	}
-	return work{natsIn: last.natsIn - from.natsIn, natsOut: last.natsOut - from.natsOut, etcd: last.etcd - from.etcd}
+	d := work{natsIn: last.natsIn - from.natsIn, natsOut: last.natsOut - from.natsOut, etcd: last.etcd - from.etcd, byClient: map[string]float64{}}
+	for name, v := range last.byClient {
+		d.byClient[name] = v - from.byClient[name]
+	}
+	return d
 }
 
 // measure submits n jobs with submit (64 at a time unless told) and waits
@@ -394,7 +413,12 @@ func (l *lab) measure(b *testing.B, nc *nats.Conn, n int, submit func(i int) (st
 	// an idle platform. This includes the benchmark's own publishes and its
 	// subscriptions' deliveries (about 6 per job).
 	w := l.quiet(b, before)
-	res.ops = fmt.Sprintf("per job: %.1f NATS msgs in, %.1f out, %.1f etcd KV requests", w.natsIn/float64(n), w.natsOut/float64(n), w.etcd/float64(n))
+	var by []string
+	for _, name := range slices.Sorted(maps.Keys(w.byClient)) {
+		by = append(by, fmt.Sprintf("%s %.1f", name, w.byClient[name]/float64(n)))
+	}
+	res.ops = fmt.Sprintf("per job: %.1f NATS msgs in (%s), %.1f out, %.1f etcd KV requests",
+		w.natsIn/float64(n), strings.Join(by, ", "), w.natsOut/float64(n), w.etcd/float64(n))
 	return res
 }
 
