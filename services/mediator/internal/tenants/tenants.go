@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/medius-platform/medius/pkg/problem"
@@ -115,6 +116,26 @@ func ValidTenantID(id string) bool { return tenantIDRe.MatchString(id) }
 type Store struct {
 	cli *clientv3.Client
 	now func() time.Time
+
+	mu     sync.Mutex
+	quotas map[string]cachedQuota
+	// gen counts changes made through this Store, so that a read begun
+	// before one is not cached after it.
+	gen uint64
+}
+
+// QuotaTTL is how long Quota serves a tenant's quota as read: a limit
+// changed through another Store (another mediator replica) applies to
+// admissions within it; one changed through the same Store, at once.
+const QuotaTTL = 2 * time.Second
+
+// maxCachedQuotas bounds the cache; it is cleared when full.
+const maxCachedQuotas = 4096
+
+type cachedQuota struct {
+	q       Quota
+	found   bool
+	expires time.Time
 }
 
 // New uses cli.
@@ -158,6 +179,7 @@ func (s *Store) CreateTenant(ctx context.Context, t Tenant) (Tenant, error) {
 	if !resp.Succeeded {
 		return Tenant{}, fmt.Errorf("create tenant %s: %w", t.ID, ErrTenantExists)
 	}
+	s.forget(t.ID) // Quota may have cached its absence
 	return t, nil
 }
 
@@ -187,6 +209,46 @@ func (s *Store) Tenant(ctx context.Context, id string) (Tenant, error) {
 		return Tenant{}, fmt.Errorf("decode tenant %s: %w", id, err)
 	}
 	return t, nil
+}
+
+// Quota returns the tenant's quota for admission, which asks for it on
+// every submit: it is read from etcd at most once per QuotaTTL, so it may be
+// up to QuotaTTL stale when changed through another Store. A tenant without
+// a record is ErrTenantNotFound, cached the same way.
+func (s *Store) Quota(ctx context.Context, id string) (Quota, error) {
+	now := s.now()
+	s.mu.Lock()
+	e, ok := s.quotas[id]
+	gen := s.gen
+	s.mu.Unlock()
+	if ok && now.Before(e.expires) {
+		if !e.found {
+			return Quota{}, fmt.Errorf("tenant %s: %w", id, ErrTenantNotFound)
+		}
+		return e.q, nil
+	}
+	t, err := s.Tenant(ctx, id)
+	if err != nil && !errors.Is(err, ErrTenantNotFound) {
+		return Quota{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gen == gen {
+		if s.quotas == nil || len(s.quotas) >= maxCachedQuotas {
+			s.quotas = map[string]cachedQuota{}
+		}
+		// Expiry counts from before the read: never serve longer than QuotaTTL.
+		s.quotas[id] = cachedQuota{q: t.Quota, found: err == nil, expires: now.Add(QuotaTTL)}
+	}
+	return t.Quota, err
+}
+
+// forget drops the cached quota of id after a change through this Store.
+func (s *Store) forget(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gen++
+	delete(s.quotas, id)
 }
 
 // Tenants lists every tenant, by id.
@@ -231,6 +293,7 @@ func (s *Store) SetQuota(ctx context.Context, id string, q Quota) (Tenant, error
 			return Tenant{}, fmt.Errorf("set quota of %s: %w", id, err)
 		}
 		if tx.Succeeded {
+			s.forget(id)
 			return t, nil
 		}
 	}
@@ -254,6 +317,7 @@ func (s *Store) DeleteTenant(ctx context.Context, id string) error {
 	if _, err := s.cli.Delete(ctx, TenantPrefix+id); err != nil {
 		return fmt.Errorf("delete tenant %s: %w", id, err)
 	}
+	s.forget(id)
 	// Keys registered without a client record (the bootstrap API key).
 	resp, err := s.cli.Get(ctx, auth.KeyPrefix, clientv3.WithPrefix())
 	if err != nil {
