@@ -188,7 +188,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err != nil {
 		return err
 	}
-	jobs.SetAdmission(quota.TenantAdmitter{Admitter: quota.New(etcd), Tenants: tenantStore})
+	// One Admitter for admissions, releases and reconciliation: concurrent
+	// calls share etcd transactions only within one.
+	admitter := quota.New(etcd)
+	jobs.SetAdmission(quota.TenantAdmitter{Admitter: admitter, Tenants: tenantStore})
 	jobs.SetIndex(jobindex.New(etcd))
 	jobs.SetEndpointCheck(func(ep string) error { return webhook.CheckEndpoint(ep, cfg.AllowPrivateWebhooks) })
 	notifier := webhook.New(js, webhook.Config{AllowPrivate: cfg.AllowPrivateWebhooks, BaseDelay: cfg.WebhookBaseDelay},
@@ -294,7 +297,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	})
 	consumer := statusconsumer.New(store)
 	consumer.OnTerminal(func(ctx context.Context, job *jobsv1.Job) error {
-		return quota.New(etcd).Release(ctx, job.GetTenant(), job.GetId())
+		return admitter.Release(ctx, job.GetTenant(), job.GetId())
 	})
 	consumer.OnTerminal(func(ctx context.Context, job *jobsv1.Job) error {
 		_, err := usageStore.RecordJob(ctx, job)
@@ -323,7 +326,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				return nil
 			case <-t.C:
 			}
-			if n, err := jobs.ReconcileQuota(workCtx, quota.New(etcd), 2*time.Minute); err != nil && workCtx.Err() == nil {
+			if n, err := jobs.ReconcileQuota(workCtx, admitter, 2*time.Minute); err != nil && workCtx.Err() == nil {
 				log.WarnContext(workCtx, "quota reconciliation", "err", err)
 			} else if n > 0 {
 				log.InfoContext(workCtx, "quota slots freed", "count", n)

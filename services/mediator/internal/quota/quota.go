@@ -4,7 +4,9 @@
 // (compare-and-set on the mod revision), so 50 concurrent submits against a
 // quota of 10 admit exactly 10. Each admitted job holds a marker key that its
 // release deletes in the same transaction as the decrement, so releasing a
-// job twice (redelivered status events) frees one slot once.
+// job twice (redelivered status events) frees one slot once. Concurrent
+// admissions, and concurrent releases, of a tenant share one transaction
+// (package groupcommit).
 //
 // etcd keys (counters are decimal text):
 //
@@ -73,6 +75,9 @@ type Admitter struct {
 	// transaction, so they cost one etcd write between them instead of
 	// contending for its counters one at a time.
 	batches *groupcommit.Group[batchKey, string]
+	// Likewise releases, per tenant: jobs of a tenant ending together
+	// would otherwise each retry on the active counter the others moved.
+	releases *groupcommit.Group[string, string]
 }
 
 type batchKey struct {
@@ -80,15 +85,17 @@ type batchKey struct {
 	q      tenants.Quota
 }
 
-// maxBatch bounds one transaction: it reads 3 counters and one marker per
-// job, and compares and writes as many, within etcd's default limit of 128
-// operations per transaction.
+// maxBatch bounds one transaction: it reads 3 counters (a release: 1) and
+// one marker per job, and compares and writes as many, within etcd's
+// default limit of 128 operations per transaction.
 const maxBatch = 100
 
-// New uses cli.
+// New uses cli. Batching happens within one Admitter: a process makes one
+// and shares it.
 func New(cli *clientv3.Client) *Admitter {
 	a := &Admitter{cli: cli, now: time.Now}
 	a.batches = groupcommit.New(maxBatch, 15*time.Second, a.admitBatch)
+	a.releases = groupcommit.New(maxBatch, 15*time.Second, a.releaseBatch)
 	return a
 }
 
@@ -231,28 +238,57 @@ func period(q tenants.Quota) string {
 // Release frees job's concurrent slot; releasing a job that holds none (never
 // admitted, or already released) does nothing.
 func (a *Admitter) Release(ctx context.Context, tenant, job string) error {
-	marker := MarkerKey(tenant, job)
+	return a.releases.Do(ctx, tenant, job)
+}
+
+// releaseBatch frees the slots of batch's jobs that hold one, in one
+// transaction deleting their markers and taking their count off the active
+// counter. It commits only if neither the counter nor a marker changed
+// meanwhile (an admission, another replica's release); else it reads again.
+func (a *Admitter) releaseBatch(ctx context.Context, tenant string, batch []string) []error {
+	keys := []string{ActiveKey(tenant)}
+	asked := map[string]bool{} // a job released twice in one batch frees one slot
+	for _, job := range batch {
+		if !asked[job] {
+			asked[job] = true
+			keys = append(keys, MarkerKey(tenant, job))
+		}
+	}
+	errs := make([]error, len(batch))
+	fail := func(err error) []error {
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
 	for {
-		cs, err := a.read(ctx, ActiveKey(tenant), marker)
+		cs, err := a.read(ctx, keys...)
 		if err != nil {
-			return err
+			return fail(err)
 		}
-		active, mk := cs[0], cs[1]
-		if mk.rev == 0 {
-			return nil
+		active := cs[0]
+		cmps := []clientv3.Cmp{unchanged(active)}
+		var ops []clientv3.Op
+		for _, marker := range cs[1:] {
+			if marker.rev == 0 {
+				continue // holds no slot
+			}
+			cmps = append(cmps, unchanged(marker))
+			ops = append(ops, clientv3.OpDelete(marker.key))
 		}
-		resp, err := a.cli.Txn(ctx).
-			If(unchanged(active), clientv3.Compare(clientv3.CreateRevision(marker), ">", 0)).
-			Then(clientv3.OpDelete(marker), clientv3.OpPut(active.key, itoa(max(active.val-1, 0)))).
-			Commit()
+		if len(ops) == 0 {
+			return errs
+		}
+		ops = append(ops, clientv3.OpPut(active.key, itoa(max(active.val-float64(len(ops)), 0))))
+		resp, err := a.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
-			return fmt.Errorf("release job %s: %w", job, err)
+			return fail(fmt.Errorf("release %d jobs of tenant %s: %w", len(ops)-1, tenant, err))
 		}
 		if resp.Succeeded {
-			return nil
+			return errs
 		}
 		if err := ctx.Err(); err != nil {
-			return err
+			return fail(err)
 		}
 	}
 }
@@ -287,28 +323,11 @@ func (a *Admitter) Markers(ctx context.Context) (map[[2]string]time.Time, error)
 	return out, nil
 }
 
-// AddQuantityOps returns the compares and puts adding q to the tenant's day
-// and month quantity counters of t, to join the transaction that records the
-// usage, so both happen exactly once.
-func AddQuantityOps(ctx context.Context, cli *clientv3.Client, tenant string, t time.Time, q float64) ([]clientv3.Cmp, []clientv3.Op, error) {
-	var cmps []clientv3.Cmp
-	var ops []clientv3.Op
-	for _, period := range []string{tenants.PeriodDay, tenants.PeriodMonth} {
-		key := QuantityKey(tenant, PeriodID(period, t))
-		resp, err := cli.Get(ctx, key)
-		if err != nil {
-			return nil, nil, fmt.Errorf("read quantity: %w", err)
-		}
-		var cur float64
-		var rev int64
-		if len(resp.Kvs) > 0 {
-			rev = resp.Kvs[0].ModRevision
-			cur, _ = strconv.ParseFloat(string(resp.Kvs[0].Value), 64)
-		}
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", rev))
-		ops = append(ops, clientv3.OpPut(key, itoa(cur+q)))
-	}
-	return cmps, ops, nil
+// QuantityKeys are the tenant's day and month quantity counters holding t:
+// usage adds a job's quantity to both, in the transaction that records the
+// usage, so both happen exactly once. Counters are decimal text.
+func QuantityKeys(tenant string, t time.Time) [2]string {
+	return [2]string{QuantityKey(tenant, PeriodID(tenants.PeriodDay, t)), QuantityKey(tenant, PeriodID(tenants.PeriodMonth, t))}
 }
 
 // TenantAdmitter admits against each tenant's configured quota.
@@ -318,11 +337,13 @@ type TenantAdmitter struct {
 }
 
 // Admit implements jobapi.Admission. A tenant without a record (a key
-// registered before tenants existed) has no quota.
+// registered before tenants existed) has no quota. The limits are read from
+// the tenants' cache (tenants.Store.Quota: a change through another replica
+// applies within tenants.QuotaTTL); the counters, from etcd, atomically.
 func (t TenantAdmitter) Admit(ctx context.Context, tenant, job string) error {
-	ten, err := t.Tenants.Tenant(ctx, tenant)
+	q, err := t.Tenants.Quota(ctx, tenant)
 	if err != nil && !errors.Is(err, tenants.ErrTenantNotFound) {
 		return err
 	}
-	return t.Admitter.Admit(ctx, tenant, job, ten.Quota)
+	return t.Admitter.Admit(ctx, tenant, job, q)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -159,5 +160,85 @@ func TestBatchAdmitsUpToTheLimit(t *testing.T) {
 	}
 	if n, err := a.Active(ctx, "acme"); err != nil || n != 150 || holders != 150 {
 		t.Fatalf("active = %d (%v), %d jobs admitted; want exactly the limit 150", n, err, holders)
+	}
+}
+
+// Jobs of one tenant ending together free exactly the slots they held, in
+// shared transactions: a job released twice at once frees one, a job never
+// admitted frees none.
+func TestConcurrentReleases(t *testing.T) {
+	env := testsupport.Start(t)
+	a := quota.New(env.EtcdCli)
+	ctx := context.Background()
+	q := tenants.Quota{MaxConcurrentJobs: 1000}
+	for i := range 100 {
+		if err := a.Admit(ctx, "acme", fmt.Sprint(i), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range 160 {
+		wg.Go(func() {
+			// 0-59 held, each released twice; 100-139 never admitted.
+			job := fmt.Sprint(i % 60)
+			if i >= 120 {
+				job = fmt.Sprint(100 + i - 120)
+			}
+			if err := a.Release(ctx, "acme", job); err != nil {
+				t.Errorf("release %s: %v", job, err)
+			}
+		})
+	}
+	wg.Wait()
+	if n, err := a.Active(ctx, "acme"); err != nil || n != 40 {
+		t.Fatalf("active = %d (%v), want the 40 slots not released", n, err)
+	}
+	markers, err := a.Markers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		if _, held := markers[[2]string{"acme", fmt.Sprint(i)}]; held != (i >= 60) {
+			t.Errorf("job %d holds a slot: %v", i, held)
+		}
+	}
+	if len(markers) != 40 {
+		t.Errorf("%d markers, want 40", len(markers))
+	}
+}
+
+// BenchmarkReleaseConcurrent releases admitted jobs of one tenant from 64
+// goroutines, as the status consumer does when jobs of one tenant end
+// together.
+func BenchmarkReleaseConcurrent(b *testing.B) {
+	env := testsupport.Start(b)
+	a := quota.New(env.EtcdCli)
+	ctx := context.Background()
+	q := tenants.Quota{MaxConcurrentJobs: 1 << 40}
+	var wg sync.WaitGroup
+	for w := range 64 {
+		wg.Go(func() {
+			for i := w; i < b.N; i += 64 {
+				if err := a.Admit(ctx, "acme", fmt.Sprint(i), q); err != nil {
+					b.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	var next atomic.Int64
+	b.SetParallelism(max(64/runtime.GOMAXPROCS(0), 1))
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := a.Release(ctx, "acme", fmt.Sprint(next.Add(1)-1)); err != nil {
+				b.Error(err)
+			}
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "jobs/s")
+	if n, err := a.Active(ctx, "acme"); err != nil || n != 0 {
+		b.Fatalf("active after releasing all = %d, %v", n, err)
 	}
 }

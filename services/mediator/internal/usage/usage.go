@@ -3,7 +3,9 @@
 // records for billing. A record is created in an etcd transaction that also
 // adds the quantity to the tenant's quota counters and only succeeds if the
 // record does not exist yet: status events redelivered, or a job retried on
-// another worker, never bill twice.
+// another worker, never bill twice. Records of a tenant made concurrently
+// share one transaction (package groupcommit): jobs of a tenant ending
+// together would otherwise each retry on the counters the others moved.
 //
 // etcd key: /medius/usage/<tenant>/<job id> -> Record (JSON).
 package usage
@@ -14,9 +16,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/services/mediator/internal/groupcommit"
 	"github.com/medius-platform/medius/services/mediator/internal/quota"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -37,11 +41,37 @@ type Record struct {
 
 // Store keeps usage records in etcd.
 type Store struct {
-	cli *clientv3.Client
+	cli     *clientv3.Client
+	batches *groupcommit.Group[counterKeys, *pending]
 }
 
-// New uses cli.
-func New(cli *clientv3.Client) *Store { return &Store{cli: cli} }
+// counterKeys are the day and month quantity counters a record adds to
+// (quota.QuantityKeys). Records are batched per pair, so a batch's
+// transaction compares and writes two counters whatever its size.
+type counterKeys [2]string
+
+// pending is a record waiting for its batch's commit.
+type pending struct {
+	key      string
+	data     string
+	quantity float64
+	// created is set by the commit that created the record; read by the
+	// caller once its batch answered.
+	created bool
+}
+
+// maxBatch bounds one transaction: it reads 2 counters and one record per
+// job, and compares and writes as many, within etcd's default limit of 128
+// operations per transaction.
+const maxBatch = 100
+
+// New uses cli. Batching happens within one Store: a process makes one and
+// shares it.
+func New(cli *clientv3.Client) *Store {
+	s := &Store{cli: cli}
+	s.batches = groupcommit.New(maxBatch, 15*time.Second, s.recordBatch)
+	return s
+}
 
 func key(tenant, job string) string { return Prefix + tenant + "/" + job }
 
@@ -65,28 +95,77 @@ func (s *Store) RecordJob(ctx context.Context, job *jobsv1.Job) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("encode usage of job %s: %w", rec.JobID, err)
 	}
-	k := key(rec.Tenant, rec.JobID)
+	p := &pending{key: key(rec.Tenant, rec.JobID), data: string(data), quantity: rec.Quantity}
+	if err := s.batches.Do(ctx, quota.QuantityKeys(rec.Tenant, rec.EndTime), p); err != nil {
+		return false, fmt.Errorf("record usage of job %s: %w", rec.JobID, err)
+	}
+	return p.created, nil
+}
+
+// recordBatch creates the records of batch that do not exist yet and adds
+// their quantities to the counters, in one transaction that commits only if
+// none of those records appeared and no counter moved meanwhile (another
+// replica); else it reads again and retries. Records that exist are left
+// alone, so a job is billed once however often it is recorded.
+func (s *Store) recordBatch(ctx context.Context, counters counterKeys, batch []*pending) []error {
+	reads := []clientv3.Op{clientv3.OpGet(counters[0]), clientv3.OpGet(counters[1])}
+	for _, p := range batch {
+		reads = append(reads, clientv3.OpGet(p.key, clientv3.WithCountOnly()))
+	}
+	errs := make([]error, len(batch))
+	fail := func(err error) []error {
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
 	for {
-		cmps, ops, err := quota.AddQuantityOps(ctx, s.cli, rec.Tenant, rec.EndTime, rec.Quantity)
+		resp, err := s.cli.Txn(ctx).Then(reads...).Commit()
 		if err != nil {
-			return false, err
+			return fail(fmt.Errorf("read usage records and counters: %w", err))
 		}
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0))
-		ops = append(ops, clientv3.OpPut(k, string(data)))
-		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(k, clientv3.WithCountOnly())).Commit()
+		var cmps []clientv3.Cmp
+		var puts []clientv3.Op
+		var quantities []float64
+		creating := map[string]bool{} // a job recorded twice in one batch is created once
+		for i, p := range batch {
+			p.created = false
+			if resp.Responses[2+i].GetResponseRange().GetCount() > 0 || creating[p.key] {
+				continue
+			}
+			creating[p.key] = true
+			p.created = true
+			quantities = append(quantities, p.quantity)
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(p.key), "=", 0))
+			puts = append(puts, clientv3.OpPut(p.key, p.data))
+		}
+		if len(puts) == 0 {
+			return errs
+		}
+		for i, c := range counters {
+			var cur float64
+			var rev int64
+			if kvs := resp.Responses[i].GetResponseRange().GetKvs(); len(kvs) > 0 {
+				rev = kvs[0].ModRevision
+				cur, _ = strconv.ParseFloat(string(kvs[0].Value), 64)
+			}
+			// One by one, in order, as if the jobs were recorded apart.
+			for _, q := range quantities {
+				cur += q
+			}
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(c), "=", rev))
+			puts = append(puts, clientv3.OpPut(c, strconv.FormatFloat(cur, 'f', -1, 64)))
+		}
+		tx, err := s.cli.Txn(ctx).If(cmps...).Then(puts...).Commit()
 		if err != nil {
-			return false, fmt.Errorf("record usage of job %s: %w", rec.JobID, err)
+			return fail(fmt.Errorf("commit %d usage records: %w", len(quantities), err))
 		}
-		if resp.Succeeded {
-			return true, nil
-		}
-		if resp.Responses[0].GetResponseRange().GetCount() > 0 {
-			return false, nil // recorded before
+		if tx.Succeeded {
+			return errs
 		}
 		if err := ctx.Err(); err != nil {
-			return false, err
+			return fail(err)
 		}
-		// A counter moved (another job of the tenant ended): try again.
 	}
 }
 

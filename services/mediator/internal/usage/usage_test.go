@@ -3,7 +3,10 @@ package usage_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -105,4 +108,94 @@ func TestQuantityQuota(t *testing.T) {
 	if !errors.As(err, &pe) || pe.Type != quota.TypeQuantity {
 		t.Fatalf("admit past the quantity quota: %v", err)
 	}
+}
+
+// Jobs of one tenant ending together are recorded in shared transactions:
+// each exactly once, even when recorded twice at once or again later (a
+// redelivered completion), with the counters of each day and of the month
+// adding up to the quantities recorded.
+func TestConcurrentRecordsOfOneTenant(t *testing.T) {
+	env := testsupport.Start(t)
+	s := usage.New(env.EtcdCli)
+	ctx := context.Background()
+	day1 := time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
+	day2 := day1.Add(24 * time.Hour)
+	job := func(i int) *jobsv1.Job {
+		end := day1
+		if i%3 == 0 {
+			end = day2
+		}
+		return completed(fmt.Sprint(i), "P", float64(i%7)+0.5, end)
+	}
+	// Recorded before: their completion comes again below.
+	for i := range 10 {
+		if ok, err := s.RecordJob(ctx, job(i)); err != nil || !ok {
+			t.Fatalf("record %d: %v %v", i, ok, err)
+		}
+	}
+	const jobs = 150
+	var mu sync.Mutex
+	created := map[string]int{}
+	var wg sync.WaitGroup
+	for i := range jobs + 50 {
+		wg.Go(func() {
+			j := job(i % jobs) // jobs 0-49 recorded twice at once
+			ok, err := s.RecordJob(ctx, j)
+			if err != nil {
+				t.Errorf("record %s: %v", j.GetId(), err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if ok {
+				created[j.GetId()]++
+			}
+		})
+	}
+	wg.Wait()
+	var wantDay1, wantDay2 float64
+	for i := range jobs {
+		id := fmt.Sprint(i)
+		if want := map[bool]int{true: 0, false: 1}[i < 10]; created[id] != want {
+			t.Errorf("job %s created %d times here, want %d", id, created[id], want)
+		}
+		if q := job(i).GetVerifiedQuantity(); i%3 == 0 {
+			wantDay2 += q
+		} else {
+			wantDay1 += q
+		}
+	}
+	recs, err := s.Records(ctx, "acme", time.Time{}, time.Time{})
+	if err != nil || len(recs) != jobs {
+		t.Fatalf("%d records (%v), want %d", len(recs), err, jobs)
+	}
+	d1, d2 := quota.QuantityKeys("acme", day1), quota.QuantityKeys("acme", day2)
+	for k, want := range map[string]float64{d1[0]: wantDay1, d2[0]: wantDay2, d1[1]: wantDay1 + wantDay2} {
+		resp, err := env.EtcdCli.Get(ctx, k)
+		if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != fmt.Sprint(want) {
+			t.Errorf("counter %s = %v (%v), want %g", k, resp.Kvs, err, want)
+		}
+	}
+}
+
+// BenchmarkRecordJobConcurrent records completions of one tenant from 64
+// goroutines, as the status consumer does under load: the cost of usage
+// recording per job when jobs of one tenant end together.
+func BenchmarkRecordJobConcurrent(b *testing.B) {
+	env := testsupport.Start(b)
+	s := usage.New(env.EtcdCli)
+	ctx := context.Background()
+	end := time.Now()
+	var next atomic.Int64
+	b.SetParallelism(max(64/runtime.GOMAXPROCS(0), 1))
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			id := fmt.Sprintf("job-%d", next.Add(1))
+			if ok, err := s.RecordJob(ctx, completed(id, "P", 1, end)); err != nil || !ok {
+				b.Errorf("record %s: %v %v", id, ok, err)
+			}
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "jobs/s")
 }
