@@ -281,6 +281,30 @@ type ConsumerConfig struct {
 // ends. Several processes consuming the same durable share the work. It
 // returns only when ctx ends or the consumer cannot be set up.
 func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, handler Handler) error {
+	return consume(ctx, js, cfg, false, func(ctx context.Context, msgs []jetstream.Msg) error {
+		return handler(ctx, msgs[0])
+	})
+}
+
+// BatchHandler handles messages of one subject together, oldest first. Its
+// result settles every one of them as a Handler's settles its message: nil
+// acks them all, a Permanent error terminates them all, any other error
+// hands them all back for redelivery.
+type BatchHandler func(ctx context.Context, msgs []jetstream.Msg) error
+
+// ConsumeBatches is Consume for an OrderedBySubject consumer (it sets the
+// option) whose handler can take a subject's messages together: when
+// several messages of a subject are already waiting in its lane, they are
+// handed over in one call (in stream order) instead of one after the other.
+// It only groups messages under backlog, when work is waiting anyway; an idle
+// consumer hands each message over as it comes.
+func ConsumeBatches(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, handler BatchHandler) error {
+	cfg.OrderedBySubject = true
+	cfg.Concurrency = max(cfg.Concurrency, 1)
+	return consume(ctx, js, cfg, true, handler)
+}
+
+func consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, batches bool, handler BatchHandler) error {
 	cons, err := EnsureConsumer(ctx, js, cfg)
 	if err != nil {
 		return err
@@ -302,40 +326,63 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ha
 	if cfg.Concurrency > 1 {
 		slots = make(chan struct{}, cfg.Concurrency)
 	}
-	handle := func(msg jetstream.Msg) {
-		mctx, cancel := context.WithTimeout(ContextFromHeader(hctx, msg.Headers()), bound)
+	// handleGroup runs handler on msgs (one message, or a subject's
+	// messages in stream order) and settles each as its result says.
+	handleGroup := func(msgs []jetstream.Msg) {
+		// The newest message's trace: the handling brings the subject to
+		// what it says.
+		last := msgs[len(msgs)-1]
+		mctx, cancel := context.WithTimeout(ContextFromHeader(hctx, last.Headers()), bound)
 		defer cancel()
-		err := handler(mctx, msg)
+		err := handler(mctx, msgs)
 		var retry retryError
 		switch {
 		case err == nil:
-			if err := msg.Ack(); err != nil {
-				log.WarnContext(mctx, "ack failed", "subject", msg.Subject(), "err", err)
+			for _, msg := range msgs {
+				if err := msg.Ack(); err != nil {
+					log.WarnContext(mctx, "ack failed", "subject", msg.Subject(), "err", err)
+				}
 			}
 		case IsPermanent(err):
-			log.ErrorContext(mctx, "message dropped", "subject", msg.Subject(), "err", err)
-			_ = msg.Term()
-		case errors.As(err, &retry):
-			log.DebugContext(mctx, "message deferred", "subject", msg.Subject(), "after", retry.after, "err", err)
-			_ = msg.NakWithDelay(retry.after)
-		default:
-			var delivered uint64 = 1
-			if md, mdErr := msg.Metadata(); mdErr == nil {
-				delivered = md.NumDelivered
+			log.ErrorContext(mctx, "message dropped", "subject", last.Subject(), "messages", len(msgs), "err", err)
+			for _, msg := range msgs {
+				_ = msg.Term()
 			}
-			delay := backoff(delivered)
-			log.WarnContext(mctx, "message will be retried", "subject", msg.Subject(), "delivery", delivered, "after", delay, "err", err)
-			_ = msg.NakWithDelay(delay)
+		case errors.As(err, &retry):
+			log.DebugContext(mctx, "message deferred", "subject", last.Subject(), "messages", len(msgs), "after", retry.after, "err", err)
+			for _, msg := range msgs {
+				_ = msg.NakWithDelay(retry.after)
+			}
+		default:
+			// Each message's delay grows with its own deliveries.
+			var delivered uint64 = 1
+			var delay time.Duration
+			for _, msg := range msgs {
+				delivered = 1
+				if md, mdErr := msg.Metadata(); mdErr == nil {
+					delivered = md.NumDelivered
+				}
+				delay = backoff(delivered)
+				_ = msg.NakWithDelay(delay)
+			}
+			log.WarnContext(mctx, "message will be retried", "subject", last.Subject(), "messages", len(msgs), "delivery", delivered, "after", delay, "err", err)
 		}
 	}
+	handle := func(msg jetstream.Msg) { handleGroup([]jetstream.Msg{msg}) }
 	var lanes []chan jetstream.Msg
-	if cfg.Concurrency > 1 && cfg.OrderedBySubject {
-		lanes = make([]chan jetstream.Msg, cfg.Concurrency)
+	if cfg.OrderedBySubject && (cfg.Concurrency > 1 || batches) {
+		lanes = make([]chan jetstream.Msg, max(cfg.Concurrency, 1))
 		for i := range lanes {
-			lanes[i] = make(chan jetstream.Msg, 16)
+			lanes[i] = make(chan jetstream.Msg, laneBuffer)
 			inFlight.Go(func() {
 				for msg := range lanes[i] {
-					handle(msg)
+					if !batches {
+						handle(msg)
+						continue
+					}
+					for _, group := range bySubject(takeWaiting(lanes[i], msg)) {
+						handleGroup(group)
+					}
 				}
 			})
 		}
@@ -376,6 +423,47 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ha
 }
 
 const defaultAckWait = 30 * time.Second
+
+// laneBuffer is how many messages wait in an OrderedBySubject lane.
+const laneBuffer = 16
+
+// takeWaiting returns first and the messages already waiting in lane behind
+// it, without waiting for more.
+func takeWaiting(lane <-chan jetstream.Msg, first jetstream.Msg) []jetstream.Msg {
+	msgs := []jetstream.Msg{first}
+	for len(msgs) <= laneBuffer {
+		select {
+		case msg, ok := <-lane:
+			if !ok {
+				return msgs
+			}
+			msgs = append(msgs, msg)
+		default:
+			return msgs
+		}
+	}
+	return msgs
+}
+
+// bySubject groups msgs by subject, each group in the order of msgs, the
+// groups in the order of their first message.
+func bySubject(msgs []jetstream.Msg) [][]jetstream.Msg {
+	if len(msgs) == 1 {
+		return [][]jetstream.Msg{msgs}
+	}
+	var groups [][]jetstream.Msg
+	at := map[string]int{}
+	for _, msg := range msgs {
+		i, ok := at[msg.Subject()]
+		if !ok {
+			i = len(groups)
+			at[msg.Subject()] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], msg)
+	}
+	return groups
+}
 
 // EnsureConsumer creates or updates the durable consumer, retrying while
 // JetStream is not ready.

@@ -344,3 +344,140 @@ func TestConsumeOrderedBySubject(t *testing.T) {
 		t.Fatalf("at most %d messages handled at once, want subjects in parallel", most.Load())
 	}
 }
+
+// ConsumeBatches: under backlog a subject's waiting messages reach the
+// handler together, in stream order and never mixed with another subject's;
+// every message is handled once, and a failed batch comes back whole.
+func TestConsumeBatches(t *testing.T) {
+	ctx, js := setup(t)
+	const each = 15
+	subjects := []string{"job-a", "job-b"}
+	for i := range each {
+		for _, id := range subjects {
+			if err := Publish(ctx, js, SubjectJobStatus(id), "", &eventsv1.JobStatusChanged{JobId: id, Progress: int32(i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cons, err := EnsureConsumer(ctx, js, ConsumerConfig{Stream: StreamEvents, Durable: "t-batches", Filter: []string{SubjectJobStatusAll}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var calls int
+	var failedSubject string
+	failed := map[int32]bool{} // progress of the messages of the failed call
+	seen := map[string][]int32{}
+	handled := map[uint64]int{} // stream sequence -> successful handlings
+	release := make(chan struct{})
+	cctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		// One lane, so the two subjects wait in the same one.
+		done <- ConsumeBatches(cctx, js, ConsumerConfig{Stream: StreamEvents, Durable: "t-batches", Filter: []string{SubjectJobStatusAll}},
+			func(_ context.Context, msgs []jetstream.Msg) error {
+				mu.Lock()
+				calls++
+				first := calls == 1
+				mu.Unlock()
+				if first {
+					// Hold the first message until the rest are delivered
+					// and waiting behind it; then fail it, to see it again.
+					<-release
+					mu.Lock()
+					defer mu.Unlock()
+					failedSubject = msgs[0].Subject()
+					for _, msg := range msgs {
+						ev := &eventsv1.JobStatusChanged{}
+						if err := Decode(msg.Data(), ev); err != nil {
+							return err
+						}
+						failed[ev.Progress] = true
+					}
+					return errors.New("first call fails")
+				}
+				var progress []int32
+				for _, msg := range msgs {
+					if msg.Subject() != msgs[0].Subject() {
+						t.Errorf("one call mixes %s and %s", msgs[0].Subject(), msg.Subject())
+					}
+					ev := &eventsv1.JobStatusChanged{}
+					if err := Decode(msg.Data(), ev); err != nil {
+						return err
+					}
+					progress = append(progress, ev.Progress)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				for _, msg := range msgs {
+					md, err := msg.Metadata()
+					if err != nil {
+						return err
+					}
+					handled[md.Sequence.Stream]++
+				}
+				seen[msgs[0].Subject()] = append(seen[msgs[0].Subject()], progress...)
+				return nil
+			})
+	}()
+	checkFor(t, 10*time.Second, func() error {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.NumAckPending != each*len(subjects) {
+			return fmt.Errorf("%d of %d delivered", info.NumAckPending, each*len(subjects))
+		}
+		return nil
+	})
+	close(release)
+	checkFor(t, 20*time.Second, func() error {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.NumAckPending != 0 || info.NumPending != 0 {
+			return fmt.Errorf("%d pending, %d ack pending", info.NumPending, info.NumAckPending)
+		}
+		return nil
+	})
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(handled) != each*len(subjects) {
+		t.Fatalf("%d messages handled, want %d", len(handled), each*len(subjects))
+	}
+	for seq, n := range handled {
+		if n != 1 {
+			t.Fatalf("message %d handled %d times", seq, n)
+		}
+	}
+	if calls-1 >= each*len(subjects) {
+		t.Fatalf("%d calls for %d messages: waiting messages were not taken together", calls-1, each*len(subjects))
+	}
+	// The failed call's messages came back (in order) after the others of
+	// their subject; the others came in order.
+	for subject, got := range seen {
+		var redelivered, rest []int32
+		for _, p := range got {
+			if subject == failedSubject && failed[p] {
+				redelivered = append(redelivered, p)
+			} else {
+				rest = append(rest, p)
+			}
+		}
+		for _, ps := range [][]int32{redelivered, rest} {
+			for i := 1; i < len(ps); i++ {
+				if ps[i] <= ps[i-1] {
+					t.Fatalf("%s handled in order %v", subject, got)
+				}
+			}
+		}
+	}
+	if len(failed) == 0 || len(seen[failedSubject]) != each {
+		t.Fatalf("failed call of %s had %d messages; then handled %v", failedSubject, len(failed), seen[failedSubject])
+	}
+}
