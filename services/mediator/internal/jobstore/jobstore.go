@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/uuid"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/jobstate"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 )
@@ -30,10 +31,16 @@ var (
 type Store struct {
 	kv     jetstream.KeyValue
 	window time.Duration
+	// cache serves GetCached: the records of unfinished jobs this process
+	// last read or wrote, so applying a status event to a job this
+	// process knows costs a write, not a read and a write.
+	cache *recordCache
 }
 
 // New uses kv (the bus.BucketJobs bucket).
-func New(kv jetstream.KeyValue) *Store { return &Store{kv: kv, window: RequestWindow} }
+func New(kv jetstream.KeyValue) *Store {
+	return &Store{kv: kv, window: RequestWindow, cache: newRecordCache(cacheEntries, cacheBytes)}
+}
 
 // SetRequestWindow changes how long request ids are remembered (tests).
 func (s *Store) SetRequestWindow(d time.Duration) { s.window = d }
@@ -65,13 +72,14 @@ func IDTime(id string) (time.Time, bool) {
 	return time.Unix(sec, nsec), true
 }
 
-// Get returns the job and its revision, or ErrNotFound.
+// Get returns the job as stored now and its revision, or ErrNotFound.
 func (s *Store) Get(ctx context.Context, id string) (*jobsv1.Job, uint64, error) {
 	if !ValidID(id) {
 		return nil, 0, ErrNotFound
 	}
 	e, err := s.kv.Get(ctx, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		s.cache.drop(id)
 		return nil, 0, ErrNotFound
 	}
 	if err != nil {
@@ -81,7 +89,39 @@ func (s *Store) Get(ctx context.Context, id string) (*jobsv1.Job, uint64, error)
 	if err := proto.Unmarshal(e.Value(), job); err != nil {
 		return nil, 0, fmt.Errorf("decode job %s: %w", id, err)
 	}
+	s.remember(job, e.Value(), e.Revision())
 	return job, e.Revision(), nil
+}
+
+// GetCached returns the job and its revision as this process last read or
+// wrote them if it still remembers them (cached reports it), else as Get.
+// A remembered record may be stale, since other processes and replicas write
+// records too: it is only for a read-modify-write, whose Update on the
+// revision fails with ErrConflict if the record changed since. A decision not
+// to write, taken on a cached record, is verified by nothing: take it again on
+// Get's record before relying on it.
+func (s *Store) GetCached(ctx context.Context, id string) (job *jobsv1.Job, rev uint64, cached bool, err error) {
+	if data, rev, ok := s.cache.get(id); ok {
+		job := &jobsv1.Job{}
+		if err := proto.Unmarshal(data, job); err == nil {
+			return job, rev, true, nil
+		}
+		s.cache.drop(id)
+	}
+	job, rev, err = s.Get(ctx, id)
+	return job, rev, false, err
+}
+
+// remember caches data as revision rev of job, while the job may still
+// change: a finished job's record is never updated by the status consumer
+// again (late events are checked on a fresh read anyway), so it only takes
+// room.
+func (s *Store) remember(job *jobsv1.Job, data []byte, rev uint64) {
+	if jobstate.IsTerminal(job.GetStatus()) {
+		s.cache.drop(job.GetId())
+		return
+	}
+	s.cache.put(job.GetId(), data, rev)
 }
 
 // Create stores a new job; it fails if the id is taken.
@@ -94,6 +134,7 @@ func (s *Store) Create(ctx context.Context, job *jobsv1.Job) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("create job %s: %w", job.GetId(), err)
 	}
+	s.remember(job, data, rev)
 	return rev, nil
 }
 
@@ -105,17 +146,24 @@ func (s *Store) Update(ctx context.Context, job *jobsv1.Job, rev uint64) (uint64
 	}
 	nrev, err := s.kv.Update(ctx, job.GetId(), data, rev)
 	if err != nil {
+		// Whatever is cached is not the stored record (a conflict), or
+		// may not be (the write's outcome is unknown).
+		s.cache.drop(job.GetId())
 		if isWrongRevision(err) {
 			return 0, fmt.Errorf("update job %s: %w", job.GetId(), ErrConflict)
 		}
 		return 0, fmt.Errorf("update job %s: %w", job.GetId(), err)
 	}
+	s.remember(job, data, nrev)
 	return nrev, nil
 }
 
-// Delete removes a job record. Only CreateJob uses it, to withdraw a record
-// it stored but never acknowledged.
+// Delete removes a job record: CreateJob withdrawing a record it stored but
+// never acknowledged, the sweep and retention removing old jobs.
 func (s *Store) Delete(ctx context.Context, id string) error {
+	// Dropped whether or not the purge gets through: a record cached after
+	// its deletion would only cost a failed compare-and-set, but need not.
+	defer s.cache.drop(id)
 	if err := s.kv.Purge(ctx, id); err != nil {
 		return fmt.Errorf("delete job %s: %w", id, err)
 	}

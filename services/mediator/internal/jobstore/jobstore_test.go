@@ -1,0 +1,148 @@
+package jobstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/services/mediator/internal/testsupport"
+)
+
+const (
+	statusNew     = jobsv1.JobStatus_JOB_STATUS_NEW
+	statusQueued  = jobsv1.JobStatus_JOB_STATUS_QUEUED
+	statusRunning = jobsv1.JobStatus_JOB_STATUS_RUNNING
+	statusFailed  = jobsv1.JobStatus_JOB_STATUS_FAILED
+)
+
+func newJob(t *testing.T, store *Store) (*jobsv1.Job, uint64) {
+	t.Helper()
+	id, err := NewID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := &jobsv1.Job{Id: id, Tenant: "acme", Status: statusNew}
+	rev, err := store.Create(context.Background(), job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return job, rev
+}
+
+// GetCached serves what this process last wrote, without a read, and a
+// change made elsewhere is caught by the compare-and-set on the cached
+// revision, after which the stored record is read again.
+func TestGetCached(t *testing.T) {
+	env := testsupport.Start(t)
+	ctx := context.Background()
+	here, elsewhere := New(env.Jobs), New(env.Jobs) // two mediator replicas
+
+	job, rev := newJob(t, here)
+	got, grev, cached, err := here.GetCached(ctx, job.GetId())
+	if err != nil || !cached || grev != rev || got.GetStatus() != statusNew {
+		t.Fatalf("after Create: %v rev %d (want %d) cached %v err %v", got, grev, rev, cached, err)
+	}
+	got.Status = statusQueued
+	if rev, err = here.Update(ctx, got, rev); err != nil {
+		t.Fatal(err)
+	}
+	got, grev, cached, err = here.GetCached(ctx, job.GetId())
+	if err != nil || !cached || grev != rev || got.GetStatus() != statusQueued {
+		t.Fatalf("after Update: %v rev %d (want %d) cached %v err %v", got, grev, rev, cached, err)
+	}
+	// A job this replica never read: read from the bucket.
+	if _, _, cached, err := elsewhere.GetCached(ctx, job.GetId()); err != nil || cached {
+		t.Fatalf("other replica: cached %v err %v", cached, err)
+	}
+
+	// The other replica moves the job on; this one still remembers QUEUED.
+	moved, mrev, err := elsewhere.Get(ctx, job.GetId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved.Status, moved.Progress = statusRunning, 40
+	if _, err := elsewhere.Update(ctx, moved, mrev); err != nil {
+		t.Fatal(err)
+	}
+	stale, srev, cached, err := here.GetCached(ctx, job.GetId())
+	if err != nil || !cached || stale.GetStatus() != statusQueued {
+		t.Fatalf("stale entry: %v cached %v err %v", stale, cached, err)
+	}
+	stale.Progress = 10
+	if _, err := here.Update(ctx, stale, srev); !errors.Is(err, ErrConflict) {
+		t.Fatalf("update of a stale record = %v, want ErrConflict", err)
+	}
+	got, _, cached, err = here.GetCached(ctx, job.GetId())
+	if err != nil || cached || got.GetStatus() != statusRunning || got.GetProgress() != 40 {
+		t.Fatalf("after the conflict: %v cached %v err %v, want the stored RUNNING 40", got, cached, err)
+	}
+}
+
+// A finished job is not kept (its record no longer changes), and a deleted
+// one is forgotten.
+func TestGetCachedForgetsEndedAndDeletedJobs(t *testing.T) {
+	env := testsupport.Start(t)
+	ctx := context.Background()
+	store := New(env.Jobs)
+
+	job, rev := newJob(t, store)
+	job.Status = statusFailed
+	if _, err := store.Update(ctx, job, rev); err != nil {
+		t.Fatal(err)
+	}
+	got, _, cached, err := store.GetCached(ctx, job.GetId())
+	if err != nil || cached || got.GetStatus() != statusFailed {
+		t.Fatalf("ended job: %v cached %v err %v", got, cached, err)
+	}
+	if _, _, cached, _ := store.GetCached(ctx, job.GetId()); cached {
+		t.Fatal("ended job cached after a read")
+	}
+
+	job, _ = newJob(t, store)
+	if err := store.Delete(ctx, job.GetId()); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, cached, err := store.GetCached(ctx, job.GetId()); !errors.Is(err, ErrNotFound) || cached {
+		t.Fatalf("deleted job: cached %v err %v, want ErrNotFound", cached, err)
+	}
+}
+
+// The cache stays within its bounds, dropping the least recently used, and
+// a read that raced a write never puts the older revision back.
+func TestRecordCacheBounds(t *testing.T) {
+	c := newRecordCache(3, 1000)
+	for i := range 4 {
+		c.put(fmt.Sprint(i), []byte("x"), 1)
+	}
+	if _, _, ok := c.get("0"); ok || c.len() != 3 {
+		t.Fatalf("entries %d, oldest kept %v; want 3, dropped", c.len(), ok)
+	}
+	c.get("1") // used: "2" is now the least recently used
+	c.put("4", []byte("x"), 1)
+	if _, _, ok := c.get("2"); ok {
+		t.Fatal("least recently used entry kept")
+	}
+	if _, _, ok := c.get("1"); !ok {
+		t.Fatal("recently used entry dropped")
+	}
+
+	c = newRecordCache(100, 10)
+	c.put("a", make([]byte, 6), 1)
+	c.put("b", make([]byte, 6), 1)
+	if _, _, ok := c.get("a"); ok || c.len() != 1 {
+		t.Fatalf("%d entries over the byte bound", c.len())
+	}
+	c.put("huge", make([]byte, cacheMaxRecord+1), 1)
+	if _, _, ok := c.get("huge"); ok {
+		t.Fatal("oversized record cached")
+	}
+
+	c = newRecordCache(10, 1000)
+	c.put("j", []byte("new"), 7)
+	c.put("j", []byte("old"), 5)
+	if data, rev, _ := c.get("j"); rev != 7 || string(data) != "new" {
+		t.Fatalf("entry %q rev %d, want the later revision 7", data, rev)
+	}
+}
