@@ -19,6 +19,7 @@ import (
 	"github.com/medius-platform/medius/pkg/jobstate"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -78,64 +79,163 @@ func (c *Consumer) terminal(ctx context.Context, job *jobsv1.Job) error {
 
 // Run consumes until ctx ends.
 func (c *Consumer) Run(ctx context.Context, js jetstream.JetStream) error {
-	return bus.Consume(ctx, js, bus.ConsumerConfig{
+	return bus.ConsumeBatches(ctx, js, bus.ConsumerConfig{
 		Stream:  bus.StreamEvents,
 		Durable: Durable,
 		Filter:  []string{bus.SubjectJobStatusAll},
-		// A job's events in order (so watchers and webhooks see each
-		// status), many jobs at once: each event is a few round trips, and
-		// a terminal one an etcd write (usage).
-		Concurrency:      concurrency,
-		OrderedBySubject: true,
+		// A job's events in order, many jobs at once: each event is a
+		// round trip or two, and a terminal one an etcd write (usage).
+		// Under backlog a job's waiting events come together and are
+		// applied with one write (see Apply).
+		Concurrency: concurrency,
 	}, c.handle)
 }
 
-func (c *Consumer) handle(ctx context.Context, msg jetstream.Msg) error {
-	ev := &eventsv1.JobStatusChanged{}
-	if err := bus.Decode(msg.Data(), ev); err != nil {
-		return err
+// handle applies one job's events: its subject's messages, oldest first.
+func (c *Consumer) handle(ctx context.Context, msgs []jetstream.Msg) error {
+	evs := make([]*eventsv1.JobStatusChanged, 0, len(msgs))
+	for _, msg := range msgs {
+		ev := &eventsv1.JobStatusChanged{}
+		if err := bus.Decode(msg.Data(), ev); err != nil {
+			if len(msgs) == 1 {
+				return err
+			}
+			// Its companions are fine: apply them, and let it go with
+			// them (it could never be applied).
+			slog.ErrorContext(ctx, "status event dropped", "subject", msg.Subject(), "err", err)
+			continue
+		}
+		evs = append(evs, ev)
 	}
-	err := c.Apply(ctx, ev)
-	if errors.Is(err, jobstore.ErrNotFound) {
-		if md, mdErr := msg.Metadata(); mdErr == nil && md.NumDelivered >= unknownJobDeliveries {
+	var errs []error
+	for _, job := range byJob(evs) {
+		errs = append(errs, c.Apply(ctx, job...))
+	}
+	err := errors.Join(errs...)
+	if errors.Is(err, jobstore.ErrNotFound) && len(errs) == 1 {
+		// Dropped once every event of the unknown job in hand has been
+		// tried often enough.
+		delivered := uint64(unknownJobDeliveries)
+		for _, msg := range msgs {
+			md, mdErr := msg.Metadata()
+			if mdErr != nil {
+				return err
+			}
+			delivered = min(delivered, md.NumDelivered)
+		}
+		if delivered >= unknownJobDeliveries {
 			return bus.Permanent(err)
 		}
 	}
 	return err
 }
 
-// Apply applies ev to its job record. It returns nil when the event was
-// applied or is to be ignored (stale, duplicate, terminal job), an error
-// wrapping jobstore.ErrNotFound for an unknown job, and any other error when
-// it should be tried again.
-func (c *Consumer) Apply(ctx context.Context, ev *eventsv1.JobStatusChanged) error {
-	id := ev.GetJobId()
+// byJob groups evs by job, keeping their order. A subject carries one
+// job's events, so this is one group unless a publisher mislabelled one.
+func byJob(evs []*eventsv1.JobStatusChanged) [][]*eventsv1.JobStatusChanged {
+	var groups [][]*eventsv1.JobStatusChanged
+	at := map[string]int{}
+	for _, ev := range evs {
+		i, ok := at[ev.GetJobId()]
+		if !ok {
+			i = len(groups)
+			at[ev.GetJobId()] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], ev)
+	}
+	return groups
+}
+
+// Apply applies evs, events of one job in the order they were published, to
+// its record with one write. It returns nil when they were applied or are to
+// be ignored (stale, duplicate, terminal job), an error wrapping
+// jobstore.ErrNotFound for an unknown job, and any other error when they
+// should be tried again.
+//
+// Applying several events at once writes what applying them one by one
+// would have left, since each is applied in turn to the record in hand; the
+// change hooks are told each state in turn too. Only watchers of the record
+// (jobstore.Watch) miss the intermediate states, which were never stored.
+func (c *Consumer) Apply(ctx context.Context, evs ...*eventsv1.JobStatusChanged) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	id := evs[0].GetJobId()
+	// The record this process last read or wrote spares a read; it may be
+	// stale, but only a write on its revision relies on it, and that fails
+	// if the record changed meanwhile.
+	fresh := false
 	for range casAttempts {
-		job, rev, err := c.store.Get(ctx, id)
+		var job *jobsv1.Job
+		var rev uint64
+		var cached bool
+		var err error
+		if fresh {
+			job, rev, err = c.store.Get(ctx, id)
+		} else {
+			job, rev, cached, err = c.store.GetCached(ctx, id)
+		}
 		if err != nil {
 			return fmt.Errorf("apply status to job %s: %w", id, err)
 		}
-		if !apply(job, ev, c.now()) {
-			slog.DebugContext(ctx, "status event ignored", "job", id, "status", jobstate.Name(ev.GetStatus()),
-				"current", jobstate.Name(job.GetStatus()), "attempt", ev.GetExecution().GetAttempt())
+		states := c.applyAll(job, evs)
+		if states == nil {
+			if cached {
+				// Nothing verifies a decision not to write: the job may
+				// have moved on elsewhere (a retry started by another
+				// replica) so that an event ignored here applies to it.
+				fresh = true
+				continue
+			}
+			slog.DebugContext(ctx, "status event ignored", "job", id, "status", jobstate.Name(evs[len(evs)-1].GetStatus()),
+				"events", len(evs), "current", jobstate.Name(job.GetStatus()), "attempt", evs[len(evs)-1].GetExecution().GetAttempt())
 			return c.terminal(ctx, job)
 		}
 		_, err = c.store.Update(ctx, job, rev)
 		if errors.Is(err, jobstore.ErrConflict) {
+			fresh = true
 			continue
 		}
 		if err != nil {
 			return fmt.Errorf("apply status to job %s: %w", id, err)
 		}
-		slog.DebugContext(ctx, "job status applied", "job", id, "status", jobstate.Name(job.GetStatus()), "progress", job.GetProgress())
-		for _, h := range c.onChange {
-			if err := h(ctx, job); err != nil {
-				slog.WarnContext(ctx, "job change hook", "job", id, "err", err)
+		slog.DebugContext(ctx, "job status applied", "job", id, "status", jobstate.Name(job.GetStatus()),
+			"progress", job.GetProgress(), "events", len(evs))
+		for _, state := range states {
+			for _, h := range c.onChange {
+				if err := h(ctx, state); err != nil {
+					slog.WarnContext(ctx, "job change hook", "job", id, "err", err)
+				}
 			}
 		}
 		return c.terminal(ctx, job)
 	}
 	return fmt.Errorf("apply status to job %s: %w", id, jobstore.ErrConflict)
+}
+
+// applyAll applies evs in turn to job and returns the state after each one
+// that applied (the last is job itself), nil if none did.
+func (c *Consumer) applyAll(job *jobsv1.Job, evs []*eventsv1.JobStatusChanged) []*jobsv1.Job {
+	now := c.now()
+	var states []*jobsv1.Job
+	for _, ev := range evs {
+		// apply changes job only when it applies, so the state the last
+		// applied event left is what job is before the next one; kept
+		// aside for the change hooks, if there are any.
+		var before *jobsv1.Job
+		if len(states) > 0 && len(c.onChange) > 0 {
+			before = proto.Clone(job).(*jobsv1.Job)
+		}
+		if !apply(job, ev, now) {
+			continue
+		}
+		if before != nil {
+			states[len(states)-1] = before
+		}
+		states = append(states, job)
+	}
+	return states
 }
 
 // apply changes job as ev says, if ev may move it; it reports whether it did.

@@ -11,6 +11,7 @@ import (
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
 	"github.com/medius-platform/medius/services/mediator/internal/testsupport"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -170,5 +171,179 @@ func TestConsume(t *testing.T) {
 	})
 	if err := New(store).Apply(context.Background(), ghost); !errors.Is(err, jobstore.ErrNotFound) {
 		t.Fatalf("Apply unknown = %v", err)
+	}
+}
+
+// staleCache is a job that this replica ("here") last saw RUNNING at 40 and
+// that another replica ("elsewhere") has moved on since.
+type staleCache struct {
+	here, elsewhere *jobstore.Store
+	id              string
+}
+
+func setupStaleCache(t *testing.T, moveOn func(*jobsv1.Job)) staleCache {
+	t.Helper()
+	env := testsupport.Start(t)
+	ctx := context.Background()
+	s := staleCache{here: jobstore.New(env.Jobs), elsewhere: jobstore.New(env.Jobs)}
+	s.id, _ = jobstore.NewID()
+	if _, err := s.here.Create(ctx, &jobsv1.Job{Id: s.id, Tenant: "acme", Status: statusNew}); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []*eventsv1.JobStatusChanged{ev(statusScheduled, 1, 0), ev(statusRunning, 1, 40)} {
+		e.JobId = s.id
+		if err := New(s.here).Apply(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	job, rev, err := s.elsewhere.Get(ctx, s.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	moveOn(job)
+	if _, err := s.elsewhere.Update(ctx, job, rev); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// hooks records what the consumer's hooks were told.
+type hooks struct {
+	changed, terminal []*jobsv1.Job
+}
+
+func (h *hooks) consumer(store *jobstore.Store) *Consumer {
+	c := New(store)
+	c.OnChange(func(_ context.Context, job *jobsv1.Job) error {
+		h.changed = append(h.changed, proto.CloneOf(job))
+		return nil
+	})
+	c.OnTerminal(func(_ context.Context, job *jobsv1.Job) error {
+		h.terminal = append(h.terminal, proto.CloneOf(job))
+		return nil
+	})
+	return c
+}
+
+// An event that applies to what this replica remembers, whose record moved
+// on elsewhere, is applied to the stored record.
+func TestApplyToRecordChangedElsewhere(t *testing.T) {
+	s := setupStaleCache(t, func(job *jobsv1.Job) { job.Progress = 60; job.StatusMessage = "elsewhere" })
+	var h hooks
+	e := ev(statusRunning, 1, 70)
+	e.JobId, e.StatusMessage = s.id, "seventy"
+	if err := h.consumer(s.here).Apply(context.Background(), e); err != nil {
+		t.Fatal(err)
+	}
+	job, _, err := s.elsewhere.Get(context.Background(), s.id)
+	if err != nil || job.GetProgress() != 70 || job.GetStatusMessage() != "seventy" {
+		t.Fatalf("record %v %v, want RUNNING 70", job, err)
+	}
+	if len(h.changed) != 1 || h.changed[0].GetProgress() != 70 {
+		t.Fatalf("change hook told %v", h.changed)
+	}
+}
+
+// An event that this replica's memory of the job says to ignore is checked
+// against the stored record: the job failed elsewhere, so the late event
+// finds it terminal and the terminal hooks (quota release, usage) run.
+func TestIgnoredOnStaleCacheIsRechecked(t *testing.T) {
+	s := setupStaleCache(t, func(job *jobsv1.Job) {
+		job.Status, job.Error = statusFailed, &jobsv1.Problem{Type: "urn:medius:problem:worker-lost"}
+	})
+	var h hooks
+	late := ev(statusScheduled, 1, 0) // a redelivery: old news to what this replica knows
+	late.JobId = s.id
+	if err := h.consumer(s.here).Apply(context.Background(), late); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.changed) != 0 || len(h.terminal) != 1 || h.terminal[0].GetStatus() != statusFailed {
+		t.Fatalf("hooks told changes %v, terminal %v; want the FAILED job's terminal hooks only", h.changed, h.terminal)
+	}
+
+	// The job was restarted elsewhere (FAILED -> QUEUED by RestartJob): the
+	// processor's QUEUED is ignored by a replica still remembering
+	// RUNNING, but applies to the stored record.
+	s = setupStaleCache(t, func(job *jobsv1.Job) { job.Status, job.Progress, job.StatusMessage = statusQueued, 0, "restarted" })
+	h = hooks{}
+	queued := ev(statusQueued, 0, 0)
+	queued.JobId, queued.StatusMessage = s.id, "waiting for a worker"
+	if err := h.consumer(s.here).Apply(context.Background(), queued); err != nil {
+		t.Fatal(err)
+	}
+	job, _, err := s.elsewhere.Get(context.Background(), s.id)
+	if err != nil || job.GetStatus() != statusQueued || job.GetStatusMessage() != "waiting for a worker" {
+		t.Fatalf("record %v %v, want the QUEUED event applied", job, err)
+	}
+}
+
+// Events applied together leave the record and tell the change hooks what
+// applying them one by one does, with one write.
+func TestApplyTogether(t *testing.T) {
+	env := testsupport.Start(t)
+	ctx := context.Background()
+	store := jobstore.New(env.Jobs)
+	now := time.Now()
+	out, _ := structpb.NewStruct(map[string]any{"duration": 3.0})
+	events := func(id string) []*eventsv1.JobStatusChanged {
+		done := ev(statusCompleted, 2, 100)
+		done.Output, done.Time = &jobsv1.JobOutput{Data: out}, timestamppb.New(now)
+		evs := []*eventsv1.JobStatusChanged{
+			ev(statusQueued, 0, 0), ev(statusScheduled, 1, 0), ev(statusRunning, 1, 30),
+			ev(statusScheduled, 1, 0),                           // a redelivery: ignored
+			ev(statusScheduled, 2, 0), ev(statusRunning, 2, 10), // a retry on another worker
+			done,
+		}
+		for _, e := range evs {
+			e.JobId = id
+		}
+		return evs
+	}
+	run := func(together bool) (*jobsv1.Job, uint64, hooks) {
+		id, _ := jobstore.NewID()
+		created, err := store.Create(ctx, &jobsv1.Job{Id: id, Tenant: "acme", Status: statusNew})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var h hooks
+		c := h.consumer(store)
+		c.now = func() time.Time { return now }
+		if together {
+			err = c.Apply(ctx, events(id)...)
+		} else {
+			for _, e := range events(id) {
+				if err = c.Apply(ctx, e); err != nil {
+					break
+				}
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		job, rev, err := store.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		job.Id = "" // compared across two jobs
+		for _, j := range append(h.changed, h.terminal...) {
+			j.Id = ""
+		}
+		return job, rev - created, h
+	}
+	oneByOne, _, want := run(false)
+	together, writes, got := run(true)
+	if !proto.Equal(together, oneByOne) {
+		t.Fatalf("applied together: %v\none by one: %v", together, oneByOne)
+	}
+	if writes != 1 {
+		t.Fatalf("%d writes, want 1", writes)
+	}
+	if len(got.changed) != len(want.changed) || len(got.terminal) != 1 {
+		t.Fatalf("change hook told %d states (want %d), terminal %d", len(got.changed), len(want.changed), len(got.terminal))
+	}
+	for i := range want.changed {
+		if !proto.Equal(got.changed[i], want.changed[i]) {
+			t.Fatalf("state %d told: %v\nwant %v", i, got.changed[i], want.changed[i])
+		}
 	}
 }
