@@ -62,10 +62,11 @@ func (p *Processor) publishAll(ctx context.Context, msgs ...outMsg) error {
 // then QUEUED, the work item and SCHEDULED are published together. It
 // reports false (and no error) when it did nothing: no candidate now, or the
 // record exists already (a redelivery), both handled by the general path.
+// The create is the existence check: no read comes first.
 func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job) (bool, error) {
 	id := job.GetId()
-	if _, rev, err := p.store.get(ctx, id); err != nil || rev != 0 {
-		return false, err
+	if p.store.known(id) {
+		return false, nil // a redelivery: this replica has seen the record
 	}
 	// The same select and dispatch spans as the general path, so the job's
 	// trace shows them whichever path it took.
@@ -83,13 +84,9 @@ func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job) (bool,
 	if record.Schedule(rec, cand.Service, now) != record.Applied {
 		return false, nil
 	}
-	data, err := proto.Marshal(rec)
-	if err != nil {
-		return false, fmt.Errorf("encode record %s: %w", id, err)
-	}
-	if _, err := p.store.kv.Create(ctx, id, data); err != nil {
+	if err := p.store.create(ctx, id, rec); err != nil {
 		if errors.Is(err, jetstream.ErrKeyExists) {
-			return false, nil // another delivery got there first
+			return false, nil // a redelivery, or another delivery got there first
 		}
 		return false, fmt.Errorf("create record of job %s: %w", id, err)
 	}

@@ -102,7 +102,7 @@ type Config struct {
 // Processor handles the processor's events. Create it with New, run it with Run.
 type Processor struct {
 	cfg     Config
-	store   store
+	store   *store
 	events  jetstream.Stream
 	work    jetstream.Stream
 	metrics metrics
@@ -155,7 +155,7 @@ func New(ctx context.Context, cfg Config) (*Processor, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Processor{cfg: cfg, store: store{kv: kv}, events: events, work: work, metrics: m}
+	p := &Processor{cfg: cfg, store: newStore(kv), events: events, work: work, metrics: m}
 	p.lastDown.Store(cfg.Now().UnixNano())
 	return p, nil
 }

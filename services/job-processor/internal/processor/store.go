@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/jobstate"
 	"github.com/medius-platform/medius/services/job-processor/internal/record"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -16,14 +18,35 @@ import (
 // few retries settle them; past that, the message is redelivered later.
 const maxConflicts = 16
 
+// cacheSize bounds the records a replica remembers (see recordCache): a few
+// seconds of jobs at thousands a second, so a job's next event (its worker's
+// report, its timer) usually finds it. A live record costs its encoding (a
+// few hundred bytes), an ended one a few dozen: tens of MB at worst.
+const cacheSize = 1 << 16
+
 // store keeps the processor's records in the executions KV bucket, one key
 // per job, changed only by compare-and-set on the key's revision.
+//
+// It remembers the record and revision it last read or wrote of each job
+// (bounded), so that an update usually costs one round trip, the write,
+// instead of two. A record read from there may be stale (another replica
+// wrote since), so a decision taken on it is only trusted when it leads to
+// a write: the compare-and-set on the remembered revision verifies it, and
+// a mismatch reloads. Any other outcome is judged again on the record as
+// it is (see update).
 type store struct {
-	kv jetstream.KeyValue
+	kv    jetstream.KeyValue
+	cache *recordCache
+	locks keyLocks
 }
 
-// get returns the record of id and its revision; nil if there is none.
-func (s store) get(ctx context.Context, id string) (*jobsv1.Job, uint64, error) {
+func newStore(kv jetstream.KeyValue) *store {
+	return &store{kv: kv, cache: newRecordCache(cacheSize)}
+}
+
+// get reads the record of id and its revision from the bucket (never from
+// the cache); nil if there is none.
+func (s *store) get(ctx context.Context, id string) (*jobsv1.Job, uint64, error) {
 	e, err := s.kv.Get(ctx, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, nil
@@ -35,26 +58,70 @@ func (s store) get(ctx context.Context, id string) (*jobsv1.Job, uint64, error) 
 	if err := proto.Unmarshal(e.Value(), rec); err != nil {
 		return nil, 0, fmt.Errorf("decode record %s: %w", id, err)
 	}
+	s.cache.put(id, cacheEntry(rec, e.Value(), e.Revision()))
 	return rec, e.Revision(), nil
+}
+
+// create writes the first record of id; jetstream.ErrKeyExists if there is
+// one already.
+func (s *store) create(ctx context.Context, id string, rec *jobsv1.Job) error {
+	data, err := proto.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode record %s: %w", id, err)
+	}
+	rev, err := s.kv.Create(ctx, id, data)
+	if err != nil {
+		return err
+	}
+	s.cache.put(id, cacheEntry(rec, data, rev))
+	return nil
+}
+
+// known reports whether this replica has seen a record of id. Records are
+// never deleted; were one, the general path that a known id takes finds out.
+func (s *store) known(id string) bool {
+	_, ok := s.cache.get(id)
+	return ok
 }
 
 // changeFunc changes a record in place (rec is nil when there is none yet)
 // and returns the record to keep and what it did. Only Applied is written.
-// It may run several times, on a freshly loaded record each time.
+// It may run several times, on a record loaded afresh (or remembered) each
+// time.
 type changeFunc func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error)
 
-// update loads the record of id, applies change and writes the result with
+// update applies change to the record of id and writes the result with
 // compare-and-set (Create when absent, Update on the loaded revision). On a
 // conflict another replica won: reload and apply again, so the change is
 // judged against the record as it now is.
-func (s store) update(ctx context.Context, id string, change changeFunc) (*jobsv1.Job, record.Outcome, error) {
+//
+// The record comes from the cache when this replica has it: a change
+// Applied to it is written on the remembered revision, which verifies it.
+// Any other result (Ignored, AlreadyApplied, an error) acts on what may be
+// an old state of the job, so change runs again on the record read afresh,
+// and that result counts.
+//
+// Updates of one job in this replica take turns, so that its events handled
+// at once (a worker's RUNNING and COMPLETED) do not make each other conflict.
+func (s *store) update(ctx context.Context, id string, change changeFunc) (*jobsv1.Job, record.Outcome, error) {
+	unlock, err := s.locks.lock(ctx, id)
+	if err != nil {
+		return nil, record.Ignored, fmt.Errorf("update record %s: %w", id, err)
+	}
+	defer unlock()
+	fromCache := true
 	for range maxConflicts {
-		rec, rev, err := s.get(ctx, id)
+		rec, rev, remembered, err := s.load(ctx, id, fromCache)
 		if err != nil {
 			return nil, record.Ignored, err
 		}
+		fromCache = remembered
 		existed := rec != nil
 		rec, outcome, err := change(rec)
+		if fromCache && (err != nil || outcome != record.Applied) {
+			fromCache = false
+			continue
+		}
 		if err != nil || outcome != record.Applied {
 			return rec, outcome, err
 		}
@@ -63,18 +130,166 @@ func (s store) update(ctx context.Context, id string, change changeFunc) (*jobsv
 			return nil, record.Ignored, fmt.Errorf("encode record %s: %w", id, err)
 		}
 		if existed {
-			_, err = s.kv.Update(ctx, id, data, rev)
+			rev, err = s.kv.Update(ctx, id, data, rev)
 		} else {
-			_, err = s.kv.Create(ctx, id, data)
+			rev, err = s.kv.Create(ctx, id, data)
 		}
 		switch {
 		case err == nil:
+			s.cache.put(id, cacheEntry(rec, data, rev))
 			return rec, outcome, nil
 		case errors.Is(err, jetstream.ErrKeyRevisionMismatch), errors.Is(err, jetstream.ErrKeyExists):
-			continue
+			s.cache.drop(id)
+			fromCache = false
 		default:
+			// The write may or may not have happened: read afresh next time.
+			s.cache.drop(id)
 			return nil, record.Ignored, fmt.Errorf("write record %s: %w", id, err)
 		}
 	}
 	return nil, record.Ignored, fmt.Errorf("write record %s: still conflicting after %d attempts", id, maxConflicts)
+}
+
+// load returns the record of id: the remembered one (remembered true) if
+// fromCache and this replica has it (a live one), else the bucket's.
+func (s *store) load(ctx context.Context, id string, fromCache bool) (rec *jobsv1.Job, rev uint64, remembered bool, err error) {
+	if fromCache {
+		if e, ok := s.cache.get(id); ok && e.data != nil {
+			rec := &jobsv1.Job{}
+			if err := proto.Unmarshal(e.data, rec); err != nil {
+				return nil, 0, false, fmt.Errorf("decode record %s: %w", id, err)
+			}
+			return rec, e.rev, true, nil
+		}
+	}
+	rec, rev, err = s.get(ctx, id)
+	return rec, rev, false, err
+}
+
+// cached is what a replica remembers of a record: its encoding and
+// revision, or for an ended record only how many executions it had (no
+// update of an ended record is ever trusted to the cache, see update).
+type cached struct {
+	data       []byte
+	rev        uint64
+	executions int32
+}
+
+func cacheEntry(rec *jobsv1.Job, data []byte, rev uint64) cached {
+	if jobstate.IsTerminal(rec.GetStatus()) {
+		return cached{rev: rev, executions: int32(len(rec.GetExecutions()))}
+	}
+	return cached{data: data, rev: rev}
+}
+
+// recordCache remembers at most size records in two generations: entries go
+// to the current one; when it is full it becomes the previous one and the
+// one before is dropped; an entry found in the previous one moves back to
+// the current. So recently used entries stay, at O(1) a step.
+type recordCache struct {
+	mu       sync.Mutex
+	cur, old map[string]cached
+	half     int
+}
+
+func newRecordCache(size int) *recordCache {
+	half := max(size/2, 1)
+	return &recordCache{cur: make(map[string]cached, half), old: map[string]cached{}, half: half}
+}
+
+func (c *recordCache) get(id string) (cached, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.cur[id]; ok {
+		return e, true
+	}
+	e, ok := c.old[id]
+	if ok {
+		delete(c.old, id)
+		c.add(id, e)
+	}
+	return e, ok
+}
+
+// put remembers e unless a later revision of id is remembered already (a
+// read that overtook a write of this replica would else put an old state
+// back).
+func (c *recordCache) put(id string, e cached) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old, ok := c.cur[id]; ok && old.rev > e.rev {
+		return
+	}
+	if old, ok := c.old[id]; ok {
+		delete(c.old, id)
+		if old.rev > e.rev {
+			e = old
+		}
+	}
+	c.add(id, e)
+}
+
+func (c *recordCache) drop(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.cur, id)
+	delete(c.old, id)
+}
+
+// add puts e in the current generation, turning it over when full; c.mu held.
+func (c *recordCache) add(id string, e cached) {
+	if _, ok := c.cur[id]; !ok && len(c.cur) >= c.half {
+		c.old = c.cur
+		c.cur = make(map[string]cached, c.half)
+	}
+	c.cur[id] = e
+}
+
+// len is the number of records remembered (tests).
+func (c *recordCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.cur) + len(c.old)
+}
+
+// keyLocks lets one holder at a time work on a key. It holds an entry only
+// while the key is locked or awaited, so its size follows the work in hand.
+type keyLocks struct {
+	mu sync.Mutex
+	m  map[string]*keyLock
+}
+
+type keyLock struct {
+	ch      chan struct{} // holds a token while locked
+	waiters int           // holders and waiters; the entry goes at 0
+}
+
+// lock takes id's lock, waiting until it is free or ctx ends, and returns
+// its release.
+func (k *keyLocks) lock(ctx context.Context, id string) (func(), error) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[string]*keyLock{}
+	}
+	l := k.m[id]
+	if l == nil {
+		l = &keyLock{ch: make(chan struct{}, 1)}
+		k.m[id] = l
+	}
+	l.waiters++
+	k.mu.Unlock()
+	leave := func() {
+		k.mu.Lock()
+		if l.waiters--; l.waiters == 0 {
+			delete(k.m, id)
+		}
+		k.mu.Unlock()
+	}
+	select {
+	case l.ch <- struct{}{}:
+		return func() { <-l.ch; leave() }, nil
+	case <-ctx.Done():
+		leave()
+		return nil, ctx.Err()
+	}
 }
