@@ -59,10 +59,11 @@ func (p *Processor) publishAll(ctx context.Context, msgs ...outMsg) error {
 
 // createScheduled handles a new job in one record write when a service can
 // take it now: the record is created SCHEDULED with its first execution,
-// then QUEUED, the work item and SCHEDULED are published together. It
-// reports false (and no error) when it did nothing: no candidate now, or the
-// record exists already (a redelivery), both handled by the general path.
-// The create is the existence check: no read comes first.
+// then the work item and SCHEDULED are published together. QUEUED is not
+// announced: the job never waited, and the mediator takes NEW -> SCHEDULED.
+// It reports false (and no error) when it did nothing: no candidate now, or
+// the record exists already (a redelivery), both handled by the general
+// path. The create is the existence check: no read comes first.
 func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job) (bool, error) {
 	id := job.GetId()
 	if p.store.known(id) {
@@ -80,7 +81,6 @@ func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job) (bool,
 	defer span.End()
 	now := p.cfg.Now()
 	rec := record.New(job, now)
-	queued := outMsg{bus.SubjectJobStatus(id), record.StatusMsgID(rec), record.StatusEvent(rec)}
 	if record.Schedule(rec, cand.Service, now) != record.Applied {
 		return false, nil
 	}
@@ -97,8 +97,8 @@ func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job) (bool,
 		item.Timeout = durationpb.New(d + p.cfg.TimeoutGrace)
 	}
 	// A failure here is healed by redelivery: the record is SCHEDULED, and
-	// advance publishes the same work item and announcements again.
-	out := []outMsg{queued,
+	// advance publishes the same work item and announcement again.
+	out := []outMsg{
 		{bus.SubjectWork(cand.Service, id), record.WorkMsgID(rec), item},
 		{bus.SubjectJobStatus(id), record.StatusMsgID(rec), record.StatusEvent(rec)}}
 	if rec.GetDeadline() != nil {

@@ -71,7 +71,7 @@ func (b *bundle) waitRecord(t *testing.T, id, what string, cond func(*jobsv1.Job
 func TestLostWorkerRetriedThenHeartbeatsKeepItAlive(t *testing.T) {
 	b := setup(t, oneService(), time.Minute, fast(profiles{"P": {Name: "P", MaxAttempts: 3}}))
 	b.create(t, "job-l")
-	b.waitStatuses(t, "job-l", "QUEUED SCHEDULED")
+	b.waitStatuses(t, "job-l", "SCHEDULED")
 	b.exec(t, update("job-l", 1, running, 0))
 	// No heartbeat follows: the worker died. The job is retried as attempt 2.
 	start := time.Now()
@@ -105,7 +105,7 @@ func TestLostWorkerRetriedThenHeartbeatsKeepItAlive(t *testing.T) {
 	// A late report of the lost attempt changes nothing.
 	b.exec(t, update("job-l", 1, completed, 100))
 	b.settled(t, processor.DurableExec)
-	evs := b.waitStatuses(t, "job-l", "QUEUED SCHEDULED RUNNING-0 QUEUED SCHEDULED RUNNING-0 COMPLETED")
+	evs := b.waitStatuses(t, "job-l", "SCHEDULED RUNNING-0 QUEUED SCHEDULED RUNNING-0 COMPLETED")
 	if ex := evs[len(evs)-1].Execution; ex.GetAttempt() != 2 {
 		t.Fatalf("completed execution = %v", ex)
 	}
@@ -114,7 +114,7 @@ func TestLostWorkerRetriedThenHeartbeatsKeepItAlive(t *testing.T) {
 func TestMaxAttemptsExhausted(t *testing.T) {
 	b := setup(t, oneService(), time.Minute, fast(profiles{"P": {Name: "P", MaxAttempts: 2}}))
 	b.create(t, "job-m")
-	b.waitStatuses(t, "job-m", "QUEUED SCHEDULED")
+	b.waitStatuses(t, "job-m", "SCHEDULED")
 	b.exec(t, update("job-m", 1, running, 0))
 	b.waitRecord(t, "job-m", "attempt 2", func(r *jobsv1.Job) bool { return len(r.Executions) == 2 })
 	b.exec(t, update("job-m", 2, running, 0))
@@ -122,7 +122,7 @@ func TestMaxAttemptsExhausted(t *testing.T) {
 	if len(rec.Executions) != 2 || rec.GetError().GetType() != record.ProblemWorkerLost || !strings.Contains(rec.GetError().GetDetail(), "2 attempts") {
 		t.Fatalf("exhausted job = %v", rec)
 	}
-	b.waitStatuses(t, "job-m", "QUEUED SCHEDULED RUNNING-0 QUEUED SCHEDULED RUNNING-0 FAILED")
+	b.waitStatuses(t, "job-m", "SCHEDULED RUNNING-0 QUEUED SCHEDULED RUNNING-0 FAILED")
 }
 
 // stopRequests collects the stop requests sent to workers of job id.
@@ -143,7 +143,7 @@ func TestProfileTimeoutStopsWorker(t *testing.T) {
 	b := setup(t, oneService(), time.Minute, fast(profiles{"P": {Name: "P", DefaultTimeout: durationpb.New(800 * time.Millisecond)}}))
 	stops := b.stopRequests(t, "job-t")
 	b.create(t, "job-t")
-	b.waitStatuses(t, "job-t", "QUEUED SCHEDULED")
+	b.waitStatuses(t, "job-t", "SCHEDULED")
 	// The worker's own timeout is only the backstop: it comes after ours.
 	if w, _ := b.workItem(t, "probe"); w.GetTimeout().AsDuration() <= 800*time.Millisecond {
 		t.Fatalf("worker timeout %v, want more than the profile's 800ms", w.GetTimeout().AsDuration())
@@ -163,7 +163,7 @@ func TestProfileTimeoutStopsWorker(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the worker was not told to stop")
 	}
-	b.waitStatuses(t, "job-t", "QUEUED SCHEDULED RUNNING-0 FAILED")
+	b.waitStatuses(t, "job-t", "SCHEDULED RUNNING-0 FAILED")
 }
 
 func TestDeadlineOfWaitingJob(t *testing.T) {
@@ -172,8 +172,8 @@ func TestDeadlineOfWaitingJob(t *testing.T) {
 	job := &jobsv1.Job{Id: "job-d", Tenant: "t1", Profile: "P", JobType: "AmeJob", CreateTime: timestamppb.Now(), Deadline: timestamppb.New(deadline)}
 	b.publish(t, bus.SubjectJobCreated, "created-job-d", &eventsv1.JobCreated{Job: job})
 	// No worker ever takes it.
-	evs := b.waitStatuses(t, "job-d", "QUEUED SCHEDULED FAILED")
-	if p := evs[2].GetError(); p.GetType() != record.ProblemDeadline {
+	evs := b.waitStatuses(t, "job-d", "SCHEDULED FAILED")
+	if p := evs[1].GetError(); p.GetType() != record.ProblemDeadline {
 		t.Fatalf("problem = %v", p)
 	}
 	if late := time.Since(deadline); late < 0 || late > 3*time.Second {
@@ -192,15 +192,15 @@ func TestDeadlineOfWaitingJob(t *testing.T) {
 func TestRestartFailedJob(t *testing.T) {
 	b := setup(t, oneService(), time.Minute, fast(nil))
 	b.create(t, "job-r")
-	b.waitStatuses(t, "job-r", "QUEUED SCHEDULED")
+	b.waitStatuses(t, "job-r", "SCHEDULED")
 	b.exec(t, update("job-r", 1, jobsv1.JobStatus_JOB_STATUS_FAILED, 0))
-	b.waitStatuses(t, "job-r", "QUEUED SCHEDULED FAILED")
+	b.waitStatuses(t, "job-r", "SCHEDULED FAILED")
 	restart := &eventsv1.JobRestartRequested{JobId: "job-r", Tenant: "t1", Attempts: 1}
 	for range 2 { // a repeat is a no-op
 		b.publish(t, bus.SubjectJobRestart, "", restart)
 	}
 	b.settled(t, processor.DurableRestart)
-	b.waitStatuses(t, "job-r", "QUEUED SCHEDULED FAILED QUEUED SCHEDULED")
+	b.waitStatuses(t, "job-r", "SCHEDULED FAILED QUEUED SCHEDULED")
 	rec := b.record(t, "job-r")
 	if len(rec.Executions) != 2 || rec.Status != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || rec.Error != nil {
 		t.Fatalf("restarted record = %v", rec)
@@ -213,7 +213,7 @@ func TestRestartFailedJob(t *testing.T) {
 	b.publish(t, bus.SubjectJobRestart, "", &eventsv1.JobRestartRequested{JobId: "job-r", Tenant: "t1", Attempts: 2})
 	b.publish(t, bus.SubjectJobRestart, "", &eventsv1.JobRestartRequested{JobId: "job-r", Tenant: "t2", Attempts: 2})
 	b.settled(t, processor.DurableRestart)
-	b.waitStatuses(t, "job-r", "QUEUED SCHEDULED FAILED QUEUED SCHEDULED COMPLETED")
+	b.waitStatuses(t, "job-r", "SCHEDULED FAILED QUEUED SCHEDULED COMPLETED")
 }
 
 // A job waiting in the queue of a service whose instances all vanished moves
@@ -228,7 +228,7 @@ func TestStrandedJobMovesToNextCandidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.create(t, "job-s")
-	b.waitStatuses(t, "job-s", "QUEUED SCHEDULED")
+	b.waitStatuses(t, "job-s", "SCHEDULED")
 	// probe still registered: several looks later the job has not moved.
 	time.Sleep(4 * 600 * time.Millisecond) // the span being asserted, not a synchronisation
 	if rec := b.record(t, "job-s"); len(rec.Executions) != 1 {
@@ -248,5 +248,5 @@ func TestStrandedJobMovesToNextCandidate(t *testing.T) {
 		t.Fatalf("work item on probe-premium = %v (%s)", w, id)
 	}
 	waitFor(t, "probe's stale item withdrawn", func() bool { return b.workCount(t, "probe") == 0 })
-	b.waitStatuses(t, "job-s", "QUEUED SCHEDULED SCHEDULED")
+	b.waitStatuses(t, "job-s", "SCHEDULED SCHEDULED")
 }

@@ -226,8 +226,8 @@ func (p *Processor) HandleCreated(ctx context.Context, msg jetstream.Msg) error 
 		return bus.Permanent(fmt.Errorf("job created: %w", err))
 	}
 	// The usual case, in few round trips: a service is there, so the record
-	// is created already SCHEDULED, and QUEUED, the work item and SCHEDULED
-	// go out together.
+	// is created already SCHEDULED, and the work item and SCHEDULED go out
+	// together.
 	if done, err := p.createScheduled(ctx, job); done || err != nil {
 		return err
 	}

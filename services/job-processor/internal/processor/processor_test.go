@@ -299,7 +299,7 @@ const (
 func TestHappyPath(t *testing.T) {
 	b := setup(t, oneService(), time.Minute)
 	b.create(t, "job-1")
-	b.waitStatuses(t, "job-1", "QUEUED SCHEDULED")
+	b.waitStatuses(t, "job-1", "SCHEDULED")
 
 	w, msgID := b.workItem(t, "probe")
 	if w.JobId != "job-1" || w.Attempt != 1 || w.Tenant != "t1" || w.Profile != "P" || w.JobType != "AmeJob" || w.Service != "probe" ||
@@ -317,26 +317,26 @@ func TestHappyPath(t *testing.T) {
 	for range 2 {
 		b.exec(t, update("job-1", 1, running, 0))
 	}
-	b.waitStatuses(t, "job-1", "QUEUED SCHEDULED RUNNING-0")
+	b.waitStatuses(t, "job-1", "SCHEDULED RUNNING-0")
 	for range 2 {
 		b.exec(t, update("job-1", 1, running, 40))
 	}
 	// Reports of one job are handled concurrently, so a COMPLETED sent at
 	// once could overtake this progress (which is then, rightly, not
 	// announced); a real worker's reports are seconds apart.
-	b.waitStatuses(t, "job-1", "QUEUED SCHEDULED RUNNING-0 RUNNING-40")
+	b.waitStatuses(t, "job-1", "SCHEDULED RUNNING-0 RUNNING-40")
 	out := &jobsv1.JobOutput{Data: &structpb.Struct{Fields: map[string]*structpb.Value{"duration": structpb.NewNumberValue(42)}}}
 	done := update("job-1", 1, completed, 100)
 	done.Output, done.VerifiedQuantity = out, 42
 	for range 2 {
 		b.exec(t, done)
 	}
-	b.waitStatuses(t, "job-1", "QUEUED SCHEDULED RUNNING-0 RUNNING-40 COMPLETED")
+	b.waitStatuses(t, "job-1", "SCHEDULED RUNNING-0 RUNNING-40 COMPLETED")
 	// A late report of an earlier state (once the end is applied: reports
 	// of one job are handled concurrently) is ignored.
 	b.exec(t, update("job-1", 1, running, 60))
 	b.settled(t, processor.DurableExec)
-	evs := b.waitStatuses(t, "job-1", "QUEUED SCHEDULED RUNNING-0 RUNNING-40 COMPLETED")
+	evs := b.waitStatuses(t, "job-1", "SCHEDULED RUNNING-0 RUNNING-40 COMPLETED")
 
 	last := evs[len(evs)-1]
 	if !proto.Equal(last.Output, out) || last.VerifiedQuantity != 42 || last.Progress != 100 || last.Time == nil {
@@ -353,7 +353,7 @@ func TestHappyPath(t *testing.T) {
 	// A redelivered JobCreated (new msg id, as after a purge) re-announces, never re-dispatches.
 	b.publish(t, bus.SubjectJobCreated, "created-job-1-again", &eventsv1.JobCreated{Job: &jobsv1.Job{Id: "job-1", Tenant: "t1", Profile: "P"}})
 	b.settled(t, processor.DurableCreated)
-	b.waitStatuses(t, "job-1", "QUEUED SCHEDULED RUNNING-0 RUNNING-40 COMPLETED")
+	b.waitStatuses(t, "job-1", "SCHEDULED RUNNING-0 RUNNING-40 COMPLETED")
 	if rec := b.record(t, "job-1"); len(rec.Executions) != 1 {
 		t.Errorf("redelivered JobCreated made %d executions", len(rec.Executions))
 	}
@@ -362,13 +362,13 @@ func TestHappyPath(t *testing.T) {
 func TestWorkerFailure(t *testing.T) {
 	b := setup(t, oneService(), time.Minute)
 	b.create(t, "job-f")
-	b.waitStatuses(t, "job-f", "QUEUED SCHEDULED")
+	b.waitStatuses(t, "job-f", "SCHEDULED")
 	fail := update("job-f", 1, jobsv1.JobStatus_JOB_STATUS_FAILED, 0)
 	fail.Error = &jobsv1.Problem{Type: "urn:medius:problem:input-not-found", Title: "Input not found", Detail: "no such file a.mp4"}
 	b.exec(t, fail)
-	evs := b.waitStatuses(t, "job-f", "QUEUED SCHEDULED FAILED")
-	if !proto.Equal(evs[2].Error, fail.Error) || !proto.Equal(evs[2].Execution.GetError(), fail.Error) {
-		t.Errorf("FAILED event = %v", evs[2])
+	evs := b.waitStatuses(t, "job-f", "SCHEDULED FAILED")
+	if !proto.Equal(evs[1].Error, fail.Error) || !proto.Equal(evs[1].Execution.GetError(), fail.Error) {
+		t.Errorf("FAILED event = %v", evs[1])
 	}
 }
 
@@ -442,9 +442,9 @@ func TestRegistryDownIsTransient(t *testing.T) {
 func TestCancel(t *testing.T) {
 	b := setup(t, oneService(), time.Minute)
 	b.create(t, "job-5")
-	b.waitStatuses(t, "job-5", "QUEUED SCHEDULED")
+	b.waitStatuses(t, "job-5", "SCHEDULED")
 	b.exec(t, update("job-5", 1, running, 30))
-	b.waitStatuses(t, "job-5", "QUEUED SCHEDULED RUNNING-30")
+	b.waitStatuses(t, "job-5", "SCHEDULED RUNNING-30")
 
 	stops, err := b.nc.SubscribeSync(bus.SubjectCancel("job-5"))
 	if err != nil {
@@ -462,8 +462,8 @@ func TestCancel(t *testing.T) {
 	}
 
 	b.publish(t, bus.SubjectJobCancel, "cancel-job-5", &eventsv1.JobCancelRequested{JobId: "job-5", Tenant: "t1"})
-	evs := b.waitStatuses(t, "job-5", "QUEUED SCHEDULED RUNNING-30 CANCELED")
-	if ex := evs[3].Execution; ex.GetStatus() != canceled || ex.GetEndTime() == nil {
+	evs := b.waitStatuses(t, "job-5", "SCHEDULED RUNNING-30 CANCELED")
+	if ex := evs[2].Execution; ex.GetStatus() != canceled || ex.GetEndTime() == nil {
 		t.Errorf("CANCELED execution = %v", ex)
 	}
 	m, err := stops.NextMsg(10 * time.Second)
@@ -479,7 +479,7 @@ func TestCancel(t *testing.T) {
 	b.exec(t, update("job-5", 1, completed, 100))
 	b.exec(t, update("job-5", 1, canceled, 30))
 	b.settled(t, processor.DurableExec)
-	b.waitStatuses(t, "job-5", "QUEUED SCHEDULED RUNNING-30 CANCELED")
+	b.waitStatuses(t, "job-5", "SCHEDULED RUNNING-30 CANCELED")
 	if rec := b.record(t, "job-5"); rec.Status != canceled {
 		t.Errorf("record status = %v", rec.Status)
 	}
@@ -490,12 +490,12 @@ func TestCancel(t *testing.T) {
 func TestCancelWithdrawsQueuedItem(t *testing.T) {
 	b := setup(t, oneService(), time.Minute)
 	b.create(t, "job-q")
-	b.waitStatuses(t, "job-q", "QUEUED SCHEDULED")
+	b.waitStatuses(t, "job-q", "SCHEDULED")
 	if n := b.workCount(t, "probe"); n != 1 {
 		t.Fatalf("%d work items before the cancel", n)
 	}
 	b.publish(t, bus.SubjectJobCancel, "cancel-job-q", &eventsv1.JobCancelRequested{JobId: "job-q", Tenant: "t1"})
-	b.waitStatuses(t, "job-q", "QUEUED SCHEDULED CANCELED")
+	b.waitStatuses(t, "job-q", "SCHEDULED CANCELED")
 	if n := b.workCount(t, "probe"); n != 0 {
 		t.Fatalf("%d work items left for a canceled job", n)
 	}
@@ -560,7 +560,7 @@ func TestReplicas(t *testing.T) {
 	}
 	for i := range jobs {
 		id := fmt.Sprintf("job-r%d", i)
-		b.waitStatuses(t, id, "QUEUED SCHEDULED")
+		b.waitStatuses(t, id, "SCHEDULED")
 		b.exec(t, update(id, 1, running, 0))
 		b.exec(t, update(id, 1, running, 0))
 	}
@@ -569,13 +569,13 @@ func TestReplicas(t *testing.T) {
 	// first, as a real worker's pace does.
 	for i := range jobs {
 		id := fmt.Sprintf("job-r%d", i)
-		b.waitStatuses(t, id, "QUEUED SCHEDULED RUNNING-0")
+		b.waitStatuses(t, id, "SCHEDULED RUNNING-0")
 		b.exec(t, update(id, 1, completed, 100))
 		b.exec(t, update(id, 1, completed, 100))
 	}
 	for i := range jobs {
 		id := fmt.Sprintf("job-r%d", i)
-		b.waitStatuses(t, id, "QUEUED SCHEDULED RUNNING-0 COMPLETED")
+		b.waitStatuses(t, id, "SCHEDULED RUNNING-0 COMPLETED")
 		if rec := b.record(t, id); len(rec.Executions) != 1 || rec.Status != completed {
 			t.Errorf("record of %s = %v", id, rec)
 		}
