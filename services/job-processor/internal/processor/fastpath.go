@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 
-	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/services/job-processor/internal/record"
@@ -24,6 +23,8 @@ import (
 type outMsg struct {
 	subject, msgID string
 	m              proto.Message
+	// header holds headers beyond those every message gets.
+	header nats.Header
 }
 
 // publishAll publishes msgs in order without waiting for each ack in turn,
@@ -37,6 +38,9 @@ func (p *Processor) publishAll(ctx context.Context, msgs ...outMsg) error {
 			return fmt.Errorf("marshal %T: %w", o.m, err)
 		}
 		nm := &nats.Msg{Subject: o.subject, Data: data, Header: nats.Header{}}
+		for k, v := range o.header {
+			nm.Header[k] = v
+		}
 		nm.Header.Set(bus.HeaderType, string(o.m.ProtoReflect().Descriptor().FullName()))
 		otel.GetTextMapPropagator().Inject(ctx, bus.HeaderCarrier(nm.Header))
 		f, err := p.cfg.JS.PublishMsgAsync(nm, jetstream.WithMsgID(o.msgID))
@@ -99,10 +103,10 @@ func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job) (bool,
 	// A failure here is healed by redelivery: the record is SCHEDULED, and
 	// advance publishes the same work item and announcement again.
 	out := []outMsg{
-		{bus.SubjectWork(cand.Service, id), record.WorkMsgID(rec), item},
-		{bus.SubjectJobStatus(id), record.StatusMsgID(rec), record.StatusEvent(rec)}}
+		{subject: bus.SubjectWork(cand.Service, id), msgID: record.WorkMsgID(rec), m: item},
+		{subject: bus.SubjectJobStatus(id), msgID: record.StatusMsgID(rec), m: record.StatusEvent(rec)}}
 	if rec.GetDeadline() != nil {
-		out = append(out, outMsg{SubjectTimer(id), timerMsgID(id, 0), &eventsv1.ExecutionTimer{JobId: id}})
+		out = append(out, p.deadlineTimer(rec))
 	}
 	if err := p.publishAll(ctx, out...); err != nil {
 		return true, fmt.Errorf("dispatch job %s: %w", id, err)

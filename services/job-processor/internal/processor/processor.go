@@ -241,8 +241,8 @@ func (p *Processor) HandleCreated(ctx context.Context, msg jetstream.Msg) error 
 		return fmt.Errorf("create record of job %s: %w", job.GetId(), err)
 	}
 	if rec.GetDeadline() != nil && !jobstate.IsTerminal(rec.GetStatus()) {
-		if err := p.startTimer(ctx, rec.GetId(), 0); err != nil {
-			return err
+		if err := p.publishAll(ctx, p.deadlineTimer(rec)); err != nil {
+			return fmt.Errorf("start the deadline timer of job %s: %w", rec.GetId(), err)
 		}
 	}
 	return p.advance(ctx, rec)
@@ -415,9 +415,8 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING && u.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING {
 		// Watch the attempt from now on (the msg id makes repeats no-ops),
 		// and announce, in one round trip.
-		return p.publishAll(ctx,
-			outMsg{SubjectTimer(id), timerMsgID(id, u.GetAttempt()), &eventsv1.ExecutionTimer{JobId: id, Attempt: u.GetAttempt()}},
-			outMsg{bus.SubjectJobStatus(id), record.StatusMsgID(rec), record.StatusEvent(rec)})
+		return p.publishAll(ctx, p.attemptTimer(ctx, rec),
+			outMsg{subject: bus.SubjectJobStatus(id), msgID: record.StatusMsgID(rec), m: record.StatusEvent(rec)})
 	}
 	return p.announce(ctx, rec)
 }

@@ -84,6 +84,19 @@ func (s *store) known(id string) bool {
 	return ok
 }
 
+// endedAt reports how many executions the record of id had when this
+// replica last saw it ended (terminal), if it did. An ended attempt never
+// runs again: only a restart moves an ended record on, and it does so with
+// a new attempt. So "attempt k <= n is over" stays true however stale this
+// is.
+func (s *store) endedAt(id string) (int32, bool) {
+	e, ok := s.cache.get(id)
+	if !ok || e.data != nil {
+		return 0, false
+	}
+	return e.executions, true
+}
+
 // changeFunc changes a record in place (rec is nil when there is none yet)
 // and returns the record to keep and what it did. Only Applied is written.
 // It may run several times, on a record loaded afresh (or remembered) each
@@ -168,7 +181,8 @@ func (s *store) load(ctx context.Context, id string, fromCache bool) (rec *jobsv
 
 // cached is what a replica remembers of a record: its encoding and
 // revision, or for an ended record only how many executions it had (no
-// update of an ended record is ever trusted to the cache, see update).
+// update of an ended record is ever trusted to the cache, see update and
+// endedAt).
 type cached struct {
 	data       []byte
 	rev        uint64

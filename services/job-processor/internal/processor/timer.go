@@ -14,8 +14,10 @@ import (
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/jobstate"
 	"github.com/medius-platform/medius/services/job-processor/internal/record"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Timers: every attempt that runs gets one ExecutionTimer message (and a job
@@ -41,14 +43,64 @@ type ProfileLookup interface {
 	Profile(ctx context.Context, name string) (*registryv1.JobProfile, error)
 }
 
-// startTimer publishes the timer of rec's attempt (0: the deadline watch);
-// its msg id makes a repeat a no-op.
-func (p *Processor) startTimer(ctx context.Context, id string, attempt int32) error {
-	t := &eventsv1.ExecutionTimer{JobId: id, Attempt: attempt}
-	if err := bus.Publish(ctx, p.cfg.JS, SubjectTimer(id), timerMsgID(id, attempt), t); err != nil {
-		return fmt.Errorf("start timer of job %s attempt %d: %w", id, attempt, err)
+// headerFirstCheck on a timer message is how long after its publication its
+// first check can have anything to do: the earliest of the heartbeat
+// timeout, the timeout, the deadline and TimerInterval, as the publisher
+// knew them. A delivery before that (the first comes right after the
+// publish) is re-armed for the rest of the delay without reading the
+// record. A timer without it is checked at once.
+const headerFirstCheck = "Medius-Timer-First-Check"
+
+// timerMsg is the timer of attempt of job id (0: the deadline watch), first
+// checked after first; its msg id makes a repeat a no-op.
+func timerMsg(id string, attempt int32, first time.Duration) outMsg {
+	return outMsg{subject: SubjectTimer(id), msgID: timerMsgID(id, attempt), m: &eventsv1.ExecutionTimer{JobId: id, Attempt: attempt},
+		header: nats.Header{headerFirstCheck: []string{max(first, 0).String()}}}
+}
+
+// deadlineTimer is the timer watching rec's deadline: nothing to check
+// before it (HandleTimer re-checks a far one hourly).
+func (p *Processor) deadlineTimer(rec *jobsv1.Job) outMsg {
+	return timerMsg(rec.GetId(), 0, min(rec.GetDeadline().AsTime().Sub(p.cfg.Now()), time.Hour))
+}
+
+// attemptTimer is the timer of rec's current attempt, which is RUNNING: its
+// first check is due at the earliest when HandleTimer could find it lost,
+// timed out or past its deadline, from what rec says now (later signs of
+// life only push that back).
+func (p *Processor) attemptTimer(ctx context.Context, rec *jobsv1.Job) outMsg {
+	now := p.cfg.Now()
+	cur := record.Current(rec)
+	var seen time.Time
+	for _, t := range []*timestamppb.Timestamp{cur.GetStartTime(), cur.GetDispatchTime(), rec.GetUpdateTime()} {
+		if t != nil && t.AsTime().After(seen) {
+			seen = t.AsTime()
+		}
 	}
-	return nil
+	first := min(p.cfg.TimerInterval, p.cfg.HeartbeatTimeout-now.Sub(seen))
+	if dl := rec.GetDeadline(); dl != nil {
+		first = min(first, dl.AsTime().Sub(now))
+	}
+	if timeout := effectiveTimeout(rec, p.profile(ctx, rec.GetProfile())); timeout > 0 && cur.GetStartTime() != nil {
+		first = min(first, cur.GetStartTime().AsTime().Add(timeout).Sub(now))
+	}
+	return timerMsg(rec.GetId(), cur.GetAttempt(), first)
+}
+
+// untilFirstCheck is how long msg, a timer, has still to wait for its first
+// check (0: check now). Its age is the stream's timestamp against this
+// clock; should this clock lag the server's, the wait is still never more
+// than the whole first delay.
+func (p *Processor) untilFirstCheck(msg jetstream.Msg) time.Duration {
+	first, err := time.ParseDuration(msg.Headers().Get(headerFirstCheck))
+	if err != nil || first <= 0 {
+		return 0
+	}
+	md, err := msg.Metadata()
+	if err != nil {
+		return 0
+	}
+	return min(first-p.cfg.Now().Sub(md.Timestamp), first)
 }
 
 func timerMsgID(id string, attempt int32) string {
@@ -71,6 +123,14 @@ func (p *Processor) HandleTimer(ctx context.Context, msg jetstream.Msg) error {
 	id := t.GetJobId()
 	if err := validID(id); err != nil {
 		return bus.Permanent(fmt.Errorf("timer: %w", err))
+	}
+	// Most timers meet a job that is over or not due yet: neither needs the
+	// record read.
+	if n, ok := p.store.endedAt(id); ok && t.GetAttempt() > 0 && t.GetAttempt() <= n {
+		return nil // that attempt is over for good
+	}
+	if wait := p.untilFirstCheck(msg); wait > 0 {
+		return rearm(wait)
 	}
 	rec, _, err := p.store.get(ctx, id)
 	if err != nil {
