@@ -275,6 +275,11 @@ type ConsumerConfig struct {
 	// other, in stream order, and those of different subjects in parallel
 	// (Concurrency lanes, a subject always on the same lane).
 	OrderedBySubject bool
+	// LaneDepth is how many messages may wait in each OrderedBySubject lane
+	// (default 16). With ConsumeBatches, deeper lanes let more of a
+	// subject's messages be handled together under backlog; MaxAckPending
+	// should leave room for them (Concurrency × LaneDepth).
+	LaneDepth int
 }
 
 // Consume runs handler on every message of the durable consumer until ctx
@@ -370,10 +375,14 @@ func consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ba
 	}
 	handle := func(msg jetstream.Msg) { handleGroup([]jetstream.Msg{msg}) }
 	var lanes []chan jetstream.Msg
+	depth := cfg.LaneDepth
+	if depth <= 0 {
+		depth = defaultLaneDepth
+	}
 	if cfg.OrderedBySubject && (cfg.Concurrency > 1 || batches) {
 		lanes = make([]chan jetstream.Msg, max(cfg.Concurrency, 1))
 		for i := range lanes {
-			lanes[i] = make(chan jetstream.Msg, laneBuffer)
+			lanes[i] = make(chan jetstream.Msg, depth)
 			inFlight.Go(func() {
 				for msg := range lanes[i] {
 					if !batches {
@@ -424,14 +433,13 @@ func consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ba
 
 const defaultAckWait = 30 * time.Second
 
-// laneBuffer is how many messages wait in an OrderedBySubject lane.
-const laneBuffer = 16
+const defaultLaneDepth = 16
 
 // takeWaiting returns first and the messages already waiting in lane behind
 // it, without waiting for more.
-func takeWaiting(lane <-chan jetstream.Msg, first jetstream.Msg) []jetstream.Msg {
+func takeWaiting(lane chan jetstream.Msg, first jetstream.Msg) []jetstream.Msg {
 	msgs := []jetstream.Msg{first}
-	for len(msgs) <= laneBuffer {
+	for len(msgs) <= cap(lane) {
 		select {
 		case msg, ok := <-lane:
 			if !ok {
