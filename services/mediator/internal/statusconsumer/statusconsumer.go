@@ -34,6 +34,12 @@ const unknownJobDeliveries = 5
 // concurrency is how many jobs' events a replica applies at once.
 const concurrency = 64
 
+// laneDepth is how many events wait for each of the concurrency lanes. Under
+// backlog the events of a job waiting together are applied with one write,
+// so the deeper the lanes the fewer writes; concurrency × laneDepth events
+// are held at most (a few MB), and they are handed back on a crash anyway.
+const laneDepth = 64
+
 // casAttempts bounds in-process retries of a conflicting update before the
 // message is handed back for redelivery.
 const casAttempts = 5
@@ -87,7 +93,9 @@ func (c *Consumer) Run(ctx context.Context, js jetstream.JetStream) error {
 		// round trip or two, and a terminal one an etcd write (usage).
 		// Under backlog a job's waiting events come together and are
 		// applied with one write (see Apply).
-		Concurrency: concurrency,
+		Concurrency:   concurrency,
+		LaneDepth:     laneDepth,
+		MaxAckPending: concurrency * laneDepth,
 	}, c.handle)
 }
 
