@@ -325,10 +325,14 @@ func (p *Processor) sendWork(ctx context.Context, rec *jobsv1.Job) error {
 	if d := effectiveTimeout(rec, p.profile(ctx, rec.GetProfile())); d > 0 {
 		item.Timeout = durationpb.New(d + p.cfg.TimeoutGrace)
 	}
-	if err := bus.Publish(ctx, p.cfg.JS, bus.SubjectWork(cur.GetService(), rec.GetId()), record.WorkMsgID(rec), item); err != nil {
+	// Both in one round trip; should either fail, the redelivery sends both
+	// again (each is stored once, by its msg id).
+	if err := p.publishAll(ctx,
+		outMsg{subject: bus.SubjectWork(cur.GetService(), rec.GetId()), msgID: record.WorkMsgID(rec), m: item},
+		outMsg{subject: bus.SubjectJobStatus(rec.GetId()), msgID: record.StatusMsgID(rec), m: record.StatusEvent(rec)}); err != nil {
 		return fmt.Errorf("dispatch job %s to %s: %w", rec.GetId(), cur.GetService(), err)
 	}
-	return p.announce(ctx, rec)
+	return nil
 }
 
 // failNoService ends a job that waited the whole queue timeout for a service.
@@ -367,11 +371,19 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 	if err := validID(id); err != nil {
 		return bus.Permanent(fmt.Errorf("execution update: %w", err))
 	}
+	// news: the report changed the job, or may have (the record already
+	// said so: a redelivery, perhaps after a crash before the announcement).
+	// Not so a heartbeat that only confirms what the record says. started:
+	// the report started the attempt.
+	var news, started bool
 	rec, outcome, err := p.store.update(ctx, id, func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
 		if rec == nil {
 			return nil, record.Ignored, nil
 		}
+		before := rec.GetStatus()
 		outcome := record.Apply(rec, &u, p.cfg.Now())
+		news = outcome == record.Applied || u.GetMessage() != record.HeartbeatMessage
+		started = outcome == record.Applied && before != jobsv1.JobStatus_JOB_STATUS_RUNNING
 		if outcome == record.AlreadyApplied {
 			// A heartbeat: keep the record's sign of life fresh (a few
 			// writes per heartbeat timeout, no more).
@@ -412,9 +424,18 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 			log.InfoContext(ctx, "job ended", "instance_id", record.Current(rec).GetInstanceId())
 		}
 	}
-	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING && u.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING {
-		// Watch the attempt from now on (the msg id makes repeats no-ops),
-		// and announce, in one round trip.
+	if !news {
+		// The report that made the job what the heartbeat confirms did the
+		// announcing and started the timer, or, if that failed, is
+		// redelivered to do it: nothing to repeat on every heartbeat.
+		return nil
+	}
+	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING && u.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING &&
+		(started || outcome == record.AlreadyApplied) {
+		// Watch the attempt from its start (or again, for a redelivery: the
+		// msg id makes the repeat a no-op), and announce, in one round
+		// trip. A mere progress report does not start another timer: past
+		// the duplicate window a repeat would be a second one.
 		return p.publishAll(ctx, p.attemptTimer(ctx, rec),
 			outMsg{subject: bus.SubjectJobStatus(id), msgID: record.StatusMsgID(rec), m: record.StatusEvent(rec)})
 	}
