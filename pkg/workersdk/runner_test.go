@@ -1,0 +1,264 @@
+package workersdk_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/devenv"
+	"github.com/medius-platform/medius/pkg/workersdk"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+)
+
+const rigService = "sdk"
+
+// rig is a real NATS with the streams provisioned, a connection for the
+// worker and one for the test (submitting items, watching updates), as the
+// worker and the processor have their own connections in production.
+type rig struct {
+	nats *devenv.NATS
+	wnc  *nats.Conn
+	wjs  jetstream.JetStream
+	tnc  *nats.Conn
+	tjs  jetstream.JetStream
+}
+
+func newRig(tb testing.TB) *rig {
+	tb.Helper()
+	n, err := devenv.StartNATS(tb.TempDir(), 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(n.Shutdown)
+	g := &rig{nats: n}
+	if g.wnc, g.wjs, err = bus.Connect(n.URL, "worker"); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(g.wnc.Close)
+	if g.tnc, g.tjs, err = bus.Connect(n.URL, "test"); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(g.tnc.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := bus.Provision(ctx, g.tjs); err != nil {
+		tb.Fatal(err)
+	}
+	return g
+}
+
+// run starts a runner of the bench service until the test ends or the
+// returned stop is called (which waits for Run to return).
+func (g *rig) run(tb testing.TB, cfg workersdk.Config) (stop func()) {
+	tb.Helper()
+	cfg.JS, cfg.NC, cfg.Service = g.wjs, g.wnc, rigService
+	if cfg.InstanceID == "" {
+		cfg.InstanceID = "inst-a"
+	}
+	if cfg.Logger == nil {
+		// Two lines a job: benchmarks would measure the log writer.
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	r, err := workersdk.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					tb.Errorf("Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				tb.Error("Run did not return after its context ended")
+			}
+		})
+	}
+	tb.Cleanup(stop)
+	return stop
+}
+
+// watch calls f with every execution update, until the test ends.
+func (g *rig) watch(tb testing.TB, f func(*eventsv1.ExecutionUpdate)) {
+	tb.Helper()
+	sub, err := g.tnc.Subscribe(bus.SubjectExecutionAll, func(m *nats.Msg) {
+		u := &eventsv1.ExecutionUpdate{}
+		if err := proto.Unmarshal(m.Data, u); err == nil {
+			f(u)
+		}
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := g.tnc.Flush(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func workItem(job string) *eventsv1.WorkItem {
+	return &eventsv1.WorkItem{JobId: job, Tenant: "t1", Attempt: 1, Profile: "NoOp", JobType: "QAJob", Service: rigService}
+}
+
+func (g *rig) submit(tb testing.TB, job string) {
+	tb.Helper()
+	if err := bus.Publish(context.Background(), g.tjs, bus.SubjectWork(rigService, job), "work-"+job+"-1", workItem(job)); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func noOp(handler func(*workersdk.WorkItem)) workersdk.Profile {
+	return workersdk.Profile{
+		Spec: &registryv1.JobProfile{Name: "NoOp", JobType: "QAJob"},
+		Handler: func(_ context.Context, item *workersdk.WorkItem, _ func(int)) (*jobsv1.JobOutput, float64, error) {
+			if handler != nil {
+				handler(item)
+			}
+			return &jobsv1.JobOutput{}, 0, nil
+		},
+	}
+}
+
+// consumerInfo is the state of the work consumer all instances share.
+// A runner creates it on start; before that its state is all zeros.
+func (g *rig) consumerInfo(t *testing.T) *jetstream.ConsumerInfo {
+	t.Helper()
+	c, err := g.tjs.Consumer(t.Context(), bus.StreamWork, workersdk.ConsumerName(rigService))
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return &jetstream.ConsumerInfo{}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+// checkFor polls cond every 20ms until it holds or timeout passes; msg
+// explains the failure (evaluated then, to show the latest state).
+func checkFor(t *testing.T, timeout time.Duration, cond func() bool, msg func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal(msg())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestHoldsOnlyFreeCapacity: a worker of capacity N with 10N items queued
+// holds (has taken and not acked) at most N of them at any time, so an
+// item never waits behind a long job on a busy instance while another one
+// could run it; and it still runs them all, each once.
+func TestHoldsOnlyFreeCapacity(t *testing.T) {
+	const capacity = 4
+	g := newRig(t)
+	var completed sync.Map
+	var completions atomic.Int32
+	g.watch(t, func(u *eventsv1.ExecutionUpdate) {
+		if u.GetStatus() == jobsv1.JobStatus_JOB_STATUS_COMPLETED {
+			if _, dup := completed.LoadOrStore(u.GetJobId(), true); dup {
+				t.Errorf("job %s completed twice", u.GetJobId())
+			}
+			completions.Add(1)
+		}
+	})
+	for i := range 10 * capacity {
+		g.submit(t, fmt.Sprintf("job-%d", i))
+	}
+	release := make(chan struct{})
+	var started atomic.Int32
+	g.run(t, workersdk.Config{Capacity: capacity, FetchWait: 200 * time.Millisecond, Profiles: []workersdk.Profile{
+		noOp(func(*workersdk.WorkItem) { started.Add(1); <-release }),
+	}})
+	t.Cleanup(func() { close(release) }) // before the runner's stop: a failed test must not hang it
+
+	held := func() bool {
+		if n := g.consumerInfo(t).NumAckPending; n > capacity {
+			t.Fatalf("worker of capacity %d holds %d items", capacity, n)
+		}
+		return true
+	}
+	checkFor(t, 10*time.Second, func() bool { return held() && started.Load() == capacity },
+		func() string { return fmt.Sprintf("%d jobs started, want %d", started.Load(), capacity) })
+	// Several pulls come and go while every slot is busy: none may take more.
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		held()
+	}
+	for i := range 10 * capacity {
+		release <- struct{}{}
+		held()
+		if i%capacity == 0 {
+			// Let freed slots be refilled before looking again.
+			checkFor(t, 10*time.Second, func() bool { return held() && started.Load() >= min(int32(i+1+capacity), 10*capacity) },
+				func() string { return fmt.Sprintf("%d jobs started after %d released", started.Load(), i+1) })
+		}
+	}
+	checkFor(t, 10*time.Second, func() bool { return completions.Load() == 10*capacity },
+		func() string { return fmt.Sprintf("%d of %d jobs completed", completions.Load(), 10*capacity) })
+	info := g.consumerInfo(t)
+	if info.NumAckPending != 0 || info.NumPending != 0 || started.Load() != 10*capacity {
+		t.Errorf("after all jobs: %d held, %d queued, %d handler calls; want 0, 0, %d",
+			info.NumAckPending, info.NumPending, started.Load(), 10*capacity)
+	}
+}
+
+// TestStoppingHandsBackAtOnce: an item that reaches a worker while it stops
+// taking work is handed straight back, not held until its ack wait ends, so
+// another instance runs it at once.
+func TestStoppingHandsBackAtOnce(t *testing.T) {
+	g := newRig(t)
+	var ranOnA atomic.Bool
+	stopA := g.run(t, workersdk.Config{Capacity: 2, FetchWait: 2 * time.Second, AckWait: time.Minute, Profiles: []workersdk.Profile{
+		noOp(func(*workersdk.WorkItem) { ranOnA.Store(true) }),
+	}})
+	// Wait for A's pull to be waiting, then stop A and queue an item while
+	// that pull is still open.
+	checkFor(t, 10*time.Second, func() bool { return g.consumerInfo(t).NumWaiting > 0 }, func() string { return "no pull waiting" })
+	stopped := make(chan struct{})
+	go func() { stopA(); close(stopped) }()
+	time.Sleep(50 * time.Millisecond) // A's ctx has ended by now; its pull has not
+	g.submit(t, "late")
+	<-stopped
+	if g.consumerInfo(t).Delivered.Consumer == 0 {
+		t.Skip("the item was queued after A's pull ended; nothing to check")
+	}
+	if ranOnA.Load() {
+		t.Error("A ran an item taken while it was stopping")
+	}
+
+	done := make(chan struct{})
+	g.watch(t, func(u *eventsv1.ExecutionUpdate) {
+		if u.GetJobId() == "late" && u.GetStatus() == jobsv1.JobStatus_JOB_STATUS_COMPLETED && u.GetInstanceId() == "inst-b" {
+			close(done)
+		}
+	})
+	g.run(t, workersdk.Config{InstanceID: "inst-b", AckWait: time.Minute, Profiles: []workersdk.Profile{noOp(nil)}})
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		// Had A kept it, it would come back only after its minute of ack wait.
+		t.Fatal("item taken by a stopping instance not completed by another one")
+	}
+}
