@@ -168,18 +168,16 @@ func (r *Runner) Run(ctx context.Context) error {
 	jobsCtx, stopJobs := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer stopJobs(nil)
 
-	var slots errgroup.Group
-	for range r.cfg.Capacity {
-		slots.Go(func() error {
-			r.slot(ctx, jobsCtx, cons)
-			return nil
-		})
-	}
+	var intake errgroup.Group
+	intake.Go(func() error {
+		r.take(ctx, jobsCtx, cons)
+		return nil
+	})
 	slotsDone := make(chan struct{})
 	var g errgroup.Group
 	g.Go(func() error {
 		defer close(slotsDone)
-		return slots.Wait()
+		return intake.Wait()
 	})
 	g.Go(func() error {
 		select {
@@ -203,25 +201,94 @@ func (r *Runner) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// slot is one unit of capacity: it asks for a work item only when free.
-func (r *Runner) slot(ctx, jobsCtx context.Context, cons jetstream.Consumer) {
-	for ctx.Err() == nil {
-		// FetchMaxWait rather than a context: a fetch cut short could lose a
-		// message already on its way to us until its ack wait expires.
-		msg, err := cons.Next(jetstream.FetchMaxWait(r.cfg.FetchWait))
-		if err != nil {
-			if !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
-				r.log.DebugContext(ctx, "fetch work", "err", err)
-				sleep(ctx, r.cfg.FetchWait/4)
-			}
-			continue
-		}
-		if ctx.Err() != nil {
-			// Taken while stopping: give it straight back.
-			_ = msg.Nak()
+// take asks for work items only for free capacity, hands each to a free
+// slot and returns once intake has stopped (ctx ended) and every job it
+// started has ended.
+//
+// One pull at a time asks for as many items as there are free slots: a
+// waiting pull gets a new item the moment it is queued, and a busy worker
+// asks NATS once per batch instead of once per item. A worker never holds an
+// item it has no free slot for: that item would wait behind a long job while
+// another instance is idle. Slots freed while a pull waits are asked for by
+// the next pull; the waiting one still has room for what arrives meanwhile.
+func (r *Runner) take(ctx, jobsCtx context.Context, cons jetstream.Consumer) {
+	// free holds a token per free slot; a slot gives its token back when
+	// its job has ended.
+	free := make(chan struct{}, r.cfg.Capacity)
+	work := make(chan jetstream.Msg)
+	var slots sync.WaitGroup
+	defer slots.Wait()
+	defer close(work)
+	for range r.cfg.Capacity {
+		free <- struct{}{}
+		slots.Go(func() { r.slot(jobsCtx, work, free) })
+	}
+	for {
+		n := 0
+		select {
+		case <-free:
+			n = 1
+		case <-ctx.Done():
 			return
 		}
-		r.process(jobsCtx, msg)
+	more:
+		for n < r.cfg.Capacity {
+			select {
+			case <-free:
+				n++
+			default:
+				break more
+			}
+		}
+		// FetchMaxWait rather than a context: a pull cut short could lose a
+		// message already on its way to us until its ack wait expires. So
+		// the pull runs to its end, and what it brings after ctx has ended
+		// is handed straight back.
+		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(r.cfg.FetchWait))
+		got := 0
+		if err == nil {
+			for msg := range batch.Messages() {
+				got++
+				if ctx.Err() != nil {
+					_ = msg.Nak()
+					free <- struct{}{}
+					continue
+				}
+				work <- msg // a slot is free: we hold its token
+			}
+			err = batch.Error()
+		}
+		for range n - got {
+			free <- struct{}{}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			r.log.DebugContext(ctx, "fetch work", "err", err)
+			sleep(ctx, r.cfg.FetchWait/4)
+		}
+	}
+}
+
+// slot is one unit of capacity: it runs the items handed to it one after
+// the other. Its companion goroutine reports RUNNING and then the
+// heartbeats of each job. Both live as long as the slot, rather than being
+// started for each job: a new goroutine's stack grows again on every job,
+// which costs a busy worker a few percent of its CPU.
+func (r *Runner) slot(jobsCtx context.Context, work <-chan jetstream.Msg, free chan<- struct{}) {
+	runs := make(chan *run)
+	var companion sync.WaitGroup
+	defer companion.Wait()
+	defer close(runs)
+	companion.Go(func() {
+		for j := range runs {
+			r.announce(j)
+		}
+	})
+	for msg := range work {
+		r.process(jobsCtx, msg, runs)
+		free <- struct{}{}
 	}
 }
 
@@ -237,7 +304,7 @@ func sleep(ctx context.Context, d time.Duration) {
 // process runs one work item to its end and settles its message: acked after
 // the terminal update is published, naked when handed back, terminated when
 // it can never be run.
-func (r *Runner) process(jobsCtx context.Context, msg jetstream.Msg) {
+func (r *Runner) process(jobsCtx context.Context, msg jetstream.Msg, runs chan<- *run) {
 	r.inFlight.Add(1)
 	defer r.inFlight.Add(-1)
 
@@ -260,7 +327,7 @@ func (r *Runner) process(jobsCtx context.Context, msg jetstream.Msg) {
 		log.InfoContext(ctx, "work item redelivered", "deliveries", md.NumDelivered)
 	}
 
-	final := r.execute(ctx, log, item, msg)
+	final := r.execute(ctx, log, item, msg, runs)
 	if final == nil { // handed back
 		span.SetStatus(codes.Error, "handed back")
 		if err := msg.Nak(); err != nil {
@@ -289,8 +356,9 @@ func (r *Runner) process(jobsCtx context.Context, msg jetstream.Msg) {
 }
 
 // execute runs item's handler and returns the terminal update to publish, or
-// nil to hand the item back to another instance.
-func (r *Runner) execute(ctx context.Context, log *slog.Logger, item *eventsv1.WorkItem, msg jetstream.Msg) *eventsv1.ExecutionUpdate {
+// nil to hand the item back to another instance. runs is the slot's
+// companion, idle while the slot has no job.
+func (r *Runner) execute(ctx context.Context, log *slog.Logger, item *eventsv1.WorkItem, msg jetstream.Msg, runs chan<- *run) *eventsv1.ExecutionUpdate {
 	handler, ok := r.profiles[item.GetProfile()]
 	if !ok {
 		upd := r.update(item, jobsv1.JobStatus_JOB_STATUS_FAILED)
@@ -313,22 +381,27 @@ func (r *Runner) execute(ctx context.Context, log *slog.Logger, item *eventsv1.W
 		cancel(errCancelRequested)
 	})()
 
-	if err := r.publish(ctx, r.update(item, jobsv1.JobStatus_JOB_STATUS_RUNNING), ""); err != nil {
-		log.WarnContext(ctx, "cannot report RUNNING; handing the item back", "err", err)
-		return nil
-	}
-	log.InfoContext(ctx, "job running")
-
-	// Keep the item ours and report progress while the handler runs.
+	// The handler starts while the companion stores RUNNING, a round trip
+	// sooner. RUNNING still comes first in the stream: progress and
+	// heartbeats follow it, and the terminal update waits for it. Storing
+	// it only fails once ctx has ended (shutdown past the drain timeout),
+	// which stops the handler too; the item is then handed back, as when
+	// RUNNING failed before the handler started.
 	var progress atomic.Int32
 	progress.Store(-1)
-	var wg sync.WaitGroup
 	hbCtx, stopHB := context.WithCancel(jobCtx)
-	wg.Go(func() { r.heartbeat(hbCtx, log, item, msg, &progress) })
+	j := &run{ctx: ctx, hbCtx: hbCtx, log: log, item: item, msg: msg, progress: &progress,
+		announced: make(chan error, 1), done: make(chan struct{})}
+	runs <- j
 
 	out, qty, herr := r.runHandler(jobCtx, handler, item, func(p int) { progress.Store(int32(min(max(p, 0), 100))) })
+	aerr := <-j.announced
 	stopHB()
-	wg.Wait()
+	<-j.done
+	if aerr != nil {
+		log.WarnContext(ctx, "cannot report RUNNING; handing the item back", "err", aerr)
+		return nil
+	}
 
 	switch cause := context.Cause(jobCtx); {
 	case herr == nil:
@@ -403,6 +476,33 @@ func (r *Runner) runHandler(ctx context.Context, h Handler, item *eventsv1.WorkI
 		}
 	}()
 	return h(ctx, item, progress)
+}
+
+// run is a job as its slot's companion sees it.
+type run struct {
+	// ctx bounds the retries of RUNNING (see publish).
+	ctx context.Context
+	// hbCtx ends when the handler has returned and RUNNING is settled.
+	hbCtx     context.Context
+	log       *slog.Logger
+	item      *eventsv1.WorkItem
+	msg       jetstream.Msg
+	progress  *atomic.Int32
+	announced chan error // the outcome of storing RUNNING
+	done      chan struct{}
+}
+
+// announce stores j's RUNNING, then keeps the item ours and reports
+// progress (heartbeat) until j.hbCtx ends.
+func (r *Runner) announce(j *run) {
+	defer close(j.done)
+	err := r.publish(j.ctx, r.update(j.item, jobsv1.JobStatus_JOB_STATUS_RUNNING), "")
+	j.announced <- err
+	if err != nil {
+		return
+	}
+	j.log.InfoContext(j.ctx, "job running")
+	r.heartbeat(j.hbCtx, j.log, j.item, j.msg, j.progress)
 }
 
 // heartbeat extends the item's ack deadline every AckWait/3, publishes
