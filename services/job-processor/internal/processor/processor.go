@@ -91,6 +91,10 @@ type Config struct {
 	// TimerInterval is the longest a timer sleeps between two checks
 	// (default 5s); heartbeat, timeout and deadline checks come earlier.
 	TimerInterval time.Duration
+	// TimerRenewAge is the age at which a timer message is replaced by a
+	// fresh one, so that none reaches the events stream's MaxAge, which
+	// deletes it (default DefaultTimerRenewAge; tests make it short).
+	TimerRenewAge time.Duration
 	// TimeoutGrace is added to the timeout a worker is handed, so the
 	// processor's own timeout (job-timeout-passed) comes first and the
 	// worker's is only the backstop when no processor runs (default 5s).
@@ -135,6 +139,9 @@ func New(ctx context.Context, cfg Config) (*Processor, error) {
 	}
 	if cfg.TimerInterval <= 0 {
 		cfg.TimerInterval = 5 * time.Second
+	}
+	if cfg.TimerRenewAge <= 0 {
+		cfg.TimerRenewAge = DefaultTimerRenewAge
 	}
 	if cfg.TimeoutGrace <= 0 {
 		cfg.TimeoutGrace = 5 * time.Second

@@ -27,12 +27,46 @@ import (
 // other message (no election needed: every check is a compare-and-set on the
 // record, safe when two replicas race) and cost nothing for jobs waiting in
 // a work queue. A timer is acked once its attempt is over.
+//
+// Renewal: the events stream deletes a message older than its MaxAge (7
+// days) even while a consumer holds it, so a timer must never get that
+// old. One older than Config.TimerRenewAge is renewed when it is next
+// handled (see renewTimer): a fresh copy goes out, one generation on, and
+// the old one is acked. A timer is handled at least once per renewal age
+// (no re-arm waits longer), so while a processor runs none gets older than
+// twice that.
+//
+// Duplicates: a timer may exist twice (a renewal whose old message came
+// back after more than the duplicate window, or an attempt's report
+// redelivered after more than the window that started its timer again).
+// That costs checks but no harm, because every move a timer makes is
+// judged on the record and written by compare-and-set (store.update): the
+// expiry (record.Expire, which changes nothing on an ended job; a repeat
+// finds it AlreadyApplied and only re-announces), the loss
+// of a worker (record.WorkerLost, for that very attempt while it is the
+// current one and unfinished) and the dispatch of a retry (record.Schedule,
+// which only moves a QUEUED job). What each does besides is a no-op when
+// repeated: announcements and work items carry deterministic msg ids, a
+// stop request to a stopped worker goes unheard. The one step outside the
+// record, withdrawing the lost attempt's work item, is bounded by the
+// attempt (withdrawAttempt): a duplicate that read the record just before
+// the other dispatched the retry must not purge the retry's item, which
+// shares the subject when it goes to the same service.
 const (
 	DurableTimer = "processor-timer"
 	subjectTimer = "medius.events.timer."
 	// timerMaxAckPending bounds the timers pending at once (one per running
 	// attempt, plus deadlines): far above any fleet's capacity.
 	timerMaxAckPending = 1 << 20
+	// DefaultTimerRenewAge is the age at which a timer message is renewed:
+	// far below the events stream's MaxAge (7 days), so a timer handled
+	// late (its process down, or re-armed for the longest wait, which is
+	// at most this) is still renewed in time, and rare enough to cost
+	// nothing (a running attempt's timer is renewed once a day).
+	DefaultTimerRenewAge = 24 * time.Hour
+	// deadlineRecheck is the longest the deadline watch sleeps: a clock
+	// that jumped is noticed within it.
+	deadlineRecheck = time.Hour
 )
 
 // SubjectTimer is the subject of job id's timers.
@@ -51,17 +85,27 @@ type ProfileLookup interface {
 // record. A timer without it is checked at once.
 const headerFirstCheck = "Medius-Timer-First-Check"
 
-// timerMsg is the timer of attempt of job id (0: the deadline watch), first
-// checked after first; its msg id makes a repeat a no-op.
-func timerMsg(id string, attempt int32, first time.Duration) outMsg {
-	return outMsg{subject: SubjectTimer(id), msgID: timerMsgID(id, attempt), m: &eventsv1.ExecutionTimer{JobId: id, Attempt: attempt},
-		header: nats.Header{headerFirstCheck: []string{max(first, 0).String()}}}
+// headerGeneration on a timer message counts its renewals: the first
+// message of a timer has none (generation 0), its renewal 1, and so on. It
+// is part of the msg id, so a renewal is not taken for a duplicate of the
+// message it replaces, while the same renewal published twice is.
+const headerGeneration = "Medius-Timer-Generation"
+
+// timerMsg is generation gen of the timer of attempt of job id (0: the
+// deadline watch), first checked after first; its msg id makes a repeat a
+// no-op.
+func timerMsg(id string, attempt int32, gen uint64, first time.Duration) outMsg {
+	h := nats.Header{headerFirstCheck: []string{max(first, 0).String()}}
+	if gen > 0 {
+		h.Set(headerGeneration, strconv.FormatUint(gen, 10))
+	}
+	return outMsg{subject: SubjectTimer(id), msgID: timerMsgID(id, attempt, gen), m: &eventsv1.ExecutionTimer{JobId: id, Attempt: attempt}, header: h}
 }
 
 // deadlineTimer is the timer watching rec's deadline: nothing to check
 // before it (HandleTimer re-checks a far one hourly).
 func (p *Processor) deadlineTimer(rec *jobsv1.Job) outMsg {
-	return timerMsg(rec.GetId(), 0, min(rec.GetDeadline().AsTime().Sub(p.cfg.Now()), time.Hour))
+	return timerMsg(rec.GetId(), 0, 0, min(rec.GetDeadline().AsTime().Sub(p.cfg.Now()), deadlineRecheck))
 }
 
 // attemptTimer is the timer of rec's current attempt, which is RUNNING: its
@@ -84,7 +128,7 @@ func (p *Processor) attemptTimer(ctx context.Context, rec *jobsv1.Job) outMsg {
 	if timeout := effectiveTimeout(rec, p.profile(ctx, rec.GetProfile())); timeout > 0 && cur.GetStartTime() != nil {
 		first = min(first, cur.GetStartTime().AsTime().Add(timeout).Sub(now))
 	}
-	return timerMsg(rec.GetId(), cur.GetAttempt(), first)
+	return timerMsg(rec.GetId(), cur.GetAttempt(), 0, first)
 }
 
 // untilFirstCheck is how long msg, a timer, has still to wait for its first
@@ -103,27 +147,89 @@ func (p *Processor) untilFirstCheck(msg jetstream.Msg) time.Duration {
 	return min(first-p.cfg.Now().Sub(md.Timestamp), first)
 }
 
-func timerMsgID(id string, attempt int32) string {
-	return "timer-" + id + "-" + strconv.Itoa(int(attempt))
+// timerMsgID is the msg id of generation gen of a timer; generation 0's is
+// what it was before timers were renewed.
+func timerMsgID(id string, attempt int32, gen uint64) string {
+	base := "timer-" + id + "-" + strconv.Itoa(int(attempt))
+	if gen == 0 {
+		return base
+	}
+	return base + "-r" + strconv.FormatUint(gen, 10)
 }
 
-// errTimerPending re-arms a timer: it is not an error, only the delay.
-func rearm(d time.Duration) error {
-	return bus.RetryAfter(max(d, 10*time.Millisecond), errors.New("timer re-armed"))
+// timerGeneration is the generation of msg, a timer (0 without the header,
+// or with one that does not parse).
+func timerGeneration(msg jetstream.Msg) uint64 {
+	gen, _ := strconv.ParseUint(msg.Headers().Get(headerGeneration), 10, 64)
+	return gen
 }
+
+// rearmError asks HandleTimer to re-arm the timer, which has nothing to
+// do for at least after: not a failure, only the delay.
+type rearmError struct{ after time.Duration }
+
+func (e rearmError) Error() string { return "timer re-armed for " + e.after.String() }
+
+func rearm(d time.Duration) error { return rearmError{after: d} }
 
 // HandleTimer checks one attempt of a job (or, for attempt 0, its
 // deadline): deadline and timeout expiry, a worker that stopped
-// heart-beating, and the dispatch of a retry once its backoff is over.
+// heart-beating, and the dispatch of a retry once its backoff is over. A
+// timer to re-arm that is getting old is renewed instead.
 func (p *Processor) HandleTimer(ctx context.Context, msg jetstream.Msg) error {
 	var t eventsv1.ExecutionTimer
 	if err := bus.Decode(msg.Data(), &t); err != nil {
 		return err
 	}
-	id := t.GetJobId()
-	if err := validID(id); err != nil {
+	if err := validID(t.GetJobId()); err != nil {
 		return bus.Permanent(fmt.Errorf("timer: %w", err))
 	}
+	err := p.checkTimer(ctx, msg, &t)
+	var r rearmError
+	if !errors.As(err, &r) {
+		return err
+	}
+	after := max(r.after, 10*time.Millisecond)
+	if p.timerAge(msg) >= p.cfg.TimerRenewAge {
+		return p.renewTimer(ctx, msg, &t, after)
+	}
+	// Never longer than the renewal age, so that no timer outlives it by
+	// more than that before it is renewed.
+	return bus.RetryAfter(min(after, p.cfg.TimerRenewAge), r)
+}
+
+// timerAge is how long ago msg, a timer, was published (0 if unknown), by
+// the stream's timestamp against this clock.
+func (p *Processor) timerAge(msg jetstream.Msg) time.Duration {
+	md, err := msg.Metadata()
+	if err != nil {
+		return 0
+	}
+	return p.cfg.Now().Sub(md.Timestamp)
+}
+
+// renewTimer replaces msg, an old timer t with nothing to do for after,
+// with the next generation of it, first checked after that long: it
+// publishes the new one, and its nil result acks msg. In that order, so
+// that a crash in between leaves two timers rather than none; and msg,
+// redelivered, publishes the same generation again, which the stream
+// drops as a duplicate (the redelivery comes an AckWait later, well within
+// the duplicate window). Should the publish fail, msg stays, re-armed as
+// it was, to be renewed at its next check.
+func (p *Processor) renewTimer(ctx context.Context, msg jetstream.Msg, t *eventsv1.ExecutionTimer, after time.Duration) error {
+	gen := timerGeneration(msg) + 1
+	if err := p.publishAll(ctx, timerMsg(t.GetJobId(), t.GetAttempt(), gen, after)); err != nil {
+		slog.WarnContext(ctx, "renew timer", "job_id", t.GetJobId(), "attempt", t.GetAttempt(), "generation", gen, "err", err)
+		return bus.RetryAfter(min(after, p.cfg.TimerRenewAge), fmt.Errorf("renew timer of job %s attempt %d: %w", t.GetJobId(), t.GetAttempt(), err))
+	}
+	slog.DebugContext(ctx, "timer renewed", "job_id", t.GetJobId(), "attempt", t.GetAttempt(), "generation", gen)
+	return nil
+}
+
+// checkTimer does HandleTimer's checks of t; rearmError when the timer is to
+// stay.
+func (p *Processor) checkTimer(ctx context.Context, msg jetstream.Msg, t *eventsv1.ExecutionTimer) error {
+	id := t.GetJobId()
 	// Most timers meet a job that is over or not due yet: neither needs the
 	// record read.
 	if n, ok := p.store.endedAt(id); ok && t.GetAttempt() > 0 && t.GetAttempt() <= n {
@@ -153,7 +259,7 @@ func (p *Processor) HandleTimer(ctx context.Context, msg jetstream.Msg) error {
 			return nil
 		}
 		// The deadline watch sleeps until the deadline (re-checked hourly).
-		return rearm(min(rec.GetDeadline().AsTime().Sub(now), time.Hour))
+		return rearm(min(rec.GetDeadline().AsTime().Sub(now), deadlineRecheck))
 	}
 	if t.GetAttempt() < n {
 		return nil // a later attempt has its own timer
@@ -168,7 +274,7 @@ func (p *Processor) HandleTimer(ctx context.Context, msg jetstream.Msg) error {
 		}
 		// The lost attempt's item must not come back to a worker (its
 		// redelivery after the ack wait would run it again).
-		if err := p.withdrawWork(ctx, record.Current(rec).GetService(), id); err != nil {
+		if err := p.withdrawAttempt(ctx, record.Current(rec).GetService(), id, record.Current(rec).GetAttempt()); err != nil {
 			return err
 		}
 		if err := p.announce(ctx, rec); err != nil {
@@ -301,7 +407,7 @@ func (p *Processor) loseWorker(ctx context.Context, rec *jobsv1.Job, attempt, ma
 		return nil
 	}
 	lost := rec.GetExecutions()[attempt-1]
-	if err := p.withdrawWork(ctx, lost.GetService(), id); err != nil {
+	if err := p.withdrawAttempt(ctx, lost.GetService(), id, attempt); err != nil {
 		// Done again before the retry is dispatched.
 		slog.WarnContext(ctx, "withdraw lost attempt's work item", "job_id", id, "err", err)
 	}
@@ -316,6 +422,35 @@ func (p *Processor) loseWorker(ctx context.Context, rec *jobsv1.Job, attempt, ma
 		return rearm(record.RetryAt(rec, p.cfg.RetryBackoff).Sub(p.cfg.Now()))
 	}
 	p.metrics.failed(ctx, rec)
+	return nil
+}
+
+// withdrawAttempt withdraws job id's work item from service's queue, as
+// withdrawWork does, if it is that of attempt (or an earlier one), never a
+// later attempt's: a retry dispatched to the same service meanwhile (by a
+// duplicate timer, see the top of this file) has its item on the same
+// subject, and purging it would strand the retry (its item could not even
+// be published again, the msg id being a duplicate). The purge stops at
+// the item looked at, so one published after the look survives it too.
+func (p *Processor) withdrawAttempt(ctx context.Context, service, id string, attempt int32) error {
+	if service == "" {
+		return nil
+	}
+	subject := bus.SubjectWork(service, id)
+	m, err := p.work.GetLastMsgForSubject(ctx, subject)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("withdraw work item of job %s attempt %d from %s: %w", id, attempt, service, err)
+	}
+	var w eventsv1.WorkItem
+	if err := proto.Unmarshal(m.Data, &w); err == nil && w.GetAttempt() > attempt {
+		return nil // a later attempt's: the one asked for is gone already
+	}
+	if err := p.work.Purge(ctx, jetstream.WithPurgeSubject(subject), jetstream.WithPurgeSequence(m.Sequence+1)); err != nil {
+		return fmt.Errorf("withdraw work item of job %s attempt %d from %s: %w", id, attempt, service, err)
+	}
 	return nil
 }
 
