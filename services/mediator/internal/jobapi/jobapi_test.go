@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sync"
 	"testing"
-	"time"
 
 	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
@@ -374,58 +373,4 @@ func TestListJobsPagination(t *testing.T) {
 	wantProblem(t, err, codes.InvalidArgument, "page_size")
 	_, err = f.srv.ListJobs(as("acme"), &jobsv1.ListJobsRequest{PageToken: "garbage!"})
 	wantProblem(t, err, codes.InvalidArgument, "page_token")
-}
-
-func TestSweepRepublishesJobsLeftNew(t *testing.T) {
-	f := setup(t)
-	ctx := context.Background()
-	created := f.env.WatchEvents(t, bus.SubjectJobCreated)
-	old := timestamppb.New(time.Now().Add(-time.Minute))
-
-	// As if the mediator died after storing each job and before publishing.
-	newJob := func(requestID string) *jobsv1.Job {
-		id, _ := jobstore.NewID()
-		j := &jobsv1.Job{Id: id, Tenant: "acme", Profile: "ExtractTechnicalMetadata", Status: jobsv1.JobStatus_JOB_STATUS_NEW, RequestId: requestID, CreateTime: old}
-		if _, err := f.store.Create(ctx, j); err != nil {
-			t.Fatal(err)
-		}
-		return j
-	}
-	stuck := newJob("")
-	unclaimed := newJob("r-1") // died before claiming its request id
-	// A duplicate whose request id another job won: it must be withdrawn.
-	winner, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob(), RequestId: "r-2"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ev eventsv1.JobCreated
-	created.Next(&ev) // the winner's own event
-	dup := newJob("r-2")
-
-	f.srv.now = func() time.Time { return time.Now().Add(time.Minute) }
-	if err := f.srv.sweepOnce(ctx, 10*time.Second, map[string]bool{}); err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]string{}
-	for range 2 {
-		var ev eventsv1.JobCreated
-		msgID := created.Next(&ev)
-		got[ev.Job.GetId()] = msgID
-	}
-	for _, j := range []*jobsv1.Job{stuck, unclaimed} {
-		if got[j.Id] != "created-"+j.Id {
-			t.Fatalf("job %s not re-published: %v", j.Id, got)
-		}
-	}
-	if _, _, err := f.store.Get(ctx, dup.Id); !errors.Is(err, jobstore.ErrNotFound) {
-		t.Fatalf("duplicate not withdrawn: %v", err)
-	}
-	// The request id now answers the recovered job.
-	again, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob(), RequestId: "r-1"})
-	if err != nil || again.Id != unclaimed.Id {
-		t.Fatalf("request r-1 = %v, %v; want %s", again, err, unclaimed.Id)
-	}
-	if again, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob(), RequestId: "r-2"}); err != nil || again.Id != winner.Id {
-		t.Fatalf("request r-2 = %v, %v; want %s", again, err, winner.Id)
-	}
 }
