@@ -39,7 +39,10 @@ import (
 // one by one would leave the process idle. The record logic is indifferent
 // to the order of a job's messages (stale, duplicate and out-of-order reports
 // are recognised), and compare-and-set settles two of a job's at once.
-const concurrency = 128
+// Under load a round trip takes tens of milliseconds, so keeping up with a
+// few thousand reports a second takes hundreds in flight; each is a parked
+// goroutine, and the consumer's MaxAckPending bounds them across replicas.
+const concurrency = 512
 
 // AckWait of the processor's consumers: the messages a killed replica held
 // go to another after this long, so it bounds the recovery from a crash.
