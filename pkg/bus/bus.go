@@ -198,6 +198,13 @@ func PublishCore(ctx context.Context, nc *nats.Conn, subject string, m proto.Mes
 // HeaderType names the protobuf message type of a payload.
 const HeaderType = "Medius-Type"
 
+// HeaderReannounced ("true") marks a JobCreated published again by the
+// mediator's sweep rather than by CreateJob. Its job may have been handled
+// long ago, beyond the duplicate window, so the processor reads the job's
+// record before acting on it; only a first announcement may be acted on
+// before the record is known.
+const HeaderReannounced = "Medius-Reannounced"
+
 // ContextFromHeader returns ctx carrying the trace context found in h.
 func ContextFromHeader(ctx context.Context, h nats.Header) context.Context {
 	if h == nil {
