@@ -25,50 +25,88 @@ type outMsg struct {
 	m              proto.Message
 	// header holds headers beyond those every message gets.
 	header nats.Header
+	// raw, when set, is published as it is instead of m, without headers
+	// (a KV value); expectNew makes the stream refuse it if the subject has
+	// any message (a KV create).
+	raw       []byte
+	expectNew bool
 }
+
+// errKeyExists: a create of publishAll found its key written already.
+var errKeyExists = jetstream.ErrKeyExists
 
 // publishAll publishes msgs in order without waiting for each ack in turn,
 // then waits for all of them: one round trip instead of one each. Like
-// bus.Publish, each carries its msg id, type and the trace context.
-func (p *Processor) publishAll(ctx context.Context, msgs ...outMsg) error {
+// bus.Publish, each carries its msg id, type and the trace context. It
+// returns each message's ack, and the first error (a create refused because
+// its key exists is errKeyExists); the other messages are published
+// whatever happens to one.
+func (p *Processor) publishAll(ctx context.Context, msgs ...outMsg) ([]*jetstream.PubAck, error) {
 	futs := make([]jetstream.PubAckFuture, 0, len(msgs))
 	for _, o := range msgs {
-		data, err := proto.Marshal(o.m)
-		if err != nil {
-			return fmt.Errorf("marshal %T: %w", o.m, err)
+		nm := &nats.Msg{Subject: o.subject, Data: o.raw}
+		var opts []jetstream.PublishOpt
+		if o.expectNew {
+			opts = append(opts, jetstream.WithExpectLastSequencePerSubject(0))
 		}
-		nm := &nats.Msg{Subject: o.subject, Data: data, Header: nats.Header{}}
-		for k, v := range o.header {
-			nm.Header[k] = v
+		if o.raw == nil {
+			data, err := proto.Marshal(o.m)
+			if err != nil {
+				return nil, fmt.Errorf("marshal %T: %w", o.m, err)
+			}
+			nm.Data, nm.Header = data, nats.Header{}
+			for k, v := range o.header {
+				nm.Header[k] = v
+			}
+			nm.Header.Set(bus.HeaderType, string(o.m.ProtoReflect().Descriptor().FullName()))
+			otel.GetTextMapPropagator().Inject(ctx, bus.HeaderCarrier(nm.Header))
 		}
-		nm.Header.Set(bus.HeaderType, string(o.m.ProtoReflect().Descriptor().FullName()))
-		otel.GetTextMapPropagator().Inject(ctx, bus.HeaderCarrier(nm.Header))
-		f, err := p.cfg.JS.PublishMsgAsync(nm, jetstream.WithMsgID(o.msgID))
+		if o.msgID != "" {
+			opts = append(opts, jetstream.WithMsgID(o.msgID))
+		}
+		f, err := p.cfg.JS.PublishMsgAsync(nm, opts...)
 		if err != nil {
-			return fmt.Errorf("publish %s: %w", o.subject, err)
+			return nil, fmt.Errorf("publish %s: %w", o.subject, err)
 		}
 		futs = append(futs, f)
 	}
+	acks := make([]*jetstream.PubAck, len(futs))
+	var first error
 	for i, f := range futs {
 		select {
-		case <-f.Ok():
+		case ack := <-f.Ok():
+			acks[i] = ack
 		case err := <-f.Err():
-			return fmt.Errorf("publish %s: %w", msgs[i].subject, err)
+			var apiErr *jetstream.APIError
+			if msgs[i].expectNew && errors.As(err, &apiErr) &&
+				(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+				err = errKeyExists
+			}
+			if first == nil {
+				first = fmt.Errorf("publish %s: %w", msgs[i].subject, err)
+			}
 		case <-ctx.Done():
-			return fmt.Errorf("publish %s: %w", msgs[i].subject, ctx.Err())
+			return acks, fmt.Errorf("publish %s: %w", msgs[i].subject, ctx.Err())
 		}
 	}
-	return nil
+	return acks, first
 }
 
 // createScheduled handles a new job in one record write when a service can
 // take it now: the record is created SCHEDULED with its first execution,
-// then the work item and SCHEDULED are published together. QUEUED is not
+// and the work item and SCHEDULED are published with it. QUEUED is not
 // announced: the job never waited, and the mediator takes NEW -> SCHEDULED.
 // It reports false (and no error) when it did nothing: no candidate now, or
 // the record exists already (a redelivery), both handled by the general
 // path. The create is the existence check: no read comes first.
-func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job) (bool, error) {
+//
+// first says this is the job's first announcement, delivered for the first
+// time: then its record cannot exist yet (only this message creates it), so
+// the record, the work item and SCHEDULED go out together, one round trip
+// from JobCreated to a worker. Otherwise the record is created first and the
+// rest only once it is: a redelivery or a re-announcement may find the job
+// handled long ago, and must not send its work again.
+func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job, first bool) (bool, error) {
 	id := job.GetId()
 	if p.store.known(id) {
 		return false, nil // a redelivery: this replica has seen the record
@@ -88,28 +126,54 @@ func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job) (bool,
 	if record.Schedule(rec, cand.Service, now) != record.Applied {
 		return false, nil
 	}
-	if err := p.store.create(ctx, id, rec); err != nil {
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			return false, nil // a redelivery, or another delivery got there first
-		}
-		return false, fmt.Errorf("create record of job %s: %w", id, err)
-	}
-	p.metrics.dispatched(ctx, rec.GetProfile(), cand.Service)
-	slog.DebugContext(ctx, "job dispatched", "job_id", id, "attempt", 1, "service", cand.Service, "cost", cand.Cost, "load", cand.Load)
 	item := record.WorkItem(rec)
 	if d := effectiveTimeout(rec, p.profile(ctx, rec.GetProfile())); d > 0 {
 		item.Timeout = durationpb.New(d + p.cfg.TimeoutGrace)
 	}
-	// A failure here is healed by redelivery: the record is SCHEDULED, and
-	// advance publishes the same work item and announcement again.
+	// A failure after the record is stored is healed by redelivery: the
+	// record is SCHEDULED, and advance publishes the same work item and
+	// announcement again (the same msg ids: stored once).
 	out := []outMsg{
 		{subject: bus.SubjectWork(cand.Service, id), msgID: record.WorkMsgID(rec), m: item},
 		{subject: bus.SubjectJobStatus(id), msgID: record.StatusMsgID(rec), m: record.StatusEvent(rec)}}
 	if rec.GetDeadline() != nil {
 		out = append(out, p.deadlineTimer(rec))
 	}
-	if err := p.publishAll(ctx, out...); err != nil {
-		return true, fmt.Errorf("dispatch job %s: %w", id, err)
+	create, data, err := p.store.createMsg(id, rec)
+	if err != nil {
+		return false, err
 	}
+	if first {
+		// A worker may report on the item before the record's write is
+		// stored (the two streams store independently): HandleExecution
+		// waits for a record that is young enough to be on its way.
+		acks, err := p.publishAll(ctx, append([]outMsg{create}, out...)...)
+		if len(acks) > 0 && acks[0] != nil {
+			p.store.created(id, rec, data, acks[0].Sequence)
+		}
+		switch {
+		case errors.Is(err, errKeyExists):
+			// Not expected of a first announcement; whoever created the
+			// record sent the same item (same msg id, stored once). The
+			// general path goes on from the record.
+			return false, nil
+		case err != nil:
+			return true, fmt.Errorf("dispatch job %s: %w", id, err)
+		}
+	} else {
+		acks, err := p.publishAll(ctx, create)
+		switch {
+		case errors.Is(err, errKeyExists):
+			return false, nil // a redelivery, or another delivery got there first
+		case err != nil:
+			return false, fmt.Errorf("create record of job %s: %w", id, err)
+		}
+		p.store.created(id, rec, data, acks[0].Sequence)
+		if _, err := p.publishAll(ctx, out...); err != nil {
+			return true, fmt.Errorf("dispatch job %s: %w", id, err)
+		}
+	}
+	p.metrics.dispatched(ctx, rec.GetProfile(), cand.Service)
+	slog.DebugContext(ctx, "job dispatched", "job_id", id, "attempt", 1, "service", cand.Service, "cost", cand.Cost, "load", cand.Load)
 	return true, nil
 }

@@ -44,6 +44,13 @@ import (
 // goroutine, and the consumer's MaxAckPending bounds them across replicas.
 const concurrency = 512
 
+// recordWait is how long a worker's report on a job without a record is
+// kept for the record to arrive, retried every recordRetry.
+const (
+	recordWait  = 30 * time.Second
+	recordRetry = 50 * time.Millisecond
+)
+
 // AckWait of the processor's consumers: the messages a killed replica held
 // go to another after this long, so it bounds the recovery from a crash.
 const AckWait = 10 * time.Second
@@ -237,8 +244,13 @@ func (p *Processor) HandleCreated(ctx context.Context, msg jetstream.Msg) error 
 	}
 	// The usual case, in few round trips: a service is there, so the record
 	// is created already SCHEDULED, and the work item and SCHEDULED go out
-	// together.
-	if done, err := p.createScheduled(ctx, job); done || err != nil {
+	// with it. Only CreateJob's own announcement, on its first delivery,
+	// may skip waiting for the record (see createScheduled).
+	first := msg.Headers().Get(bus.HeaderReannounced) == ""
+	if md, err := msg.Metadata(); err != nil || md.NumDelivered > 1 {
+		first = false
+	}
+	if done, err := p.createScheduled(ctx, job, first); done || err != nil {
 		return err
 	}
 	rec, _, err := p.store.update(ctx, job.GetId(), func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
@@ -251,7 +263,7 @@ func (p *Processor) HandleCreated(ctx context.Context, msg jetstream.Msg) error 
 		return fmt.Errorf("create record of job %s: %w", job.GetId(), err)
 	}
 	if rec.GetDeadline() != nil && !jobstate.IsTerminal(rec.GetStatus()) {
-		if err := p.publishAll(ctx, p.deadlineTimer(rec)); err != nil {
+		if _, err := p.publishAll(ctx, p.deadlineTimer(rec)); err != nil {
 			return fmt.Errorf("start the deadline timer of job %s: %w", rec.GetId(), err)
 		}
 	}
@@ -337,7 +349,7 @@ func (p *Processor) sendWork(ctx context.Context, rec *jobsv1.Job) error {
 	}
 	// Both in one round trip; should either fail, the redelivery sends both
 	// again (each is stored once, by its msg id).
-	if err := p.publishAll(ctx,
+	if _, err := p.publishAll(ctx,
 		outMsg{subject: bus.SubjectWork(cur.GetService(), rec.GetId()), msgID: record.WorkMsgID(rec), m: item},
 		outMsg{subject: bus.SubjectJobStatus(rec.GetId()), msgID: record.StatusMsgID(rec), m: record.StatusEvent(rec)}); err != nil {
 		return fmt.Errorf("dispatch job %s to %s: %w", rec.GetId(), cur.GetService(), err)
@@ -409,7 +421,14 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 	log := slog.With("job_id", id, "attempt", u.GetAttempt(), "status", jobstate.Name(u.GetStatus()), "progress", u.GetProgress())
 	switch {
 	case rec == nil:
-		// Work items only come from records, so this is not ours to track.
+		// Work items only come from records, but a job's first work item is
+		// published with its record (createScheduled), and the two streams
+		// store them independently: a quick worker's report may come first.
+		// Wait for a record on its way; past recordWait the report is not
+		// ours to track.
+		if md, err := msg.Metadata(); err == nil && p.cfg.Now().Sub(md.Timestamp) < recordWait {
+			return bus.RetryAfter(recordRetry, fmt.Errorf("execution update of job %s: no record yet", id))
+		}
 		log.WarnContext(ctx, "execution update for a job without a record dropped")
 		return nil
 	case outcome == record.Ignored:
@@ -446,8 +465,9 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 		// msg id makes the repeat a no-op), and announce, in one round
 		// trip. A mere progress report does not start another timer: past
 		// the duplicate window a repeat would be a second one.
-		return p.publishAll(ctx, p.attemptTimer(ctx, rec),
+		_, err := p.publishAll(ctx, p.attemptTimer(ctx, rec),
 			outMsg{subject: bus.SubjectJobStatus(id), msgID: record.StatusMsgID(rec), m: record.StatusEvent(rec)})
+		return err
 	}
 	return p.announce(ctx, rec)
 }

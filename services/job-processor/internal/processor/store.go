@@ -77,6 +77,25 @@ func (s *store) create(ctx context.Context, id string, rec *jobsv1.Job) error {
 	return nil
 }
 
+// createMsg is the create of rec as a message to publish along with others
+// (publishAll): a write to the key's subject that the stream refuses when
+// the key has any revision, as KeyValue.Create does. Its revision goes to
+// created once acknowledged. Unlike KeyValue.Create it does not recreate a
+// key that was deleted; records never are, and a refusal sends the job down
+// the general path, which does.
+func (s *store) createMsg(id string, rec *jobsv1.Job) (outMsg, []byte, error) {
+	data, err := proto.Marshal(rec)
+	if err != nil {
+		return outMsg{}, nil, fmt.Errorf("encode record %s: %w", id, err)
+	}
+	return outMsg{subject: "$KV." + s.kv.Bucket() + "." + id, raw: data, expectNew: true}, data, nil
+}
+
+// created remembers a record createMsg wrote, at revision rev.
+func (s *store) created(id string, rec *jobsv1.Job, data []byte, rev uint64) {
+	s.cache.put(id, cacheEntry(rec, data, rev))
+}
+
 // known reports whether this replica has seen a record of id. Records are
 // never deleted; were one, the general path that a known id takes finds out.
 func (s *store) known(id string) bool {

@@ -218,7 +218,7 @@ func (p *Processor) timerAge(msg jetstream.Msg) time.Duration {
 // it was, to be renewed at its next check.
 func (p *Processor) renewTimer(ctx context.Context, msg jetstream.Msg, t *eventsv1.ExecutionTimer, after time.Duration) error {
 	gen := timerGeneration(msg) + 1
-	if err := p.publishAll(ctx, timerMsg(t.GetJobId(), t.GetAttempt(), gen, after)); err != nil {
+	if _, err := p.publishAll(ctx, timerMsg(t.GetJobId(), t.GetAttempt(), gen, after)); err != nil {
 		slog.WarnContext(ctx, "renew timer", "job_id", t.GetJobId(), "attempt", t.GetAttempt(), "generation", gen, "err", err)
 		return bus.RetryAfter(min(after, p.cfg.TimerRenewAge), fmt.Errorf("renew timer of job %s attempt %d: %w", t.GetJobId(), t.GetAttempt(), err))
 	}

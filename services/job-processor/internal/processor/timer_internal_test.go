@@ -110,7 +110,7 @@ func TestTimerRenewalRedeliveredIsOne(t *testing.T) {
 	tb := newTimerBench(t)
 	const id = "job-1"
 	tb.running(t, id)
-	if err := tb.p.publishAll(tb.ctx, timerMsg(id, 1, 0, 0)); err != nil {
+	if _, err := tb.p.publishAll(tb.ctx, timerMsg(id, 1, 0, 0)); err != nil {
 		t.Fatal(err)
 	}
 	c, err := tb.js.CreateConsumer(tb.ctx, bus.StreamEvents, jetstream.ConsumerConfig{FilterSubject: SubjectTimer(id), AckPolicy: jetstream.AckExplicitPolicy})

@@ -1,0 +1,74 @@
+package processor_test
+
+import (
+	"testing"
+	"time"
+
+	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/services/job-processor/internal/processor"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// A job's first announcement sends its record, work item and SCHEDULED
+// together; a re-announcement (the mediator's sweep, after an outage) of a
+// job handled long ago, by a replica that does not remember it, must find
+// the record first and send no work again.
+func TestReannouncedJobSendsNoWork(t *testing.T) {
+	b := setup(t, oneService(), time.Minute)
+	b.create(t, "job-1")
+	b.waitStatuses(t, "job-1", "SCHEDULED")
+	if rec := b.record(t, "job-1"); rec.Status != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || len(rec.Executions) != 1 {
+		t.Fatalf("record after the first announcement = %v", rec)
+	}
+	if n := b.workCount(t, "probe"); n != 1 {
+		t.Fatalf("%d work items after the first announcement, want 1", n)
+	}
+
+	// job-2 ended long ago on another replica: its record is there, its
+	// work item and msg ids long forgotten.
+	old := &jobsv1.Job{Id: "job-2", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: completed, Progress: 100,
+		CreateTime: timestamppb.New(time.Now().Add(-time.Hour)),
+		Executions: []*jobsv1.Execution{{Attempt: 1, Service: "probe", InstanceId: "probe-1", Status: completed}}}
+	data, err := proto.Marshal(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.kv.Put(b.ctx, "job-2", data); err != nil {
+		t.Fatal(err)
+	}
+	job := &jobsv1.Job{Id: "job-2", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: jobsv1.JobStatus_JOB_STATUS_NEW, CreateTime: old.CreateTime}
+	if data, err = proto.Marshal(&eventsv1.JobCreated{Job: job}); err != nil {
+		t.Fatal(err)
+	}
+	m := &nats.Msg{Subject: bus.SubjectJobCreated, Data: data, Header: nats.Header{}}
+	m.Header.Set(bus.HeaderReannounced, "true")
+	if _, err := b.js.PublishMsg(b.ctx, m, jetstream.WithMsgID("created-job-2")); err != nil {
+		t.Fatal(err)
+	}
+	b.settled(t, processor.DurableCreated)
+	if n := b.workCount(t, "probe"); n != 1 {
+		t.Errorf("%d work items: the re-announced, completed job-2 was sent again", n)
+	}
+	if rec := b.record(t, "job-2"); rec.Status != completed || len(rec.Executions) != 1 {
+		t.Errorf("record of job-2 after the re-announcement = %v", rec)
+	}
+}
+
+// A worker's report may reach the processor before the record that was
+// published with the job's work item is stored: it waits for the record
+// instead of being dropped.
+func TestReportBeforeRecordWaits(t *testing.T) {
+	b := setup(t, oneService(), time.Minute)
+	b.exec(t, update("job-2", 1, running, 0))
+	time.Sleep(200 * time.Millisecond) // the report is handled, and finds no record
+	b.create(t, "job-2")
+	b.waitStatuses(t, "job-2", "SCHEDULED RUNNING-0")
+	if rec := b.record(t, "job-2"); rec.Status != running {
+		t.Errorf("record = %v, want RUNNING", rec)
+	}
+}
