@@ -307,7 +307,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	g.Go(func() error { return consumer.Run(workCtx, js) })
 	g.Go(func() error { return notifier.Run(workCtx) })
 	g.Go(func() error { return jobs.IndexCreated(workCtx, js) })
-	g.Go(func() error { return jobs.Sweep(workCtx, cfg.Sweep) })
+	sweep := cfg.Sweep
+	sweep.Etcd = etcd // keeps the sweep's progress across restarts
+	g.Go(func() error { return jobs.Sweep(workCtx, sweep) })
 	g.Go(func() error { return jobs.Retain(workCtx, cfg.Retention) })
 	g.Go(func() error {
 		if err := jobs.Backfill(workCtx, etcd); err != nil && workCtx.Err() == nil {

@@ -2,6 +2,7 @@ package jobapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"testing"
 	"time"
@@ -11,6 +12,8 @@ import (
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
 	"github.com/medius-platform/medius/services/mediator/internal/testsupport"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -223,5 +226,186 @@ func TestSweepStartsLookbackAgo(t *testing.T) {
 	round(t, f.srv.newSweeper(SweepConfig{}))
 	if got := announced(created, 1); got[stuck.Id] != "created-"+stuck.Id {
 		t.Fatalf("announced %v, want %s", got, stuck.Id)
+	}
+}
+
+// createdMsgs reads the JobCreated messages of the events stream, headers
+// and all, from its start.
+type createdMsgs struct {
+	t    *testing.T
+	cons jetstream.Consumer
+}
+
+func watchCreated(t *testing.T, f *fixture) *createdMsgs {
+	t.Helper()
+	cons, err := f.env.JS.OrderedConsumer(context.Background(), bus.StreamEvents,
+		jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.SubjectJobCreated}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &createdMsgs{t: t, cons: cons}
+}
+
+// next returns the next message's job id and headers.
+func (c *createdMsgs) next() (string, nats.Header) {
+	c.t.Helper()
+	msg, err := c.cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+	if err != nil {
+		c.t.Fatalf("no JobCreated: %v", err)
+	}
+	var e eventsv1.JobCreated
+	if err := bus.Decode(msg.Data(), &e); err != nil {
+		c.t.Fatal(err)
+	}
+	return e.GetJob().GetId(), msg.Headers()
+}
+
+func (c *createdMsgs) none() {
+	c.t.Helper()
+	if msg, err := c.cons.Next(jetstream.FetchMaxWait(300 * time.Millisecond)); err == nil {
+		c.t.Fatalf("unexpected JobCreated: %s", msg.Headers().Get(jetstream.MsgIDHeader))
+	}
+}
+
+// startSweep runs Sweep until the returned stop is called (or the test ends).
+func startSweep(t *testing.T, f *fixture, cfg SweepConfig) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	swept := make(chan error, 1)
+	go func() { swept <- f.srv.Sweep(ctx, cfg) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-swept; err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func storedCursor(t *testing.T, f *fixture) cursorPos {
+	t.Helper()
+	resp, err := f.env.EtcdCli.Get(context.Background(), sweepCursorKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p cursorPos
+	if len(resp.Kvs) > 0 {
+		if err := json.Unmarshal(resp.Kvs[0].Value, &p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p
+}
+
+// The sweep's JobCreated is marked as a re-announcement, so the processor
+// reads the job before acting on it; it keeps CreateJob's msg id, so a job
+// CreateJob did announce is not announced twice within the duplicate window.
+func TestSweepMarksReannouncements(t *testing.T) {
+	f := setup(t)
+	created := watchCreated(t, f)
+	first, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stuck := storeNew(t, f, "")
+	later(f, time.Minute) // both still NEW and old: the sweep announces both
+
+	round(t, f.srv.newSweeper(SweepConfig{}))
+	id, h := created.next()
+	if id != first.Id || h.Get(bus.HeaderReannounced) != "" {
+		t.Fatalf("first JobCreated: job %s, %s=%q; want CreateJob's of %s, unmarked", id, bus.HeaderReannounced, h.Get(bus.HeaderReannounced), first.Id)
+	}
+	id, h = created.next()
+	if id != stuck.Id || h.Get(bus.HeaderReannounced) != "true" || h.Get(jetstream.MsgIDHeader) != "created-"+stuck.Id {
+		t.Fatalf("swept JobCreated: job %s, %s=%q, msg id %q; want %s, \"true\", created-%s",
+			id, bus.HeaderReannounced, h.Get(bus.HeaderReannounced), h.Get(jetstream.MsgIDHeader), stuck.Id, stuck.Id)
+	}
+	created.none() // the re-announcement of the first was a duplicate
+}
+
+// A job stored NEW and never announced is found by a sweep started after an
+// outage longer than Lookback: it resumes from the cursor kept in etcd.
+func TestSweepResumesAfterLongOutage(t *testing.T) {
+	f := setup(t)
+	created := watchCreated(t, f)
+	cfg := SweepConfig{Interval: 20 * time.Millisecond, MinAge: time.Hour, Lookback: time.Minute, Etcd: f.env.EtcdCli}
+
+	stop := startSweep(t, f, cfg)
+	stuck := storeNew(t, f, "") // too young to settle before the stop
+	testsupport.Eventually(t, 10*time.Second, "sweep cursor stored", func() bool { return storedCursor(t, f).Seq > 0 })
+	stop()
+
+	later(f, 2*time.Hour) // down for longer than Lookback
+	// Lookback alone does not reach the job any more.
+	round(t, f.srv.newSweeper(SweepConfig{MinAge: cfg.MinAge, Lookback: cfg.Lookback}))
+	created.none()
+
+	startSweep(t, f, cfg)
+	id, h := created.next()
+	if id != stuck.Id || h.Get(bus.HeaderReannounced) != "true" {
+		t.Fatalf("after the outage: JobCreated of %s (%s=%q), want %s", id, bus.HeaderReannounced, h.Get(bus.HeaderReannounced), stuck.Id)
+	}
+}
+
+// The stored cursor never passes a job a sweeper has not handled, however far
+// it has read: not while the job is young, nor while announcing it fails.
+// Replicas share it, and one behind does not pull it back.
+func TestSweepCursorHoldsAtPendingJob(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	cfg := SweepConfig{MinAge: time.Hour, Etcd: f.env.EtcdCli}
+	w := f.srv.newSweeper(cfg)
+	w.cursor.every = 0
+
+	stuck := storeNew(t, f, "")
+	for range 5 {
+		j := storeNew(t, f, "")
+		moveOn(t, f, j.Id, jobsv1.JobStatus_JOB_STATUS_COMPLETED)
+	}
+	round(t, w) // stuck is young: pending
+	pending := w.born[stuck.Id].seq
+	if c := storedCursor(t, f); pending == 0 || c.Seq != pending {
+		t.Fatalf("young job at %d pending, read up to %d: cursor %d", pending, w.next, c.Seq)
+	}
+
+	// Announcing it fails (the events stream is gone): still pending.
+	if err := f.env.JS.DeleteStream(ctx, bus.StreamEvents); err != nil {
+		t.Fatal(err)
+	}
+	later(f, 2*time.Hour)
+	round(t, w)
+	if _, ok := w.born[stuck.Id]; !ok {
+		t.Fatal("job whose announcement failed forgotten")
+	}
+	if c := storedCursor(t, f); c.Seq != pending {
+		t.Fatalf("announcement failed: cursor %d, want %d", c.Seq, pending)
+	}
+
+	// Another replica, starting from the cursor, announces it and moves the
+	// cursor on; the first, behind, leaves it there.
+	if err := bus.Provision(ctx, f.env.JS); err != nil {
+		t.Fatal(err)
+	}
+	created := watchCreated(t, f)
+	w2 := f.srv.newSweeper(cfg)
+	w2.cursor.every = 0
+	round(t, w2)
+	if id, _ := created.next(); id != stuck.Id {
+		t.Fatalf("announced %s, want %s", id, stuck.Id)
+	}
+	if c := storedCursor(t, f); c.Seq != w2.next || c.Seq <= pending {
+		t.Fatalf("after the announcement: cursor %d, want %d", c.Seq, w2.next)
+	}
+	if err := w.save(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if c := storedCursor(t, f); c.Seq != w2.next {
+		t.Fatalf("a replica behind moved the cursor from %d to %d", w2.next, c.Seq)
 	}
 }
