@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/jobstate"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 )
@@ -25,6 +26,8 @@ var (
 	ErrNotFound = errors.New("job not found")
 	// ErrConflict: the record changed since it was read; read it again.
 	ErrConflict = errors.New("job changed concurrently")
+	// ErrExists: a create found a record under the job's id already.
+	ErrExists = errors.New("job id taken")
 )
 
 // Store is the job repository.
@@ -124,7 +127,7 @@ func (s *Store) remember(job *jobsv1.Job, data []byte, rev uint64) {
 	s.cache.put(job.GetId(), data, rev)
 }
 
-// Create stores a new job; it fails if the id is taken.
+// Create stores a new job; it fails with ErrExists if the id is taken.
 func (s *Store) Create(ctx context.Context, job *jobsv1.Job) (uint64, error) {
 	data, err := proto.Marshal(job)
 	if err != nil {
@@ -132,10 +135,68 @@ func (s *Store) Create(ctx context.Context, job *jobsv1.Job) (uint64, error) {
 	}
 	rev, err := s.kv.Create(ctx, job.GetId(), data)
 	if err != nil {
+		if isWrongRevision(err) {
+			return 0, fmt.Errorf("create job %s: %w: %w", job.GetId(), ErrExists, err)
+		}
 		return 0, fmt.Errorf("create job %s: %w", job.GetId(), err)
 	}
 	s.remember(job, data, rev)
 	return rev, nil
+}
+
+// PendingCreate is a create of a job record sent without waiting for its
+// answer (CreateAsync); Wait learns the outcome.
+type PendingCreate struct {
+	store *Store
+	job   *jobsv1.Job
+	data  []byte
+	ack   jetstream.PubAckFuture
+}
+
+// CreateAsync sends the create of a new job's record and returns without
+// waiting for the answer, so that the caller can send other messages on the
+// same connection meanwhile and wait for all answers at once: one round trip
+// instead of one each. js is the JetStream context the bucket was opened
+// with; it must use the default API prefix (no domain), as the bus does.
+//
+// It writes what Create writes: the record on the key's subject, expecting
+// no earlier write of the key. Unlike Create it does not take over a key
+// whose last write deleted it; a new job's id (a fresh UUIDv7) never had one.
+func (s *Store) CreateAsync(js jetstream.JetStream, job *jobsv1.Job) (*PendingCreate, error) {
+	id := job.GetId()
+	if !ValidID(id) {
+		return nil, fmt.Errorf("create job %q: invalid id", id)
+	}
+	data, err := proto.Marshal(job)
+	if err != nil {
+		return nil, fmt.Errorf("encode job %s: %w", id, err)
+	}
+	msg := &nats.Msg{Subject: "$KV." + s.kv.Bucket() + "." + id, Data: data, Header: nats.Header{}}
+	ack, err := js.PublishMsgAsync(msg, jetstream.WithExpectLastSequencePerSubject(0))
+	if err != nil {
+		return nil, fmt.Errorf("create job %s: %w", id, err)
+	}
+	return &PendingCreate{store: s, job: job, data: data, ack: ack}, nil
+}
+
+// Wait returns the record's revision once the create is acknowledged, and
+// remembers the record like Create. It fails with ErrExists if the id was
+// taken; if ctx ends first, it returns ctx's cause and the outcome is
+// unknown (the record may be stored).
+func (p *PendingCreate) Wait(ctx context.Context) (uint64, error) {
+	id := p.job.GetId()
+	select {
+	case ack := <-p.ack.Ok():
+		p.store.remember(p.job, p.data, ack.Sequence)
+		return ack.Sequence, nil
+	case err := <-p.ack.Err():
+		if isWrongRevision(err) {
+			return 0, fmt.Errorf("create job %s: %w: %w", id, ErrExists, err)
+		}
+		return 0, fmt.Errorf("create job %s: %w", id, err)
+	case <-ctx.Done():
+		return 0, fmt.Errorf("create job %s: %w", id, context.Cause(ctx))
+	}
 }
 
 // Update replaces the job if its revision is still rev; ErrConflict if not.
