@@ -59,7 +59,7 @@ type fixture struct {
 	registry *standInRegistry
 }
 
-func setup(t *testing.T) *fixture {
+func setup(t testing.TB) *fixture {
 	t.Helper()
 	env := testsupport.Start(t)
 	reg := &standInRegistry{profiles: map[string]*registryv1.JobProfile{

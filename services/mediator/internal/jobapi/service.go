@@ -21,10 +21,12 @@ import (
 	"github.com/medius-platform/medius/services/mediator/internal/auth"
 	"github.com/medius-platform/medius/services/mediator/internal/jobindex"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -47,6 +49,8 @@ type Server struct {
 
 	checkEndpoint func(string) error
 	index         *jobindex.Index
+	// newID names new jobs (jobstore.NewID; tests choose ids).
+	newID func() (string, error)
 }
 
 // SetIndex lists jobs through the index and keeps it (nil: listings scan
@@ -89,7 +93,7 @@ func New(store *jobstore.Store, js jetstream.JetStream, profiles Profiles) (*Ser
 	if err != nil {
 		return nil, fmt.Errorf("jobs admitted counter: %w", err)
 	}
-	return &Server{store: store, js: js, profiles: profiles, now: time.Now, admitted: admitted}, nil
+	return &Server{store: store, js: js, profiles: profiles, now: time.Now, admitted: admitted, newID: jobstore.NewID}, nil
 }
 
 // CreateJob implements jobsv1.JobServiceServer.
@@ -135,7 +139,7 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 		}
 	}
 
-	id, err := jobstore.NewID()
+	id, err := s.newID()
 	if err != nil {
 		return nil, err
 	}
@@ -174,14 +178,20 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 		job.Input = &jobsv1.JobInput{}
 	}
 
-	// The record is stored before the request id is claimed: a claim then
-	// always names a stored job. A crash between the two leaves a NEW job
-	// whose claim the sweep completes (or, if a retry won, deletes the job).
-	if _, err := s.store.Create(ctx, job); err != nil {
-		s.release(ctx, tenant, id)
-		return nil, storeError(ctx, fmt.Errorf("create job %s: %w", id, err))
-	}
-	if requestID != "" {
+	if requestID == "" {
+		if err := s.storeAndAnnounce(ctx, job); err != nil {
+			return nil, err
+		}
+	} else {
+		// The record is stored before the request id is claimed: a claim
+		// then always names a stored job. A crash between the two leaves a
+		// NEW job whose claim the sweep completes (or, if a retry won,
+		// deletes the job). And the job is announced only once its claim
+		// is won, so a repeat never runs.
+		if _, err := s.store.Create(ctx, job); err != nil {
+			s.release(ctx, tenant, id)
+			return nil, storeError(ctx, fmt.Errorf("create job %s: %w", id, err))
+		}
 		owner, err := s.store.ClaimRequest(ctx, tenant, requestID, id)
 		if err != nil {
 			// Left NEW, the sweep completes the claim and publishes the
@@ -191,11 +201,10 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 		if owner != id {
 			return s.answerRepeat(ctx, job, owner)
 		}
-	}
-	if err := s.publishCreated(ctx, job); err != nil {
-		// The job is stored; the sweep publishes it. Failing the call would
-		// make a client without a request id submit it twice.
-		slog.WarnContext(ctx, "job stored, publish deferred to sweep", "job", id, "err", err)
+		if err := s.publishCreated(ctx, job); err != nil {
+			// The job is stored; the sweep publishes it.
+			slog.WarnContext(ctx, "job stored, publish deferred to sweep", "job", id, "err", err)
+		}
 	}
 	// Indexed after the announcement, so the job is on its way to a worker
 	// while the index write (an etcd fsync) completes; the call still
@@ -248,6 +257,192 @@ func (s *Server) repeated(ctx context.Context, tenant, requestID string) (*jobsv
 
 func (s *Server) publishCreated(ctx context.Context, job *jobsv1.Job) error {
 	return bus.Publish(ctx, s.js, bus.SubjectJobCreated, "created-"+job.GetId(), &eventsv1.JobCreated{Job: job})
+}
+
+// Budgets of storeAndAnnounce.
+const (
+	// ackWait bounds the wait for the answers to the record's create and
+	// the announcement, as the JetStream client's default request timeout
+	// bounds a Create or a Publish.
+	ackWait = 5 * time.Second
+	// A record that failed while its announcement may have gone out is
+	// created again up to recordTries times, recordRetryPause apart, each
+	// try given recordTryWait; withdrawing the job, if that fails too, is
+	// tried up to cancelTries times likewise. Rare, and bounded: the call
+	// fails within seconds more than it would have anyway.
+	recordTries      = 3
+	recordTryWait    = 2 * time.Second
+	recordRetryPause = 100 * time.Millisecond
+	cancelTries      = 3
+)
+
+// errNoAnswer: a write sent but not answered within ackWait; it may have
+// been stored.
+var errNoAnswer = errors.New("no answer from the job store")
+
+// storeAndAnnounce stores the record of a new job without a request id and
+// announces it (JobCreated), sending both before waiting for either: one
+// round trip instead of two. Their order does not matter: the processor takes
+// the whole job from the JobCreated and never reads this record, and the
+// status consumer retries an event whose record is not stored yet.
+//
+// Either write can fail alone. How each outcome keeps a job answered with 2xx
+// from being lost, and a job the client is told failed from running:
+//   - both stored: the usual case.
+//   - record stored, announcement not (or no answer): the job is accepted;
+//     the sweep announces a record left NEW. Failing the call would make the
+//     client submit the job twice.
+//   - record not stored (or no answer), announcement stored or possibly
+//     stored: the processor may run a job without a record, which the client
+//     would be told failed. The create is tried again a few times, and an
+//     answer that the id holds this very job means an earlier try was stored
+//     after all. If the record still cannot be stored, a JobCancelRequested
+//     stops the job (the processor drops a cancel of a job it never heard
+//     of), its quota slot is released and the call fails Unavailable.
+//   - neither stored (the announcement refused or never sent): as when the
+//     record was stored first and failed: the slot is released and the call
+//     fails Unavailable.
+//
+// Once the writes are sent, their outcome is waited for even if the client
+// gives up: the compensations above must follow what was stored, not the
+// client's patience.
+func (s *Server) storeAndAnnounce(ctx context.Context, job *jobsv1.Job) error {
+	id, tenant := job.GetId(), job.GetTenant()
+	wctx, cancel := context.WithTimeoutCause(context.WithoutCancel(ctx), ackWait, errNoAnswer)
+	defer cancel()
+
+	record, err := s.store.CreateAsync(s.js, job)
+	if err != nil {
+		// Nothing was sent.
+		s.release(ctx, tenant, id)
+		return storeError(ctx, err)
+	}
+	announcement, announced := s.publishCreatedAsync(ctx, job)
+	if announced == nil {
+		announced = waitAck(wctx, announcement)
+	}
+	_, stored := record.Wait(wctx)
+
+	if stored != nil && !refused(announced) {
+		slog.WarnContext(ctx, "job announced without its record, storing it again", "job", id, "err", stored)
+		if s.storeAgain(ctx, job) {
+			stored = nil
+		} else {
+			s.withdraw(ctx, job)
+		}
+	}
+	if stored != nil {
+		s.release(ctx, tenant, id)
+		return storeError(ctx, stored)
+	}
+	if announced != nil {
+		slog.WarnContext(ctx, "job stored, publish deferred to sweep", "job", id, "err", announced)
+	}
+	return nil
+}
+
+// errNotSent: a write the NATS client did not send.
+var errNotSent = errors.New("not sent")
+
+// refused reports whether a publish is known not to have been stored: not
+// sent, refused by the stream, or no stream to take it. Any other failure
+// (no answer, a lost connection) may have been stored.
+func refused(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, errNotSent) || errors.As(err, &apiErr) || errors.Is(err, jetstream.ErrNoStreamResponse)
+}
+
+// storeAgain retries the create of job's record, reporting whether the record
+// is stored: by a retry, or by an earlier try whose answer was lost (the id
+// then holds this job).
+func (s *Server) storeAgain(ctx context.Context, job *jobsv1.Job) bool {
+	ctx = context.WithoutCancel(ctx)
+	for try := range recordTries {
+		if try > 0 {
+			time.Sleep(recordRetryPause)
+		}
+		tctx, cancel := context.WithTimeout(ctx, recordTryWait)
+		_, err := s.store.Create(tctx, job)
+		if errors.Is(err, jobstore.ErrExists) {
+			var held *jobsv1.Job
+			held, _, err = s.store.Get(tctx, job.GetId())
+			if err == nil && !sameJob(held, job) {
+				// Another record holds the id: no try of this job's
+				// can ever be stored.
+				cancel()
+				slog.ErrorContext(ctx, "job id taken by another record", "job", job.GetId())
+				return false
+			}
+		}
+		cancel()
+		if err == nil {
+			return true
+		}
+		slog.WarnContext(ctx, "store job record again", "job", job.GetId(), "try", try+1, "err", err)
+	}
+	return false
+}
+
+// sameJob reports whether a record read holds job, as created: a record is
+// updated (its status) once the job runs, so not all of it is compared.
+func sameJob(held, job *jobsv1.Job) bool {
+	return held.GetId() == job.GetId() && held.GetTenant() == job.GetTenant() &&
+		held.GetCreateTime().AsTime().Equal(job.GetCreateTime().AsTime())
+}
+
+// withdraw asks the processor to stop a job announced without a record,
+// whose client is told it failed; like CancelJob, but for a job that cannot
+// be loaded. Should this fail too, the job may run unknown to the mediator:
+// the status consumer drops its events once it gives up waiting for the
+// record.
+func (s *Server) withdraw(ctx context.Context, job *jobsv1.Job) {
+	ctx = context.WithoutCancel(ctx)
+	ev := &eventsv1.JobCancelRequested{JobId: job.GetId(), Tenant: job.GetTenant()}
+	var err error
+	for try := range cancelTries {
+		if try > 0 {
+			time.Sleep(recordRetryPause)
+		}
+		tctx, cancel := context.WithTimeout(ctx, recordTryWait)
+		err = bus.Publish(tctx, s.js, bus.SubjectJobCancel, "cancel-"+job.GetId(), ev)
+		cancel()
+		if err == nil {
+			slog.WarnContext(ctx, "job without a record withdrawn", "job", job.GetId())
+			return
+		}
+	}
+	slog.ErrorContext(ctx, "withdraw job announced without a record", "job", job.GetId(), "err", err)
+}
+
+// publishCreatedAsync sends the job's JobCreated as publishCreated does,
+// without waiting for the answer. It fails with errNotSent.
+func (s *Server) publishCreatedAsync(ctx context.Context, job *jobsv1.Job) (jetstream.PubAckFuture, error) {
+	ev := &eventsv1.JobCreated{Job: job}
+	data, err := proto.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("%w: marshal %T: %w", errNotSent, ev, err)
+	}
+	msg := &nats.Msg{Subject: bus.SubjectJobCreated, Data: data, Header: nats.Header{}}
+	msg.Header.Set(bus.HeaderType, string(ev.ProtoReflect().Descriptor().FullName()))
+	otel.GetTextMapPropagator().Inject(ctx, bus.HeaderCarrier(msg.Header))
+	f, err := s.js.PublishMsgAsync(msg, jetstream.WithMsgID("created-"+job.GetId()))
+	if err != nil {
+		return nil, fmt.Errorf("%w: publish %s: %w", errNotSent, bus.SubjectJobCreated, err)
+	}
+	return f, nil
+}
+
+// waitAck returns the outcome of an async publish, or ctx's cause if ctx
+// ends first.
+func waitAck(ctx context.Context, f jetstream.PubAckFuture) error {
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return fmt.Errorf("publish %s: %w", f.Msg().Subject, err)
+	case <-ctx.Done():
+		return fmt.Errorf("publish %s: %w", f.Msg().Subject, context.Cause(ctx))
+	}
 }
 
 // profileError maps a failed profile lookup: an unknown profile is the
