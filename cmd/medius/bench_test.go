@@ -180,9 +180,14 @@ func runPlatform(b *testing.B) platformResult {
 	if v, err := strconv.Atoi(os.Getenv("MEDIUS_BENCH_JOBS")); err == nil && v > 0 {
 		n = v
 	}
-	pprofAddr, err := devenv.FreeAddr()
-	if err != nil {
-		b.Fatal(err)
+	// Each Go service but the registry serves pprof, for MEDIUS_BENCH_PPROF.
+	pprofAddr := map[string]string{}
+	for _, svc := range []string{"mediator", "job-processor", "job-worker"} {
+		addr, err := devenv.FreeAddr()
+		if err != nil {
+			b.Fatal(err)
+		}
+		pprofAddr[svc] = addr
 	}
 	// MEDIUS_BENCH_CAPACITY sets the worker's capacity. The default, 256,
 	// is what one would give a profile that costs nothing: at 64, under
@@ -194,8 +199,9 @@ func runPlatform(b *testing.B) platformResult {
 	}
 	l := startLab(b, devstack.Config{
 		Workers: 1,
-		Args: map[string][]string{"job-worker": {"--capacity", capacity},
-			"job-processor": {"--queue-timeout", "10m", "--pprof-addr", pprofAddr}},
+		Args: map[string][]string{"job-worker": {"--capacity", capacity, "--pprof-addr", pprofAddr["job-worker"]},
+			"job-processor": {"--queue-timeout", "10m", "--pprof-addr", pprofAddr["job-processor"]},
+			"mediator":      {"--pprof-addr", pprofAddr["mediator"]}},
 		Env: []string{"MEDIUS_LOG_LEVEL=warn"},
 	})
 	nc, js, err := bus.Connect(l.stack.NATS.URL, "bench")
@@ -247,28 +253,24 @@ func runPlatform(b *testing.B) platformResult {
 	if err != nil {
 		b.Fatal(err)
 	}
-	// MEDIUS_BENCH_PPROF=<file> keeps a 10 s CPU profile of the processor
-	// under this load.
-	if out := os.Getenv("MEDIUS_BENCH_PPROF"); out != "" {
-		go func() {
-			resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/profile?seconds=10")
-			if err != nil {
-				b.Logf("profile: %v", err)
-				return
-			}
-			defer resp.Body.Close()
-			f, err := os.Create(out)
-			if err != nil {
-				b.Logf("profile: %v", err)
-				return
-			}
-			defer f.Close()
-			_, _ = io.Copy(f, resp.Body)
-		}()
+	// MEDIUS_BENCH_PPROF=<prefix> keeps a 10 s CPU profile of the mediator,
+	// the processor and the worker under this load, in
+	// <prefix>-<service>.pprof (the test's own process, which runs NATS and
+	// etcd, is profiled by go test -cpuprofile).
+	var profiles sync.WaitGroup
+	if prefix := os.Getenv("MEDIUS_BENCH_PPROF"); prefix != "" {
+		for svc, addr := range pprofAddr {
+			profiles.Go(func() {
+				if err := saveProfile(addr, prefix+"-"+svc+".pprof"); err != nil {
+					b.Logf("profile of %s: %v", svc, err)
+				}
+			})
+		}
 	}
 	run = l.measureWith(b, nc, n, func(record func(string, time.Time)) error {
 		return batchSubmit(js, kv.Bucket(), n, record)
 	})
+	profiles.Wait()
 	r.e2e, r.fullP50, r.fullP99 = run.e2e, run.p50, run.p99
 	b.Logf("full load, batch submit (windows of 256, one worker of capacity %s): %d NoOp jobs stored and announced at %.0f jobs/s, %.0f jobs/s end to end; submit -> worker start p50 %s p99 %s; %s",
 		capacity, n, run.submitRate, run.e2e, run.p50, run.p99, run.ops)
@@ -490,6 +492,24 @@ func ceiling(b *testing.B, js jetstream.JetStream, n int) float64 {
 		b.Fatalf("consumed %d of %d", got.Load(), n)
 	}
 	return float64(n) / time.Since(start).Seconds()
+}
+
+// saveProfile writes a 10 s CPU profile of the pprof server at addr to out.
+func saveProfile(addr, out string) error {
+	resp, err := http.Get("http://" + addr + "/debug/pprof/profile?seconds=10")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // batchSubmit stores and announces n NoOp jobs as CreateJob does after its

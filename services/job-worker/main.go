@@ -34,6 +34,7 @@ func parseConfig(args []string) (app.Config, error) {
 	fs.StringVar(&cfg.S3.SecretKey, "s3-secret-key", "", "S3 secret access key (prefer MEDIUS_S3_SECRET_KEY: flags show in ps)")
 	fs.StringVar(&cfg.Region, "region", "", "region this instance runs in")
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", cfg.AdminAddr, "admin HTTP listen address (/healthz, /readyz, /metrics)")
+	fs.StringVar(&cfg.PprofAddr, "pprof-addr", "", "serve net/http/pprof on this address (profiling; empty disables)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: json or text")
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP gRPC endpoint (host:port) for traces; empty disables export")

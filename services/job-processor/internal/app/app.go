@@ -165,7 +165,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	g, gctx := errgroup.WithContext(ctx)
 	if cfg.PprofAddr != "" {
-		g.Go(func() error { return servePprof(gctx, cfg.PprofAddr) })
+		g.Go(func() error { return adminserver.ServePprof(gctx, cfg.PprofAddr) })
 	}
 	// The admin server outlives the consumers: it answers 503 while they drain.
 	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))

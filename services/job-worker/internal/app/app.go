@@ -47,9 +47,12 @@ type Config struct {
 	AllowPrivateURLs bool
 	// S3 is the store of s3:// locators; unset (no endpoint, no region)
 	// refuses them.
-	S3           locator.S3Config
-	Region       string
-	AdminAddr    string
+	S3        locator.S3Config
+	Region    string
+	AdminAddr string
+	// PprofAddr, when set, serves net/http/pprof (profiling; keep it on
+	// loopback).
+	PprofAddr    string
 	LogLevel     string
 	LogFormat    string
 	OTLPEndpoint string
@@ -241,6 +244,16 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			err = aerr
 		}
 	}()
+	if cfg.PprofAddr != "" {
+		pprofDone := make(chan error, 1)
+		go func() { pprofDone <- adminserver.ServePprof(adminCtx, cfg.PprofAddr) }()
+		defer func() {
+			stopAdmin()
+			if perr := <-pprofDone; perr != nil && err == nil {
+				err = perr
+			}
+		}()
+	}
 	log.InfoContext(ctx, "job worker starting", "admin", admin.Addr(), "registry", cfg.RegistryAddr, "capacity", cfg.Capacity)
 
 	reg, err := workersdk.Register(ctx, registry, workersdk.Instance{

@@ -59,6 +59,9 @@ type Config struct {
 	RegistryAddr string
 	// AdminAddr serves /healthz, /readyz and /metrics.
 	AdminAddr string
+	// PprofAddr, when set, serves net/http/pprof (profiling; keep it on
+	// loopback).
+	PprofAddr string
 	// BootstrapAPIKey, when set, is (re)registered for BootstrapTenant on
 	// start, so a fresh install has one working credential. Only its hash is
 	// stored.
@@ -283,6 +286,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return admin.Run(adminCtx) })
+	if cfg.PprofAddr != "" {
+		g.Go(func() error { return adminserver.ServePprof(adminCtx, cfg.PprofAddr) })
+	}
 	g.Go(func() error {
 		if err := grpcSrv.Serve(grpcLn); err != nil {
 			return fmt.Errorf("grpc server: %w", err)

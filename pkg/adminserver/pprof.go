@@ -1,4 +1,4 @@
-package app
+package adminserver
 
 import (
 	"context"
@@ -9,8 +9,10 @@ import (
 	"time"
 )
 
-// servePprof serves the Go profiler on addr until ctx ends.
-func servePprof(ctx context.Context, addr string) error {
+// ServePprof serves the Go profiler (net/http/pprof) on addr until ctx
+// ends. It is a listener of its own, off unless asked for, so profiling is
+// never exposed where /metrics is: keep addr on loopback.
+func ServePprof(ctx context.Context, addr string) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
