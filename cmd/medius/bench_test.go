@@ -535,7 +535,7 @@ func batchSubmit(js jetstream.JetStream, bucket string, n int, record func(strin
 		t := time.Now()
 		jobs := make([]*jobsv1.Job, 0, window)
 		var futs []jetstream.PubAckFuture
-		for ; len(jobs) < window && done+len(jobs) < n; {
+		for len(jobs) < window && done+len(jobs) < n {
 			id, err := uuid.NewV7()
 			if err != nil {
 				return err
@@ -559,12 +559,10 @@ func batchSubmit(js jetstream.JetStream, bucket string, n int, record func(strin
 		}
 		futs = futs[:0]
 		for _, job := range jobs {
-			data, err := proto.Marshal(&eventsv1.JobCreated{Job: job})
+			m, err := bus.NewMsg(context.Background(), bus.SubjectJobCreated, &eventsv1.JobCreated{Job: job})
 			if err != nil {
 				return err
 			}
-			m := &nats.Msg{Subject: bus.SubjectJobCreated, Data: data, Header: nats.Header{}}
-			m.Header.Set(bus.HeaderType, string((&eventsv1.JobCreated{}).ProtoReflect().Descriptor().FullName()))
 			f, err := js.PublishMsgAsync(m, jetstream.WithMsgID("created-"+job.GetId()))
 			if err != nil {
 				return err

@@ -99,7 +99,9 @@ func Connect(url, name string) (*nats.Conn, jetstream.JetStream, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect nats %s: %w", url, err)
 	}
-	js, err := jetstream.New(nc)
+	// An async publish whose ack never comes (a lost reply) fails after
+	// this instead of staying in the client's pending list.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(30*time.Second))
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
@@ -159,17 +161,27 @@ func retry(ctx context.Context, f func() error) error {
 	}
 }
 
-// Publish sends m on subject with msgID as the JetStream message id, so a
-// retried publish of the same logical event is stored once. The trace context
-// of ctx travels in the headers.
-func Publish(ctx context.Context, js jetstream.JetStream, subject, msgID string, m proto.Message) error {
+// NewMsg is m as a message on subject, as every Medius event travels: its
+// protobuf type in HeaderType and the trace context of ctx in the headers.
+func NewMsg(ctx context.Context, subject string, m proto.Message) (*nats.Msg, error) {
 	data, err := proto.Marshal(m)
 	if err != nil {
-		return fmt.Errorf("marshal %T: %w", m, err)
+		return nil, fmt.Errorf("marshal %T: %w", m, err)
 	}
 	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
 	msg.Header.Set(HeaderType, string(m.ProtoReflect().Descriptor().FullName()))
 	otel.GetTextMapPropagator().Inject(ctx, HeaderCarrier(msg.Header))
+	return msg, nil
+}
+
+// Publish sends m on subject with msgID as the JetStream message id, so a
+// retried publish of the same logical event is stored once. The trace context
+// of ctx travels in the headers.
+func Publish(ctx context.Context, js jetstream.JetStream, subject, msgID string, m proto.Message) error {
+	msg, err := NewMsg(ctx, subject, m)
+	if err != nil {
+		return err
+	}
 	opts := []jetstream.PublishOpt{}
 	if msgID != "" {
 		opts = append(opts, jetstream.WithMsgID(msgID))
@@ -182,13 +194,10 @@ func Publish(ctx context.Context, js jetstream.JetStream, subject, msgID string,
 
 // PublishCore sends m on a core NATS subject (not persisted), with trace context.
 func PublishCore(ctx context.Context, nc *nats.Conn, subject string, m proto.Message) error {
-	data, err := proto.Marshal(m)
+	msg, err := NewMsg(ctx, subject, m)
 	if err != nil {
-		return fmt.Errorf("marshal %T: %w", m, err)
+		return err
 	}
-	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
-	msg.Header.Set(HeaderType, string(m.ProtoReflect().Descriptor().FullName()))
-	otel.GetTextMapPropagator().Inject(ctx, HeaderCarrier(msg.Header))
 	if err := nc.PublishMsg(msg); err != nil {
 		return fmt.Errorf("publish %s: %w", subject, err)
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/medius-platform/medius/services/job-processor/internal/selection"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
@@ -50,16 +49,13 @@ func (p *Processor) publishAll(ctx context.Context, msgs ...outMsg) ([]*jetstrea
 			opts = append(opts, jetstream.WithExpectLastSequencePerSubject(0))
 		}
 		if o.raw == nil {
-			data, err := proto.Marshal(o.m)
-			if err != nil {
-				return nil, fmt.Errorf("marshal %T: %w", o.m, err)
+			var err error
+			if nm, err = bus.NewMsg(ctx, o.subject, o.m); err != nil {
+				return nil, err
 			}
-			nm.Data, nm.Header = data, nats.Header{}
 			for k, v := range o.header {
 				nm.Header[k] = v
 			}
-			nm.Header.Set(bus.HeaderType, string(o.m.ProtoReflect().Descriptor().FullName()))
-			otel.GetTextMapPropagator().Inject(ctx, bus.HeaderCarrier(nm.Header))
 		}
 		if o.msgID != "" {
 			opts = append(opts, jetstream.WithMsgID(o.msgID))

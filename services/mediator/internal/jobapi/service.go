@@ -21,12 +21,10 @@ import (
 	"github.com/medius-platform/medius/services/mediator/internal/auth"
 	"github.com/medius-platform/medius/services/mediator/internal/jobindex"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -417,14 +415,10 @@ func (s *Server) withdraw(ctx context.Context, job *jobsv1.Job) {
 // publishCreatedAsync sends the job's JobCreated as publishCreated does,
 // without waiting for the answer. It fails with errNotSent.
 func (s *Server) publishCreatedAsync(ctx context.Context, job *jobsv1.Job) (jetstream.PubAckFuture, error) {
-	ev := &eventsv1.JobCreated{Job: job}
-	data, err := proto.Marshal(ev)
+	msg, err := bus.NewMsg(ctx, bus.SubjectJobCreated, &eventsv1.JobCreated{Job: job})
 	if err != nil {
-		return nil, fmt.Errorf("%w: marshal %T: %w", errNotSent, ev, err)
+		return nil, fmt.Errorf("%w: %w", errNotSent, err)
 	}
-	msg := &nats.Msg{Subject: bus.SubjectJobCreated, Data: data, Header: nats.Header{}}
-	msg.Header.Set(bus.HeaderType, string(ev.ProtoReflect().Descriptor().FullName()))
-	otel.GetTextMapPropagator().Inject(ctx, bus.HeaderCarrier(msg.Header))
 	f, err := s.js.PublishMsgAsync(msg, jetstream.WithMsgID("created-"+job.GetId()))
 	if err != nil {
 		return nil, fmt.Errorf("%w: publish %s: %w", errNotSent, bus.SubjectJobCreated, err)

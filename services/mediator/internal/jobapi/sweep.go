@@ -12,11 +12,8 @@ import (
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.opentelemetry.io/otel"
-	"google.golang.org/protobuf/proto"
 )
 
 // SweepConfig tunes the sweep of jobs left NEW.
@@ -285,15 +282,11 @@ func (s *Server) recover(ctx context.Context, job *jobsv1.Job) error {
 // the duplicate window the stream keeps one of the two, and of several
 // replicas' re-announcements.
 func (s *Server) reannounce(ctx context.Context, job *jobsv1.Job) error {
-	ev := &eventsv1.JobCreated{Job: job}
-	data, err := proto.Marshal(ev)
+	msg, err := bus.NewMsg(ctx, bus.SubjectJobCreated, &eventsv1.JobCreated{Job: job})
 	if err != nil {
-		return fmt.Errorf("marshal job created: %w", err)
+		return err
 	}
-	msg := &nats.Msg{Subject: bus.SubjectJobCreated, Data: data, Header: nats.Header{}}
-	msg.Header.Set(bus.HeaderType, string(ev.ProtoReflect().Descriptor().FullName()))
 	msg.Header.Set(bus.HeaderReannounced, "true")
-	otel.GetTextMapPropagator().Inject(ctx, bus.HeaderCarrier(msg.Header))
 	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID("created-"+job.GetId())); err != nil {
 		return fmt.Errorf("publish %s: %w", bus.SubjectJobCreated, err)
 	}
