@@ -16,6 +16,7 @@ import (
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/devenv"
 	"github.com/medius-platform/medius/pkg/workersdk"
+	"github.com/medius-platform/medius/pkg/workersdk/workersdktest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -70,29 +71,7 @@ func (g *rig) run(tb testing.TB, cfg workersdk.Config) (stop func()) {
 		// Two lines a job: benchmarks would measure the log writer.
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	r, err := workersdk.New(cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					tb.Errorf("Run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				tb.Error("Run did not return after its context ended")
-			}
-		})
-	}
-	tb.Cleanup(stop)
-	return stop
+	return workersdktest.Run(tb, cfg)
 }
 
 // watch calls f with every execution update, until the test ends.

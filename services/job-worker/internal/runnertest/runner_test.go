@@ -23,6 +23,7 @@ import (
 	"github.com/medius-platform/medius/pkg/locator"
 	"github.com/medius-platform/medius/pkg/testmedia"
 	"github.com/medius-platform/medius/pkg/workersdk"
+	"github.com/medius-platform/medius/pkg/workersdk/workersdktest"
 	"github.com/medius-platform/medius/services/job-worker/internal/profiles"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -150,29 +151,7 @@ func (e *env) start(t *testing.T, mod func(*workersdk.Config)) (stop func()) {
 	if mod != nil {
 		mod(&cfg)
 	}
-	r, err := workersdk.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("Run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Error("Run did not return after its context ended")
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
+	return workersdktest.Run(t, cfg)
 }
 
 func (e *env) submit(t *testing.T, job, profile, url string, mod ...func(*eventsv1.WorkItem)) {
