@@ -81,8 +81,8 @@ func TestLostWorkerRetriedThenHeartbeatsKeepItAlive(t *testing.T) {
 	if lost.GetStatus() != jobsv1.JobStatus_JOB_STATUS_FAILED || lost.GetError().GetType() != record.ProblemWorkerLost || lost.GetEndTime() == nil {
 		t.Fatalf("lost execution = %v", lost)
 	}
-	if w, id := b.workItem(t, "probe"); w.GetAttempt() != 2 || id != "work-job-l-2" {
-		t.Fatalf("retry work item = %v (%s)", w, id)
+	if w := b.waitWorkItem(t, "probe", "work-job-l-2"); w.GetAttempt() != 2 {
+		t.Fatalf("retry work item = %v", w)
 	}
 	// The lost attempt's item, held by the dead worker, is withdrawn: its
 	// redelivery would run attempt 1 again.
@@ -205,8 +205,8 @@ func TestRestartFailedJob(t *testing.T) {
 	if len(rec.Executions) != 2 || rec.Status != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || rec.Error != nil {
 		t.Fatalf("restarted record = %v", rec)
 	}
-	if w, id := b.workItem(t, "probe"); w.GetAttempt() != 2 || id != "work-job-r-2" {
-		t.Fatalf("restart work item = %v (%s)", w, id)
+	if w := b.waitWorkItem(t, "probe", "work-job-r-2"); w.GetAttempt() != 2 {
+		t.Fatalf("restart work item = %v", w)
 	}
 	// Another tenant cannot restart it; a completed job is not restarted.
 	b.exec(t, update("job-r", 2, completed, 100))
@@ -244,8 +244,8 @@ func TestStrandedJobMovesToNextCandidate(t *testing.T) {
 		t.Fatalf("record after the move = %v", rec)
 	}
 	waitFor(t, "the work item on probe-premium", func() bool { return b.workCount(t, "probe-premium") == 1 })
-	if w, id := b.workItem(t, "probe-premium"); w.GetAttempt() != 2 || id != "work-job-s-2" {
-		t.Fatalf("work item on probe-premium = %v (%s)", w, id)
+	if w := b.waitWorkItem(t, "probe-premium", "work-job-s-2"); w.GetAttempt() != 2 {
+		t.Fatalf("work item on probe-premium = %v", w)
 	}
 	waitFor(t, "probe's stale item withdrawn", func() bool { return b.workCount(t, "probe") == 0 })
 	b.waitStatuses(t, "job-s", "SCHEDULED SCHEDULED")

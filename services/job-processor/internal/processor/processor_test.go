@@ -259,18 +259,39 @@ func (b *bundle) record(t *testing.T, id string) *jobsv1.Job {
 	return rec
 }
 
-// workItem reads the work item stored for service, with its msg id.
+// workItem reads the last work item stored for service, with its msg id,
+// waiting for one: the processor stores a job's record, its work item and
+// its announcement on different streams, so a test that saw one of the
+// others may be a moment early for the item.
 func (b *bundle) workItem(t *testing.T, service string) (*eventsv1.WorkItem, string) {
 	t.Helper()
-	m, err := b.work.GetLastMsgForSubject(b.ctx, bus.WorkQueue(service))
-	if err != nil {
-		t.Fatalf("work item for %s: %v", service, err)
-	}
+	var m *jetstream.RawStreamMsg
+	waitFor(t, "a work item for "+service, func() bool {
+		var err error
+		m, err = b.work.GetLastMsgForSubject(b.ctx, bus.WorkQueue(service))
+		if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			t.Fatalf("work item for %s: %v", service, err)
+		}
+		return err == nil
+	})
 	w := &eventsv1.WorkItem{}
 	if err := proto.Unmarshal(m.Data, w); err != nil {
 		t.Fatal(err)
 	}
 	return w, m.Header.Get(jetstream.MsgIDHeader)
+}
+
+// waitWorkItem waits until the last work item stored for service is the
+// one with msgID (a retry's item follows its record's update) and returns it.
+func (b *bundle) waitWorkItem(t *testing.T, service, msgID string) *eventsv1.WorkItem {
+	t.Helper()
+	var w *eventsv1.WorkItem
+	waitFor(t, "work item "+msgID, func() bool {
+		var id string
+		w, id = b.workItem(t, service)
+		return id == msgID
+	})
+	return w
 }
 
 func (b *bundle) workCount(t *testing.T, service string) uint64 {
