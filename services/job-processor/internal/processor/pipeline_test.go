@@ -25,6 +25,7 @@ func TestReannouncedJobSendsNoWork(t *testing.T) {
 	if rec := b.record(t, "job-1"); rec.Status != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || len(rec.Executions) != 1 {
 		t.Fatalf("record after the first announcement = %v", rec)
 	}
+	b.workItem(t, "probe") // stored with SCHEDULED, on another stream
 	if n := b.workCount(t, "probe"); n != 1 {
 		t.Fatalf("%d work items after the first announcement, want 1", n)
 	}

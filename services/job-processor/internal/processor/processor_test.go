@@ -246,12 +246,19 @@ func (b *bundle) settled(t *testing.T, durable string) {
 	})
 }
 
+// record reads job id's record, waiting for it to be stored: a first
+// announcement's record is stored alongside its work item and SCHEDULED.
 func (b *bundle) record(t *testing.T, id string) *jobsv1.Job {
 	t.Helper()
-	e, err := b.kv.Get(b.ctx, id)
-	if err != nil {
-		t.Fatalf("record %s: %v", id, err)
-	}
+	var e jetstream.KeyValueEntry
+	waitFor(t, "the record of "+id, func() bool {
+		var err error
+		e, err = b.kv.Get(b.ctx, id)
+		if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			t.Fatalf("record %s: %v", id, err)
+		}
+		return err == nil
+	})
 	rec := &jobsv1.Job{}
 	if err := proto.Unmarshal(e.Value(), rec); err != nil {
 		t.Fatal(err)
@@ -512,6 +519,7 @@ func TestCancelWithdrawsQueuedItem(t *testing.T) {
 	b := setup(t, oneService(), time.Minute)
 	b.create(t, "job-q")
 	b.waitStatuses(t, "job-q", "SCHEDULED")
+	b.workItem(t, "probe") // stored with SCHEDULED, on another stream
 	if n := b.workCount(t, "probe"); n != 1 {
 		t.Fatalf("%d work items before the cancel", n)
 	}
