@@ -99,7 +99,7 @@ func (p *Processor) publishAll(ctx context.Context, msgs ...outMsg) ([]*jetstrea
 // first says this is the job's first announcement, delivered for the first
 // time: then its record cannot exist yet (only this message creates it), so
 // the record, the work item and SCHEDULED go out together, one round trip
-// from JobCreated to a worker. Otherwise the record is created first and the
+// from JobCreated to a worker (unless the job has a deadline). Otherwise the record is created first and the
 // rest only once it is: a redelivery or a re-announcement may find the job
 // handled long ago, and must not send its work again.
 func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job, first bool) (bool, error) {
@@ -139,7 +139,9 @@ func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job, first 
 	if err != nil {
 		return false, err
 	}
-	if first {
+	// A deadline's timer is not sent ahead of the record: a timer that
+	// finds no record ends, and the deadline would go unwatched.
+	if first && rec.GetDeadline() == nil {
 		// A worker may report on the item before the record's write is
 		// stored (the two streams store independently): HandleExecution
 		// waits for a record that is young enough to be on its way.
