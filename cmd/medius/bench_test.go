@@ -547,7 +547,7 @@ func batchSubmit(js jetstream.JetStream, bucket string, n int, record func(strin
 			if err != nil {
 				return err
 			}
-			f, err := js.PublishMsgAsync(&nats.Msg{Subject: "$KV." + bucket + "." + job.GetId(), Data: data},
+			f, err := js.PublishMsgAsync(&nats.Msg{Subject: bus.KVSubject(bucket, job.GetId()), Data: data},
 				jetstream.WithExpectLastSequencePerSubject(0))
 			if err != nil {
 				return err

@@ -204,6 +204,27 @@ func PublishCore(ctx context.Context, nc *nats.Conn, subject string, m proto.Mes
 	return nil
 }
 
+// KVSubject is the subject the value of key in bucket is stored under. A
+// publish there is a KV write, so a KV create can share a round trip with
+// other publishes: PublishMsgAsync to it with
+// jetstream.WithExpectLastSequencePerSubject(0) writes what KeyValue.Create
+// does (without Create's taking over of a deleted key), and a refusal is
+// IsWrongLastSequence.
+func KVSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
+
+// IsWrongLastSequence reports whether err is JetStream refusing a write
+// whose expected last sequence did not hold: a KV create of a key that
+// exists, or an update on a stale revision (10071; replicated streams answer
+// 10164).
+func IsWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return true
+	}
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
+}
+
 // HeaderType names the protobuf message type of a payload.
 const HeaderType = "Medius-Type"
 

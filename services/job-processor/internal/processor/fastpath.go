@@ -73,9 +73,7 @@ func (p *Processor) publishAll(ctx context.Context, msgs ...outMsg) ([]*jetstrea
 		case ack := <-f.Ok():
 			acks[i] = ack
 		case err := <-f.Err():
-			var apiErr *jetstream.APIError
-			if msgs[i].expectNew && errors.As(err, &apiErr) &&
-				(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+			if msgs[i].expectNew && bus.IsWrongLastSequence(err) {
 				err = errKeyExists
 			}
 			if first == nil {

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/jobstate"
 	"github.com/medius-platform/medius/services/job-processor/internal/record"
 	"github.com/nats-io/nats.go/jetstream"
@@ -88,7 +89,7 @@ func (s *store) createMsg(id string, rec *jobsv1.Job) (outMsg, []byte, error) {
 	if err != nil {
 		return outMsg{}, nil, fmt.Errorf("encode record %s: %w", id, err)
 	}
-	return outMsg{subject: "$KV." + s.kv.Bucket() + "." + id, raw: data, expectNew: true}, data, nil
+	return outMsg{subject: bus.KVSubject(s.kv.Bucket(), id), raw: data, expectNew: true}, data, nil
 }
 
 // created remembers a record createMsg wrote, at revision rev.

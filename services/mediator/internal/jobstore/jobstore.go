@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/uuid"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/jobstate"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -135,7 +136,7 @@ func (s *Store) Create(ctx context.Context, job *jobsv1.Job) (uint64, error) {
 	}
 	rev, err := s.kv.Create(ctx, job.GetId(), data)
 	if err != nil {
-		if isWrongRevision(err) {
+		if bus.IsWrongLastSequence(err) {
 			return 0, fmt.Errorf("create job %s: %w: %w", job.GetId(), ErrExists, err)
 		}
 		return 0, fmt.Errorf("create job %s: %w", job.GetId(), err)
@@ -171,7 +172,7 @@ func (s *Store) CreateAsync(js jetstream.JetStream, job *jobsv1.Job) (*PendingCr
 	if err != nil {
 		return nil, fmt.Errorf("encode job %s: %w", id, err)
 	}
-	msg := &nats.Msg{Subject: "$KV." + s.kv.Bucket() + "." + id, Data: data, Header: nats.Header{}}
+	msg := &nats.Msg{Subject: bus.KVSubject(s.kv.Bucket(), id), Data: data, Header: nats.Header{}}
 	ack, err := js.PublishMsgAsync(msg, jetstream.WithExpectLastSequencePerSubject(0))
 	if err != nil {
 		return nil, fmt.Errorf("create job %s: %w", id, err)
@@ -190,7 +191,7 @@ func (p *PendingCreate) Wait(ctx context.Context) (uint64, error) {
 		p.store.remember(p.job, p.data, ack.Sequence)
 		return ack.Sequence, nil
 	case err := <-p.ack.Err():
-		if isWrongRevision(err) {
+		if bus.IsWrongLastSequence(err) {
 			return 0, fmt.Errorf("create job %s: %w: %w", id, ErrExists, err)
 		}
 		return 0, fmt.Errorf("create job %s: %w", id, err)
@@ -210,7 +211,7 @@ func (s *Store) Update(ctx context.Context, job *jobsv1.Job, rev uint64) (uint64
 		// Whatever is cached is not the stored record (a conflict), or
 		// may not be (the write's outcome is unknown).
 		s.cache.drop(job.GetId())
-		if isWrongRevision(err) {
+		if bus.IsWrongLastSequence(err) {
 			return 0, fmt.Errorf("update job %s: %w", job.GetId(), ErrConflict)
 		}
 		return 0, fmt.Errorf("update job %s: %w", job.GetId(), err)
@@ -229,16 +230,6 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 		return fmt.Errorf("delete job %s: %w", id, err)
 	}
 	return nil
-}
-
-// isWrongRevision recognises a failed compare-and-set. JetStream answers with
-// the "wrong last sequence" API error, which ErrKeyExists also matches.
-func isWrongRevision(err error) bool {
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
-		return true
-	}
-	return errors.Is(err, jetstream.ErrKeyExists)
 }
 
 // IDs returns every job id, newest first. Job ids are single-token keys,
@@ -326,7 +317,7 @@ func (s *Store) ClaimRequest(ctx context.Context, tenant, requestID, jobID strin
 		// so of two racing takers one wins and the other sees its job).
 		if _, err := s.kv.Update(ctx, key, []byte(jobID), e.Revision()); err == nil {
 			return jobID, nil
-		} else if !isWrongRevision(err) {
+		} else if !bus.IsWrongLastSequence(err) {
 			return "", fmt.Errorf("renew request id claim: %w", err)
 		}
 		if e, err = s.kv.Get(ctx, key); err != nil {
