@@ -202,7 +202,9 @@ func TestHoldsOnlyFreeCapacity(t *testing.T) {
 	checkFor(t, 10*time.Second, func() bool {
 		info = g.consumerInfo(t)
 		return info.NumAckPending == 0 && info.NumPending == 0
-	}, func() string { return fmt.Sprintf("after all jobs: %d held, %d queued; want 0, 0", info.NumAckPending, info.NumPending) })
+	}, func() string {
+		return fmt.Sprintf("after all jobs: %d held, %d queued; want 0, 0", info.NumAckPending, info.NumPending)
+	})
 	if started.Load() != 10*capacity {
 		t.Errorf("%d handler calls for %d jobs", started.Load(), 10*capacity)
 	}
