@@ -9,6 +9,7 @@ import (
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/jobstate"
+	"github.com/medius-platform/medius/pkg/revcache"
 	"github.com/medius-platform/medius/services/job-processor/internal/record"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -19,11 +20,14 @@ import (
 // few retries settle them; past that, the message is redelivered later.
 const maxConflicts = 16
 
-// cacheSize bounds the records a replica remembers (see recordCache): a few
-// seconds of jobs at thousands a second, so a job's next event (its worker's
-// report, its timer) usually finds it. A live record costs its encoding (a
-// few hundred bytes), an ended one a few dozen: tens of MB at worst.
-const cacheSize = 1 << 16
+// Bounds of the records a replica remembers: a few seconds of jobs at
+// thousands a second, so a job's next event (its worker's report, its timer)
+// usually finds it. A live record costs its encoding (a few hundred bytes,
+// more with a large input), an ended one nothing but its entry.
+const (
+	cacheEntries = 1 << 16
+	cacheBytes   = 32 << 20
+)
 
 // store keeps the processor's records in the executions KV bucket, one key
 // per job, changed only by compare-and-set on the key's revision.
@@ -37,12 +41,12 @@ const cacheSize = 1 << 16
 // it is (see update).
 type store struct {
 	kv    jetstream.KeyValue
-	cache *recordCache
+	cache *revcache.Cache[cached]
 	locks keyLocks
 }
 
 func newStore(kv jetstream.KeyValue) *store {
-	return &store{kv: kv, cache: newRecordCache(cacheSize)}
+	return &store{kv: kv, cache: revcache.New(cacheEntries, revcache.MaxBytes(cacheBytes, func(c cached) int { return len(c.data) }))}
 }
 
 // get reads the record of id and its revision from the bucket (never from
@@ -59,7 +63,7 @@ func (s *store) get(ctx context.Context, id string) (*jobsv1.Job, uint64, error)
 	if err := proto.Unmarshal(e.Value(), rec); err != nil {
 		return nil, 0, fmt.Errorf("decode record %s: %w", id, err)
 	}
-	s.cache.put(id, cacheEntry(rec, e.Value(), e.Revision()))
+	s.cache.Put(id, cacheEntry(rec, e.Value()), e.Revision())
 	return rec, e.Revision(), nil
 }
 
@@ -74,7 +78,7 @@ func (s *store) create(ctx context.Context, id string, rec *jobsv1.Job) error {
 	if err != nil {
 		return err
 	}
-	s.cache.put(id, cacheEntry(rec, data, rev))
+	s.cache.Put(id, cacheEntry(rec, data), rev)
 	return nil
 }
 
@@ -94,13 +98,13 @@ func (s *store) createMsg(id string, rec *jobsv1.Job) (outMsg, []byte, error) {
 
 // created remembers a record createMsg wrote, at revision rev.
 func (s *store) created(id string, rec *jobsv1.Job, data []byte, rev uint64) {
-	s.cache.put(id, cacheEntry(rec, data, rev))
+	s.cache.Put(id, cacheEntry(rec, data), rev)
 }
 
 // known reports whether this replica has seen a record of id. Records are
 // never deleted; were one, the general path that a known id takes finds out.
 func (s *store) known(id string) bool {
-	_, ok := s.cache.get(id)
+	_, _, ok := s.cache.Get(id)
 	return ok
 }
 
@@ -110,7 +114,7 @@ func (s *store) known(id string) bool {
 // a new attempt. So "attempt k <= n is over" stays true however stale this
 // is.
 func (s *store) endedAt(id string) (int32, bool) {
-	e, ok := s.cache.get(id)
+	e, _, ok := s.cache.Get(id)
 	if !ok || e.data != nil {
 		return 0, false
 	}
@@ -169,14 +173,14 @@ func (s *store) update(ctx context.Context, id string, change changeFunc) (*jobs
 		}
 		switch {
 		case err == nil:
-			s.cache.put(id, cacheEntry(rec, data, rev))
+			s.cache.Put(id, cacheEntry(rec, data), rev)
 			return rec, outcome, nil
 		case errors.Is(err, jetstream.ErrKeyRevisionMismatch), errors.Is(err, jetstream.ErrKeyExists):
-			s.cache.drop(id)
+			s.cache.Drop(id)
 			fromCache = false
 		default:
 			// The write may or may not have happened: read afresh next time.
-			s.cache.drop(id)
+			s.cache.Drop(id)
 			return nil, record.Ignored, fmt.Errorf("write record %s: %w", id, err)
 		}
 	}
@@ -187,103 +191,32 @@ func (s *store) update(ctx context.Context, id string, change changeFunc) (*jobs
 // fromCache and this replica has it (a live one), else the bucket's.
 func (s *store) load(ctx context.Context, id string, fromCache bool) (rec *jobsv1.Job, rev uint64, remembered bool, err error) {
 	if fromCache {
-		if e, ok := s.cache.get(id); ok && e.data != nil {
+		if e, rev, ok := s.cache.Get(id); ok && e.data != nil {
 			rec := &jobsv1.Job{}
 			if err := proto.Unmarshal(e.data, rec); err != nil {
 				return nil, 0, false, fmt.Errorf("decode record %s: %w", id, err)
 			}
-			return rec, e.rev, true, nil
+			return rec, rev, true, nil
 		}
 	}
 	rec, rev, err = s.get(ctx, id)
 	return rec, rev, false, err
 }
 
-// cached is what a replica remembers of a record: its encoding and
-// revision, or for an ended record only how many executions it had (no
+// cached is what a replica remembers of a record (its revision aside): its
+// encoding, or for an ended record only how many executions it had (no
 // update of an ended record is ever trusted to the cache, see update and
 // endedAt).
 type cached struct {
 	data       []byte
-	rev        uint64
 	executions int32
 }
 
-func cacheEntry(rec *jobsv1.Job, data []byte, rev uint64) cached {
+func cacheEntry(rec *jobsv1.Job, data []byte) cached {
 	if jobstate.IsTerminal(rec.GetStatus()) {
-		return cached{rev: rev, executions: int32(len(rec.GetExecutions()))}
+		return cached{executions: int32(len(rec.GetExecutions()))}
 	}
-	return cached{data: data, rev: rev}
-}
-
-// recordCache remembers at most size records in two generations: entries go
-// to the current one; when it is full it becomes the previous one and the
-// one before is dropped; an entry found in the previous one moves back to
-// the current. So recently used entries stay, at O(1) a step.
-type recordCache struct {
-	mu       sync.Mutex
-	cur, old map[string]cached
-	half     int
-}
-
-func newRecordCache(size int) *recordCache {
-	half := max(size/2, 1)
-	return &recordCache{cur: make(map[string]cached, half), old: map[string]cached{}, half: half}
-}
-
-func (c *recordCache) get(id string) (cached, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.cur[id]; ok {
-		return e, true
-	}
-	e, ok := c.old[id]
-	if ok {
-		delete(c.old, id)
-		c.add(id, e)
-	}
-	return e, ok
-}
-
-// put remembers e unless a later revision of id is remembered already (a
-// read that overtook a write of this replica would else put an old state
-// back).
-func (c *recordCache) put(id string, e cached) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if old, ok := c.cur[id]; ok && old.rev > e.rev {
-		return
-	}
-	if old, ok := c.old[id]; ok {
-		delete(c.old, id)
-		if old.rev > e.rev {
-			e = old
-		}
-	}
-	c.add(id, e)
-}
-
-func (c *recordCache) drop(id string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.cur, id)
-	delete(c.old, id)
-}
-
-// add puts e in the current generation, turning it over when full; c.mu held.
-func (c *recordCache) add(id string, e cached) {
-	if _, ok := c.cur[id]; !ok && len(c.cur) >= c.half {
-		c.old = c.cur
-		c.cur = make(map[string]cached, c.half)
-	}
-	c.cur[id] = e
-}
-
-// len is the number of records remembered (tests).
-func (c *recordCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.cur) + len(c.old)
+	return cached{data: data}
 }
 
 // keyLocks lets one holder at a time work on a key. It holds an entry only

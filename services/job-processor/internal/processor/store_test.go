@@ -3,7 +3,6 @@ package processor
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -163,30 +162,6 @@ func TestStoreCreateExisting(t *testing.T) {
 	}
 	if stored := readRecord(t, ctx, kv, "job-e"); stored.GetProgress() != 50 || stored.GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING {
 		t.Fatalf("record after progress = %v", stored)
-	}
-}
-
-// The cache holds at most its size, keeping the entries used last.
-func TestRecordCacheBounded(t *testing.T) {
-	c := newRecordCache(100)
-	c.put("keep", cached{data: []byte("x"), rev: 1})
-	for i := range 1000 {
-		c.put(fmt.Sprint(i), cached{data: []byte("x"), rev: uint64(i + 2)})
-		if i%40 == 0 {
-			if _, ok := c.get("keep"); !ok {
-				t.Fatalf("entry in use evicted after %d others", i)
-			}
-		}
-		if c.len() > 100 {
-			t.Fatalf("%d entries, bound 100", c.len())
-		}
-	}
-	// A later revision is never replaced by an earlier one (a read
-	// overtaken by a write).
-	c.put("keep", cached{data: []byte("new"), rev: 5000})
-	c.put("keep", cached{data: []byte("old"), rev: 4000})
-	if e, _ := c.get("keep"); string(e.data) != "new" {
-		t.Fatalf("remembered %q, want the later revision", e.data)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/jobstate"
+	"github.com/medius-platform/medius/pkg/revcache"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -38,7 +39,7 @@ type Store struct {
 	// cache serves GetCached: the records of unfinished jobs this process
 	// last read or wrote, so applying a status event to a job this
 	// process knows costs a write, not a read and a write.
-	cache *recordCache
+	cache *revcache.Cache[[]byte]
 }
 
 // New uses kv (the bus.BucketJobs bucket).
@@ -83,7 +84,7 @@ func (s *Store) Get(ctx context.Context, id string) (*jobsv1.Job, uint64, error)
 	}
 	e, err := s.kv.Get(ctx, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		s.cache.drop(id)
+		s.cache.Drop(id)
 		return nil, 0, ErrNotFound
 	}
 	if err != nil {
@@ -105,12 +106,12 @@ func (s *Store) Get(ctx context.Context, id string) (*jobsv1.Job, uint64, error)
 // to write, taken on a cached record, is verified by nothing: take it again on
 // Get's record before relying on it.
 func (s *Store) GetCached(ctx context.Context, id string) (job *jobsv1.Job, rev uint64, cached bool, err error) {
-	if data, rev, ok := s.cache.get(id); ok {
+	if data, rev, ok := s.cache.Get(id); ok {
 		job := &jobsv1.Job{}
 		if err := proto.Unmarshal(data, job); err == nil {
 			return job, rev, true, nil
 		}
-		s.cache.drop(id)
+		s.cache.Drop(id)
 	}
 	job, rev, err = s.Get(ctx, id)
 	return job, rev, false, err
@@ -122,10 +123,14 @@ func (s *Store) GetCached(ctx context.Context, id string) (job *jobsv1.Job, rev 
 // room.
 func (s *Store) remember(job *jobsv1.Job, data []byte, rev uint64) {
 	if jobstate.IsTerminal(job.GetStatus()) {
-		s.cache.drop(job.GetId())
+		s.cache.Drop(job.GetId())
 		return
 	}
-	s.cache.put(job.GetId(), data, rev)
+	if len(data) > cacheMaxRecord {
+		s.cache.Drop(job.GetId())
+		return
+	}
+	s.cache.Put(job.GetId(), data, rev)
 }
 
 // Create stores a new job; it fails with ErrExists if the id is taken.
@@ -210,7 +215,7 @@ func (s *Store) Update(ctx context.Context, job *jobsv1.Job, rev uint64) (uint64
 	if err != nil {
 		// Whatever is cached is not the stored record (a conflict), or
 		// may not be (the write's outcome is unknown).
-		s.cache.drop(job.GetId())
+		s.cache.Drop(job.GetId())
 		if bus.IsWrongLastSequence(err) {
 			return 0, fmt.Errorf("update job %s: %w", job.GetId(), ErrConflict)
 		}
@@ -225,7 +230,7 @@ func (s *Store) Update(ctx context.Context, job *jobsv1.Job, rev uint64) (uint64
 func (s *Store) Delete(ctx context.Context, id string) error {
 	// Dropped whether or not the purge gets through: a record cached after
 	// its deletion would only cost a failed compare-and-set, but need not.
-	defer s.cache.drop(id)
+	defer s.cache.Drop(id)
 	if err := s.kv.Purge(ctx, id); err != nil {
 		return fmt.Errorf("delete job %s: %w", id, err)
 	}

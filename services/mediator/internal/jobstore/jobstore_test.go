@@ -3,7 +3,7 @@ package jobstore
 import (
 	"context"
 	"errors"
-	"fmt"
+	"strings"
 	"testing"
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
@@ -109,40 +109,26 @@ func TestGetCachedForgetsEndedAndDeletedJobs(t *testing.T) {
 	}
 }
 
-// The cache stays within its bounds, dropping the least recently used, and
-// a read that raced a write never puts the older revision back.
-func TestRecordCacheBounds(t *testing.T) {
-	c := newRecordCache(3, 1000)
-	for i := range 4 {
-		c.put(fmt.Sprint(i), []byte("x"), 1)
+// A record too large to be worth its room (a big input) is not cached: it
+// is read again each time. (The cache's own bounds: package revcache.)
+func TestLargeRecordNotCached(t *testing.T) {
+	env := testsupport.Start(t)
+	ctx := context.Background()
+	store := New(env.Jobs)
+	id, err := NewID()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, _, ok := c.get("0"); ok || c.len() != 3 {
-		t.Fatalf("entries %d, oldest kept %v; want 3, dropped", c.len(), ok)
+	big := &jobsv1.Job{Id: id, Tenant: "acme", Status: statusNew, Tags: map[string]string{"notes": strings.Repeat("x", cacheMaxRecord)}}
+	if _, err := store.Create(ctx, big); err != nil {
+		t.Fatal(err)
 	}
-	c.get("1") // used: "2" is now the least recently used
-	c.put("4", []byte("x"), 1)
-	if _, _, ok := c.get("2"); ok {
-		t.Fatal("least recently used entry kept")
+	got, _, cached, err := store.GetCached(ctx, id)
+	if err != nil || cached || len(got.GetTags()["notes"]) != cacheMaxRecord {
+		t.Fatalf("large record: cached %v err %v", cached, err)
 	}
-	if _, _, ok := c.get("1"); !ok {
-		t.Fatal("recently used entry dropped")
-	}
-
-	c = newRecordCache(100, 10)
-	c.put("a", make([]byte, 6), 1)
-	c.put("b", make([]byte, 6), 1)
-	if _, _, ok := c.get("a"); ok || c.len() != 1 {
-		t.Fatalf("%d entries over the byte bound", c.len())
-	}
-	c.put("huge", make([]byte, cacheMaxRecord+1), 1)
-	if _, _, ok := c.get("huge"); ok {
-		t.Fatal("oversized record cached")
-	}
-
-	c = newRecordCache(10, 1000)
-	c.put("j", []byte("new"), 7)
-	c.put("j", []byte("old"), 5)
-	if data, rev, _ := c.get("j"); rev != 7 || string(data) != "new" {
-		t.Fatalf("entry %q rev %d, want the later revision 7", data, rev)
+	small, _ := newJob(t, store)
+	if _, _, cached, err := store.GetCached(ctx, small.GetId()); err != nil || !cached {
+		t.Fatalf("small record: cached %v err %v, want cached", cached, err)
 	}
 }
