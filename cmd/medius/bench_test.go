@@ -220,6 +220,10 @@ func runPlatform(b *testing.B) platformResult {
 	// (connections, credential and profile caches), as a steady 10 jobs/s is.
 	l.measure(b, nc, 20, create, 1)
 
+	hp50, hp99 := handOff(b, l.stack.NATS.URL, 200)
+	b.Logf("floor: one JetStream hand-off on this server, quiet (publish -> another connection's consumer handler, in one process): p50 %s p99 %s; submit -> worker start is an API call and two hand-offs",
+		hp50, hp99)
+
 	// Light load first, on an otherwise quiet platform: after a burst the
 	// consumers would still be catching up, and that is the full-load
 	// figure, not this one. 10 jobs/s through CreateJob, one at a time.
@@ -492,6 +496,59 @@ func ceiling(b *testing.B, js jetstream.JetStream, n int) float64 {
 		b.Fatalf("consumed %d of %d", got.Load(), n)
 	}
 	return float64(n) / time.Since(start).Seconds()
+}
+
+// handOff is the floor under each step of a job: one JetStream hand-off on
+// this server while it is otherwise quiet, from a publish on one connection
+// to the handler of a durable consumer on another (as every step of a job
+// goes), n messages 10 ms apart. Both connections are in this process, so
+// the wake-up of another process is not counted: a lower bound.
+func handOff(b *testing.B, url string, n int) (p50, p99 time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pub, js, err := bus.Connect(url, "bench-handoff-pub")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pub.Close()
+	sub, sjs, err := bus.Connect(url, "bench-handoff-sub")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sub.Close()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BENCH_HANDOFF", Subjects: []string{"bench.handoff"}, Storage: jetstream.FileStorage}); err != nil {
+		b.Fatal(err)
+	}
+	defer js.DeleteStream(context.Background(), "BENCH_HANDOFF") //nolint:errcheck // best effort
+	cons, err := sjs.CreateConsumer(ctx, "BENCH_HANDOFF", jetstream.ConsumerConfig{Durable: "bench", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		b.Fatal(err)
+	}
+	lat := make(chan time.Duration, n)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		sent, _ := time.Parse(time.RFC3339Nano, string(m.Data()))
+		lat <- time.Since(sent)
+		_ = m.Ack()
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cc.Stop()
+	d := make([]time.Duration, 0, n)
+	for range n {
+		time.Sleep(10 * time.Millisecond)
+		if _, err := js.Publish(ctx, "bench.handoff", []byte(time.Now().Format(time.RFC3339Nano))); err != nil {
+			b.Fatal(err)
+		}
+		select {
+		case l := <-lat:
+			d = append(d, l)
+		case <-ctx.Done():
+			b.Fatal(ctx.Err())
+		}
+	}
+	slices.Sort(d)
+	return d[n/2], d[n*99/100]
 }
 
 // saveProfile writes a 10 s CPU profile of the pprof server at addr to out.
