@@ -210,7 +210,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		})
 	usageStore := usage.New(etcd)
 	authn := auth.NewAuthenticator(keys, auth.WithAdminKey(cfg.AdminAPIKey), auth.WithTokens(tokens, tenantStore))
-	restAPI := &restapi.API{Authn: authn, Tokens: tokens, Tenants: tenantStore, Usage: usageStore, Watch: jobs}
+	restAPI := &restapi.API{Authn: authn, Tokens: tokens, Tenants: tenantStore, Usage: usageStore, Watch: jobs, Version: cfg.Version}
 
 	grpcSrv, health := grpcx.NewServer(
 		grpc.ChainUnaryInterceptor(authn.UnaryServerInterceptor()),

@@ -73,6 +73,7 @@ func TestMediator(t *testing.T) {
 	cfg.RegistryAddr = startStandInRegistry(t)
 	cfg.BootstrapAPIKey, cfg.BootstrapTenant = apiKey, "acme"
 	cfg.LogLevel = "warn"
+	cfg.Version = "1.4.2"
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -201,6 +202,11 @@ func TestMediator(t *testing.T) {
 		resp, body := do("GET", "/v1/openapi.json", "", nil)
 		if resp.StatusCode != 200 || !json.Valid(body) || !bytes.Contains(body, []byte("/v1/jobs")) {
 			t.Fatalf("openapi: %d", resp.StatusCode)
+		}
+		// Clients and API portals show the document's title and version.
+		var doc struct{ Info struct{ Title, Version string } }
+		if err := json.Unmarshal(body, &doc); err != nil || doc.Info.Title != "Medius API" || doc.Info.Version != "1.4.2" {
+			t.Fatalf("openapi info = %+v (%v), want Medius API 1.4.2", doc.Info, err)
 		}
 	})
 

@@ -31,12 +31,19 @@ func bodyParam(desc string) map[string]any {
 }
 
 // Document returns the generated /v1 document with the routes this package
-// serves by hand added, so /v1/openapi.json describes all of /v1.
-func Document(generated []byte) ([]byte, error) {
+// serves by hand added, so /v1/openapi.json describes all of /v1, titled as
+// the API and versioned as the mediator serving it (generated, it is named
+// for one of its proto files, "version not set").
+func Document(generated []byte, version string) ([]byte, error) {
 	var doc map[string]any
 	if err := json.Unmarshal(generated, &doc); err != nil {
 		return nil, fmt.Errorf("decode openapi document: %w", err)
 	}
+	if version == "" {
+		version = "dev"
+	}
+	doc["info"] = map[string]any{"title": "Medius API", "version": version,
+		"description": "The public API of the Medius mediator: jobs, job profiles, services, tenants, keys and usage. Errors are RFC 7807 problem details."}
 	paths, _ := doc["paths"].(map[string]any)
 	if paths == nil {
 		paths = map[string]any{}

@@ -28,11 +28,13 @@ type API struct {
 	Usage UsageReader
 	// Watch serves GET /v1/jobs/{id}:watch (SSE); nil leaves it out.
 	Watch Watcher
+	// Version is the mediator's, given as the API document's version.
+	Version string
 }
 
 // Mount adds the routes to mux.
 func (a *API) Mount(mux *http.ServeMux) {
-	if doc, err := Document(openapi.Document); err == nil {
+	if doc, err := Document(openapi.Document, a.Version); err == nil {
 		mux.HandleFunc("GET /v1/openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			_, _ = w.Write(doc)
