@@ -9,6 +9,9 @@ SERVICES       := mediator job-processor job-worker service-registry
 # Deployment checks (compose, kustomize, traces, metrics) and the image healthcheck.
 DEPLOY_PKGS    := ./deploy/deploytest/... ./deploy/healthcheck/...
 GO_TEST_FLAGS  ?= -race -count=1 -timeout 25m
+# What the binaries report as their version (logs, /v1/openapi.json).
+VERSION        ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS        := -X main.version=$(VERSION)
 # Packages apt installs when their command is missing (command:package); a
 # package without a command is named by a file it installs (an absolute
 # path, globs allowed).
@@ -45,8 +48,8 @@ deps:
 
 build: deps
 	@mkdir -p $(BIN)
-	go build -o $(BIN)/medius ./cmd/medius
-	@for s in $(SERVICES); do go build -o $(BIN)/$$s ./services/$$s || exit 1; done
+	go build -ldflags "$(LDFLAGS)" -o $(BIN)/medius ./cmd/medius
+	@for s in $(SERVICES); do go build -ldflags "$(LDFLAGS)" -o $(BIN)/$$s ./services/$$s || exit 1; done
 
 run: tools build
 	./$(BIN)/medius dev --bin-dir $(BIN) $(RUN_ARGS)
