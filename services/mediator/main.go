@@ -6,6 +6,7 @@ package main
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/medius-platform/medius/pkg/flagenv"
 	"github.com/medius-platform/medius/services/mediator/internal/app"
@@ -34,6 +35,10 @@ func parseFlags(args []string) (app.Config, error) {
 	fs.StringVar(&cfg.TokenSigningKey, "token-signing-key", "", "HS256 key signing access tokens; empty keeps a random one in etcd (prefer MEDIUS_TOKEN_SIGNING_KEY)")
 	fs.BoolVar(&cfg.AllowPrivateWebhooks, "allow-private-webhooks", false, "allow notification endpoints on loopback and private addresses")
 	fs.DurationVar(&cfg.Retention.Period, "retention", jobapi.DefaultRetention, "how long terminal jobs without a ttl are kept")
+	fs.DurationVar(&cfg.Retention.Interval, "retention-interval", time.Hour, "time between passes deleting jobs past their retention")
+	fs.DurationVar(&cfg.Sweep.Interval, "sweep-interval", 5*time.Second, "time between sweeps re-announcing jobs left NEW (a mediator that died mid-submit)")
+	fs.DurationVar(&cfg.Sweep.Lookback, "sweep-lookback", 10*time.Minute, "how far back in the jobs bucket a starting sweep reads when etcd holds no cursor")
+	fs.IntVar(&cfg.Sweep.MaxPending, "sweep-max-pending", 1<<16, "most young jobs the sweep tracks at once (bounds its memory)")
 	fs.DurationVar(&cfg.TokenTTL, "token-ttl", cfg.TokenTTL, "lifetime of access tokens")
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", cfg.AdminAddr, "admin listen address (/healthz, /readyz, /metrics)")
 	fs.StringVar(&cfg.PprofAddr, "pprof-addr", "", "serve net/http/pprof on this address (profiling; empty disables)")
@@ -54,6 +59,15 @@ func parseFlags(args []string) (app.Config, error) {
 			}
 			cfg.CortexProfiles[k] = v
 		}
+	}
+	for name, d := range map[string]time.Duration{"retention": cfg.Retention.Period, "retention-interval": cfg.Retention.Interval,
+		"sweep-interval": cfg.Sweep.Interval, "sweep-lookback": cfg.Sweep.Lookback} {
+		if d <= 0 {
+			return app.Config{}, fmt.Errorf("--%s: %s is not a positive duration", name, d)
+		}
+	}
+	if cfg.Sweep.MaxPending <= 0 {
+		return app.Config{}, fmt.Errorf("--sweep-max-pending: %d is not a positive count", cfg.Sweep.MaxPending)
 	}
 	cfg.EtcdEndpoints = flagenv.List(*etcd)
 	return cfg, nil

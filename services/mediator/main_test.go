@@ -2,7 +2,9 @@ package main
 
 import (
 	"slices"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -16,5 +18,22 @@ func TestParseFlags(t *testing.T) {
 		cfg.HTTPAddr != "127.0.0.1:8080" || cfg.RegistryAddr != "127.0.0.1:9091" || cfg.AdminAddr != "127.0.0.1:9190" ||
 		!slices.Equal(cfg.EtcdEndpoints, []string{"http://a:1", "http://b:2"}) {
 		t.Fatalf("cfg = %+v", cfg)
+	}
+}
+
+// The sweep and retention can be tuned, never to a value that would quietly
+// mean something else.
+func TestParseFlagsSweepAndRetention(t *testing.T) {
+	cfg, err := parseFlags([]string{"--sweep-interval", "2s", "--sweep-lookback", "1h", "--sweep-max-pending", "1000", "--retention-interval", "10m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Sweep.Interval != 2*time.Second || cfg.Sweep.Lookback != time.Hour || cfg.Sweep.MaxPending != 1000 || cfg.Retention.Interval != 10*time.Minute {
+		t.Fatalf("sweep %+v retention %+v", cfg.Sweep, cfg.Retention)
+	}
+	for _, args := range [][]string{{"--sweep-interval", "0s"}, {"--retention-interval", "-1m"}, {"--sweep-max-pending", "0"}, {"--retention", "0s"}} {
+		if _, err := parseFlags(args); err == nil || !strings.Contains(err.Error(), args[0]) {
+			t.Errorf("%v: err %v, want one naming %s", args, err, args[0])
+		}
 	}
 }
