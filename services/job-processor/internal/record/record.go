@@ -259,12 +259,30 @@ func Apply(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate, now time.Time) Outcome 
 func clampProgress(p int32) int32 { return min(max(p, 0), 100) }
 
 // StatusAttempt is the attempt a status of rec belongs to: the attempt it is
-// queued for while QUEUED, else the current one (0 if it never ran).
+// queued for while QUEUED, and when it ended so, else the current one (0 if
+// it never ran).
+//
+// A job that ended while queued again (restarted, or requeued for a retry,
+// then failed by its deadline, for want of a service, or canceled before
+// its next attempt was dispatched) must not announce its end under the id
+// of its latest attempt's: had that attempt ended the job the same way (a
+// FAILED restarted and FAILED again), the stream would drop the new
+// announcement as a duplicate, and the mediator would never hear the job
+// ended.
 func StatusAttempt(rec *jobsv1.Job) int32 {
-	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_QUEUED {
+	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_QUEUED || endedQueued(rec) {
 		return NextAttempt(rec)
 	}
 	return int32(len(rec.GetExecutions()))
+}
+
+// endedQueued reports whether rec ended after its latest execution had: it
+// ended while queued for the next attempt. Whatever ends a job with its
+// current execution gives both the same end time.
+func endedQueued(rec *jobsv1.Job) bool {
+	cur := Current(rec)
+	return cur != nil && jobstate.IsTerminal(rec.GetStatus()) && cur.GetEndTime() != nil && rec.GetEndTime() != nil &&
+		!proto.Equal(cur.GetEndTime(), rec.GetEndTime())
 }
 
 // StatusMsgID is the JetStream msg id of the JobStatusChanged announcing rec's

@@ -293,12 +293,44 @@ func TestStatusMsgID(t *testing.T) {
 		{recordIn(running, 55), "status-j1-2-RUNNING-55"},
 		{recordIn(completed, 100), "status-j1-2-COMPLETED"},
 		{func() *jobsv1.Job { r := New(&jobsv1.Job{Id: "j1"}, t0); Fail(r, NoService("P"), now); return r }(), "status-j1-0-FAILED"},
+		{failedAt2(), "status-j1-2-FAILED"},
+		// Restarted, then failed before attempt 3 was dispatched: not the
+		// id of attempt 2's FAILED, which the stream would take for a
+		// duplicate of it.
+		{func() *jobsv1.Job {
+			r := failedAt2()
+			Restart(r, 2, now)
+			Expire(r, DeadlinePassed(now), now.Add(time.Second))
+			return r
+		}(), "status-j1-3-FAILED"},
+		{func() *jobsv1.Job {
+			r := failedAt2()
+			Restart(r, 2, now)
+			Cancel(r, now.Add(time.Second))
+			return r
+		}(), "status-j1-3-CANCELED"},
+		// Requeued after a lost worker, canceled before the retry.
+		{func() *jobsv1.Job {
+			r := recordIn(running, 10)
+			WorkerLost(r, 2, 3, "no heartbeat", now)
+			Cancel(r, now.Add(time.Second))
+			return r
+		}(), "status-j1-3-CANCELED"},
 	}
 	for _, tt := range tests {
 		if got := StatusMsgID(tt.rec); got != tt.want {
 			t.Errorf("StatusMsgID(%v/%d) = %q, want %q", tt.rec.Status, tt.rec.Progress, got, tt.want)
 		}
 	}
+}
+
+// failedAt2 is recordIn's job ended FAILED by its worker at attempt 2.
+func failedAt2() *jobsv1.Job {
+	rec := recordIn(running, 10)
+	if got := Apply(rec, update(2, failed, 10), now); got != Applied {
+		panic(fmt.Sprintf("FAILED report %v", got))
+	}
+	return rec
 }
 
 func TestStatusEvent(t *testing.T) {
