@@ -21,7 +21,8 @@ import (
 )
 
 // Timers: every attempt that runs gets one ExecutionTimer message (and a job
-// with a deadline one more, attempt 0). The timer consumer handles it and
+// with a deadline one more, attempt 0, for each run: its creation and every
+// restart; see restartDeadlineTimer). The timer consumer handles it and
 // naks it with the delay until its next check, so timers are persisted by
 // JetStream (a processor crash loses none), shared by the replicas like any
 // other message (no election needed: every check is a compare-and-set on the
@@ -91,21 +92,47 @@ const headerFirstCheck = "Medius-Timer-First-Check"
 // message it replaces, while the same renewal published twice is.
 const headerGeneration = "Medius-Timer-Generation"
 
+// headerRun on a deadline watch (attempt 0) started by a restart is the
+// attempt that restart created; the watch started with the job has none
+// (run 0). It is part of the msg id, renewals keep it: each run's watch is
+// a timer of its own, never taken for a duplicate of another run's, which
+// the stream would drop when the runs are less than its duplicate window
+// apart.
+const headerRun = "Medius-Timer-Run"
+
 // timerMsg is generation gen of the timer of attempt of job id (0: the
-// deadline watch), first checked after first; its msg id makes a repeat a
-// no-op.
-func timerMsg(id string, attempt int32, gen uint64, first time.Duration) outMsg {
+// deadline watch of run, see headerRun), first checked after first; its
+// msg id makes a repeat a no-op.
+func timerMsg(id string, attempt, run int32, gen uint64, first time.Duration) outMsg {
 	h := nats.Header{headerFirstCheck: []string{max(first, 0).String()}}
 	if gen > 0 {
 		h.Set(headerGeneration, strconv.FormatUint(gen, 10))
 	}
-	return outMsg{subject: SubjectTimer(id), msgID: timerMsgID(id, attempt, gen), m: &eventsv1.ExecutionTimer{JobId: id, Attempt: attempt}, header: h}
+	if run > 0 {
+		h.Set(headerRun, strconv.Itoa(int(run)))
+	}
+	return outMsg{subject: SubjectTimer(id), msgID: timerMsgID(id, attempt, run, gen), m: &eventsv1.ExecutionTimer{JobId: id, Attempt: attempt}, header: h}
 }
 
-// deadlineTimer is the timer watching rec's deadline: nothing to check
-// before it (HandleTimer re-checks a far one hourly).
-func (p *Processor) deadlineTimer(rec *jobsv1.Job) outMsg {
-	return timerMsg(rec.GetId(), 0, 0, min(rec.GetDeadline().AsTime().Sub(p.cfg.Now()), deadlineRecheck))
+// deadlineTimer is the timer watching rec's deadline from its creation:
+// nothing to check before it (HandleTimer re-checks a far one hourly).
+func (p *Processor) deadlineTimer(rec *jobsv1.Job) outMsg { return p.runDeadlineTimer(rec, 0) }
+
+// restartDeadlineTimer is the timer watching rec's deadline again once a
+// restart made it wait for attempt run (the restart's attempts + 1): the
+// watch started with the job ends with it (checkTimer acks it when it finds
+// the job ended), so without a new one a restarted job waiting for a
+// service, or for a worker to take its item, would outlive its deadline.
+// Its msg id is derived from the restart, so a redelivered restart starts
+// no second watch, while a later restart starts its own. (The first run's
+// watch may still be alive, if it has not looked at the record since the
+// job ended: two watches then, which costs checks but no harm.)
+func (p *Processor) restartDeadlineTimer(rec *jobsv1.Job, run int32) outMsg {
+	return p.runDeadlineTimer(rec, max(run, 1))
+}
+
+func (p *Processor) runDeadlineTimer(rec *jobsv1.Job, run int32) outMsg {
+	return timerMsg(rec.GetId(), 0, run, 0, min(rec.GetDeadline().AsTime().Sub(p.cfg.Now()), deadlineRecheck))
 }
 
 // attemptTimer is the timer of rec's current attempt, which is RUNNING: its
@@ -128,7 +155,7 @@ func (p *Processor) attemptTimer(ctx context.Context, rec *jobsv1.Job) outMsg {
 	if timeout := effectiveTimeout(rec, p.profile(ctx, rec.GetProfile())); timeout > 0 && cur.GetStartTime() != nil {
 		first = min(first, cur.GetStartTime().AsTime().Add(timeout).Sub(now))
 	}
-	return timerMsg(rec.GetId(), cur.GetAttempt(), 0, first)
+	return timerMsg(rec.GetId(), cur.GetAttempt(), 0, 0, first)
 }
 
 // untilFirstCheck is how long msg, a timer, has still to wait for its first
@@ -147,10 +174,16 @@ func (p *Processor) untilFirstCheck(msg jetstream.Msg) time.Duration {
 	return min(first-p.cfg.Now().Sub(md.Timestamp), first)
 }
 
-// timerMsgID is the msg id of generation gen of a timer; generation 0's is
-// what it was before timers were renewed.
-func timerMsgID(id string, attempt int32, gen uint64) string {
+// timerMsgID is the msg id of generation gen of a timer of attempt (of
+// run, for a deadline watch started by a restart): "timer-<job>-<attempt>",
+// then "-run<run>" for a restart's deadline watch, then "-r<gen>" for a
+// renewal. Generation 0's of run 0 is what it was before timers were
+// renewed.
+func timerMsgID(id string, attempt, run int32, gen uint64) string {
 	base := "timer-" + id + "-" + strconv.Itoa(int(attempt))
+	if run > 0 {
+		base += "-run" + strconv.Itoa(int(run))
+	}
 	if gen == 0 {
 		return base
 	}
@@ -162,6 +195,13 @@ func timerMsgID(id string, attempt int32, gen uint64) string {
 func timerGeneration(msg jetstream.Msg) uint64 {
 	gen, _ := strconv.ParseUint(msg.Headers().Get(headerGeneration), 10, 64)
 	return gen
+}
+
+// timerRun is the run of msg, a timer (0 without the header, or with one
+// that does not parse).
+func timerRun(msg jetstream.Msg) int32 {
+	run, _ := strconv.ParseInt(msg.Headers().Get(headerRun), 10, 32)
+	return int32(max(run, 0))
 }
 
 // rearmError asks HandleTimer to re-arm the timer, which has nothing to
@@ -215,10 +255,11 @@ func (p *Processor) timerAge(msg jetstream.Msg) time.Duration {
 // redelivered, publishes the same generation again, which the stream
 // drops as a duplicate (the redelivery comes an AckWait later, well within
 // the duplicate window). Should the publish fail, msg stays, re-armed as
-// it was, to be renewed at its next check.
+// it was, to be renewed at its next check. The renewal keeps msg's run, so
+// two runs' deadline watches renew under msg ids of their own.
 func (p *Processor) renewTimer(ctx context.Context, msg jetstream.Msg, t *eventsv1.ExecutionTimer, after time.Duration) error {
 	gen := timerGeneration(msg) + 1
-	if _, err := p.publishAll(ctx, timerMsg(t.GetJobId(), t.GetAttempt(), gen, after)); err != nil {
+	if _, err := p.publishAll(ctx, timerMsg(t.GetJobId(), t.GetAttempt(), timerRun(msg), gen, after)); err != nil {
 		slog.WarnContext(ctx, "renew timer", "job_id", t.GetJobId(), "attempt", t.GetAttempt(), "generation", gen, "err", err)
 		return bus.RetryAfter(min(after, p.cfg.TimerRenewAge), fmt.Errorf("renew timer of job %s attempt %d: %w", t.GetJobId(), t.GetAttempt(), err))
 	}
@@ -454,7 +495,10 @@ func (p *Processor) withdrawAttempt(ctx context.Context, service, id string, att
 	return nil
 }
 
-// HandleRestart runs a FAILED or CANCELED job again as a new execution.
+// HandleRestart runs a FAILED or CANCELED job again as a new execution. A
+// job with a deadline has it watched again (restartDeadlineTimer), and one
+// whose deadline has passed already ends FAILED job-deadline-passed at once
+// instead of being dispatched to run for nothing.
 func (p *Processor) HandleRestart(ctx context.Context, msg jetstream.Msg) error {
 	var ev eventsv1.JobRestartRequested
 	if err := bus.Decode(msg.Data(), &ev); err != nil {
@@ -482,6 +526,23 @@ func (p *Processor) HandleRestart(ctx context.Context, msg jetstream.Msg) error 
 	}
 	if outcome == record.Applied {
 		slog.InfoContext(ctx, "job restarted", "job_id", id, "attempt", record.NextAttempt(rec))
+	}
+	if dl := rec.GetDeadline(); dl != nil && !jobstate.IsTerminal(rec.GetStatus()) {
+		// Also on AlreadyApplied: a redelivery after a crash between the
+		// record's write and the timer's publish. And after the timer has
+		// expired the job: the restart, still being retried while no
+		// service could take the job, finds it FAILED and restarts it
+		// again, to be expired again here rather than run.
+		if !p.cfg.Now().Before(dl.AsTime()) {
+			return p.expire(ctx, id, record.DeadlinePassed(dl.AsTime()))
+		}
+		// After the record's write: a watch that found the job still ended
+		// would stop at once. Its msg id comes from the restart, not from
+		// the record, which moves on (a redelivery may find the new attempt
+		// dispatched already).
+		if _, err := p.publishAll(ctx, p.restartDeadlineTimer(rec, ev.GetAttempts()+1)); err != nil {
+			return fmt.Errorf("start the deadline timer of restarted job %s: %w", id, err)
+		}
 	}
 	return p.advance(ctx, rec)
 }

@@ -2,6 +2,7 @@ package processor
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -110,7 +111,7 @@ func TestTimerRenewalRedeliveredIsOne(t *testing.T) {
 	tb := newTimerBench(t)
 	const id = "job-1"
 	tb.running(t, id)
-	if _, err := tb.p.publishAll(tb.ctx, timerMsg(id, 1, 0, 0)); err != nil {
+	if _, err := tb.p.publishAll(tb.ctx, timerMsg(id, 1, 0, 0, 0)); err != nil {
 		t.Fatal(err)
 	}
 	c, err := tb.js.CreateConsumer(tb.ctx, bus.StreamEvents, jetstream.ConsumerConfig{FilterSubject: SubjectTimer(id), AckPolicy: jetstream.AckExplicitPolicy})
@@ -213,5 +214,125 @@ func TestWithdrawAttemptSparesLaterAttempt(t *testing.T) {
 	}
 	if n := count(); n != 0 {
 		t.Fatalf("%d items left after withdrawing attempt 2's", n)
+	}
+}
+
+// deliver publishes m on subject and hands back its delivery to a consumer
+// of the test's own, as a processor's consumer would get it.
+func (tb *timerBench) deliver(t *testing.T, subject string, m proto.Message) jetstream.Msg {
+	t.Helper()
+	if err := bus.Publish(tb.ctx, tb.js, subject, "", m); err != nil {
+		t.Fatal(err)
+	}
+	c, err := tb.js.CreateConsumer(tb.ctx, bus.StreamEvents, jetstream.ConsumerConfig{FilterSubject: subject,
+		AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tb.fetch(t, c)
+}
+
+// timerIDs lists the msg ids of job id's timer messages in the stream, in order.
+func (tb *timerBench) timerIDs(t *testing.T, id string) []string {
+	t.Helper()
+	s, err := tb.js.Stream(tb.ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for seq := uint64(1); ; {
+		m, err := s.GetMsg(tb.ctx, seq, jetstream.WithGetMsgSubject(SubjectTimer(id)))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, m.Header.Get(jetstream.MsgIDHeader))
+		seq = m.Sequence + 1
+	}
+}
+
+// A restarted job's deadline is watched again, although the watch started
+// with the job is gone (it found the job ended at one of its hourly checks):
+// one new watch per restart, however often the restart is delivered, which
+// renews under msg ids of its own (not the first run's watch's, which may
+// be renewing within the duplicate window) and fails the job at its
+// deadline while it waits for a service.
+func TestRestartWatchesDeadlineAgain(t *testing.T) {
+	tb := newTimerBench(t)
+	const id = "job-rd"
+	now := tb.p.cfg.Now()
+	deadline := now.Add(72 * time.Hour)
+	ended := timestamppb.New(now)
+	rec := &jobsv1.Job{Id: id, Tenant: "t1", Profile: "P", Status: jobsv1.JobStatus_JOB_STATUS_FAILED, CreateTime: ended, UpdateTime: ended, EndTime: ended,
+		Deadline: timestamppb.New(deadline), Error: &jobsv1.Problem{Type: record.ProblemExecutionFailed},
+		Executions: []*jobsv1.Execution{{Attempt: 1, Service: "probe", Status: jobsv1.JobStatus_JOB_STATUS_FAILED, DispatchTime: ended, StartTime: ended, EndTime: ended,
+			Error: &jobsv1.Problem{Type: record.ProblemExecutionFailed}}}}
+	if err := tb.p.store.create(tb.ctx, id, rec); err != nil {
+		t.Fatal(err)
+	}
+
+	restart := tb.deliver(t, bus.SubjectJobRestart, &eventsv1.JobRestartRequested{JobId: id, Tenant: "t1", Attempts: 1})
+	// No service can take it: the restart is retried (redelivered), and
+	// each delivery starts the same watch.
+	for range 2 {
+		if err := tb.p.HandleRestart(tb.ctx, restart); err == nil {
+			t.Fatal("restart of a job no service can take was let go (acked), want it retried")
+		}
+	}
+	if got, _, err := tb.p.store.get(tb.ctx, id); err != nil || got.GetStatus() != jobsv1.JobStatus_JOB_STATUS_QUEUED {
+		t.Fatalf("restarted record = %v, %v; want QUEUED", got, err)
+	}
+	ids := tb.timerIDs(t, id)
+	if len(ids) != 1 {
+		t.Fatalf("timer messages after a restart delivered twice: %q, want one deadline watch", ids)
+	}
+	timers, err := tb.js.CreateConsumer(tb.ctx, bus.StreamEvents, jetstream.ConsumerConfig{FilterSubject: SubjectTimer(id), AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := tb.fetch(t, timers)
+	var tm eventsv1.ExecutionTimer
+	if err := proto.Unmarshal(watch.Data(), &tm); err != nil || tm.GetJobId() != id || tm.GetAttempt() != 0 {
+		t.Fatalf("restart's timer = %v, %v; want the deadline watch (attempt 0)", &tm, err)
+	}
+	if err := tb.p.HandleTimer(tb.ctx, watch); err == nil {
+		t.Fatal("deadline watch let go (acked) 72h before the deadline, want it re-armed")
+	}
+
+	// The first run's watch, had it still been alive, renewing meanwhile.
+	if _, err := tb.p.publishAll(tb.ctx, timerMsg(id, 0, 0, 1, time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	// Two days on, the restart's watch is renewed: stored as a message of
+	// its own, not dropped as a duplicate of the first run's renewal.
+	tb.now.Store(int64(48 * time.Hour))
+	if err := tb.p.HandleTimer(tb.ctx, watch); err != nil {
+		t.Fatalf("old deadline watch: %v, want it renewed", err)
+	}
+	if err := watch.Ack(); err != nil {
+		t.Fatal(err)
+	}
+	ids = tb.timerIDs(t, id)
+	if len(ids) != 3 {
+		t.Fatalf("timer messages %q, want the restart's watch, the first run's renewal and the restart's watch renewed", ids)
+	}
+	var renewed jetstream.Msg
+	for renewed == nil {
+		m := tb.fetch(t, timers)
+		if m.Headers().Get(jetstream.MsgIDHeader) == ids[2] {
+			renewed = m
+		}
+	}
+
+	// Past the deadline, the renewed watch fails the waiting job.
+	tb.now.Store(int64(73 * time.Hour))
+	if err := tb.p.HandleTimer(tb.ctx, renewed); err != nil {
+		t.Fatalf("deadline watch past the deadline: %v", err)
+	}
+	got, _, err := tb.p.store.get(tb.ctx, id)
+	if err != nil || got.GetStatus() != jobsv1.JobStatus_JOB_STATUS_FAILED || got.GetError().GetType() != record.ProblemDeadline || len(got.GetExecutions()) != 1 {
+		t.Fatalf("record past the deadline = %v, %v; want FAILED deadline passed", got, err)
 	}
 }

@@ -173,3 +173,71 @@ func TestTimerRenewalKeepsOneTimer(t *testing.T) {
 	b.waitStatuses(t, "job-renew", "SCHEDULED RUNNING-0 COMPLETED")
 	b.settled(t, processor.DurableTimer)
 }
+
+// failFirstRun creates job id with deadline and has its attempt 1 end FAILED
+// by its worker's report.
+func (b *bundle) failFirstRun(t *testing.T, id string, deadline time.Time) {
+	t.Helper()
+	b.createJob(t, &jobsv1.Job{Id: id, Deadline: timestamppb.New(deadline)})
+	b.waitStatuses(t, id, "SCHEDULED")
+	b.exec(t, update(id, 1, jobsv1.JobStatus_JOB_STATUS_FAILED, 0))
+	b.waitStatuses(t, id, "SCHEDULED FAILED")
+}
+
+// restart asks for job id to run again, as the mediator does.
+func (b *bundle) restart(t *testing.T, id string, attempts int32) {
+	t.Helper()
+	b.publish(t, bus.SubjectJobRestart, fmt.Sprintf("restart-%s-%d", id, attempts), &eventsv1.JobRestartRequested{JobId: id, Tenant: "t1", Attempts: attempts})
+}
+
+// A restarted job that waits for a service is failed by its deadline, as a
+// first run is, and the mediator hears of it: its end is announced although
+// its run before ended FAILED too, moments earlier (the same msg id would
+// have the stream drop it as a duplicate).
+func TestRestartedJobFailsAtDeadlineWhileQueued(t *testing.T) {
+	reg := oneService()
+	b := setup(t, reg, time.Minute, fast(nil))
+	const id = "job-rq"
+	deadline := time.Now().Add(3 * time.Second)
+	b.failFirstRun(t, id, deadline)
+	reg.set(nil, nil) // no service offers the profile any more
+	b.restart(t, id, 1)
+	evs := b.waitStatuses(t, id, "SCHEDULED FAILED QUEUED FAILED")
+	if p := evs[3].GetError(); p.GetType() != record.ProblemDeadline {
+		t.Fatalf("restarted job ended with %v, want deadline passed", p)
+	}
+	rec := b.record(t, id)
+	if rec.Status != jobsv1.JobStatus_JOB_STATUS_FAILED || len(rec.Executions) != 1 || rec.GetError().GetType() != record.ProblemDeadline {
+		t.Fatalf("record = %v", rec)
+	}
+	if rec.GetEndTime().AsTime().Before(deadline) {
+		t.Fatalf("ended at %v, before its deadline %v", rec.GetEndTime().AsTime(), deadline)
+	}
+}
+
+// A job restarted once its deadline has passed ends FAILED
+// job-deadline-passed at once, instead of being dispatched to a worker
+// that would be stopped as soon as it started.
+func TestRestartPastDeadlineFailsAtOnce(t *testing.T) {
+	b := setup(t, oneService(), time.Minute, fast(nil))
+	const id = "job-rp"
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	b.failFirstRun(t, id, deadline)
+	// Its deadline watch found it ended, past the deadline, and stopped.
+	waitFor(t, "the deadline to pass and its watch to end", func() bool { return time.Now().After(deadline) && b.liveTimers(t) == 0 })
+
+	b.restart(t, id, 1)
+	evs := b.waitStatuses(t, id, "SCHEDULED FAILED FAILED")
+	if p := evs[2].GetError(); p.GetType() != record.ProblemDeadline {
+		t.Fatalf("restarted job ended with %v, want deadline passed", p)
+	}
+	b.settled(t, processor.DurableRestart)
+	b.waitStatuses(t, id, "SCHEDULED FAILED FAILED")
+	if rec := b.record(t, id); rec.Status != jobsv1.JobStatus_JOB_STATUS_FAILED || len(rec.Executions) != 1 || rec.GetError().GetType() != record.ProblemDeadline {
+		t.Fatalf("record = %v, want FAILED deadline passed without a new attempt", rec)
+	}
+	// Nothing is left in the queue for a worker to start.
+	if n := b.workCount(t, "probe"); n != 0 {
+		t.Fatalf("%d work items queued for a job past its deadline", n)
+	}
+}
