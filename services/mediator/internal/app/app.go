@@ -18,6 +18,7 @@ import (
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/grpcx"
 	"github.com/medius-platform/medius/pkg/problem"
+	"github.com/medius-platform/medius/pkg/registryclient"
 	"github.com/medius-platform/medius/pkg/telemetry"
 	"github.com/medius-platform/medius/services/mediator/internal/auth"
 	"github.com/medius-platform/medius/services/mediator/internal/cortex"
@@ -186,8 +187,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer regConn.Close()
 
 	store := jobstore.New(kv)
-	jobs, err := jobapi.New(store, js, &jobapi.CachedProfiles{
-		Profiles: jobapi.RegistryProfiles{Client: registryv1.NewRegistryServiceClient(regConn)}, TTL: 2 * time.Second})
+	regClient := registryv1.NewRegistryServiceClient(regConn)
+	registry := registryclient.NewCache(regClient)
+	jobs, err := jobapi.New(store, js, jobapi.WatchedProfiles{Cache: registry, Fallback: jobapi.RegistryProfiles{Client: regClient}})
 	if err != nil {
 		return err
 	}
@@ -310,6 +312,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return err
 	})
 	consumer.OnChange(notifier.Enqueue)
+	g.Go(func() error { return registry.Run(workCtx) })
 	g.Go(func() error { return consumer.Run(workCtx, js) })
 	g.Go(func() error { return notifier.Run(workCtx) })
 	g.Go(func() error { return jobs.IndexCreated(workCtx, js) })

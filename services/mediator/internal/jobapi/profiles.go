@@ -3,11 +3,11 @@ package jobapi
 import (
 	"context"
 	"errors"
-	"sync"
 	"time"
 
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/problem"
+	"github.com/medius-platform/medius/pkg/registryclient"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -50,48 +50,25 @@ func (r RegistryProfiles) GetJobProfile(ctx context.Context, name string) (*regi
 	return nil, problem.Unavailable("job profile registry unavailable", err)
 }
 
-// CachedProfiles keeps profiles found by Profiles for TTL, so a submit does
-// not cost a registry round trip (and its etcd read) each time. A profile
-// changed in the registry applies to new jobs within TTL; unknown names are
-// not cached, so a profile just created is usable at once.
-type CachedProfiles struct {
-	Profiles Profiles
-	TTL      time.Duration
-	now      func() time.Time
-
-	mu    sync.Mutex
-	cache map[string]cachedProfile
+// WatchedProfiles answers from the registry's own copy kept current by its
+// Watch stream (registryclient.Cache, run by the caller): a submit costs no
+// round trip, and a profile changed in the registry applies to the next job
+// at once. Fallback answers until the copy is synced, and for a name the
+// copy does not hold: a profile created a moment ago whose change is still
+// on its way (so it is usable at once), or a wrong name (refused anyway).
+type WatchedProfiles struct {
+	Cache    *registryclient.Cache
+	Fallback Profiles
 }
-
-type cachedProfile struct {
-	p       *registryv1.JobProfile
-	expires time.Time
-}
-
-// maxCachedProfiles bounds the cache; it is cleared when full.
-const maxCachedProfiles = 4096
 
 // GetJobProfile implements Profiles.
-func (c *CachedProfiles) GetJobProfile(ctx context.Context, name string) (*registryv1.JobProfile, error) {
-	now := time.Now()
-	if c.now != nil {
-		now = c.now()
+func (w WatchedProfiles) GetJobProfile(ctx context.Context, name string) (*registryv1.JobProfile, error) {
+	select {
+	case <-w.Cache.Synced():
+		if p, ok := w.Cache.Profile(name); ok {
+			return p, nil
+		}
+	default:
 	}
-	c.mu.Lock()
-	e, ok := c.cache[name]
-	c.mu.Unlock()
-	if ok && now.Before(e.expires) {
-		return e.p, nil
-	}
-	p, err := c.Profiles.GetJobProfile(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cache == nil || len(c.cache) >= maxCachedProfiles {
-		c.cache = map[string]cachedProfile{}
-	}
-	c.cache[name] = cachedProfile{p: p, expires: now.Add(c.TTL)}
-	return p, nil
+	return w.Fallback.GetJobProfile(ctx, name)
 }

@@ -3,8 +3,8 @@ package jobapi
 import (
 	"context"
 	"errors"
+	"github.com/medius-platform/medius/pkg/registryclient"
 	"testing"
-	"time"
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
@@ -83,29 +83,41 @@ func TestLocatorStringBecomesLocator(t *testing.T) {
 	}
 }
 
-// A profile is asked of the registry once per TTL; an unknown one each
-// time, so a profile just created is usable at once.
-func TestCachedProfiles(t *testing.T) {
-	reg := &standInRegistry{profiles: map[string]*registryv1.JobProfile{"P": {Name: "P"}}}
-	now := time.Unix(1000, 0)
-	c := &CachedProfiles{Profiles: reg, TTL: 2 * time.Second, now: func() time.Time { return now }}
+// Profiles come from the registry's watched copy without a round trip, and
+// a change applies to the next lookup; the registry itself is asked only
+// until the copy is synced and for names the copy does not hold, so a
+// profile just created is usable at once.
+func TestWatchedProfiles(t *testing.T) {
+	ctx := context.Background()
+	reg := &standInRegistry{profiles: map[string]*registryv1.JobProfile{"P": {Name: "P", MaxAttempts: 1}}}
+	cache := registryclient.NewCache(nil)
+	w := WatchedProfiles{Cache: cache, Fallback: reg}
+	if p, err := w.GetJobProfile(ctx, "P"); err != nil || p.GetMaxAttempts() != 1 || reg.calls != 1 {
+		t.Fatalf("before the copy is synced: %v %v, %d registry calls", p, err, reg.calls)
+	}
+	put := func(rev int64, p *registryv1.JobProfile) *registryv1.Change {
+		return &registryv1.Change{Type: registryv1.Change_TYPE_PUT, Kind: registryv1.ResourceKind_RESOURCE_KIND_JOB_PROFILE, Name: p.GetName(), Revision: rev,
+			Resource: &registryv1.Change_Profile{Profile: p}}
+	}
+	cache.Apply(&registryv1.WatchResponse{Revision: 5, Resync: true, Synced: true, Changes: []*registryv1.Change{put(5, &registryv1.JobProfile{Name: "P", MaxAttempts: 2})}})
 	for range 3 {
-		if p, err := c.GetJobProfile(context.Background(), "P"); err != nil || p.GetName() != "P" {
-			t.Fatalf("P: %v %v", p, err)
+		if p, err := w.GetJobProfile(ctx, "P"); err != nil || p.GetMaxAttempts() != 2 {
+			t.Fatalf("from the copy: %v %v", p, err)
 		}
 	}
+	cache.Apply(&registryv1.WatchResponse{Revision: 6, Synced: true, Changes: []*registryv1.Change{put(6, &registryv1.JobProfile{Name: "P", MaxAttempts: 3})}})
+	if p, _ := w.GetJobProfile(ctx, "P"); p.GetMaxAttempts() != 3 {
+		t.Fatalf("after a change: max attempts %d, want 3", p.GetMaxAttempts())
+	}
 	if reg.calls != 1 {
-		t.Fatalf("%d registry calls within the TTL, want 1", reg.calls)
+		t.Fatalf("%d registry calls once synced, want none more", reg.calls-1)
 	}
-	now = now.Add(3 * time.Second)
-	if _, err := c.GetJobProfile(context.Background(), "P"); err != nil || reg.calls != 2 {
-		t.Fatalf("after the TTL: %v, %d calls", err, reg.calls)
-	}
-	if _, err := c.GetJobProfile(context.Background(), "Q"); !errors.Is(err, ErrProfileNotFound) {
-		t.Fatalf("unknown profile: %v", err)
-	}
+	// Created in the registry, its change not yet here.
 	reg.profiles["Q"] = &registryv1.JobProfile{Name: "Q"}
-	if _, err := c.GetJobProfile(context.Background(), "Q"); err != nil {
-		t.Fatalf("profile created after a miss: %v", err)
+	if p, err := w.GetJobProfile(ctx, "Q"); err != nil || p.GetName() != "Q" {
+		t.Fatalf("profile just created: %v %v", p, err)
+	}
+	if _, err := w.GetJobProfile(ctx, "R"); !errors.Is(err, ErrProfileNotFound) {
+		t.Fatalf("unknown profile: %v", err)
 	}
 }
