@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
@@ -59,6 +60,8 @@ func (s *Server) ListJobExecutions(ctx context.Context, req *jobsv1.ListJobExecu
 
 // RestartJob implements jobsv1.JobServiceServer: a FAILED or CANCELED job
 // goes back to QUEUED and the processor runs it again as a new execution.
+// A job whose deadline has passed is refused (FailedPrecondition,
+// job-deadline-passed).
 // The job record moves first, so the processor's news of the new attempt
 // finds it no longer terminal.
 func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) (*jobsv1.Job, error) {
@@ -69,6 +72,13 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 	if st := job.GetStatus(); st != jobsv1.JobStatus_JOB_STATUS_FAILED && st != jobsv1.JobStatus_JOB_STATUS_CANCELED {
 		return nil, problem.FailedPrecondition("job-not-restartable",
 			fmt.Sprintf("job %s is %s; only FAILED or CANCELED jobs can be restarted", job.GetId(), jobstate.Name(st)))
+	}
+	// Past its deadline the new run could only fail at once
+	// (job-deadline-passed, from the processor): tell the client now, and
+	// why, instead of accepting a restart that cannot run.
+	if dl := job.GetDeadline(); dl != nil && !s.now().Before(dl.AsTime()) {
+		return nil, problem.FailedPrecondition("job-deadline-passed",
+			fmt.Sprintf("job %s cannot be restarted: its deadline %s has passed", job.GetId(), dl.AsTime().UTC().Format(time.RFC3339)))
 	}
 	ex, ok, err := s.executions(ctx, job.GetId())
 	if err != nil {

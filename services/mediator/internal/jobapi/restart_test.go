@@ -1,0 +1,49 @@
+package jobapi
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/problem"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// A job whose deadline has passed is not restarted: its new run could only
+// fail at once (job-deadline-passed). The client is told why, naming the
+// deadline, and the job stays as it was.
+func TestRestartPastDeadlineRefused(t *testing.T) {
+	f := setup(t)
+	restarts := f.env.WatchEvents(t, bus.SubjectJobRestart)
+	in := ameJob()
+	deadline := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	in.Deadline = timestamppb.New(deadline)
+	job, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: in})
+	if err != nil {
+		t.Fatal(err)
+	}
+	moveOn(t, f, job.GetId(), jobsv1.JobStatus_JOB_STATUS_FAILED)
+	later(f, 2*time.Hour)
+
+	_, err = f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: job.GetId()})
+	wantProblem(t, err, codes.FailedPrecondition, "")
+	p := problem.FromStatus(status.Convert(problem.ToStatus(context.Background(), err)))
+	if p.GetType() != problem.TypePrefix+"job-deadline-passed" || p.GetStatus() != 409 || !strings.Contains(p.GetDetail(), deadline.Format(time.RFC3339)) {
+		t.Fatalf("problem = %v, want job-deadline-passed (409) naming the deadline %s", p, deadline.Format(time.RFC3339))
+	}
+	if got, _, err := f.store.Get(context.Background(), job.GetId()); err != nil || got.GetStatus() != jobsv1.JobStatus_JOB_STATUS_FAILED {
+		t.Fatalf("job after the refused restart = %v, %v; want still FAILED", got, err)
+	}
+	restarts.None(200 * time.Millisecond)
+
+	// Before its deadline the same job restarts.
+	later(f, 0)
+	if _, err := f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: job.GetId()}); err != nil {
+		t.Fatalf("restart before the deadline: %v", err)
+	}
+}
