@@ -347,10 +347,14 @@ func (r *Runner) process(jobsCtx context.Context, msg jetstream.Msg, runs chan<-
 		_ = msg.Nak()
 		return
 	}
-	if err := msg.DoubleAck(pctx); err != nil {
-		// The result is published; a redelivery will be run again and its
-		// duplicate result ignored by the processor.
-		log.WarnContext(ctx, "ack failed", "err", err)
+	// A plain ack, not DoubleAck: the terminal update is stored, so the
+	// server's confirmation would change nothing (a lost ack redelivers the
+	// item after its ack wait; it is run again and its duplicate result
+	// ignored by the processor, confirmed or not) and would cost the slot a
+	// round trip and the server a reply per job. It fails only when the
+	// connection cannot take it (closed, reconnect buffer full).
+	if err := msg.Ack(); err != nil {
+		log.WarnContext(ctx, "ack failed; the item returns after its ack wait and its result is ignored", "err", err)
 	}
 	log.InfoContext(ctx, "job finished", "status", jobstate.Name(final.GetStatus()), "verified_quantity", final.GetVerifiedQuantity())
 }
