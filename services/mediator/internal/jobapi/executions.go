@@ -104,7 +104,7 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 		return nil, storeError(ctx, fmt.Errorf("restart job %s: %w", job.GetId(), err))
 	}
 	attempts := int32(len(ex))
-	msgID := fmt.Sprintf("restart-%s-%d", job.GetId(), attempts)
+	msgID := restartMsgID(job.GetId(), attempts, rev)
 	ev := &eventsv1.JobRestartRequested{JobId: job.GetId(), Tenant: job.GetTenant(), Attempts: attempts}
 	if err := bus.Publish(ctx, s.js, bus.SubjectJobRestart, msgID, ev); err != nil {
 		// Put the record back: a QUEUED job the processor never hears of
@@ -116,4 +116,17 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 	}
 	slog.InfoContext(ctx, "job restart requested", "job", job.GetId(), "attempt", attempts+1)
 	return job, nil
+}
+
+// restartMsgID names the announcement of the restart of job id applied on
+// revision rev of its record, when it had attempts executions:
+// "restart-<job>-<attempts>-rev<rev>". Each restart request is applied on a
+// revision of its own (the update is a compare-and-set on it), so each is
+// announced under an id of its own, while a publish of the same request
+// tried again is stored once. The attempts alone would not do: a restarted
+// run that ended with no new execution (no service, its deadline, a cancel
+// while queued) leaves them as they were, and the stream would drop the
+// next restart as a duplicate, leaving the job QUEUED with nothing running.
+func restartMsgID(id string, attempts int32, rev uint64) string {
+	return fmt.Sprintf("restart-%s-%d-rev%d", id, attempts, rev)
 }

@@ -2,10 +2,13 @@ package jobapi
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/problem"
@@ -45,5 +48,43 @@ func TestRestartPastDeadlineRefused(t *testing.T) {
 	later(f, 0)
 	if _, err := f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: job.GetId()}); err != nil {
 		t.Fatalf("restart before the deadline: %v", err)
+	}
+}
+
+// Every restart request reaches the processor, even when the run an
+// earlier one started ended without a new execution (no service, its
+// deadline, a cancel while queued), so that the job's attempts, which named
+// the announcement, are what they were: the stream would drop the second as
+// a duplicate, and the job would stay QUEUED with nothing running. Each
+// announcement is named by the record's revision the restart was applied
+// on: one request, one id, however often its publish is tried.
+func TestRestartAgainAfterRunWithoutExecution(t *testing.T) {
+	f := setup(t)
+	restarts := f.env.WatchEvents(t, bus.SubjectJobRestart)
+	job, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := job.GetId()
+	var ids, want []string
+	for i := range 2 {
+		// No service took it: FAILED with no execution, each time.
+		moveOn(t, f, id, jobsv1.JobStatus_JOB_STATUS_FAILED)
+		_, rev, err := f.store.Get(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: id}); err != nil {
+			t.Fatalf("restart %d: %v", i+1, err)
+		}
+		ev := &eventsv1.JobRestartRequested{}
+		ids = append(ids, restarts.Next(ev))
+		if ev.GetJobId() != id || ev.GetAttempts() != 0 {
+			t.Fatalf("restart %d announced %v", i+1, ev)
+		}
+		want = append(want, fmt.Sprintf("restart-%s-0-rev%d", id, rev))
+	}
+	if !slices.Equal(ids, want) {
+		t.Fatalf("restart msg ids %q, want %q", ids, want)
 	}
 }
