@@ -194,8 +194,8 @@ func TestHoldsOnlyFreeCapacity(t *testing.T) {
 		// holds must settle at its capacity; an item taken without a free
 		// slot would stay held until the next release.
 		var n int
-		checkFor(t, 10*time.Second, func() bool { n = g.consumerInfo(t).NumAckPending; return n <= capacity },
-			func() string { return fmt.Sprintf("worker of capacity %d holds %d items after a job ended", capacity, n) })
+		settled := func() bool { n = g.consumerInfo(t).NumAckPending; return n <= capacity }
+		checkFor(t, 10*time.Second, settled, func() string { return fmt.Sprintf("capacity %d, %d items held after a job ended", capacity, n) })
 		if i%capacity == 0 {
 			// Let freed slots be refilled before looking again.
 			checkFor(t, 10*time.Second, func() bool { return started.Load() >= min(int32(i+1+capacity), 10*capacity) },
