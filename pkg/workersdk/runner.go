@@ -243,22 +243,23 @@ func (r *Runner) take(ctx, jobsCtx context.Context, cons jetstream.Consumer) {
 		// FetchMaxWait rather than a context: a pull cut short could lose a
 		// message already on its way to us until its ack wait expires. So
 		// the pull runs to its end, and what it brings after ctx has ended
-		// is handed straight back.
+		// is handed back (see handBack).
+		pullEnd := time.Now().Add(r.cfg.FetchWait)
 		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(r.cfg.FetchWait))
-		got := 0
+		got, taken := 0, 0
 		if err == nil {
 			for msg := range batch.Messages() {
 				got++
 				if ctx.Err() != nil {
-					_ = msg.Nak()
-					free <- struct{}{}
+					r.handBack(ctx, msg, got < n, pullEnd)
 					continue
 				}
 				work <- msg // a slot is free: we hold its token
+				taken++
 			}
 			err = batch.Error()
 		}
-		for range n - got {
+		for range n - taken {
 			free <- struct{}{}
 		}
 		if ctx.Err() != nil {
@@ -268,6 +269,33 @@ func (r *Runner) take(ctx, jobsCtx context.Context, cons jetstream.Consumer) {
 			r.log.DebugContext(ctx, "fetch work", "err", err)
 			sleep(ctx, r.cfg.FetchWait/4)
 		}
+	}
+}
+
+// handBackMargin is how much longer than the rest of its pull a stopping
+// runner has the server keep an item it hands back: the pull expires on the
+// server, which started counting when the request reached it, a trip after
+// the runner did.
+const handBackMargin = 100 * time.Millisecond
+
+// handBack returns an item a stopping runner's pull brought. While that pull
+// still has room, a plain nak makes the item available at once and the
+// server may deliver it straight back into that pull (it serves waiting
+// pulls in turn; alone, that pull gets it every time), to be naked again,
+// round and round until the pull is full or ends. So the server is told to
+// keep it until the pull has ended; then it goes to the next instance that
+// asks. (Were the margin too short, it would come back once more and be kept
+// another margin.) Once the pull is full it cannot come back: nak at once.
+// Either way the server holds it, not this process, which may exit.
+func (r *Runner) handBack(ctx context.Context, msg jetstream.Msg, open bool, pullEnd time.Time) {
+	var err error
+	if open {
+		err = msg.NakWithDelay(max(time.Until(pullEnd), 0) + handBackMargin)
+	} else {
+		err = msg.Nak()
+	}
+	if err != nil {
+		r.log.WarnContext(ctx, "hand back an item taken while stopping; it returns after its ack wait", "subject", msg.Subject(), "err", err)
 	}
 }
 

@@ -218,28 +218,55 @@ func TestHoldsOnlyFreeCapacity(t *testing.T) {
 	}
 }
 
-// TestStoppingHandsBackAtOnce: an item that reaches a worker while it stops
-// taking work is handed straight back, not held until its ack wait ends, so
-// another instance runs it at once.
-func TestStoppingHandsBackAtOnce(t *testing.T) {
+// TestStoppingHandsBackToOthers: an item that reaches a worker while it
+// stops taking work (its last pull still open) is handed back, once: it does
+// not come back to that worker, which would hand it back again and again
+// while its pull lasts, and another instance runs it soon after, not at the
+// end of the item's ack wait.
+func TestStoppingHandsBackToOthers(t *testing.T) {
 	g := newRig(t)
 	var ranOnA atomic.Bool
-	stopA := g.run(t, workersdk.Config{Capacity: 2, FetchWait: 2 * time.Second, AckWait: time.Minute, Profiles: []workersdk.Profile{
-		noOp(func(*workersdk.WorkItem) { ranOnA.Store(true) }),
-	}})
-	// Wait for A's pull to be waiting, then stop A and queue an item while
-	// that pull is still open.
+	a, err := workersdk.New(workersdk.Config{JS: g.wjs, NC: g.wnc, Service: rigService, InstanceID: "inst-a",
+		// Room for more than one item: a pull of one ends with the first.
+		Capacity: 4, FetchWait: 2 * time.Second, AckWait: time.Minute, Logger: slog.New(slog.DiscardHandler),
+		Profiles: []workersdk.Profile{noOp(func(*workersdk.WorkItem) { ranOnA.Store(true) })}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Run A here rather than with workersdktest: the test ends A's context
+	// and goes on while A's last pull is open.
+	ctx, stopA := context.WithCancel(context.Background())
+	var aErr error
+	aDone := make(chan struct{})
+	go func() { aErr = a.Run(ctx); close(aDone) }()
+	waitA := func() {
+		stopA()
+		select {
+		case <-aDone:
+		case <-time.After(30 * time.Second):
+			t.Fatal("A's Run did not return after its context ended")
+		}
+		if aErr != nil {
+			t.Errorf("A's Run: %v", aErr)
+		}
+	}
+	t.Cleanup(waitA)
+
+	// Wait for A's pull to be waiting, then end A's intake and queue an
+	// item while that pull (open for up to 2 s) is still waiting.
 	checkFor(t, 10*time.Second, func() bool { return g.consumerInfo(t).NumWaiting > 0 }, func() string { return "no pull waiting" })
-	stopped := make(chan struct{})
-	go func() { stopA(); close(stopped) }()
-	time.Sleep(50 * time.Millisecond) // A's ctx has ended by now; its pull has not
+	stopA()
 	g.submit(t, "late")
-	<-stopped
-	if g.consumerInfo(t).Delivered.Consumer == 0 {
-		t.Skip("the item was queued after A's pull ended; nothing to check")
+	waitA()
+	info := g.consumerInfo(t)
+	if info.Delivered.Stream == 0 {
+		t.Skip("A's pull ended before the item was queued; nothing to check")
 	}
 	if ranOnA.Load() {
 		t.Error("A ran an item taken while it was stopping")
+	}
+	if info.Delivered.Consumer != 1 {
+		t.Errorf("the item was delivered %d times to the stopping instance, want once", info.Delivered.Consumer)
 	}
 
 	done := make(chan struct{})
@@ -248,7 +275,8 @@ func TestStoppingHandsBackAtOnce(t *testing.T) {
 			close(done)
 		}
 	})
-	g.run(t, workersdk.Config{InstanceID: "inst-b", AckWait: time.Minute, Profiles: []workersdk.Profile{noOp(nil)}})
+	g.run(t, workersdk.Config{InstanceID: "inst-b", AckWait: time.Minute, FetchWait: 200 * time.Millisecond,
+		Profiles: []workersdk.Profile{noOp(nil)}})
 	select {
 	case <-done:
 	case <-time.After(20 * time.Second):
