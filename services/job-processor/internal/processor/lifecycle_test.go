@@ -216,6 +216,69 @@ func TestRestartFailedJob(t *testing.T) {
 	b.waitStatuses(t, "job-r", "SCHEDULED FAILED QUEUED SCHEDULED COMPLETED")
 }
 
+// deliveries is how many messages durable has delivered, redeliveries
+// included.
+func (b *bundle) deliveries(t *testing.T, durable string) uint64 {
+	t.Helper()
+	c, err := b.js.Consumer(b.ctx, bus.StreamEvents, durable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.Delivered.Consumer
+}
+
+// A restart is applied once per request. Its message is retried while no
+// service can take the job; canceled meanwhile, the job stays CANCELED when
+// the message comes back (as the mediator was told), and does not run
+// when the service returns. The restart made its execution, which ended
+// with the run, so the next restart request runs the job as attempt 3.
+func TestRestartAppliedOncePerRequest(t *testing.T) {
+	reg := oneService()
+	instances := reg.instances
+	b := setup(t, reg, time.Minute, fast(nil))
+	const id = "job-ro"
+	b.create(t, id)
+	b.waitStatuses(t, id, "SCHEDULED")
+	b.exec(t, update(id, 1, jobsv1.JobStatus_JOB_STATUS_FAILED, 0))
+	b.waitStatuses(t, id, "SCHEDULED FAILED")
+
+	reg.set(nil, nil) // no service offers the profile any more
+	b.restart(t, id, 1)
+	b.waitStatuses(t, id, "SCHEDULED FAILED QUEUED")
+	delivered := b.deliveries(t, processor.DurableRestart)
+	waitFor(t, "the restart retried for want of a service", func() bool { return b.deliveries(t, processor.DurableRestart) > delivered })
+	b.publish(t, bus.SubjectJobCancel, "cancel-"+id, &eventsv1.JobCancelRequested{JobId: id, Tenant: "t1"})
+	b.waitStatuses(t, id, "SCHEDULED FAILED QUEUED CANCELED")
+
+	reg.set(instances, nil) // the service is back
+	b.settled(t, processor.DurableRestart)
+	b.settled(t, processor.DurableCreated)
+	if rec := b.record(t, id); rec.Status != canceled || len(rec.Executions) != 2 || rec.Executions[1].GetStatus() != canceled ||
+		rec.Executions[1].GetService() != "" || rec.Executions[1].GetDispatchTime() != nil {
+		t.Fatalf("record after the cancel = %v, want CANCELED, the restart's execution canceled before its dispatch", rec)
+	}
+	b.waitStatuses(t, id, "SCHEDULED FAILED QUEUED CANCELED")
+	if _, msgID := b.workItem(t, "probe"); msgID != "work-"+id+"-1" {
+		t.Fatalf("last work item %q, want only attempt 1's", msgID)
+	}
+
+	// The next request, as the mediator makes it after the CANCELED: the
+	// job has 2 executions.
+	b.restart(t, id, 2)
+	b.waitStatuses(t, id, "SCHEDULED FAILED QUEUED CANCELED QUEUED SCHEDULED")
+	if w := b.waitWorkItem(t, "probe", "work-"+id+"-3"); w.GetAttempt() != 3 {
+		t.Fatalf("work item %v, want attempt 3", w)
+	}
+	if rec := b.record(t, id); len(rec.Executions) != 3 || rec.Executions[2].GetStatus() != jobsv1.JobStatus_JOB_STATUS_SCHEDULED ||
+		rec.Executions[2].GetService() != "probe" {
+		t.Fatalf("record after the second restart = %v", rec)
+	}
+}
+
 // A job waiting in the queue of a service whose instances all vanished moves
 // to the next candidate, its stale item withdrawn; while the service has a
 // live instance, or no other service can take it, it stays.

@@ -495,10 +495,13 @@ func (p *Processor) withdrawAttempt(ctx context.Context, service, id string, att
 	return nil
 }
 
-// HandleRestart runs a FAILED or CANCELED job again as a new execution. A
-// job with a deadline has it watched again (restartDeadlineTimer), and one
-// whose deadline has passed already ends FAILED job-deadline-passed at once
-// instead of being dispatched to run for nothing.
+// HandleRestart runs a FAILED or CANCELED job again as a new execution,
+// once per restart request (see record.Restart): its message, retried
+// while no service can take the job, changes nothing once that run has
+// ended, however it ended. A job with a deadline has it watched again
+// (restartDeadlineTimer), and one whose deadline has passed already ends
+// FAILED job-deadline-passed at once instead of being dispatched to run
+// for nothing.
 func (p *Processor) HandleRestart(ctx context.Context, msg jetstream.Msg) error {
 	var ev eventsv1.JobRestartRequested
 	if err := bus.Decode(msg.Data(), &ev); err != nil {
@@ -529,10 +532,7 @@ func (p *Processor) HandleRestart(ctx context.Context, msg jetstream.Msg) error 
 	}
 	if dl := rec.GetDeadline(); dl != nil && !jobstate.IsTerminal(rec.GetStatus()) {
 		// Also on AlreadyApplied: a redelivery after a crash between the
-		// record's write and the timer's publish. And after the timer has
-		// expired the job: the restart, still being retried while no
-		// service could take the job, finds it FAILED and restarts it
-		// again, to be expired again here rather than run.
+		// record's write and the timer's publish.
 		if !p.cfg.Now().Before(dl.AsTime()) {
 			return p.expire(ctx, id, record.DeadlinePassed(dl.AsTime()))
 		}

@@ -332,7 +332,8 @@ func TestRestartWatchesDeadlineAgain(t *testing.T) {
 		t.Fatalf("deadline watch past the deadline: %v", err)
 	}
 	got, _, err := tb.p.store.get(tb.ctx, id)
-	if err != nil || got.GetStatus() != jobsv1.JobStatus_JOB_STATUS_FAILED || got.GetError().GetType() != record.ProblemDeadline || len(got.GetExecutions()) != 1 {
-		t.Fatalf("record past the deadline = %v, %v; want FAILED deadline passed", got, err)
+	if err != nil || got.GetStatus() != jobsv1.JobStatus_JOB_STATUS_FAILED || got.GetError().GetType() != record.ProblemDeadline ||
+		len(got.GetExecutions()) != 2 || got.GetExecutions()[1].GetStatus() != jobsv1.JobStatus_JOB_STATUS_FAILED || got.GetExecutions()[1].GetDispatchTime() != nil {
+		t.Fatalf("record past the deadline = %v, %v; want FAILED deadline passed, the restart's execution with it", got, err)
 	}
 }

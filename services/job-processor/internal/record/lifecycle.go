@@ -145,11 +145,19 @@ func DeadlinePassed(deadline time.Time) *jobsv1.Problem {
 	}
 }
 
-// Restart puts a FAILED or CANCELED job back to QUEUED for a new execution.
-// attempts is the number of executions the job had when the restart was
-// asked for: a record that already has more was restarted already
-// (AlreadyApplied while it has not ended again), and a COMPLETED job, or one
-// still running, cannot be restarted (Ignored).
+// Restart puts a FAILED or CANCELED job back to QUEUED, with the execution
+// of its next attempt added at once, QUEUED (no service yet: Schedule fills
+// it in on dispatch; a run that ends before ends it too). attempts is the
+// number of executions the job had when the restart was asked for, so that
+// each restart request is applied once: a record with more was restarted
+// by it already, AlreadyApplied while that run goes on and Ignored once it
+// has ended, even with no dispatch (no service, its deadline, a cancel
+// while it waited): its restart message, retried meanwhile, never brings
+// back a job that ended. The next request, asked for after that end, names
+// the new count. A COMPLETED job, or one still running, cannot be
+// restarted (Ignored); a record with attempts executions that has not
+// ended was restarted by a processor that added no execution
+// (AlreadyApplied).
 func Restart(rec *jobsv1.Job, attempts int32, now time.Time) Outcome {
 	n := int32(len(rec.GetExecutions()))
 	switch st := rec.GetStatus(); {
@@ -163,6 +171,7 @@ func Restart(rec *jobsv1.Job, attempts int32, now time.Time) Outcome {
 	case st != jobsv1.JobStatus_JOB_STATUS_FAILED && st != jobsv1.JobStatus_JOB_STATUS_CANCELED:
 		return Ignored
 	}
+	rec.Executions = append(rec.Executions, &jobsv1.Execution{Attempt: n + 1, Status: jobsv1.JobStatus_JOB_STATUS_QUEUED})
 	rec.Status = jobsv1.JobStatus_JOB_STATUS_QUEUED
 	rec.Progress = 0
 	rec.Error = nil

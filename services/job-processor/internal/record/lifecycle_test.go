@@ -7,6 +7,8 @@ import (
 
 	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/jobstate"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -131,6 +133,8 @@ func TestRestart(t *testing.T) {
 		{"already restarted and failed again", recordIn(failed, 0), 1, Ignored},
 		{"unknown later attempts", recordIn(failed, 0), 5, Ignored},
 		{"canceled before any attempt", &jobsv1.Job{Id: "j1", Status: canceled}, 0, Applied},
+		// Restarted by a processor that added no execution, not ended yet.
+		{"queued by an older restart", &jobsv1.Job{Id: "j1", Status: queued, Executions: recordIn(failed, 0).Executions}, 2, AlreadyApplied},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -144,6 +148,11 @@ func TestRestart(t *testing.T) {
 				}
 				if NextAttempt(tt.rec) != tt.attempts+1 {
 					t.Fatalf("next attempt %d, want %d", NextAttempt(tt.rec), tt.attempts+1)
+				}
+				// The restart's execution is there at once, waiting.
+				if cur := Current(tt.rec); len(tt.rec.GetExecutions()) != int(tt.attempts)+1 || cur.GetAttempt() != tt.attempts+1 ||
+					cur.GetStatus() != queued || cur.GetService() != "" || cur.GetDispatchTime() != nil {
+					t.Fatalf("restart's execution: %v", tt.rec.GetExecutions())
 				}
 			}
 		})
@@ -221,5 +230,69 @@ func TestReroute(t *testing.T) {
 	run := lostRun()
 	if got := Reroute(run, 1, "svc", "next", now); got != Ignored {
 		t.Fatalf("running job = %v", got)
+	}
+}
+
+// Each restart request applies once, however its run ends: its message,
+// retried while no service could take the job, must not bring back a job
+// that ended before it was dispatched (canceled, past its deadline, no
+// service), and the mediator's next request names the count after it.
+func TestRestartAppliesOncePerRequest(t *testing.T) {
+	ends := map[string]func(*jobsv1.Job, time.Time) Outcome{
+		"canceled while queued": Cancel,
+		"deadline while queued": func(r *jobsv1.Job, at time.Time) Outcome { return Expire(r, DeadlinePassed(at), at) },
+		"no service":            func(r *jobsv1.Job, at time.Time) Outcome { return Fail(r, NoService("P"), at) },
+	}
+	for name, end := range ends {
+		t.Run(name, func(t *testing.T) {
+			for _, first := range []*jobsv1.Job{recordIn(failed, 0), {Id: "j1", Status: failed}} {
+				rec, n := first, int32(len(first.GetExecutions()))
+				if got := Restart(rec, n, now); got != Applied {
+					t.Fatalf("Restart = %v", got)
+				}
+				if got := Restart(rec, n, now); got != AlreadyApplied {
+					t.Fatalf("the same request again while queued = %v, want already applied", got)
+				}
+				if got := end(rec, now.Add(time.Second)); got != Applied {
+					t.Fatalf("end = %v", got)
+				}
+				cur := Current(rec)
+				if len(rec.GetExecutions()) != int(n)+1 || !jobstate.IsTerminal(cur.GetStatus()) || cur.GetDispatchTime() != nil ||
+					!proto.Equal(cur.GetEndTime(), rec.GetEndTime()) {
+					t.Fatalf("ended before dispatch: %v", rec)
+				}
+				before := proto.CloneOf(rec)
+				if got := Restart(rec, n, now.Add(2*time.Second)); got != Ignored || !proto.Equal(rec, before) {
+					t.Fatalf("the same request after the end = %v, record %v; want ignored, unchanged", got, rec)
+				}
+				if got := Restart(rec, n+1, now.Add(2*time.Second)); got != Applied || NextAttempt(rec) != n+2 {
+					t.Fatalf("the next request = %v, next attempt %d; want applied, attempt %d", got, NextAttempt(rec), n+2)
+				}
+			}
+		})
+	}
+}
+
+// The execution a restart added is the one its dispatch fills in, and no
+// report moves it before: no worker was handed it.
+func TestScheduleFillsRestartsExecution(t *testing.T) {
+	rec := recordIn(failed, 0)
+	if got := Restart(rec, 2, now); got != Applied {
+		t.Fatalf("Restart = %v", got)
+	}
+	if got := Apply(rec, update(3, running, 0), now); got != Ignored {
+		t.Fatalf("report of the undispatched attempt = %v, want ignored", got)
+	}
+	at := now.Add(time.Second)
+	if got := Schedule(rec, "svc2", at); got != Applied {
+		t.Fatalf("Schedule = %v", got)
+	}
+	cur := Current(rec)
+	if len(rec.GetExecutions()) != 3 || cur.GetAttempt() != 3 || cur.GetService() != "svc2" || cur.GetStatus() != scheduled ||
+		!cur.GetDispatchTime().AsTime().Equal(at) || rec.GetStatus() != scheduled || WorkMsgID(rec) != "work-j1-3" {
+		t.Fatalf("scheduled restart: %v", rec)
+	}
+	if got := Apply(rec, update(3, running, 0), at); got != Applied {
+		t.Fatalf("report of the dispatched attempt = %v", got)
 	}
 }

@@ -87,13 +87,26 @@ func Current(rec *jobsv1.Job) *jobsv1.Execution {
 	return nil
 }
 
-// NextAttempt is the attempt number the next dispatch of rec gets.
-func NextAttempt(rec *jobsv1.Job) int32 { return int32(len(rec.GetExecutions())) + 1 }
+// NextAttempt is the attempt number the next dispatch of rec gets: that of
+// the execution a restart added (see Restart) while it waits, else a new one.
+func NextAttempt(rec *jobsv1.Job) int32 {
+	if cur := Current(rec); undispatched(cur) {
+		return cur.GetAttempt()
+	}
+	return int32(len(rec.GetExecutions())) + 1
+}
 
-// Schedule records the dispatch of a QUEUED job to service as a new execution.
-// A job that is no longer QUEUED was dispatched already (another replica, or
-// an earlier delivery): AlreadyApplied when it sits SCHEDULED, so the caller
-// re-publishes the same work item (deduplicated by its msg id), else Ignored.
+// undispatched reports whether ex is an execution a restart added that has
+// not been dispatched (yet): QUEUED, with no service.
+func undispatched(ex *jobsv1.Execution) bool {
+	return ex != nil && ex.GetStatus() == jobsv1.JobStatus_JOB_STATUS_QUEUED
+}
+
+// Schedule records the dispatch of a QUEUED job to service: as a new
+// execution, or as the one a restart added for it. A job that is no longer
+// QUEUED was dispatched already (another replica, or an earlier delivery):
+// AlreadyApplied when it sits SCHEDULED, so the caller re-publishes the
+// same work item (deduplicated by its msg id), else Ignored.
 func Schedule(rec *jobsv1.Job, service string, now time.Time) Outcome {
 	switch rec.GetStatus() {
 	case jobsv1.JobStatus_JOB_STATUS_QUEUED:
@@ -102,12 +115,18 @@ func Schedule(rec *jobsv1.Job, service string, now time.Time) Outcome {
 	default:
 		return Ignored
 	}
-	rec.Executions = append(rec.Executions, &jobsv1.Execution{
-		Attempt:      NextAttempt(rec),
-		Service:      service,
-		Status:       jobsv1.JobStatus_JOB_STATUS_SCHEDULED,
-		DispatchTime: timestamppb.New(now),
-	})
+	if cur := Current(rec); undispatched(cur) {
+		cur.Service = service
+		cur.Status = jobsv1.JobStatus_JOB_STATUS_SCHEDULED
+		cur.DispatchTime = timestamppb.New(now)
+	} else {
+		rec.Executions = append(rec.Executions, &jobsv1.Execution{
+			Attempt:      NextAttempt(rec),
+			Service:      service,
+			Status:       jobsv1.JobStatus_JOB_STATUS_SCHEDULED,
+			DispatchTime: timestamppb.New(now),
+		})
+	}
 	rec.Status = jobsv1.JobStatus_JOB_STATUS_SCHEDULED
 	rec.Progress = 0
 	rec.UpdateTime = timestamppb.New(now)
@@ -175,7 +194,8 @@ func Cancel(rec *jobsv1.Job, now time.Time) Outcome {
 // the same report again is AlreadyApplied.
 func Apply(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate, now time.Time) Outcome {
 	cur := Current(rec)
-	if cur == nil || u.GetAttempt() != cur.GetAttempt() {
+	if cur == nil || u.GetAttempt() != cur.GetAttempt() || undispatched(cur) {
+		// Not dispatched: no worker was handed this attempt.
 		return Ignored
 	}
 	to := u.GetStatus()
@@ -309,8 +329,9 @@ func StatusEvent(rec *jobsv1.Job) *eventsv1.JobStatusChanged {
 		VerifiedQuantity: rec.GetVerifiedQuantity(),
 		Time:             rec.GetUpdateTime(),
 	}
-	// While QUEUED the latest execution (if any) is a finished earlier attempt,
-	// not the one this status is about.
+	// While QUEUED the latest execution (if any) is a finished earlier
+	// attempt, or the one a restart added, with nothing to say before its
+	// dispatch.
 	if cur := Current(rec); cur != nil && rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_QUEUED {
 		ev.Execution = cur
 	}
