@@ -279,6 +279,69 @@ func TestRestartAppliedOncePerRequest(t *testing.T) {
 	}
 }
 
+// createdAgo publishes the JobCreated of job id, created age ago.
+func (b *bundle) createdAgo(t *testing.T, id string, age time.Duration) {
+	t.Helper()
+	job := &jobsv1.Job{Id: id, Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: jobsv1.JobStatus_JOB_STATUS_NEW,
+		CreateTime: timestamppb.New(time.Now().Add(-age))}
+	b.publish(t, bus.SubjectJobCreated, "created-"+id, &eventsv1.JobCreated{Job: job})
+}
+
+// A restarted job waits for a service up to the queue timeout counted from
+// its restart, not from its creation: restarted long after it was created,
+// it does not fail no-service at once, and runs once a service is back.
+func TestRestartWaitsQueueTimeoutFromRestart(t *testing.T) {
+	reg := oneService()
+	instances := reg.instances
+	b := setup(t, reg, time.Minute, fast(nil))
+	const id = "job-rw"
+	b.createdAgo(t, id, 2*time.Minute)
+	b.waitStatuses(t, id, "SCHEDULED")
+	b.exec(t, update(id, 1, jobsv1.JobStatus_JOB_STATUS_FAILED, 0))
+	b.waitStatuses(t, id, "SCHEDULED FAILED")
+
+	reg.set(nil, nil) // no service offers the profile any more
+	b.restart(t, id, 1)
+	b.waitStatuses(t, id, "SCHEDULED FAILED QUEUED")
+	delivered := b.deliveries(t, processor.DurableRestart)
+	waitFor(t, "the restart retried for want of a service", func() bool { return b.deliveries(t, processor.DurableRestart) > delivered })
+	if got := names(b.statuses(t, id)); got != "SCHEDULED FAILED QUEUED" {
+		t.Fatalf("statuses of a restarted job waiting for a service = %q", got)
+	}
+	reg.set(instances, nil)
+	b.waitStatuses(t, id, "SCHEDULED FAILED QUEUED SCHEDULED")
+	if w := b.waitWorkItem(t, "probe", "work-"+id+"-2"); w.GetAttempt() != 2 {
+		t.Fatalf("work item %v, want attempt 2", w)
+	}
+}
+
+// A retry waits for a service up to the queue timeout too, counted from the
+// end of its backoff: a job older than the queue timeout whose worker was
+// lost while its service went away does not fail no-service at once, and
+// its retry runs once a service is back.
+func TestRetryWaitsQueueTimeoutAfterBackoff(t *testing.T) {
+	reg := oneService()
+	instances := reg.instances
+	b := setup(t, reg, time.Minute, fast(nil))
+	const id = "job-rt"
+	b.createdAgo(t, id, 2*time.Minute)
+	b.waitStatuses(t, id, "SCHEDULED")
+	reg.set(nil, nil) // the service goes away with its worker
+	b.exec(t, update(id, 1, running, 0))
+	// No heartbeat follows: the worker is lost, the job requeued.
+	b.waitStatuses(t, id, "SCHEDULED RUNNING-0 QUEUED")
+	delivered := b.deliveries(t, processor.DurableTimer)
+	waitFor(t, "the retry looked for a service twice", func() bool { return b.deliveries(t, processor.DurableTimer) >= delivered+2 })
+	if got := names(b.statuses(t, id)); got != "SCHEDULED RUNNING-0 QUEUED" {
+		t.Fatalf("statuses of a retry waiting for a service = %q", got)
+	}
+	reg.set(instances, nil)
+	b.waitStatuses(t, id, "SCHEDULED RUNNING-0 QUEUED SCHEDULED")
+	if w := b.waitWorkItem(t, "probe", "work-"+id+"-2"); w.GetAttempt() != 2 {
+		t.Fatalf("retry work item %v, want attempt 2", w)
+	}
+}
+
 // A job waiting in the queue of a service whose instances all vanished moves
 // to the next candidate, its stale item withdrawn; while the service has a
 // live instance, or no other service can take it, it stays.

@@ -82,7 +82,9 @@ type Config struct {
 	NC       *nats.Conn
 	Selector Selector
 	// QueueTimeout is how long a job may wait for a service offering its
-	// profile, counted from its create_time, before it fails (no-service).
+	// profile before it fails (no-service), counted from when it was queued
+	// this time (record.QueuedSince): its creation, its restart, or the end
+	// of a retry's backoff.
 	QueueTimeout time.Duration
 	// CancelDeliveries is how often a cancel of a job without a record is
 	// retried (its JobCreated may not have been handled yet) before it is
@@ -296,7 +298,9 @@ func (p *Processor) dispatch(ctx context.Context, rec *jobsv1.Job) error {
 	cand, err := p.cfg.Selector.Select(sctx, selection.Request{Profile: rec.GetProfile(), Region: rec.GetRegion()})
 	endSpan(span, err)
 	if errors.Is(err, selection.ErrNoCandidate) {
-		waited := p.cfg.Now().Sub(rec.GetCreateTime().AsTime())
+		// Not from create_time: a job restarted, or retried, long after its
+		// creation would fail at once instead of waiting.
+		waited := p.cfg.Now().Sub(record.QueuedSince(rec, p.cfg.RetryBackoff))
 		if waited >= p.cfg.QueueTimeout {
 			return p.failNoService(ctx, rec)
 		}

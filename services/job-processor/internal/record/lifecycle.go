@@ -119,6 +119,25 @@ func RetryAt(rec *jobsv1.Job, base time.Duration) time.Time {
 	return cur.GetEndTime().AsTime().Add(base << (k - 1))
 }
 
+// QueuedSince is when rec, QUEUED, began to wait for a service this time:
+// the queue timeout counts from it. A first run waits from the job's
+// creation; a restarted job from its restart (the update_time Restart
+// set: nothing writes a QUEUED record before its dispatch, and a write
+// would only make it wait longer); a retry from the end of its backoff,
+// before which it does not look for a service (RetryAt).
+func QueuedSince(rec *jobsv1.Job, backoff time.Duration) time.Time {
+	if Current(rec) == nil {
+		return rec.GetCreateTime().AsTime()
+	}
+	since := RetryAt(rec, backoff) // zero for a restart: its execution has not ended
+	for _, t := range []*timestamppb.Timestamp{rec.GetCreateTime(), rec.GetUpdateTime()} {
+		if t != nil && t.AsTime().After(since) {
+			since = t.AsTime()
+		}
+	}
+	return since
+}
+
 // Expire ends a job whose timeout or deadline passed (p says which) as
 // FAILED, and its current execution with it; the caller stops the worker.
 func Expire(rec *jobsv1.Job, p *jobsv1.Problem, now time.Time) Outcome {

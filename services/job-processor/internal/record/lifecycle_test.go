@@ -296,3 +296,32 @@ func TestScheduleFillsRestartsExecution(t *testing.T) {
 		t.Fatalf("report of the dispatched attempt = %v", got)
 	}
 }
+
+// The queue timeout counts from when the job was queued this time: its
+// creation, its restart, or the end of a retry's backoff (not the loss,
+// nor the creation of a job that ran long).
+func TestQueuedSince(t *testing.T) {
+	created := &jobsv1.Job{Id: "j1", CreateTime: timestamppb.New(t0)}
+	New(created, now)
+	if got := QueuedSince(created, time.Second); !got.Equal(t0) {
+		t.Errorf("first run queued since %v, want its creation %v", got, t0)
+	}
+
+	restartAt := now.Add(time.Hour)
+	restarted := recordIn(failed, 0)
+	if got := Restart(restarted, 2, restartAt); got != Applied {
+		t.Fatalf("Restart = %v", got)
+	}
+	if got := QueuedSince(restarted, time.Second); !got.Equal(restartAt) {
+		t.Errorf("restarted job queued since %v, want its restart %v", got, restartAt)
+	}
+
+	lostAt := now.Add(time.Hour)
+	retry := lostRun()
+	if got := WorkerLost(retry, 1, 3, "no heartbeat", lostAt); got != Applied {
+		t.Fatalf("WorkerLost = %v", got)
+	}
+	if got, want := QueuedSince(retry, time.Second), lostAt.Add(time.Second); !got.Equal(want) {
+		t.Errorf("retry queued since %v, want the end of its backoff %v", got, want)
+	}
+}

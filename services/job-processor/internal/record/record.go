@@ -62,7 +62,8 @@ const (
 const HeartbeatMessage = "heartbeat"
 
 // New returns the record of a freshly created job: a copy of job, QUEUED, with
-// no executions yet. create_time is kept (the queue timeout counts from it).
+// no executions yet. create_time is kept (a first run's queue timeout counts
+// from it, see QueuedSince).
 func New(job *jobsv1.Job, now time.Time) *jobsv1.Job {
 	rec := proto.CloneOf(job)
 	rec.Status = jobsv1.JobStatus_JOB_STATUS_QUEUED
