@@ -572,7 +572,13 @@ type JobRestartRequested struct {
 	JobId  string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	Tenant string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	// Executions the job had when the restart was asked for; the restart is
-	// its next attempt (and names the event's msg id).
+	// attempt attempts+1. The processor applies it only to a FAILED or
+	// CANCELED record with exactly this many executions, adding the new one
+	// at once, so each request is applied once: its message, redelivered or
+	// retried after the run it started has ended, finds more and changes
+	// nothing. It does not tell requests apart on its own: the msg id,
+	// restart-<job_id>-<attempts>-rev<revision>, adds the revision of the
+	// mediator's job record the restart was applied on.
 	Attempts      int32 `protobuf:"varint,3,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
