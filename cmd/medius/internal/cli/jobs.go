@@ -53,7 +53,7 @@ func (c *clientFlags) dial(ctx context.Context) (jobsv1.JobServiceClient, contex
 
 func newJobsCmd() *cobra.Command {
 	var c clientFlags
-	cmd := &cobra.Command{Use: "jobs", Short: "Submit, list, follow and cancel jobs"}
+	cmd := &cobra.Command{Use: "jobs", Short: "Submit, list, follow, cancel and restart jobs"}
 	c.register(cmd)
 
 	var profile, requestID, jobType string
@@ -204,7 +204,26 @@ func newJobsCmd() *cobra.Command {
 			return printJobs(cmd.OutOrStdout(), c.output, j)
 		},
 	}
-	cmd.AddCommand(submit, get, waitCmd, list, cancel, newWatchCmd(&c))
+	// restart prints the job as the mediator left it (QUEUED). Whether a job
+	// may run again (FAILED or CANCELED, its deadline not passed) is the
+	// mediator's to say: its refusal, FailedPrecondition, is returned as is,
+	// so main prints the reason and exits 1.
+	restart := &cobra.Command{
+		Use: "restart ID", Short: "Run a FAILED or CANCELED job again as a new attempt", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, ctx, closeFn, err := c.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			j, err := cl.RestartJob(ctx, &jobsv1.RestartJobRequest{Id: args[0]})
+			if err != nil {
+				return err
+			}
+			return printJobs(cmd.OutOrStdout(), c.output, j)
+		},
+	}
+	cmd.AddCommand(submit, get, waitCmd, list, cancel, restart, newWatchCmd(&c))
 	return cmd
 }
 

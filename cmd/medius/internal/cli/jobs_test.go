@@ -1,0 +1,121 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/devstack"
+	"github.com/medius-platform/medius/pkg/grpcx"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+const testAPIKey = "mk_cli_test_key"
+
+// TestJobsRestart runs `medius jobs restart` against a real dev stack: a job
+// that failed for want of its input runs again once the input is there, and
+// a job that cannot be restarted is refused with the mediator's reason.
+func TestJobsRestart(t *testing.T) {
+	for _, tool := range []string{"ffmpeg", "ffprobe"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not found: install Debian package ffmpeg (make test does this when run as root)", tool)
+		}
+	}
+	media := t.TempDir()
+	stack := devstack.StartForTest(t, devstack.Config{APIKey: testAPIKey, FileRoots: []string{media}})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	run := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		cmd := New()
+		cmd.SetArgs(append(args, "--server", stack.GRPCAddr, "--api-key", testAPIKey))
+		cmd.SetOut(&out)
+		cmd.SetErr(io.Discard)
+		err := cmd.ExecuteContext(ctx)
+		return out.String(), err
+	}
+	decode := func(out string) *jobsv1.Job {
+		t.Helper()
+		j := &jobsv1.Job{}
+		if err := protojson.Unmarshal([]byte(out), j); err != nil || j.Id == "" {
+			t.Fatalf("not a job in JSON (%v):\n%s", err, out)
+		}
+		return j
+	}
+
+	// The input does not exist yet: the job fails, and --wait says so in its
+	// exit status.
+	clip := filepath.Join(media, "clip.mp4")
+	out, err := run("jobs", "submit", "--profile", "ExtractTechnicalMetadata", "--input", "inputFile=file://"+clip, "--wait", "-o", "json")
+	failed := decode(out)
+	if err == nil || failed.Status != jobsv1.JobStatus_JOB_STATUS_FAILED || !strings.Contains(failed.GetError().GetType(), "input-not-found") {
+		t.Fatalf("submit of a missing input: err %v, want an error and FAILED input-not-found:\n%s", err, out)
+	}
+
+	// Once the input is there, a restart runs the job again to completion.
+	if out, err := exec.Command("ffmpeg", "-hide_banner", "-loglevel", "error",
+		"-f", "lavfi", "-i", "testsrc=duration=1:size=160x120:rate=25",
+		"-c:v", "libx264", "-pix_fmt", "yuv420p", clip).CombinedOutput(); err != nil {
+		t.Fatalf("make fixture: %v\n%s", err, out)
+	}
+	out, err = run("jobs", "restart", failed.Id)
+	if err != nil {
+		t.Fatalf("restart of a FAILED job: %v", err)
+	}
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 2 ||
+		!strings.Contains(lines[1], failed.Id) || !strings.Contains(lines[1], "QUEUED") || !strings.Contains(lines[1], "restarted") {
+		t.Errorf("restart table, want the job QUEUED and restarted:\n%s", out)
+	}
+	out, err = run("jobs", "wait", failed.Id, "-o", "json")
+	if done := decode(out); err != nil || done.Status != jobsv1.JobStatus_JOB_STATUS_COMPLETED || done.GetOutput().GetData().AsMap()["technicalMetadata"] == nil {
+		t.Fatalf("restarted job: err %v, want COMPLETED with technical metadata:\n%s", err, out)
+	}
+
+	// A COMPLETED job cannot run again.
+	_, err = run("jobs", "restart", failed.Id, "-o", "json")
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(Describe(err), "is COMPLETED; only FAILED or CANCELED jobs can be restarted") {
+		t.Errorf("restart of a COMPLETED job: %v (%s), want FailedPrecondition naming its status", err, Describe(err))
+	}
+
+	// Nor can one whose deadline has passed: the refusal names the deadline.
+	cc, err := grpcx.Dial(stack.GRPCAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	deadline := time.Now().Add(2 * time.Second).Truncate(time.Second)
+	late, err := jobsv1.NewJobServiceClient(cc).CreateJob(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+testAPIKey),
+		&jobsv1.CreateJobRequest{Job: &jobsv1.Job{
+			Profile:  "ExtractTechnicalMetadata",
+			Input:    &jobsv1.JobInput{Locators: map[string]*jobsv1.Locator{"inputFile": {Url: "file://" + filepath.Join(media, "nope.mp4")}}},
+			Deadline: timestamppb.New(deadline),
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run("jobs", "wait", late.Id); err == nil {
+		t.Fatalf("job %s with a missing input did not fail", late.Id)
+	}
+	// Waiting for the deadline is the condition under test, not a timing
+	// assertion.
+	time.Sleep(time.Until(deadline) + 100*time.Millisecond)
+	_, err = run("jobs", "restart", late.Id)
+	if want := "its deadline " + deadline.UTC().Format(time.RFC3339) + " has passed"; status.Code(err) != codes.FailedPrecondition || !strings.Contains(Describe(err), want) {
+		t.Errorf("restart past the deadline: %v (%s), want FailedPrecondition saying %q", err, Describe(err), want)
+	}
+
+	// An unknown job is NotFound, as for cancel.
+	if _, err := run("jobs", "restart", "no-such-job"); status.Code(err) != codes.NotFound {
+		t.Errorf("restart of an unknown job: %v, want NotFound", err)
+	}
+}
