@@ -268,12 +268,16 @@ func TestCancelJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	_, rev, err := f.store.Get(context.Background(), job.Id)
+	if err != nil {
+		t.Fatal(err)
+	}
 	got, err := f.srv.CancelJob(as("acme"), &jobsv1.CancelJobRequest{Id: job.Id})
 	if err != nil || got.Id != job.Id {
 		t.Fatalf("CancelJob = %v, %v", got, err)
 	}
 	ev := &eventsv1.JobCancelRequested{}
-	if id := cancels.Next(ev); id != "cancel-"+job.Id || ev.JobId != job.Id || ev.Tenant != "acme" {
+	if id := cancels.Next(ev); id != fmt.Sprintf("cancel-%s-rev%d", job.Id, rev) || ev.JobId != job.Id || ev.Tenant != "acme" {
 		t.Fatalf("cancel event %q %v", id, ev)
 	}
 

@@ -88,3 +88,47 @@ func TestRestartAgainAfterRunWithoutExecution(t *testing.T) {
 		t.Fatalf("restart msg ids %q, want %q", ids, want)
 	}
 }
+
+// A cancel asked after a restart reaches the processor, although the same
+// job was canceled before: each cancel request is published under an id of
+// its own (the record's revision it was decided on), so the events stream
+// does not drop the second as a duplicate of the first, which would answer
+// 200 and leave the restarted job running. A request repeated while the
+// record has not changed is stored once.
+func TestCancelAfterRestartReachesProcessor(t *testing.T) {
+	f := setup(t)
+	cancels := f.env.WatchEvents(t, bus.SubjectJobCancel)
+	job, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := job.GetId()
+	cancel := func() string {
+		t.Helper()
+		if _, err := f.srv.CancelJob(as("acme"), &jobsv1.CancelJobRequest{Id: id}); err != nil {
+			t.Fatalf("cancel: %v", err)
+		}
+		ev := &eventsv1.JobCancelRequested{}
+		msgID := cancels.Next(ev)
+		if ev.GetJobId() != id || ev.GetTenant() != "acme" {
+			t.Fatalf("cancel announced %v", ev)
+		}
+		return msgID
+	}
+
+	moveOn(t, f, id, jobsv1.JobStatus_JOB_STATUS_RUNNING)
+	first := cancel()
+	// Asked again before anything changed: the same request.
+	if _, err := f.srv.CancelJob(as("acme"), &jobsv1.CancelJobRequest{Id: id}); err != nil {
+		t.Fatalf("cancel again: %v", err)
+	}
+	cancels.None(200 * time.Millisecond)
+
+	moveOn(t, f, id, jobsv1.JobStatus_JOB_STATUS_CANCELED)
+	if _, err := f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: id}); err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	if second := cancel(); second == first {
+		t.Fatalf("both cancels announced as %q", first)
+	}
+}

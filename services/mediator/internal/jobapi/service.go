@@ -489,7 +489,7 @@ func (s *Server) load(ctx context.Context, id string) (*jobsv1.Job, uint64, erro
 // CancelJob implements jobsv1.JobServiceServer. It only asks: the processor
 // stops the execution and reports CANCELED through the status events.
 func (s *Server) CancelJob(ctx context.Context, req *jobsv1.CancelJobRequest) (*jobsv1.Job, error) {
-	job, _, err := s.load(ctx, req.GetId())
+	job, rev, err := s.load(ctx, req.GetId())
 	if err != nil {
 		return nil, err
 	}
@@ -497,11 +497,23 @@ func (s *Server) CancelJob(ctx context.Context, req *jobsv1.CancelJobRequest) (*
 		return nil, problem.FailedPrecondition("job-terminal", fmt.Sprintf("job %s is already %s", job.GetId(), jobstate.Name(job.GetStatus())))
 	}
 	ev := &eventsv1.JobCancelRequested{JobId: job.GetId(), Tenant: job.GetTenant()}
-	if err := bus.Publish(ctx, s.js, bus.SubjectJobCancel, "cancel-"+job.GetId(), ev); err != nil {
+	if err := bus.Publish(ctx, s.js, bus.SubjectJobCancel, cancelMsgID(job.GetId(), rev), ev); err != nil {
 		return nil, problem.Unavailable("cannot request cancellation now", err)
 	}
 	slog.InfoContext(ctx, "job cancel requested", "job", job.GetId())
 	return job, nil
+}
+
+// cancelMsgID names the cancel request of job id decided on revision rev of
+// its record: "cancel-<job>-rev<rev>". A job canceled, restarted and
+// canceled again is asked twice, on two revisions (the restart wrote one in
+// between), so the second request is not taken by the events stream for a
+// duplicate of the first, which would answer 200 and leave the job running.
+// A publish tried again for one request, or a request repeated while the
+// record has not changed, is stored once; the processor's cancel is
+// idempotent anyway.
+func cancelMsgID(id string, rev uint64) string {
+	return fmt.Sprintf("cancel-%s-rev%d", id, rev)
 }
 
 // ListJobs implements jobsv1.JobServiceServer: the caller's jobs, newest
