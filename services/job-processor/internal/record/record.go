@@ -235,6 +235,12 @@ func Apply(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate, now time.Time) Outcome 
 	if u.GetInstanceId() != "" {
 		cur.InstanceId = u.GetInstanceId()
 	}
+	if from != to {
+		// A message tells about the state it came with ("restarted",
+		// "worker lost; retrying"): the worker's report of a new state
+		// brings its own, or none, not the last one's.
+		rec.StatusMessage = ""
+	}
 	if u.GetMessage() != "" && u.GetMessage() != HeartbeatMessage {
 		rec.StatusMessage = u.GetMessage()
 	}

@@ -162,6 +162,31 @@ func TestApplyTwice(t *testing.T) {
 	}
 }
 
+// The status message tells about the current state: one set before the run
+// ("restarted", "worker lost; retrying") gives way to the worker's reports,
+// while a progress report without a message keeps the running one's.
+func TestApplyStatusMessage(t *testing.T) {
+	rec := recordIn(scheduled, 0)
+	rec.StatusMessage = "restarted"
+	Apply(rec, update(2, running, 0), now)
+	if rec.StatusMessage != "" {
+		t.Fatalf("RUNNING kept %q from before the run", rec.StatusMessage)
+	}
+	u := update(2, running, 10)
+	u.Message = "decoding"
+	Apply(rec, u, now)
+	Apply(rec, update(2, running, 20), now)
+	if rec.StatusMessage != "decoding" {
+		t.Fatalf("progress without a message: %q, want the running one's kept", rec.StatusMessage)
+	}
+	f := update(2, failed, 0)
+	f.Error = &jobsv1.Problem{Type: "urn:x", Title: "Bad input", Detail: "no audio stream"}
+	Apply(rec, f, now)
+	if rec.StatusMessage != "no audio stream" {
+		t.Fatalf("FAILED: %q, want its problem's detail", rec.StatusMessage)
+	}
+}
+
 func TestApplyUsesWorkerTime(t *testing.T) {
 	rec := recordIn(scheduled, 0)
 	u := update(2, running, 0)
