@@ -87,6 +87,7 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 	if !ok {
 		ex = job.GetExecutions()
 	}
+	attempts := int32(len(ex))
 	before := proto.CloneOf(job)
 	job.Status = jobsv1.JobStatus_JOB_STATUS_QUEUED
 	job.Progress = 0
@@ -96,6 +97,7 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 	job.EndTime = nil
 	job.VerifiedQuantity = 0
 	job.UpdateTime = timestamppb.New(s.now())
+	addRestartExecution(job, attempts+1)
 	newRev, err := s.store.Update(ctx, job, rev)
 	if errors.Is(err, jobstore.ErrConflict) {
 		return nil, problem.FailedPrecondition("job-changed", fmt.Sprintf("job %s changed meanwhile; try again", job.GetId()))
@@ -103,7 +105,6 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 	if err != nil {
 		return nil, storeError(ctx, fmt.Errorf("restart job %s: %w", job.GetId(), err))
 	}
-	attempts := int32(len(ex))
 	msgID := restartMsgID(job.GetId(), attempts, rev)
 	ev := &eventsv1.JobRestartRequested{JobId: job.GetId(), Tenant: job.GetTenant(), Attempts: attempts}
 	if err := bus.Publish(ctx, s.js, bus.SubjectJobRestart, msgID, ev); err != nil {
@@ -116,6 +117,19 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 	}
 	slog.InfoContext(ctx, "job restart requested", "job", job.GetId(), "attempt", attempts+1)
 	return job, nil
+}
+
+// addRestartExecution adds to job the execution of attempt, the one its
+// restart runs, as the processor adds it when it applies the restart
+// (QUEUED, no service until its dispatch). The status consumer takes the
+// latest attempt a record knows for the run it is in: the news of the runs
+// before the restart, late or redelivered (a FAILED or CANCELED with
+// attempt numbers up to the restart's count, or with none at all), then
+// no longer moves the restarted job, while every event of the new run names
+// this attempt or a later one. The job's record shows the new attempt at
+// once, as ListJobExecutions does.
+func addRestartExecution(job *jobsv1.Job, attempt int32) {
+	job.Executions = append(job.Executions, &jobsv1.Execution{Attempt: attempt, Status: jobsv1.JobStatus_JOB_STATUS_QUEUED})
 }
 
 // restartMsgID names the announcement of the restart of job id applied on

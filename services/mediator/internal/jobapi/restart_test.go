@@ -12,8 +12,10 @@ import (
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/problem"
+	"github.com/medius-platform/medius/services/mediator/internal/statusconsumer"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -66,6 +68,9 @@ func TestRestartAgainAfterRunWithoutExecution(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := job.GetId()
+	// The processor's record as such a run leaves it: no execution (a
+	// processor before each restart added one).
+	processorRecord(t, f, id, 0)
 	var ids, want []string
 	for i := range 2 {
 		// No service took it: FAILED with no execution, each time.
@@ -130,5 +135,135 @@ func TestCancelAfterRestartReachesProcessor(t *testing.T) {
 	}
 	if second := cancel(); second == first {
 		t.Fatalf("both cancels announced as %q", first)
+	}
+}
+
+// processorRecord stores the processor's record of job id with n
+// executions, all ended FAILED, as a processor would have (the mediator
+// counts them for a restart).
+func processorRecord(t *testing.T, f *fixture, id string, n int32) {
+	t.Helper()
+	ctx := context.Background()
+	kv, err := f.env.JS.KeyValue(ctx, bus.BucketExecutions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &jobsv1.Job{Id: id, Tenant: "acme", Status: jobsv1.JobStatus_JOB_STATUS_FAILED}
+	for a := range n {
+		rec.Executions = append(rec.Executions, &jobsv1.Execution{Attempt: a + 1, Service: "svc", Status: jobsv1.JobStatus_JOB_STATUS_FAILED})
+	}
+	data, err := proto.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, id, data); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// statusEvent is the processor's JobStatusChanged of job id: status, and
+// the execution of attempt if it names one.
+func statusEvent(id string, status jobsv1.JobStatus, attempt int32) *eventsv1.JobStatusChanged {
+	ev := &eventsv1.JobStatusChanged{JobId: id, Status: status}
+	if attempt > 0 {
+		ev.Execution = &jobsv1.Execution{Attempt: attempt, Service: "svc", Status: status}
+	}
+	return ev
+}
+
+// The news of a run before a restart, late or redelivered, never moves the
+// restarted job: not its end (FAILED or CANCELED of the same attempt the
+// mediator last heard of, or naming none when the run never dispatched one),
+// nor its progress. Every event of the restarted run applies.
+func TestRestartedJobIgnoresEarlierRunsNews(t *testing.T) {
+	const (
+		queued    = jobsv1.JobStatus_JOB_STATUS_QUEUED
+		scheduled = jobsv1.JobStatus_JOB_STATUS_SCHEDULED
+		running   = jobsv1.JobStatus_JOB_STATUS_RUNNING
+		failed    = jobsv1.JobStatus_JOB_STATUS_FAILED
+		canceled  = jobsv1.JobStatus_JOB_STATUS_CANCELED
+	)
+	for _, tt := range []struct {
+		name string
+		// run is the events of the run before the restart; it ended.
+		run []*eventsv1.JobStatusChanged
+		// attempts is the processor's count of executions after it.
+		attempts int32
+		// late is that run's news arriving after the restart.
+		late []*eventsv1.JobStatusChanged
+		// next is the restarted run's events, and end the status they
+		// leave.
+		next []*eventsv1.JobStatusChanged
+		end  jobsv1.JobStatus
+	}{{
+		name:     "failed on a worker",
+		run:      []*eventsv1.JobStatusChanged{statusEvent("", scheduled, 1), statusEvent("", running, 1), statusEvent("", failed, 1)},
+		attempts: 1,
+		late:     []*eventsv1.JobStatusChanged{statusEvent("", failed, 1), statusEvent("", running, 1), statusEvent("", canceled, 1), statusEvent("", failed, 0)},
+		next:     []*eventsv1.JobStatusChanged{statusEvent("", scheduled, 2), statusEvent("", running, 2), statusEvent("", canceled, 2)},
+		end:      canceled,
+	}, {
+		name:     "canceled while running",
+		run:      []*eventsv1.JobStatusChanged{statusEvent("", scheduled, 1), statusEvent("", running, 1), statusEvent("", canceled, 1)},
+		attempts: 1,
+		late:     []*eventsv1.JobStatusChanged{statusEvent("", canceled, 1)},
+		// No service this time: QUEUED (naming no attempt), then FAILED
+		// with the restart's execution ended undispatched.
+		next: []*eventsv1.JobStatusChanged{statusEvent("", queued, 0), statusEvent("", failed, 2)},
+		end:  failed,
+	}, {
+		name:     "never dispatched",
+		run:      []*eventsv1.JobStatusChanged{statusEvent("", queued, 0), statusEvent("", failed, 0)},
+		attempts: 0,
+		late:     []*eventsv1.JobStatusChanged{statusEvent("", failed, 0), statusEvent("", canceled, 0)},
+		next:     []*eventsv1.JobStatusChanged{statusEvent("", scheduled, 1), statusEvent("", running, 1), statusEvent("", failed, 1)},
+		end:      failed,
+	}} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := setup(t)
+			ctx := context.Background()
+			consumer := statusconsumer.New(f.store)
+			job, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := job.GetId()
+			apply := func(evs []*eventsv1.JobStatusChanged) {
+				t.Helper()
+				for _, ev := range evs {
+					ev.JobId = id
+					if err := consumer.Apply(ctx, ev); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			apply(tt.run)
+			processorRecord(t, f, id, tt.attempts)
+			if _, err := f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: id}); err != nil {
+				t.Fatalf("restart: %v", err)
+			}
+
+			for _, ev := range tt.late {
+				apply([]*eventsv1.JobStatusChanged{ev})
+				if got, _, err := f.store.Get(ctx, id); err != nil || got.GetStatus() != queued {
+					t.Fatalf("restarted job after the earlier run's late %s (attempt %d): %v, %v; want still QUEUED",
+						ev.GetStatus(), ev.GetExecution().GetAttempt(), got.GetStatus(), err)
+				}
+			}
+			for _, ev := range tt.next {
+				apply([]*eventsv1.JobStatusChanged{ev})
+				if got, _, err := f.store.Get(ctx, id); err != nil || got.GetStatus() != ev.GetStatus() {
+					t.Fatalf("restarted run's %s (attempt %d) left the job %v, %v", ev.GetStatus(), ev.GetExecution().GetAttempt(), got.GetStatus(), err)
+				}
+			}
+			got, _, err := f.store.Get(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			restarted := tt.attempts + 1
+			if cur := got.GetExecutions()[len(got.GetExecutions())-1]; got.GetStatus() != tt.end || cur.GetAttempt() != restarted || cur.GetStatus() != tt.end {
+				t.Fatalf("restarted job ended %v, executions %v; want %v with attempt %d %v", got.GetStatus(), got.GetExecutions(), tt.end, restarted, tt.end)
+			}
+		})
 	}
 }

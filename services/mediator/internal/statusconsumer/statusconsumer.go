@@ -2,6 +2,9 @@
 // the mediator's job records. Events may arrive late, twice or out of order
 // (redelivery, retries on another worker): a terminal job never moves, a job
 // only moves forward within an attempt, and a newer attempt may restart it.
+// A restarted job's record holds the execution of the attempt its restart
+// runs, so the earlier runs' news (attempts before it, or an end naming no
+// attempt) never moves it.
 package statusconsumer
 
 import (
@@ -255,6 +258,16 @@ func apply(job *jobsv1.Job, ev *eventsv1.JobStatusChanged, now time.Time) bool {
 	attempt, current := ev.GetExecution().GetAttempt(), latestAttempt(job)
 	if attempt > 0 && attempt < current {
 		return false // an earlier attempt's late news
+	}
+	if attempt == 0 && current > 0 && jobstate.IsTerminal(to) {
+		// The end of a run that never dispatched an attempt: the first
+		// one (no service, canceled or past its deadline while queued),
+		// late or redelivered after a restart, which gave the record the
+		// execution of its attempt (jobapi.RestartJob). Once a job has an
+		// attempt, the processor names one in every end it announces (its
+		// record has the execution too: a restart adds it at once), so
+		// such an end is never the current run's.
+		return false
 	}
 	// A newer attempt is a retry: the processor requeued the job, which
 	// may move it back (RUNNING -> QUEUED) and restart its progress.

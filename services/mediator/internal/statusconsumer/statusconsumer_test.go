@@ -86,6 +86,35 @@ func TestApply(t *testing.T) {
 	}
 }
 
+// An end naming no attempt is the end of a run that never dispatched one:
+// it ends a job that has no attempt (no service took it), never one that
+// has, i.e. a job restarted after it, whose record holds the restart's
+// attempt; a QUEUED naming none (a requeue, a restarted run waiting for a
+// service) still applies.
+func TestApplyEndNamingNoAttempt(t *testing.T) {
+	now := time.Now()
+	restarted := func() *jobsv1.Job {
+		return &jobsv1.Job{Id: "j", Status: statusQueued, Executions: []*jobsv1.Execution{{Attempt: 1, Status: statusQueued}}}
+	}
+	for _, tt := range []struct {
+		name    string
+		job     *jobsv1.Job
+		ev      *eventsv1.JobStatusChanged
+		applies bool
+	}{
+		{"no service, never ran", &jobsv1.Job{Id: "j", Status: statusQueued}, ev(statusFailed, 0, 0), true},
+		{"canceled, never ran", &jobsv1.Job{Id: "j", Status: statusNew}, ev(jobsv1.JobStatus_JOB_STATUS_CANCELED, 0, 0), true},
+		{"first run's no service after a restart", restarted(), ev(statusFailed, 0, 0), false},
+		{"first run's cancel after a restart", restarted(), ev(jobsv1.JobStatus_JOB_STATUS_CANCELED, 0, 0), false},
+		{"restarted run waiting for a service", restarted(), ev(statusQueued, 0, 0), true},
+		{"restarted run ended undispatched", restarted(), ev(statusFailed, 1, 0), true},
+	} {
+		if got := apply(tt.job, tt.ev, now); got != tt.applies {
+			t.Errorf("%s: applied = %v, want %v", tt.name, got, tt.applies)
+		}
+	}
+}
+
 // TestConsume runs the durable consumer on real JetStream: events reach the
 // record, late and duplicate ones after the end do not move it, and an event
 // for an unknown job is eventually dropped rather than blocking the others.
