@@ -63,7 +63,10 @@ func (s *Server) ListJobExecutions(ctx context.Context, req *jobsv1.ListJobExecu
 // A job whose deadline has passed is refused (FailedPrecondition,
 // job-deadline-passed).
 // The job record moves first, so the processor's news of the new attempt
-// finds it no longer terminal.
+// finds it no longer terminal. Before it, a restart check is stored (see
+// subjectRestartCheck): once the record has moved, the restart is
+// accepted, since the check announces it should this process die before
+// the announcement, or the announcement fail.
 func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) (*jobsv1.Job, error) {
 	job, rev, err := s.load(ctx, req.GetId())
 	if err != nil {
@@ -88,7 +91,10 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 		ex = job.GetExecutions()
 	}
 	attempts := int32(len(ex))
-	before := proto.CloneOf(job)
+	ev := &eventsv1.JobRestartRequested{JobId: job.GetId(), Tenant: job.GetTenant(), Attempts: attempts}
+	if err := s.publishRestartCheck(ctx, ev, rev); err != nil {
+		return nil, problem.Unavailable("cannot request the restart now", err)
+	}
 	job.Status = jobsv1.JobStatus_JOB_STATUS_QUEUED
 	job.Progress = 0
 	job.StatusMessage = "restarted"
@@ -98,22 +104,25 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 	job.VerifiedQuantity = 0
 	job.UpdateTime = timestamppb.New(s.now())
 	addRestartExecution(job, attempts+1)
-	newRev, err := s.store.Update(ctx, job, rev)
-	if errors.Is(err, jobstore.ErrConflict) {
-		return nil, problem.FailedPrecondition("job-changed", fmt.Sprintf("job %s changed meanwhile; try again", job.GetId()))
-	}
-	if err != nil {
+	if _, err := s.store.Update(ctx, job, rev); err != nil {
+		// Its check settles a write whose outcome is unknown: stored
+		// (within MinAge), it announces the restart, which then runs
+		// although the client was told it failed, as asked; not, it
+		// fences the write off, so that it cannot land later.
+		if errors.Is(err, jobstore.ErrConflict) {
+			return nil, problem.FailedPrecondition("job-changed", fmt.Sprintf("job %s changed meanwhile; try again", job.GetId()))
+		}
 		return nil, storeError(ctx, fmt.Errorf("restart job %s: %w", job.GetId(), err))
 	}
-	msgID := restartMsgID(job.GetId(), attempts, rev)
-	ev := &eventsv1.JobRestartRequested{JobId: job.GetId(), Tenant: job.GetTenant(), Attempts: attempts}
-	if err := bus.Publish(ctx, s.js, bus.SubjectJobRestart, msgID, ev); err != nil {
-		// Put the record back: a QUEUED job the processor never hears of
-		// would wait forever.
-		if _, rerr := s.store.Update(context.WithoutCancel(ctx), before, newRev); rerr != nil {
-			slog.ErrorContext(ctx, "restart not sent and job left QUEUED", "job", job.GetId(), "err", rerr)
-		}
-		return nil, problem.Unavailable("cannot request the restart now", err)
+	// The record has moved: whatever the client does now, announce it.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ackWait)
+	defer cancel()
+	if err := bus.Publish(pctx, s.js, bus.SubjectJobRestart, restartMsgID(job.GetId(), attempts, rev), ev); err != nil {
+		// Not put back: the announcement may have been stored (an answer
+		// lost), and the processor would then run a job the record says
+		// ended. Its check announces it once MinAge old, under the same
+		// msg id.
+		slog.WarnContext(ctx, "job restarted, announcement deferred to its check", "job", job.GetId(), "err", err)
 	}
 	slog.InfoContext(ctx, "job restart requested", "job", job.GetId(), "attempt", attempts+1)
 	return job, nil

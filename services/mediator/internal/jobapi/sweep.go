@@ -14,14 +14,16 @@ import (
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
 	"github.com/nats-io/nats.go/jetstream"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
 )
 
-// SweepConfig tunes the sweep of jobs left NEW.
+// SweepConfig tunes the sweep of jobs left NEW and of restarts.
 type SweepConfig struct {
 	// Interval between sweeps (default 5s).
 	Interval time.Duration
-	// MinAge a NEW job must reach before the sweep touches it (default 10s):
-	// younger ones are most likely still in their CreateJob call.
+	// MinAge a NEW job must reach before the sweep touches it, and a
+	// restart's check before it is settled (default 10s): younger ones are
+	// most likely still in their CreateJob or RestartJob call.
 	MinAge time.Duration
 	// Lookback is how far back in the jobs bucket's history a starting
 	// sweep reads at least (default 10m): a job left NEW by a mediator that
@@ -66,8 +68,21 @@ const sweepReadChunk = 1 << 14
 // processor is idempotent beyond it. A job announced by CreateJob but still
 // NEW after MinAge (a processor lagging behind) is announced again at most
 // once per replica and start.
+//
+// Sweep also settles the restarts of every replica (checkRestarts): it
+// announces again a restart whose announcement may be lost, once MinAge
+// old. It returns nil when ctx ends, or the error that stopped that
+// consumer.
 func (s *Server) Sweep(ctx context.Context, cfg SweepConfig) error {
 	w := s.newSweeper(cfg)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.checkRestarts(gctx, w.cfg.MinAge) })
+	g.Go(func() error { return w.run(gctx) })
+	return g.Wait()
+}
+
+// run sweeps every cfg.Interval until ctx ends.
+func (w *sweeper) run(ctx context.Context) error {
 	t := time.NewTicker(w.cfg.Interval)
 	defer t.Stop()
 	for {
