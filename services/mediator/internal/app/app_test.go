@@ -204,7 +204,9 @@ func TestMediator(t *testing.T) {
 			t.Fatalf("openapi: %d", resp.StatusCode)
 		}
 		// Clients and API portals show the document's title and version.
-		var doc struct{ Info struct{ Title, Version string } }
+		var doc struct {
+			Info struct{ Title, Version string }
+		}
 		if err := json.Unmarshal(body, &doc); err != nil || doc.Info.Title != "Medius API" || doc.Info.Version != "1.4.2" {
 			t.Fatalf("openapi info = %+v (%v), want Medius API 1.4.2", doc.Info, err)
 		}
