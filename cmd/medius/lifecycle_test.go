@@ -256,8 +256,29 @@ func TestJobLifecycle(t *testing.T) {
 		if code, _ := p.rest(t, "GET", "/v1/jobs/"+job.GetId()+"/executions", "mk_wrong_key", ""); code != http.StatusUnauthorized {
 			t.Fatalf("executions with a wrong key: %d, want 401", code)
 		}
+		// The restarted run is canceled for real: the job ends CANCELED,
+		// and so does its attempt 2.
 		if _, err := l.jobs.CancelJob(ctx, &jobsv1.CancelJobRequest{Id: job.GetId()}); err != nil {
 			t.Fatal(err)
+		}
+		l.waitJob(t, job.GetId(), "CANCELED again", 10*time.Second, is(jobsv1.JobStatus_JOB_STATUS_CANCELED))
+		if ex := l.executions(t, job.GetId()); len(ex) != 2 || ex[1].GetStatus() != jobsv1.JobStatus_JOB_STATUS_CANCELED {
+			t.Fatalf("executions after the second cancel = %v, want attempt 2 CANCELED", ex)
+		}
+		// A cancel sent right after a restart, which may reach the
+		// processor before the restart does, cancels the run it follows.
+		if _, err := l.jobs.RestartJob(ctx, &jobsv1.RestartJobRequest{Id: job.GetId()}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.jobs.CancelJob(ctx, &jobsv1.CancelJobRequest{Id: job.GetId()}); err != nil {
+			t.Fatal(err)
+		}
+		l.waitJob(t, job.GetId(), "CANCELED after restart and cancel", 10*time.Second, func(j *jobsv1.Job) bool {
+			ex := j.GetExecutions()
+			return j.GetStatus() == jobsv1.JobStatus_JOB_STATUS_CANCELED && len(ex) > 0 && ex[len(ex)-1].GetAttempt() == 3
+		})
+		if ex := l.executions(t, job.GetId()); len(ex) != 3 || ex[2].GetStatus() != jobsv1.JobStatus_JOB_STATUS_CANCELED {
+			t.Fatalf("executions after restart and cancel = %v, want attempt 3 CANCELED", ex)
 		}
 	})
 

@@ -3,6 +3,7 @@ package processor_test
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -375,4 +376,90 @@ func TestStrandedJobMovesToNextCandidate(t *testing.T) {
 	}
 	waitFor(t, "probe's stale item withdrawn", func() bool { return b.workCount(t, "probe") == 0 })
 	b.waitStatuses(t, "job-s", "SCHEDULED SCHEDULED")
+}
+
+// cancelHandled waits until durable has handled its first message: acked
+// it, or handed it back and had it delivered again.
+func (b *bundle) cancelHandled(t *testing.T) {
+	t.Helper()
+	waitFor(t, "the cancel handled", func() bool {
+		c, err := b.js.Consumer(b.ctx, bus.StreamEvents, processor.DurableCancel)
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(b.ctx)
+		return err == nil && (info.AckFloor.Consumer >= 1 || info.Delivered.Consumer >= 2)
+	})
+}
+
+// A cancel asked right after a restart may reach the processor before the
+// restart (two consumers, no order between them), and find the job still
+// FAILED from its run before. It names the restart's attempt, so it waits
+// for the restart and then cancels the new run, which the client was told
+// is canceled, instead of doing nothing while the restart runs the job.
+func TestCancelWaitsForTheRestartItFollows(t *testing.T) {
+	b := setup(t, oneService(), time.Minute, fast(nil))
+	const id = "job-cr"
+	b.create(t, id)
+	b.waitStatuses(t, id, "SCHEDULED")
+	b.exec(t, update(id, 1, jobsv1.JobStatus_JOB_STATUS_FAILED, 0))
+	b.waitStatuses(t, id, "SCHEDULED FAILED")
+
+	// The mediator restarted the job (its record: attempt 2 QUEUED) and
+	// accepted a cancel; the cancel comes first.
+	b.publish(t, bus.SubjectJobCancel, "cancel-"+id+"-rev9", &eventsv1.JobCancelRequested{JobId: id, Tenant: "t1", Attempts: 2})
+	b.cancelHandled(t)
+	if rec := b.record(t, id); rec.Status != jobsv1.JobStatus_JOB_STATUS_FAILED || len(rec.Executions) != 1 {
+		t.Fatalf("record before the restart = %v, want FAILED with 1 execution", rec)
+	}
+	b.restart(t, id, 1)
+
+	b.settled(t, processor.DurableRestart)
+	b.settled(t, processor.DurableCancel)
+	rec := b.record(t, id)
+	if rec.Status != canceled || len(rec.Executions) != 2 || rec.Executions[1].GetStatus() != canceled {
+		t.Fatalf("record after the restart and the cancel = %v, want CANCELED with attempt 2 canceled", rec)
+	}
+	evs := b.statuses(t, id)
+	if last := evs[len(evs)-1]; last.Status != canceled || last.GetExecution().GetAttempt() != 2 {
+		t.Fatalf("statuses %q, the last = %v, want attempt 2 CANCELED", names(evs), last)
+	}
+	// No item of attempt 2 is left for a worker to start.
+	if n := b.workCount(t, "probe"); n > 0 {
+		if _, msgID := b.workItem(t, "probe"); msgID == "work-"+id+"-2" {
+			t.Fatalf("work item %s left for the canceled run", msgID)
+		}
+	}
+}
+
+// A cancel naming a restart that never reaches the processor is given up
+// after a while (cancelWait) rather than retried for ever, and does not
+// linger: the job, restarted later, runs. A cancel without the field, or
+// of a record that runs, cancels at once whatever it names.
+func TestCancelOfRestartNeverAppliedGivesUp(t *testing.T) {
+	var ahead atomic.Int64 // the processor's clock runs this far ahead
+	b := setup(t, oneService(), time.Minute, fast(nil), func(c *processor.Config) {
+		c.Now = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
+	})
+	const id = "job-cg"
+	b.create(t, id)
+	b.waitStatuses(t, id, "SCHEDULED")
+	b.exec(t, update(id, 1, jobsv1.JobStatus_JOB_STATUS_FAILED, 0))
+	b.waitStatuses(t, id, "SCHEDULED FAILED")
+
+	ahead.Store(int64(2 * time.Minute)) // the cancel is older than cancelWait at once
+	b.publish(t, bus.SubjectJobCancel, "cancel-"+id+"-rev9", &eventsv1.JobCancelRequested{JobId: id, Tenant: "t1", Attempts: 2})
+	b.settled(t, processor.DurableCancel)
+	if rec := b.record(t, id); rec.Status != jobsv1.JobStatus_JOB_STATUS_FAILED || len(rec.Executions) != 1 {
+		t.Fatalf("record after the cancel = %v, want FAILED as it was", rec)
+	}
+	ahead.Store(0)
+
+	b.restart(t, id, 1)
+	b.waitStatuses(t, id, "SCHEDULED FAILED QUEUED SCHEDULED")
+	b.exec(t, update(id, 2, running, 10))
+	b.waitStatuses(t, id, "SCHEDULED FAILED QUEUED SCHEDULED RUNNING-10")
+	// Naming more executions than the record has, but it runs: canceled.
+	b.publish(t, bus.SubjectJobCancel, "cancel-"+id+"-rev12", &eventsv1.JobCancelRequested{JobId: id, Tenant: "t1", Attempts: 5})
+	b.waitStatuses(t, id, "SCHEDULED FAILED QUEUED SCHEDULED RUNNING-10 CANCELED")
 }

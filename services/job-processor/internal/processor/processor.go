@@ -479,7 +479,31 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 // errUnknownJob: a cancel for a job without a record (yet).
 var errUnknownJob = errors.New("no record of job")
 
+// errRestartPending: a cancel of a restarted run whose restart this
+// processor has not applied yet.
+var errRestartPending = errors.New("restart not applied yet")
+
+// A cancel naming a restart the record does not have yet is tried again
+// every cancelRetry, for up to cancelWait from its publication: the
+// restart is usually applied within milliseconds, and at worst announced
+// again by the mediator's restart check (10 s after it was asked for).
+const (
+	cancelRetry = 200 * time.Millisecond
+	cancelWait  = time.Minute
+)
+
 // HandleCancel cancels a job at its tenant's request.
+//
+// Cancels and restarts reach the processor on two consumers, in no order
+// between them, and the mediator accepts a cancel as soon as its record
+// says a restart is queued. So a cancel may come before the restart it
+// follows, and find the job still ended from its run before: cancelling
+// it would do nothing, and the restart would then run the job the client
+// was told is canceled. The cancel names the executions the mediator knew
+// (JobCancelRequested.attempts); while the record is ended with fewer, it
+// waits for the restart (for up to cancelWait), then cancels the new run.
+// A record still running is canceled at once whatever it names: something
+// runs, and it is what the client wants stopped.
 func (p *Processor) HandleCancel(ctx context.Context, msg jetstream.Msg) error {
 	var ev eventsv1.JobCancelRequested
 	if err := bus.Decode(msg.Data(), &ev); err != nil {
@@ -496,8 +520,20 @@ func (p *Processor) HandleCancel(ctx context.Context, msg jetstream.Msg) error {
 		if rec.GetTenant() != ev.GetTenant() {
 			return rec, record.Ignored, bus.Permanent(fmt.Errorf("tenant %q does not own it", ev.GetTenant()))
 		}
+		if jobstate.IsTerminal(rec.GetStatus()) && int32(len(rec.GetExecutions())) < ev.GetAttempts() {
+			return rec, record.Ignored, errRestartPending
+		}
 		return rec, record.Cancel(rec, p.cfg.Now()), nil
 	})
+	if errors.Is(err, errRestartPending) {
+		md, merr := msg.Metadata()
+		if merr == nil && p.cfg.Now().Sub(md.Timestamp) >= cancelWait {
+			slog.WarnContext(ctx, "cancel of a restart never applied dropped", "job_id", id,
+				"attempts", ev.GetAttempts(), "executions", len(rec.GetExecutions()), "status", jobstate.Name(rec.GetStatus()))
+			return nil
+		}
+		return bus.RetryAfter(cancelRetry, fmt.Errorf("cancel job %s (attempt %d): %w", id, ev.GetAttempts(), err))
+	}
 	if errors.Is(err, errUnknownJob) {
 		// Its JobCreated may still be on its way: retry a few times.
 		if md, merr := msg.Metadata(); merr == nil && md.NumDelivered >= p.cfg.CancelDeliveries {

@@ -138,6 +138,43 @@ func TestCancelAfterRestartReachesProcessor(t *testing.T) {
 	}
 }
 
+// A cancel names the latest attempt the job's record knows: after a
+// restart, the restart's, so that a processor which has not applied the
+// restart yet waits for it instead of dropping the cancel (the restart
+// would then run the job the client was told is canceled). Before any
+// attempt it names none, as cancels always did.
+func TestCancelNamesTheRestartsAttempt(t *testing.T) {
+	f := setup(t)
+	cancels := f.env.WatchEvents(t, bus.SubjectJobCancel)
+	job, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := job.GetId()
+	cancel := func() *eventsv1.JobCancelRequested {
+		t.Helper()
+		if _, err := f.srv.CancelJob(as("acme"), &jobsv1.CancelJobRequest{Id: id}); err != nil {
+			t.Fatalf("cancel: %v", err)
+		}
+		ev := &eventsv1.JobCancelRequested{}
+		cancels.Next(ev)
+		return ev
+	}
+	if ev := cancel(); ev.GetAttempts() != 0 {
+		t.Fatalf("cancel of a job never dispatched names attempt %d, want 0", ev.GetAttempts())
+	}
+
+	// Its first run failed on attempt 2 (attempt 1 lost, retried).
+	processorRecord(t, f, id, 2)
+	moveOn(t, f, id, jobsv1.JobStatus_JOB_STATUS_FAILED)
+	if _, err := f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: id}); err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	if ev := cancel(); ev.GetAttempts() != 3 || ev.GetJobId() != id || ev.GetTenant() != "acme" {
+		t.Fatalf("cancel after the restart = %v, want attempts 3 (the restart's)", ev)
+	}
+}
+
 // processorRecord stores the processor's record of job id with n
 // executions, all ended FAILED, as a processor would have (the mediator
 // counts them for a restart).

@@ -488,6 +488,13 @@ func (s *Server) load(ctx context.Context, id string) (*jobsv1.Job, uint64, erro
 
 // CancelJob implements jobsv1.JobServiceServer. It only asks: the processor
 // stops the execution and reports CANCELED through the status events.
+//
+// The request names the latest attempt the record knows. Right after a
+// restart that is the restart's (RestartJob adds its execution), which the
+// processor may not have applied yet when the cancel reaches it (they
+// travel on separate consumers): it then waits for the restart instead of
+// finding the job still ended from its run before and doing nothing, while
+// the restart ran the job.
 func (s *Server) CancelJob(ctx context.Context, req *jobsv1.CancelJobRequest) (*jobsv1.Job, error) {
 	job, rev, err := s.load(ctx, req.GetId())
 	if err != nil {
@@ -496,12 +503,25 @@ func (s *Server) CancelJob(ctx context.Context, req *jobsv1.CancelJobRequest) (*
 	if jobstate.IsTerminal(job.GetStatus()) {
 		return nil, problem.FailedPrecondition("job-terminal", fmt.Sprintf("job %s is already %s", job.GetId(), jobstate.Name(job.GetStatus())))
 	}
-	ev := &eventsv1.JobCancelRequested{JobId: job.GetId(), Tenant: job.GetTenant()}
+	ev := &eventsv1.JobCancelRequested{JobId: job.GetId(), Tenant: job.GetTenant(), Attempts: latestAttempt(job)}
 	if err := bus.Publish(ctx, s.js, bus.SubjectJobCancel, cancelMsgID(job.GetId(), rev), ev); err != nil {
 		return nil, problem.Unavailable("cannot request cancellation now", err)
 	}
 	slog.InfoContext(ctx, "job cancel requested", "job", job.GetId())
 	return job, nil
+}
+
+// latestAttempt is the highest attempt job's record knows, 0 before any.
+// The processor numbers a job's executions 1, 2, ... and the record learns
+// of them from it, or from a restart the processor applies next, so the
+// processor's count reaches this once it has applied every restart the
+// record holds.
+func latestAttempt(job *jobsv1.Job) int32 {
+	var n int32
+	for _, ex := range job.GetExecutions() {
+		n = max(n, ex.GetAttempt())
+	}
+	return n
 }
 
 // cancelMsgID names the cancel request of job id decided on revision rev of

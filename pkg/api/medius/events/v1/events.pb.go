@@ -122,11 +122,21 @@ func (x *JobCreated) GetJob() *v1.Job {
 	return nil
 }
 
-// JobCancelRequested: mediator -> processor.
+// JobCancelRequested: mediator -> processor (and processor -> the worker
+// running the job, on medius.control.cancel.<job>).
 type JobCancelRequested struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Tenant        string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	JobId  string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Tenant string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// The job's executions as the mediator's record knew them when it
+	// accepted the cancel (its latest attempt; 0 before any). A cancel asked
+	// right after a restart names the restart's attempt, which the processor
+	// may not have added yet (cancels and restarts reach it on separate
+	// consumers, in no order between them): while its record is still ended,
+	// with fewer executions than this, the cancel waits for the restart
+	// instead of finding the job ended and doing nothing. 0 (not set, as
+	// from older mediators): cancel whatever the record holds.
+	Attempts      int32 `protobuf:"varint,3,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -173,6 +183,13 @@ func (x *JobCancelRequested) GetTenant() string {
 		return x.Tenant
 	}
 	return ""
+}
+
+func (x *JobCancelRequested) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
 }
 
 // WorkItem: processor -> worker, on the chosen service's work subject.
@@ -698,10 +715,11 @@ const file_medius_events_v1_events_proto_rawDesc = "" +
 	"\x1dmedius/events/v1/events.proto\x12\x10medius.events.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19medius/jobs/v1/jobs.proto\x1a!medius/registry/v1/registry.proto\"3\n" +
 	"\n" +
 	"JobCreated\x12%\n" +
-	"\x03job\x18\x01 \x01(\v2\x13.medius.jobs.v1.JobR\x03job\"C\n" +
+	"\x03job\x18\x01 \x01(\v2\x13.medius.jobs.v1.JobR\x03job\"_\n" +
 	"\x12JobCancelRequested\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
-	"\x06tenant\x18\x02 \x01(\tR\x06tenant\"\x87\x02\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x1a\n" +
+	"\battempts\x18\x03 \x01(\x05R\battempts\"\x87\x02\n" +
 	"\bWorkItem\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x18\n" +
