@@ -80,6 +80,10 @@ func (o onlyQuota) Admit(ctx context.Context, tenant, job string) error {
 	return o.Admitter.Admit(ctx, tenant, job, o.q)
 }
 
+func (o onlyQuota) AdmitRestart(ctx context.Context, tenant, job string) (bool, error) {
+	return o.Admitter.AdmitRestart(ctx, tenant, job, o.q)
+}
+
 // nextID makes the server name its next job id.
 func nextID(f *fixture, id string) {
 	f.srv.newID = func() (string, error) {

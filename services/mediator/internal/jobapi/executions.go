@@ -62,6 +62,12 @@ func (s *Server) ListJobExecutions(ctx context.Context, req *jobsv1.ListJobExecu
 // goes back to QUEUED and the processor runs it again as a new execution.
 // A job whose deadline has passed is refused (FailedPrecondition,
 // job-deadline-passed).
+// The new run takes one of the tenant's concurrent slots, as a new job
+// does, and is refused as CreateJob refuses (ResourceExhausted, 429) when
+// none is free or the period's quantity is used up; the status consumer's
+// release at its end gives it back. It counts no job of the period: a job
+// completes, and is billed, at most once however often it is restarted
+// (see quota.Admitter.AdmitRestart).
 // The job record moves first, so the processor's news of the new attempt
 // finds it no longer terminal. Before it, a restart check is stored (see
 // subjectRestartCheck): once the record has moved, the restart is
@@ -91,8 +97,18 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 		ex = job.GetExecutions()
 	}
 	attempts := int32(len(ex))
+	took := false
+	if s.admit != nil {
+		if took, err = s.admit.AdmitRestart(ctx, job.GetTenant(), job.GetId()); err != nil {
+			return nil, admitError(ctx, job.GetId(), err)
+		}
+	}
 	ev := &eventsv1.JobRestartRequested{JobId: job.GetId(), Tenant: job.GetTenant(), Attempts: attempts}
 	if err := s.publishRestartCheck(ctx, ev, rev); err != nil {
+		// Nothing moved: the slot taken is not used.
+		if took {
+			s.release(ctx, job.GetTenant(), job.GetId())
+		}
 		return nil, problem.Unavailable("cannot request the restart now", err)
 	}
 	job.Status = jobsv1.JobStatus_JOB_STATUS_QUEUED
@@ -108,8 +124,13 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 		// Its check settles a write whose outcome is unknown: stored
 		// (within MinAge), it announces the restart, which then runs
 		// although the client was told it failed, as asked; not, it
-		// fences the write off, so that it cannot land later.
+		// fences the write off, so that it cannot land later. Its quota
+		// slot is kept either way: the run holds it, or the job stays
+		// ended and the quota reconciliation frees it.
 		if errors.Is(err, jobstore.ErrConflict) {
+			if took {
+				s.releaseUnlessRestarted(ctx, job.GetTenant(), job.GetId())
+			}
 			return nil, problem.FailedPrecondition("job-changed", fmt.Sprintf("job %s changed meanwhile; try again", job.GetId()))
 		}
 		return nil, storeError(ctx, fmt.Errorf("restart job %s: %w", job.GetId(), err))
@@ -126,6 +147,25 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 	}
 	slog.InfoContext(ctx, "job restart requested", "job", job.GetId(), "attempt", attempts+1)
 	return job, nil
+}
+
+// releaseUnlessRestarted gives back the quota slot a restart of job id took
+// when its record write lost to another writer, unless that writer was a
+// restart of the same job (asked twice at once), whose run holds the slot:
+// a job's slot is one marker, whoever took it. Should the record not be
+// read, the slot is kept: the quota reconciliation frees the slot of a job
+// that stays ended.
+func (s *Server) releaseUnlessRestarted(ctx context.Context, tenant, id string) {
+	job, _, err := s.store.Get(context.WithoutCancel(ctx), id)
+	switch {
+	case errors.Is(err, jobstore.ErrNotFound):
+	case err != nil:
+		slog.WarnContext(ctx, "restart refused; its quota slot left to the reconciliation", "job", id, "err", err)
+		return
+	case !jobstate.IsTerminal(job.GetStatus()):
+		return // restarted meanwhile: its run holds the slot
+	}
+	s.release(ctx, tenant, id)
 }
 
 // addRestartExecution adds to job the execution of attempt, the one its

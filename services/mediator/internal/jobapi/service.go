@@ -59,6 +59,11 @@ func (s *Server) SetIndex(x *jobindex.Index) { s.index = x }
 type Admission interface {
 	// Admit refuses a job beyond the tenant's quota (ResourceExhausted).
 	Admit(ctx context.Context, tenant, job string) error
+	// AdmitRestart takes a concurrent slot for a job run again, refused
+	// as Admit refuses (ResourceExhausted), but counts no job of the
+	// period. It reports whether it took a slot (not when the job still
+	// holds the one of its run before, or the tenant has no limits).
+	AdmitRestart(ctx context.Context, tenant, job string) (bool, error)
 	// Release gives a job's slot back; idempotent.
 	Release(ctx context.Context, tenant, job string) error
 }
@@ -143,11 +148,7 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 	}
 	if s.admit != nil {
 		if err := s.admit.Admit(ctx, tenant, id); err != nil {
-			var pe *problem.Error
-			if errors.As(err, &pe) {
-				return nil, err
-			}
-			return nil, storeError(ctx, fmt.Errorf("admit job %s: %w", id, err))
+			return nil, admitError(ctx, id, err)
 		}
 	}
 	now := timestamppb.New(s.now())
@@ -216,6 +217,17 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 	s.admitted.Add(ctx, 1, metric.WithAttributes(attribute.String("profile", job.Profile), attribute.String("tenant", tenant)))
 	slog.InfoContext(ctx, "job created", "job", id, "tenant", tenant, "profile", job.Profile)
 	return job, nil
+}
+
+// admitError maps a failed admission of job id: a refusal (the quota
+// reached: 429 / ResourceExhausted) is the client's to see; anything else is
+// the quota store's, and retryable.
+func admitError(ctx context.Context, id string, err error) error {
+	var pe *problem.Error
+	if errors.As(err, &pe) {
+		return err
+	}
+	return storeError(ctx, fmt.Errorf("admit job %s: %w", id, err))
 }
 
 // answerRepeat withdraws the record made for a repeated request and answers

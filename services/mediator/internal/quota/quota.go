@@ -6,7 +6,8 @@
 // release deletes in the same transaction as the decrement, so releasing a
 // job twice (redelivered status events) frees one slot once. Concurrent
 // admissions, and concurrent releases, of a tenant share one transaction
-// (package groupcommit).
+// (package groupcommit). A restarted job takes a concurrent slot again
+// (AdmitRestart), but is no job of the period.
 //
 // etcd keys (counters are decimal text):
 //
@@ -83,6 +84,8 @@ type Admitter struct {
 type batchKey struct {
 	tenant string
 	q      tenants.Quota
+	// restart: the jobs run again (AdmitRestart), not new ones.
+	restart bool
 }
 
 // maxBatch bounds one transaction: it reads 3 counters (a release: 1) and
@@ -138,7 +141,34 @@ func (a *Admitter) Admit(ctx context.Context, tenant, job string, q tenants.Quot
 	if !limited(q) {
 		return nil
 	}
-	return a.batches.Do(ctx, batchKey{tenant, q}, job)
+	return a.batches.Do(ctx, batchKey{tenant: tenant, q: q}, job)
+}
+
+// errHeld: a restarted job that still holds the slot of its run before.
+var errHeld = errors.New("slot held already")
+
+// AdmitRestart takes one of tenant's concurrent slots for job, run again by
+// a restart, or refuses with ResourceExhausted as Admit does when the
+// tenant has as many jobs running as its limit, or has used its period's
+// quantity (the new run, completed, adds to it). Unlike Admit it neither
+// counts a job of the period nor is refused for the period's job count: a
+// job completes, and its usage is recorded, at most once however often it
+// is restarted, so restarts get no more jobs done than the period allows,
+// and what they cost the platform at once the concurrent slot bounds.
+//
+// It reports whether it took a slot: not when the tenant has no limits, nor
+// when job still holds the slot of its run before (its release not done
+// yet), which then serves the new run. Only a slot taken is to be
+// released should the restart not happen.
+func (a *Admitter) AdmitRestart(ctx context.Context, tenant, job string, q tenants.Quota) (bool, error) {
+	if !limited(q) {
+		return false, nil
+	}
+	err := a.batches.Do(ctx, batchKey{tenant, q, true}, job)
+	if errors.Is(err, errHeld) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // limited tells whether q bounds anything. A tenant without limits is
@@ -150,9 +180,15 @@ func limited(q tenants.Quota) bool {
 
 // admitBatch admits batch's jobs in order, as far as the quota goes, in one
 // transaction that commits only if no counter changed meanwhile (another
-// replica); on a conflict it reads again and retries.
+// replica); on a conflict it reads again and retries. Restarted jobs
+// (k.restart) take a concurrent slot only: the period's job count is
+// neither checked nor written.
 func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) []error {
 	tenant, q := k.tenant, k.q
+	check := q
+	if k.restart {
+		check.MaxJobsPerPeriod = 0
+	}
 	pid := PeriodID(q.Period, a.now())
 	keys := []string{ActiveKey(tenant), JobsKey(tenant, pid), QuantityKey(tenant, pid)}
 	for _, job := range batch {
@@ -174,7 +210,10 @@ func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) [
 			return fail(err)
 		}
 		active, jobs, quantity := cs[0], cs[1], cs[2]
-		cmps := []clientv3.Cmp{unchanged(active), unchanged(jobs)}
+		cmps := []clientv3.Cmp{unchanged(active)}
+		if !k.restart {
+			cmps = append(cmps, unchanged(jobs))
+		}
 		var ops []clientv3.Op
 		first := map[string]int{} // a job asked twice in one batch takes one slot
 		admitted := 0.0
@@ -185,9 +224,12 @@ func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) [
 			}
 			first[job] = i
 			if cs[3+i].rev != 0 {
+				if k.restart {
+					errs[i] = errHeld
+				}
 				continue // already admitted
 			}
-			if errs[i] = refusal(tenant, q, active.val+admitted, jobs.val+admitted, quantity.val); errs[i] != nil {
+			if errs[i] = refusal(tenant, check, active.val+admitted, jobs.val+admitted, quantity.val); errs[i] != nil {
 				continue
 			}
 			admitted++
@@ -198,7 +240,10 @@ func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) [
 		if admitted == 0 {
 			return errs
 		}
-		ops = append(ops, clientv3.OpPut(active.key, itoa(active.val+admitted)), clientv3.OpPut(jobs.key, itoa(jobs.val+admitted)))
+		ops = append(ops, clientv3.OpPut(active.key, itoa(active.val+admitted)))
+		if !k.restart {
+			ops = append(ops, clientv3.OpPut(jobs.key, itoa(jobs.val+admitted)))
+		}
 		resp, err := a.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
 			return fail(fmt.Errorf("admit %d jobs of tenant %s: %w", int(admitted), tenant, err))
@@ -346,4 +391,13 @@ func (t TenantAdmitter) Admit(ctx context.Context, tenant, job string) error {
 		return err
 	}
 	return t.Admitter.Admit(ctx, tenant, job, q)
+}
+
+// AdmitRestart implements jobapi.Admission, as Admit does for new jobs.
+func (t TenantAdmitter) AdmitRestart(ctx context.Context, tenant, job string) (bool, error) {
+	q, err := t.Tenants.Quota(ctx, tenant)
+	if err != nil && !errors.Is(err, tenants.ErrTenantNotFound) {
+		return false, err
+	}
+	return t.Admitter.AdmitRestart(ctx, tenant, job, q)
 }

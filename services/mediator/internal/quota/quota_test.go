@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/medius-platform/medius/services/mediator/internal/quota"
@@ -98,6 +99,77 @@ func TestJobsPerPeriod(t *testing.T) {
 	var pe *problem.Error
 	if !errors.As(err, &pe) || pe.Type != quota.TypeJobs {
 		t.Fatalf("third job of the day: %v, want %s", err, quota.TypeJobs)
+	}
+}
+
+// A restarted job takes a concurrent slot, refused at the limit as a new
+// job is, but is no job of the period: neither counted nor refused for
+// the period's count. A job still holding its slot (release not done yet)
+// keeps it for the new run, and the call says it took none.
+func TestAdmitRestart(t *testing.T) {
+	env := testsupport.Start(t)
+	a := quota.New(env.EtcdCli)
+	ctx := context.Background()
+	q := tenants.Quota{MaxConcurrentJobs: 2, MaxJobsPerPeriod: 2, Period: tenants.PeriodDay}
+	for _, job := range []string{"a", "b"} {
+		if err := a.Admit(ctx, "acme", job, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	jobsKey := quota.JobsKey("acme", quota.PeriodID(tenants.PeriodDay, time.Now()))
+	periodJobs := func() string {
+		t.Helper()
+		resp, err := env.EtcdCli.Get(ctx, jobsKey)
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("jobs of the period: %v, %v", resp, err)
+		}
+		return string(resp.Kvs[0].Value)
+	}
+
+	// Both slots held: "a" ran and failed, its release not done yet.
+	took, err := a.AdmitRestart(ctx, "acme", "a", q)
+	if err != nil || took {
+		t.Fatalf("restart of a job holding its slot: took %v, %v; want false, nil", took, err)
+	}
+	if err := a.Release(ctx, "acme", "a"); err != nil {
+		t.Fatal(err)
+	}
+	// "b" runs, "c" is restarted: at the period's job limit, but it is no
+	// new job.
+	took, err = a.AdmitRestart(ctx, "acme", "c", q)
+	if err != nil || !took {
+		t.Fatalf("restart with a slot free: took %v, %v; want true, nil", took, err)
+	}
+	if got := periodJobs(); got != "2" {
+		t.Fatalf("jobs of the period after a restart = %s, want 2", got)
+	}
+	// Now at the concurrent limit: refused as CreateJob is.
+	took, err = a.AdmitRestart(ctx, "acme", "a", q)
+	var pe *problem.Error
+	if !errors.As(err, &pe) || pe.Code != codes.ResourceExhausted || pe.Type != quota.TypeConcurrent || took {
+		t.Fatalf("restart at the concurrent limit: took %v, %v; want %s", took, err, quota.TypeConcurrent)
+	}
+	if n, _ := a.Active(ctx, "acme"); n != 2 {
+		t.Fatalf("active = %d, want 2", n)
+	}
+	if err := a.Release(ctx, "acme", "c"); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := a.Active(ctx, "acme"); n != 1 {
+		t.Fatalf("active after the restarted job ended = %d, want 1", n)
+	}
+
+	// The period's quantity used up: no more runs, new or again.
+	qq := tenants.Quota{MaxQuantityPerPeriod: 10}
+	if _, err := env.EtcdCli.Put(ctx, quota.QuantityKey("acme", quota.PeriodID(tenants.PeriodMonth, time.Now())), "10"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.AdmitRestart(ctx, "acme", "d", qq); !errors.As(err, &pe) || pe.Type != quota.TypeQuantity {
+		t.Fatalf("restart with the quantity used up: %v, want %s", err, quota.TypeQuantity)
+	}
+	// Without limits nothing is counted.
+	if took, err := a.AdmitRestart(ctx, "free", "e", tenants.Quota{}); err != nil || took {
+		t.Fatalf("restart without limits: took %v, %v", took, err)
 	}
 }
 

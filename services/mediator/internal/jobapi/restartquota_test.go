@@ -1,0 +1,183 @@
+package jobapi
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/problem"
+	"github.com/medius-platform/medius/services/mediator/internal/quota"
+	"github.com/medius-platform/medius/services/mediator/internal/tenants"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// wantQuotaRefusal checks err is CreateJob's over-quota answer: 429 /
+// ResourceExhausted naming the quota.
+func wantQuotaRefusal(t *testing.T, err error, quotaType string) {
+	t.Helper()
+	wantProblem(t, err, codes.ResourceExhausted, "")
+	p := problem.FromStatus(status.Convert(problem.ToStatus(context.Background(), err)))
+	if p.GetType() != problem.TypePrefix+quotaType || p.GetStatus() != 429 {
+		t.Fatalf("problem = %v, want %s (429)", p, quotaType)
+	}
+}
+
+// endJob ends job id as the status consumer does: the record terminal,
+// then its quota slot released (the terminal hook).
+func endJob(t *testing.T, f *fixture, id string, st jobsv1.JobStatus) {
+	t.Helper()
+	moveOn(t, f, id, st)
+	if err := f.srv.admit.Release(context.Background(), "acme", id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A restart runs the job again, so it takes one of the tenant's concurrent
+// slots: a tenant at its limit cannot run more jobs at once by restarting
+// failed ones. It is refused as CreateJob refuses, and changes nothing; once
+// a slot is free it is accepted and holds the slot. It is no job of the
+// period: accepted at the period's job limit, and not counted.
+func TestRestartTakesAConcurrentSlot(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	ts := tenants.New(f.env.EtcdCli)
+	if _, err := ts.CreateTenant(ctx, tenants.Tenant{ID: "acme",
+		Quota: tenants.Quota{MaxConcurrentJobs: 1, MaxJobsPerPeriod: 2, Period: tenants.PeriodDay}}); err != nil {
+		t.Fatal(err)
+	}
+	adm := quota.New(f.env.EtcdCli)
+	f.srv.SetAdmission(quota.TenantAdmitter{Admitter: adm, Tenants: ts})
+	restarts := f.env.WatchEvents(t, bus.SubjectJobRestart)
+	checks := f.env.WatchEvents(t, subjectRestartCheck)
+
+	failed, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	processorRecord(t, f, failed.GetId(), 1)
+	endJob(t, f, failed.GetId(), jobsv1.JobStatus_JOB_STATUS_FAILED)
+	running, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// At the limit: the restart is refused, and nothing moves.
+	_, err = f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: failed.GetId()})
+	wantQuotaRefusal(t, err, quota.TypeConcurrent)
+	if got, _, err := f.store.Get(ctx, failed.GetId()); err != nil || got.GetStatus() != jobsv1.JobStatus_JOB_STATUS_FAILED {
+		t.Fatalf("job after the refused restart = %v, %v; want still FAILED", got, err)
+	}
+	checks.None(200 * time.Millisecond)
+	restarts.None(0)
+	if n, _ := adm.Active(ctx, "acme"); n != 1 {
+		t.Fatalf("active = %d after the refused restart, want 1", n)
+	}
+
+	// The running job ends: the restart goes through, at the period's job
+	// limit (2 created), and takes the slot.
+	endJob(t, f, running.GetId(), jobsv1.JobStatus_JOB_STATUS_COMPLETED)
+	if _, err := f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: failed.GetId()}); err != nil {
+		t.Fatalf("restart with a free slot: %v", err)
+	}
+	if n, _ := adm.Active(ctx, "acme"); n != 1 {
+		t.Fatalf("active = %d after the restart, want 1", n)
+	}
+	_, err = f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
+	wantQuotaRefusal(t, err, quota.TypeConcurrent)
+	// The restarted run ends: the slot is free again, and the period's
+	// count is what the two jobs created made it.
+	endJob(t, f, failed.GetId(), jobsv1.JobStatus_JOB_STATUS_FAILED)
+	_, err = f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
+	wantQuotaRefusal(t, err, quota.TypeJobs)
+}
+
+// racedKV is a jobs bucket where another writer updates a record just
+// before each update of this one's, which then fails its compare-and-set.
+// The other writer leaves the job as it was (as a restart check's fence
+// does), or, with status set, moves it there (as a restart of the same job
+// asked at the same moment does).
+type racedKV struct {
+	jetstream.KeyValue
+	status jobsv1.JobStatus
+}
+
+func (kv racedKV) Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
+	e, err := kv.KeyValue.Get(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	data := e.Value()
+	if kv.status != jobsv1.JobStatus_JOB_STATUS_UNSPECIFIED {
+		job := &jobsv1.Job{}
+		if err := proto.Unmarshal(data, job); err != nil {
+			return 0, err
+		}
+		job.Status = kv.status
+		if data, err = proto.Marshal(job); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := kv.KeyValue.Update(ctx, key, data, rev); err != nil {
+		return 0, err
+	}
+	return kv.KeyValue.Update(ctx, key, value, rev)
+}
+
+// A restart that takes a slot and then fails gives the slot back: the job
+// stays ended, and the tenant's slot is free for its next job. But a
+// restart whose record write lost to a restart of the same job leaves the
+// slot to the run that won (a job's slot is one, whoever took it).
+func TestFailedRestartGivesItsSlotBack(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	q := tenants.Quota{MaxConcurrentJobs: 1}
+	adm := quota.New(f.env.EtcdCli)
+	f.srv.SetAdmission(onlyQuota{adm, q})
+	id, _ := failedJob(t, f)
+	if err := adm.Release(ctx, "acme", id); err != nil {
+		t.Fatal(err)
+	}
+	active := func(want int64, when string) {
+		t.Helper()
+		if n, err := adm.Active(ctx, "acme"); err != nil || n != want {
+			t.Fatalf("active = %d (%v) %s, want %d", n, err, when, want)
+		}
+	}
+	mediator := func(wrap func(jetstream.JetStream, *nats.Conn) jetstream.JetStream, wrapKV func(jetstream.KeyValue, *nats.Conn) jetstream.KeyValue) *fixture {
+		m := otherMediator(t, f, wrap, wrapKV)
+		m.srv.SetAdmission(onlyQuota{adm, q})
+		return m
+	}
+
+	// The record write loses to another writer: 409, the slot given back.
+	fenced := mediator(nil, func(kv jetstream.KeyValue, _ *nats.Conn) jetstream.KeyValue { return racedKV{KeyValue: kv} })
+	_, err := fenced.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: id})
+	wantProblem(t, err, codes.FailedPrecondition, "")
+	if got, _, err := f.store.Get(ctx, id); err != nil || got.GetStatus() != jobsv1.JobStatus_JOB_STATUS_FAILED {
+		t.Fatalf("job after the failed restart = %v, %v; want still FAILED", got, err)
+	}
+	active(0, "after a restart that lost its record write")
+
+	// The restart check cannot be stored: 503, the slot given back.
+	dead := mediator(func(js jetstream.JetStream, nc *nats.Conn) jetstream.JetStream {
+		return &fatefulJS{JetStream: js, nc: nc, subject: subjectRestartCheck, fate: diesBefore}
+	}, nil)
+	_, err = dead.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: id})
+	wantProblem(t, err, codes.Unavailable, "")
+	active(0, "after a restart whose check was not stored")
+
+	// A restart of the same job wins the record: this one gets 409, and
+	// the slot stays with the run that won.
+	lost := mediator(nil, func(kv jetstream.KeyValue, _ *nats.Conn) jetstream.KeyValue {
+		return racedKV{KeyValue: kv, status: jobsv1.JobStatus_JOB_STATUS_QUEUED}
+	})
+	_, err = lost.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: id})
+	wantProblem(t, err, codes.FailedPrecondition, "")
+	active(1, "after a restart that lost to a restart of the same job")
+}
