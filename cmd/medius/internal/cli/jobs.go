@@ -14,11 +14,13 @@ import (
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/grpcx"
 	"github.com/medius-platform/medius/pkg/jobstate"
+	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 type clientFlags struct {
@@ -53,7 +55,7 @@ func (c *clientFlags) dial(ctx context.Context) (jobsv1.JobServiceClient, contex
 
 func newJobsCmd() *cobra.Command {
 	var c clientFlags
-	cmd := &cobra.Command{Use: "jobs", Short: "Submit, list, follow, cancel and restart jobs"}
+	cmd := &cobra.Command{Use: "jobs", Short: "Submit, list, follow, cancel and restart jobs, and list their executions"}
 	c.register(cmd)
 
 	var profile, requestID, jobType string
@@ -223,7 +225,30 @@ func newJobsCmd() *cobra.Command {
 			return printJobs(cmd.OutOrStdout(), c.output, j)
 		},
 	}
-	cmd.AddCommand(submit, get, waitCmd, list, cancel, restart, newWatchCmd(&c))
+	// executions shows each attempt of a job (a restart adds one), so a user
+	// can see where and why every run ended, not only the last.
+	executions := &cobra.Command{
+		Use: "executions ID", Short: "List a job's executions, one per attempt, oldest first", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(c.output); err != nil {
+				return err
+			}
+			cl, ctx, closeFn, err := c.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			resp, err := cl.ListJobExecutions(ctx, &jobsv1.ListJobExecutionsRequest{Id: args[0]})
+			if err != nil {
+				return err
+			}
+			if c.output == "json" {
+				return printJSONList(cmd.OutOrStdout(), resp.GetExecutions())
+			}
+			return printExecutions(cmd.OutOrStdout(), resp.GetExecutions())
+		},
+	}
+	cmd.AddCommand(submit, get, waitCmd, list, cancel, restart, executions, newWatchCmd(&c))
 	return cmd
 }
 
@@ -281,6 +306,7 @@ func printJobs(w io.Writer, format string, jobs ...*jobsv1.Job) error {
 			if j.Error != nil {
 				msg = j.Error.Detail
 			}
+			msg = oneLine(msg)
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d%%\t%s\t%s\n", j.Id, j.Profile, jobstate.Name(j.Status), j.Progress,
 				j.CreateTime.AsTime().Local().Format(time.DateTime), msg)
 		}
@@ -288,6 +314,39 @@ func printJobs(w io.Writer, format string, jobs ...*jobsv1.Job) error {
 	default:
 		return fmt.Errorf("--output %q: want table or json", format)
 	}
+}
+
+// printExecutions writes one table row per attempt. A time not reached
+// (not yet started, still running) is "-"; an error is its short type and
+// detail ("tool-failed: ffprobe failed: ...").
+func printExecutions(w io.Writer, execs []*jobsv1.Execution) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ATTEMPT\tSERVICE\tINSTANCE\tSTATUS\tDISPATCHED\tSTARTED\tENDED\tERROR")
+	for _, e := range execs {
+		msg := "-"
+		if p := e.GetError(); p != nil {
+			msg = strings.TrimPrefix(p.GetType(), problem.TypePrefix)
+			if d := p.GetDetail(); d != "" {
+				msg += ": " + d
+			}
+			msg = oneLine(msg)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.GetAttempt(), orDash(e.GetService()), orDash(e.GetInstanceId()),
+			jobstate.Name(e.GetStatus()), timeOrDash(e.GetDispatchTime()), timeOrDash(e.GetStartTime()), timeOrDash(e.GetEndTime()), msg)
+	}
+	return tw.Flush()
+}
+
+// oneLine makes text fit a table cell: a tool's error detail often ends in
+// a newline or holds several lines, which would break the row and, through
+// tabwriter, the alignment of the rows after it.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+func timeOrDash(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return "-"
+	}
+	return ts.AsTime().Local().Format(time.DateTime)
 }
 
 func envOr(k, def string) string {

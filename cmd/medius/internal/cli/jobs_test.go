@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +26,7 @@ const testAPIKey = "mk_cli_test_key"
 // TestJobsRestart runs `medius jobs restart` against a real dev stack: a job
 // that failed for want of its input runs again once the input is there, and
 // a job that cannot be restarted is refused with the mediator's reason.
+// `medius jobs executions` then shows both of the job's attempts.
 func TestJobsRestart(t *testing.T) {
 	for _, tool := range []string{"ffmpeg", "ffprobe"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -81,6 +83,39 @@ func TestJobsRestart(t *testing.T) {
 		t.Fatalf("restarted job: err %v, want COMPLETED with technical metadata:\n%s", err, out)
 	}
 
+	// Each run is an execution of its own: the failed first attempt keeps
+	// its error, the restart's second attempt completed. The processor
+	// stores an execution before the job's status is announced, so both are
+	// there once the job is seen COMPLETED.
+	out, err = run("jobs", "executions", failed.Id, "-o", "json")
+	if err != nil {
+		t.Fatalf("executions: %v", err)
+	}
+	var raw []json.RawMessage
+	if err := json.Unmarshal([]byte(out), &raw); err != nil {
+		t.Fatalf("executions -o json is not a JSON array (%v):\n%s", err, out)
+	}
+	execs := make([]*jobsv1.Execution, len(raw))
+	for i, r := range raw {
+		execs[i] = &jobsv1.Execution{}
+		if err := protojson.Unmarshal(r, execs[i]); err != nil {
+			t.Fatalf("execution %d: %v\n%s", i, err, r)
+		}
+	}
+	if len(execs) != 2 ||
+		execs[0].GetAttempt() != 1 || execs[0].GetStatus() != jobsv1.JobStatus_JOB_STATUS_FAILED || !strings.Contains(execs[0].GetError().GetType(), "input-not-found") ||
+		execs[1].GetAttempt() != 2 || execs[1].GetStatus() != jobsv1.JobStatus_JOB_STATUS_COMPLETED || execs[1].GetError() != nil ||
+		execs[1].GetService() == "" || execs[1].GetEndTime() == nil {
+		t.Fatalf("executions, want attempt 1 FAILED input-not-found and attempt 2 COMPLETED by a service:\n%s", out)
+	}
+	out, err = run("jobs", "executions", failed.Id)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if err != nil || len(lines) != 3 || !strings.HasPrefix(lines[0], "ATTEMPT") ||
+		!strings.HasPrefix(lines[1], "1 ") || !strings.Contains(lines[1], "FAILED") || !strings.Contains(lines[1], "input-not-found: ") ||
+		!strings.HasPrefix(lines[2], "2 ") || !strings.Contains(lines[2], "COMPLETED") || !strings.Contains(lines[2], execs[1].GetService()) {
+		t.Errorf("executions table: err %v, want a header, attempt 1 FAILED with its error and attempt 2 COMPLETED:\n%s", err, out)
+	}
+
 	// A COMPLETED job cannot run again.
 	_, err = run("jobs", "restart", failed.Id, "-o", "json")
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(Describe(err), "is COMPLETED; only FAILED or CANCELED jobs can be restarted") {
@@ -117,5 +152,8 @@ func TestJobsRestart(t *testing.T) {
 	// An unknown job is NotFound, as for cancel.
 	if _, err := run("jobs", "restart", "no-such-job"); status.Code(err) != codes.NotFound {
 		t.Errorf("restart of an unknown job: %v, want NotFound", err)
+	}
+	if _, err := run("jobs", "executions", "no-such-job"); status.Code(err) != codes.NotFound {
+		t.Errorf("executions of an unknown job: %v, want NotFound", err)
 	}
 }
