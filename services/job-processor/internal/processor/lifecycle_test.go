@@ -11,6 +11,7 @@ import (
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/jobstate"
 	"github.com/medius-platform/medius/services/job-processor/internal/processor"
 	"github.com/medius-platform/medius/services/job-processor/internal/record"
 	"github.com/nats-io/nats.go"
@@ -462,4 +463,73 @@ func TestCancelOfRestartNeverAppliedGivesUp(t *testing.T) {
 	// Naming more executions than the record has, but it runs: canceled.
 	b.publish(t, bus.SubjectJobCancel, "cancel-"+id+"-rev12", &eventsv1.JobCancelRequested{JobId: id, Tenant: "t1", Attempts: 5})
 	b.waitStatuses(t, id, "SCHEDULED FAILED QUEUED SCHEDULED RUNNING-10 CANCELED")
+}
+
+// A job whose worker was lost and which then ended while it waited for its
+// retry (no service came back within the queue timeout, or a cancel) is
+// announced ended; restarted, its run is the attempt that retry would have
+// been, and that run's end is announced too, however it ends: the mediator
+// hears every end, and the restarted job does not stay RUNNING there for
+// good (the stream drops a message whose id it stored within the last 10
+// minutes).
+func TestRestartAfterEndWhileAwaitingRetryAnnouncesItsEnd(t *testing.T) {
+	tests := []struct {
+		name string
+		// endWaiting ends the job while its retry waits for a service.
+		endWaiting func(t *testing.T, b *bundle, id string)
+		// endRun ends the restarted run, attempt 2, SCHEDULED.
+		endRun func(t *testing.T, b *bundle, id string)
+		want   string
+	}{{
+		name:       "failed no-service, then by its worker",
+		endWaiting: func(*testing.T, *bundle, string) {}, // the queue timeout
+		endRun: func(t *testing.T, b *bundle, id string) {
+			b.exec(t, update(id, 2, jobsv1.JobStatus_JOB_STATUS_FAILED, 0))
+		},
+		want: "SCHEDULED RUNNING-0 QUEUED FAILED QUEUED SCHEDULED FAILED",
+	}, {
+		name: "canceled, then canceled again",
+		endWaiting: func(t *testing.T, b *bundle, id string) {
+			b.publish(t, bus.SubjectJobCancel, "cancel-"+id+"-rev1", &eventsv1.JobCancelRequested{JobId: id, Tenant: "t1", Attempts: 1})
+		},
+		endRun: func(t *testing.T, b *bundle, id string) {
+			b.publish(t, bus.SubjectJobCancel, "cancel-"+id+"-rev2", &eventsv1.JobCancelRequested{JobId: id, Tenant: "t1", Attempts: 2})
+		},
+		want: "SCHEDULED RUNNING-0 QUEUED CANCELED QUEUED SCHEDULED CANCELED",
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reg := oneService()
+			instances := reg.instances
+			b := setup(t, reg, 2*time.Second, fast(nil))
+			const id = "job-ew"
+			b.create(t, id)
+			b.waitStatuses(t, id, "SCHEDULED")
+			reg.set(nil, nil) // the service goes away with its worker
+			b.exec(t, update(id, 1, running, 0))
+			// No heartbeat follows: the worker is lost, the job requeued.
+			b.waitStatuses(t, id, "SCHEDULED RUNNING-0 QUEUED")
+			tt.endWaiting(t, b, id)
+			ended := b.waitRecord(t, id, "the job ended while awaiting its retry", func(r *jobsv1.Job) bool {
+				return r.Status == jobsv1.JobStatus_JOB_STATUS_FAILED || r.Status == canceled
+			})
+			if len(ended.Executions) != 1 {
+				t.Fatalf("ended record = %v, want attempt 1 only", ended)
+			}
+
+			reg.set(instances, nil)
+			b.restart(t, id, 1)
+			b.waitWorkItem(t, "probe", "work-"+id+"-2")
+			b.waitRecord(t, id, "attempt 2 scheduled", func(r *jobsv1.Job) bool { return r.Status == jobsv1.JobStatus_JOB_STATUS_SCHEDULED })
+			tt.endRun(t, b, id)
+			rec := b.waitRecord(t, id, "the restarted run ended", func(r *jobsv1.Job) bool { return jobstate.IsTerminal(r.Status) })
+			if len(rec.Executions) != 2 {
+				t.Fatalf("record = %v, want 2 executions", rec)
+			}
+			evs := b.waitStatuses(t, id, tt.want)
+			if last := evs[len(evs)-1]; last.GetExecution().GetAttempt() != 2 {
+				t.Fatalf("last announcement %v, want attempt 2's end", last)
+			}
+		})
+	}
 }

@@ -312,14 +312,36 @@ func endedQueued(rec *jobsv1.Job) bool {
 		!proto.Equal(cur.GetEndTime(), rec.GetEndTime())
 }
 
+// requeued reports whether rec waits for the attempt after its latest
+// execution, which has ended (a retry's backoff, or its wait for a
+// service), or ended while it did: a state of no execution of its own.
+func requeued(rec *jobsv1.Job) bool {
+	cur := Current(rec)
+	return cur != nil && jobstate.IsTerminal(cur.GetStatus()) &&
+		(rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_QUEUED || endedQueued(rec))
+}
+
 // StatusMsgID is the JetStream msg id of the JobStatusChanged announcing rec's
 // current state: "status-<job>-<attempt>-<STATUS>[-<progress>]", progress only
-// while RUNNING. The same state always gets the same id, so re-announcing it
-// (redelivery, several replicas) is stored once.
+// while RUNNING, then "-requeued" for a job waiting for (or ended while
+// waiting for) the retry of a lost attempt. The same state always gets the
+// same id, so re-announcing it (redelivery, several replicas) is stored
+// once.
+//
+// The suffix keeps the states of the wait apart from those of the attempt
+// it waits for, which a restart of a job ended while waiting runs under
+// the same number: without it the restart's QUEUED and its run's end
+// (FAILED restarted and FAILED again, CANCELED restarted and CANCELED
+// again) would repeat the wait's ids, and the stream would drop them as
+// duplicates within its window: the mediator would never hear the run
+// ended.
 func StatusMsgID(rec *jobsv1.Job) string {
 	id := "status-" + rec.GetId() + "-" + strconv.Itoa(int(StatusAttempt(rec))) + "-" + jobstate.Name(rec.GetStatus())
 	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING {
 		id += "-" + strconv.Itoa(int(rec.GetProgress()))
+	}
+	if requeued(rec) {
+		id += "-requeued"
 	}
 	return id
 }

@@ -334,13 +334,43 @@ func TestStatusMsgID(t *testing.T) {
 			Cancel(r, now.Add(time.Second))
 			return r
 		}(), "status-j1-3-CANCELED"},
-		// Requeued after a lost worker, canceled before the retry.
+		// Requeued after a lost worker, canceled before the retry; then
+		// restarted, its run (attempt 3 too) queued and canceled: ids of
+		// their own, not the wait's, which the stream would take for
+		// duplicates.
+		{func() *jobsv1.Job {
+			r := recordIn(running, 10)
+			WorkerLost(r, 2, 3, "no heartbeat", now)
+			return r
+		}(), "status-j1-3-QUEUED-requeued"},
 		{func() *jobsv1.Job {
 			r := recordIn(running, 10)
 			WorkerLost(r, 2, 3, "no heartbeat", now)
 			Cancel(r, now.Add(time.Second))
 			return r
+		}(), "status-j1-3-CANCELED-requeued"},
+		{func() *jobsv1.Job {
+			r := recordIn(running, 10)
+			WorkerLost(r, 2, 3, "no heartbeat", now)
+			Cancel(r, now.Add(time.Second))
+			Restart(r, 2, now.Add(2*time.Second))
+			return r
+		}(), "status-j1-3-QUEUED"},
+		{func() *jobsv1.Job {
+			r := recordIn(running, 10)
+			WorkerLost(r, 2, 3, "no heartbeat", now)
+			Cancel(r, now.Add(time.Second))
+			Restart(r, 2, now.Add(2*time.Second))
+			Schedule(r, "probe", now.Add(3*time.Second))
+			Cancel(r, now.Add(4*time.Second))
+			return r
 		}(), "status-j1-3-CANCELED"},
+		// Its attempts used up by the loss: the lost attempt's end.
+		{func() *jobsv1.Job {
+			r := recordIn(running, 10)
+			WorkerLost(r, 2, 1, "no heartbeat", now)
+			return r
+		}(), "status-j1-2-FAILED"},
 	}
 	for _, tt := range tests {
 		if got := StatusMsgID(tt.rec); got != tt.want {
