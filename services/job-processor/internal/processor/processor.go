@@ -372,6 +372,14 @@ func (p *Processor) failNoService(ctx context.Context, rec *jobsv1.Job) error {
 			// Dispatched meanwhile by another replica.
 			return rec, record.Ignored, nil
 		}
+		if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_QUEUED &&
+			p.cfg.Now().Sub(record.QueuedSince(rec, p.cfg.RetryBackoff)) < p.cfg.QueueTimeout {
+			// Queued again since the wait that was judged over (a view
+			// of a retry's wait, stale or overtaken: the job ended and
+			// was restarted): the new run's wait is its own, and its
+			// restart message dispatches it.
+			return rec, record.Ignored, nil
+		}
 		return rec, record.Fail(rec, record.NoService(rec.GetProfile()), p.cfg.Now()), nil
 	})
 	if err != nil {

@@ -337,3 +337,47 @@ func TestRestartWatchesDeadlineAgain(t *testing.T) {
 		t.Fatalf("record past the deadline = %v, %v; want FAILED deadline passed, the restart's execution with it", got, err)
 	}
 }
+
+// A lost attempt's timer that finds its retry's wait for a service over,
+// on a record since ended and restarted (by another replica, or while it
+// looked: its view was the wait's), does not fail the restarted run for
+// want of a service: that run's wait began at its restart, and is its own.
+func TestStaleRetryWaitFailsNoRestartedRun(t *testing.T) {
+	tb := newTimerBench(t)
+	const id = "job-sw"
+	tb.running(t, id)
+	lost, _, err := tb.p.store.update(tb.ctx, id, func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
+		return rec, record.WorkerLost(rec, 1, 3, "no heartbeat", tb.p.cfg.Now()), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := proto.CloneOf(lost) // the timer's view: the retry waiting
+
+	// Two minutes on (twice the queue timeout), the job is canceled while
+	// it waits, and restarted.
+	tb.now.Store(int64(2 * time.Minute))
+	for _, change := range []func(*jobsv1.Job) record.Outcome{
+		func(rec *jobsv1.Job) record.Outcome { return record.Cancel(rec, tb.p.cfg.Now()) },
+		func(rec *jobsv1.Job) record.Outcome { return record.Restart(rec, 1, tb.p.cfg.Now()) },
+	} {
+		if _, _, err := tb.p.store.update(tb.ctx, id, func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
+			return rec, change(rec), nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The timer dispatches the retry it saw; no service offers the profile.
+	if err := tb.p.dispatch(tb.ctx, stale); err != nil {
+		t.Fatalf("dispatch of the stale retry: %v", err)
+	}
+	rec, _, err := tb.p.store.get(tb.ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_QUEUED || len(rec.GetExecutions()) != 2 ||
+		rec.GetExecutions()[1].GetStatus() != jobsv1.JobStatus_JOB_STATUS_QUEUED {
+		t.Fatalf("restarted record = %v, want QUEUED, its attempt 2 waiting", rec)
+	}
+}
