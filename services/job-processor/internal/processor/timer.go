@@ -42,8 +42,9 @@ import (
 // redelivered after more than the window that started its timer again).
 // That costs checks but no harm, because every move a timer makes is
 // judged on the record and written by compare-and-set (store.update): the
-// expiry (record.Expire, which changes nothing on an ended job; a repeat
-// finds it AlreadyApplied and only re-announces), the loss
+// expiry (record.Expire, which changes nothing on an ended job, nor, for a
+// timeout, on a later attempt; a repeat finds it AlreadyApplied and only
+// re-announces), the loss
 // of a worker (record.WorkerLost, for that very attempt while it is the
 // current one and unfinished) and the dispatch of a retry (record.Schedule,
 // which only moves a QUEUED job). What each does besides is a no-op when
@@ -289,7 +290,7 @@ func (p *Processor) checkTimer(ctx context.Context, msg jetstream.Msg, t *events
 	now := p.cfg.Now()
 	n := int32(len(rec.GetExecutions()))
 	if dl := rec.GetDeadline(); dl != nil && !now.Before(dl.AsTime()) {
-		return p.expire(ctx, id, record.DeadlinePassed(dl.AsTime()))
+		return p.expire(ctx, id, 0, record.DeadlinePassed(dl.AsTime()))
 	}
 	next := p.cfg.TimerInterval
 	if dl := rec.GetDeadline(); dl != nil {
@@ -332,7 +333,7 @@ func (p *Processor) checkTimer(ctx context.Context, msg jetstream.Msg, t *events
 	if timeout := effectiveTimeout(rec, prof); timeout > 0 && cur.GetStartTime() != nil {
 		left := cur.GetStartTime().AsTime().Add(timeout).Sub(now)
 		if left <= 0 {
-			return p.expire(ctx, id, record.TimeoutPassed(timeout))
+			return p.expire(ctx, id, cur.GetAttempt(), record.TimeoutPassed(timeout))
 		}
 		next = min(next, left)
 	}
@@ -405,10 +406,19 @@ func (p *Processor) lastSeen(ctx context.Context, rec *jobsv1.Job) (time.Time, e
 }
 
 // expire ends a job whose timeout or deadline passed and stops its worker.
-func (p *Processor) expire(ctx context.Context, id string, prob *jobsv1.Problem) error {
+// attempt is the attempt whose timeout passed (0 for the deadline, the
+// job's whatever runs).
+func (p *Processor) expire(ctx context.Context, id string, attempt int32, prob *jobsv1.Problem) error {
 	rec, outcome, err := p.store.update(ctx, id, func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
 		if rec == nil {
 			return nil, record.Ignored, nil
+		}
+		if cur := record.Current(rec); attempt > 0 && !jobstate.IsTerminal(rec.GetStatus()) &&
+			(cur.GetAttempt() != attempt || jobstate.IsTerminal(cur.GetStatus())) {
+			// That attempt ended since its timeout was judged passed
+			// (lost, or canceled and the job restarted): the next one
+			// has a timeout of its own, from its own start.
+			return rec, record.Ignored, nil
 		}
 		return rec, record.Expire(rec, prob, p.cfg.Now()), nil
 	})
@@ -534,7 +544,7 @@ func (p *Processor) HandleRestart(ctx context.Context, msg jetstream.Msg) error 
 		// Also on AlreadyApplied: a redelivery after a crash between the
 		// record's write and the timer's publish.
 		if !p.cfg.Now().Before(dl.AsTime()) {
-			return p.expire(ctx, id, record.DeadlinePassed(dl.AsTime()))
+			return p.expire(ctx, id, 0, record.DeadlinePassed(dl.AsTime()))
 		}
 		// After the record's write: a watch that found the job still ended
 		// would stop at once. Its msg id comes from the restart, not from

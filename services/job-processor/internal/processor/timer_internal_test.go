@@ -3,18 +3,21 @@ package processor
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/devenv"
 	"github.com/medius-platform/medius/services/job-processor/internal/record"
 	"github.com/medius-platform/medius/services/job-processor/internal/selection"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -379,5 +382,58 @@ func TestStaleRetryWaitFailsNoRestartedRun(t *testing.T) {
 	if rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_QUEUED || len(rec.GetExecutions()) != 2 ||
 		rec.GetExecutions()[1].GetStatus() != jobsv1.JobStatus_JOB_STATUS_QUEUED {
 		t.Fatalf("restarted record = %v, want QUEUED, its attempt 2 waiting", rec)
+	}
+}
+
+// profileHook runs its hook at the first profile lookup: the moment a
+// timer's check has read the record and not yet acted on it.
+type profileHook struct {
+	once sync.Once
+	hook func()
+}
+
+func (h *profileHook) Profile(context.Context, string) (*registryv1.JobProfile, error) {
+	h.once.Do(h.hook)
+	return nil, nil
+}
+
+// An attempt's timer that finds its timeout passed does not end the run a
+// restart started while it looked (the attempt it judged was canceled and
+// the job restarted meanwhile): that run has its own timeout, from its own
+// start.
+func TestTimeoutOfEndedAttemptSparesRestartedRun(t *testing.T) {
+	tb := newTimerBench(t)
+	const id = "job-to"
+	now := timestamppb.New(tb.p.cfg.Now())
+	rec := &jobsv1.Job{Id: id, Tenant: "t1", Profile: "P", Status: jobsv1.JobStatus_JOB_STATUS_RUNNING, CreateTime: now, UpdateTime: now,
+		Timeout:    durationpb.New(time.Minute),
+		Executions: []*jobsv1.Execution{{Attempt: 1, Service: "probe", Status: jobsv1.JobStatus_JOB_STATUS_RUNNING, DispatchTime: now, StartTime: now}}}
+	if err := tb.p.store.create(tb.ctx, id, rec); err != nil {
+		t.Fatal(err)
+	}
+	tb.now.Store(int64(2 * time.Minute)) // attempt 1's timeout has passed
+	tb.p.cfg.Profiles = &profileHook{hook: func() {
+		for _, change := range []func(*jobsv1.Job) record.Outcome{
+			func(rec *jobsv1.Job) record.Outcome { return record.Cancel(rec, tb.p.cfg.Now()) },
+			func(rec *jobsv1.Job) record.Outcome { return record.Restart(rec, 1, tb.p.cfg.Now()) },
+		} {
+			if _, _, err := tb.p.store.update(tb.ctx, id, func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
+				return rec, change(rec), nil
+			}); err != nil {
+				t.Error(err)
+			}
+		}
+	}}
+	msg := tb.deliver(t, SubjectTimer(id), &eventsv1.ExecutionTimer{JobId: id, Attempt: 1})
+	if err := tb.p.checkTimer(tb.ctx, msg, &eventsv1.ExecutionTimer{JobId: id, Attempt: 1}); err != nil {
+		t.Fatalf("timer check: %v", err)
+	}
+	got, _, err := tb.p.store.get(tb.ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetStatus() != jobsv1.JobStatus_JOB_STATUS_QUEUED || len(got.GetExecutions()) != 2 ||
+		got.GetExecutions()[1].GetStatus() != jobsv1.JobStatus_JOB_STATUS_QUEUED || got.GetError() != nil {
+		t.Fatalf("restarted record = %v, want QUEUED, its attempt 2 waiting", got)
 	}
 }
