@@ -32,7 +32,10 @@ func WorkerLost(rec *jobsv1.Job, attempt, maxAttempts int32, reason string, now 
 		maxAttempts = DefaultMaxAttempts
 	}
 	end := timestamppb.New(now)
-	lost := lostInARow(rec.GetExecutions()[:len(rec.GetExecutions())-1]) + 1
+	lost := int32(1)
+	if !cur.GetRestarted() { // the first attempt of a run counts afresh
+		lost += lostInARow(rec.GetExecutions()[:len(rec.GetExecutions())-1])
+	}
 	p := &jobsv1.Problem{
 		Type:   ProblemWorkerLost,
 		Title:  "Worker lost",
@@ -88,8 +91,12 @@ func Reroute(rec *jobsv1.Job, attempt int32, from, to string, now time.Time) Out
 }
 
 // LostInARow counts the latest executions that ended worker-lost, back to
-// the previous other ending or to the loss that exhausted an earlier run's
-// attempts (a restart starts counting afresh).
+// the previous other ending, or to the start of the run: a restart starts
+// counting afresh. Its first attempt is marked restarted; an earlier run's
+// losses end at the one that exhausted its attempts (records written before
+// the mark, whose restarts came only after such an end), or, when it ended
+// otherwise while waiting for a retry (canceled, no service, its deadline),
+// at the restart's mark.
 func LostInARow(rec *jobsv1.Job) int32 { return lostInARow(rec.GetExecutions()) }
 
 func lostInARow(ex []*jobsv1.Execution) int32 {
@@ -97,12 +104,18 @@ func lostInARow(ex []*jobsv1.Execution) int32 {
 	for i := len(ex) - 1; i >= 0; i-- {
 		e := ex[i].GetError()
 		if e.GetType() == ProblemServiceGone {
+			if ex[i].GetRestarted() {
+				break
+			}
 			continue // moved on before any worker took it: neither a loss nor a success
 		}
 		if e.GetType() != ProblemWorkerLost || strings.HasPrefix(e.GetDetail(), exhaustedPrefix) {
 			break
 		}
 		n++
+		if ex[i].GetRestarted() {
+			break // the first attempt of this run
+		}
 	}
 	return n
 }
@@ -190,7 +203,7 @@ func Restart(rec *jobsv1.Job, attempts int32, now time.Time) Outcome {
 	case st != jobsv1.JobStatus_JOB_STATUS_FAILED && st != jobsv1.JobStatus_JOB_STATUS_CANCELED:
 		return Ignored
 	}
-	rec.Executions = append(rec.Executions, &jobsv1.Execution{Attempt: n + 1, Status: jobsv1.JobStatus_JOB_STATUS_QUEUED})
+	rec.Executions = append(rec.Executions, &jobsv1.Execution{Attempt: n + 1, Status: jobsv1.JobStatus_JOB_STATUS_QUEUED, Restarted: true})
 	rec.Status = jobsv1.JobStatus_JOB_STATUS_QUEUED
 	rec.Progress = 0
 	rec.Error = nil

@@ -73,6 +73,36 @@ func TestWorkerLostRetriesThenFails(t *testing.T) {
 	}
 }
 
+// A restart counts lost attempts afresh however the run before it ended:
+// here canceled while it waited for the retry of a lost attempt, not with
+// its attempts exhausted. With two attempts allowed, the restarted run's
+// first loss is retried, and its backoff starts from the base again.
+func TestRestartCountsLossesAfresh(t *testing.T) {
+	rec := lostRun()
+	if got := WorkerLost(rec, 1, 2, "no heartbeat", now); got != Applied || rec.GetStatus() != queued {
+		t.Fatalf("first loss: %v, job %v", got, rec.GetStatus())
+	}
+	if got := Cancel(rec, now); got != Applied {
+		t.Fatalf("cancel while waiting for the retry = %v", got)
+	}
+	if got := Restart(rec, 1, now); got != Applied {
+		t.Fatalf("Restart = %v", got)
+	}
+	at := now.Add(time.Minute)
+	redispatch(t, rec, at)
+	if got := WorkerLost(rec, 2, 2, "no heartbeat", at); got != Applied || rec.GetStatus() != queued {
+		t.Fatalf("the restarted run's first loss: %v, job %v (%s), want QUEUED for a retry", got, rec.GetStatus(), rec.GetError().GetDetail())
+	}
+	if want := at.Add(time.Second); !RetryAt(rec, time.Second).Equal(want) {
+		t.Fatalf("RetryAt = %v, want the base backoff %v", RetryAt(rec, time.Second), want)
+	}
+	// Its second loss exhausts its own two attempts.
+	redispatch(t, rec, at)
+	if got := WorkerLost(rec, 3, 2, "no heartbeat", at); got != Applied || rec.GetStatus() != failed {
+		t.Fatalf("the restarted run's second loss: %v, job %v, want FAILED", got, rec.GetStatus())
+	}
+}
+
 func TestWorkerLostIgnored(t *testing.T) {
 	for name, c := range map[string]struct {
 		rec     *jobsv1.Job

@@ -178,7 +178,7 @@ func (s *Server) releaseUnlessRestarted(ctx context.Context, tenant, id string) 
 // this attempt or a later one. The job's record shows the new attempt at
 // once, as ListJobExecutions does.
 func addRestartExecution(job *jobsv1.Job, attempt int32) {
-	job.Executions = append(job.Executions, &jobsv1.Execution{Attempt: attempt, Status: jobsv1.JobStatus_JOB_STATUS_QUEUED})
+	job.Executions = append(job.Executions, &jobsv1.Execution{Attempt: attempt, Status: jobsv1.JobStatus_JOB_STATUS_QUEUED, Restarted: true})
 }
 
 // restartMsgID names the announcement of the restart of job id applied on

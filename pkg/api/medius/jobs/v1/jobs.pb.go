@@ -328,16 +328,20 @@ func (x *JobOutput) GetData() *structpb.Struct {
 
 // Execution is one attempt at running a job on a service instance.
 type Execution struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Attempt       int32                  `protobuf:"varint,1,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	Service       string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
-	InstanceId    string                 `protobuf:"bytes,3,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
-	Status        JobStatus              `protobuf:"varint,4,opt,name=status,proto3,enum=medius.jobs.v1.JobStatus" json:"status,omitempty"`
-	Progress      int32                  `protobuf:"varint,5,opt,name=progress,proto3" json:"progress,omitempty"`
-	DispatchTime  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=dispatch_time,json=dispatchTime,proto3" json:"dispatch_time,omitempty"`
-	StartTime     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
-	EndTime       *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
-	Error         *Problem               `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Attempt      int32                  `protobuf:"varint,1,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Service      string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	InstanceId   string                 `protobuf:"bytes,3,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	Status       JobStatus              `protobuf:"varint,4,opt,name=status,proto3,enum=medius.jobs.v1.JobStatus" json:"status,omitempty"`
+	Progress     int32                  `protobuf:"varint,5,opt,name=progress,proto3" json:"progress,omitempty"`
+	DispatchTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=dispatch_time,json=dispatchTime,proto3" json:"dispatch_time,omitempty"`
+	StartTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime      *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	Error        *Problem               `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
+	// The attempt a restart request started (POST /v1/jobs/{id}:restart): the
+	// first of a new run, from which lost workers are counted afresh against
+	// the profile's attempt limit.
+	Restarted     bool `protobuf:"varint,10,opt,name=restarted,proto3" json:"restarted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -433,6 +437,13 @@ func (x *Execution) GetError() *Problem {
 		return x.Error
 	}
 	return nil
+}
+
+func (x *Execution) GetRestarted() bool {
+	if x != nil {
+		return x.Restarted
+	}
+	return false
 }
 
 type Job struct {
@@ -1239,7 +1250,7 @@ const file_medius_jobs_v1_jobs_proto_rawDesc = "" +
 	"\x04data\x18\x02 \x01(\v2\x17.google.protobuf.StructR\x04data\x1aT\n" +
 	"\rLocatorsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
-	"\x05value\x18\x02 \x01(\v2\x17.medius.jobs.v1.LocatorR\x05value:\x028\x01\"\x91\x03\n" +
+	"\x05value\x18\x02 \x01(\v2\x17.medius.jobs.v1.LocatorR\x05value:\x028\x01\"\xaf\x03\n" +
 	"\tExecution\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\x05R\aattempt\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1f\n" +
@@ -1251,7 +1262,9 @@ const file_medius_jobs_v1_jobs_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12-\n" +
-	"\x05error\x18\t \x01(\v2\x17.medius.jobs.v1.ProblemR\x05error\"\xa9\b\n" +
+	"\x05error\x18\t \x01(\v2\x17.medius.jobs.v1.ProblemR\x05error\x12\x1c\n" +
+	"\trestarted\x18\n" +
+	" \x01(\bR\trestarted\"\xa9\b\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x19\n" +
