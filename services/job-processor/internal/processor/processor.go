@@ -298,16 +298,14 @@ func (p *Processor) dispatch(ctx context.Context, rec *jobsv1.Job) error {
 	cand, err := p.cfg.Selector.Select(sctx, selection.Request{Profile: rec.GetProfile(), Region: rec.GetRegion()})
 	endSpan(span, err)
 	if errors.Is(err, selection.ErrNoCandidate) {
-		// Not from create_time: a job restarted, or retried, long after its
-		// creation would fail at once instead of waiting.
-		waited := p.cfg.Now().Sub(record.QueuedSince(rec, p.cfg.RetryBackoff))
-		if waited >= p.cfg.QueueTimeout {
+		left := p.queueLeft(rec)
+		if left <= 0 {
 			return p.failNoService(ctx, rec)
 		}
 		// Redelivered after a delay: a worker may register meanwhile. Look
 		// again every second, and right at the queue timeout.
-		return bus.RetryAfter(min(time.Second, p.cfg.QueueTimeout-waited),
-			fmt.Errorf("dispatch job %s: %w for profile %q (queued %s of %s)", id, err, rec.GetProfile(), waited.Round(time.Millisecond), p.cfg.QueueTimeout))
+		return bus.RetryAfter(min(time.Second, left),
+			fmt.Errorf("dispatch job %s: %w for profile %q (%s of %s left)", id, err, rec.GetProfile(), left.Round(time.Millisecond), p.cfg.QueueTimeout))
 	}
 	if err != nil {
 		// The registry is unreachable: transient, never a reason to fail the job.
@@ -361,6 +359,14 @@ func (p *Processor) sendWork(ctx context.Context, rec *jobsv1.Job) error {
 	return nil
 }
 
+// queueLeft is how much longer rec, QUEUED, may wait for a service: the
+// queue timeout counts from when it was queued this time (record.
+// QueuedSince), not from create_time, or a job restarted, or retried, long
+// after its creation would fail at once instead of waiting.
+func (p *Processor) queueLeft(rec *jobsv1.Job) time.Duration {
+	return p.cfg.QueueTimeout - p.cfg.Now().Sub(record.QueuedSince(rec, p.cfg.RetryBackoff))
+}
+
 // failNoService ends a job that waited the whole queue timeout for a service.
 func (p *Processor) failNoService(ctx context.Context, rec *jobsv1.Job) error {
 	id := rec.GetId()
@@ -372,8 +378,7 @@ func (p *Processor) failNoService(ctx context.Context, rec *jobsv1.Job) error {
 			// Dispatched meanwhile by another replica.
 			return rec, record.Ignored, nil
 		}
-		if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_QUEUED &&
-			p.cfg.Now().Sub(record.QueuedSince(rec, p.cfg.RetryBackoff)) < p.cfg.QueueTimeout {
+		if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_QUEUED && p.queueLeft(rec) > 0 {
 			// Queued again since the wait that was judged over (a view
 			// of a retry's wait, stale or overtaken: the job ended and
 			// was restarted): the new run's wait is its own, and its

@@ -413,14 +413,7 @@ func (p *Processor) expire(ctx context.Context, id string, attempt int32, prob *
 		if rec == nil {
 			return nil, record.Ignored, nil
 		}
-		if cur := record.Current(rec); attempt > 0 && !jobstate.IsTerminal(rec.GetStatus()) &&
-			(cur.GetAttempt() != attempt || jobstate.IsTerminal(cur.GetStatus())) {
-			// That attempt ended since its timeout was judged passed
-			// (lost, or canceled and the job restarted): the next one
-			// has a timeout of its own, from its own start.
-			return rec, record.Ignored, nil
-		}
-		return rec, record.Expire(rec, prob, p.cfg.Now()), nil
+		return rec, record.Expire(rec, attempt, prob, p.cfg.Now()), nil
 	})
 	if err != nil {
 		return fmt.Errorf("expire job %s: %w", id, err)

@@ -153,7 +153,15 @@ func QueuedSince(rec *jobsv1.Job, backoff time.Duration) time.Time {
 
 // Expire ends a job whose timeout or deadline passed (p says which) as
 // FAILED, and its current execution with it; the caller stops the worker.
-func Expire(rec *jobsv1.Job, p *jobsv1.Problem, now time.Time) Outcome {
+// attempt is the attempt whose timeout passed, 0 for the deadline, which
+// ends whatever runs. A timeout judged on an attempt that has ended since
+// (lost, or canceled and the job restarted) is Ignored: the attempt after
+// it has a timeout of its own, from its own start.
+func Expire(rec *jobsv1.Job, attempt int32, p *jobsv1.Problem, now time.Time) Outcome {
+	if cur := Current(rec); attempt > 0 && !jobstate.IsTerminal(rec.GetStatus()) &&
+		(cur.GetAttempt() != attempt || jobstate.IsTerminal(cur.GetStatus())) {
+		return Ignored
+	}
 	return Fail(rec, p, now)
 }
 

@@ -129,13 +129,13 @@ func TestWorkerLostIgnored(t *testing.T) {
 func TestExpire(t *testing.T) {
 	rec := recordIn(running, 40)
 	p := TimeoutPassed(time.Minute)
-	if got := Expire(rec, p, now); got != Applied {
+	if got := Expire(rec, 0, p, now); got != Applied {
 		t.Fatalf("Expire = %v", got)
 	}
 	if rec.GetStatus() != failed || rec.GetError().GetType() != ProblemTimeout || Current(rec).GetStatus() != failed {
 		t.Fatalf("after timeout: %v %v, execution %v", rec.GetStatus(), rec.GetError(), Current(rec).GetStatus())
 	}
-	if got := Expire(rec, p, now); got != AlreadyApplied {
+	if got := Expire(rec, 0, p, now); got != AlreadyApplied {
 		t.Fatalf("repeat = %v", got)
 	}
 	// A late COMPLETED of the expired attempt does not move it.
@@ -143,7 +143,7 @@ func TestExpire(t *testing.T) {
 		t.Fatalf("completion after expiry = %v", got)
 	}
 	done := recordIn(completed, 100)
-	if got := Expire(done, DeadlinePassed(now), now); got != Ignored || done.GetStatus() != completed {
+	if got := Expire(done, 0, DeadlinePassed(now), now); got != Ignored || done.GetStatus() != completed {
 		t.Fatalf("expire completed = %v", got)
 	}
 }
@@ -270,7 +270,7 @@ func TestReroute(t *testing.T) {
 func TestRestartAppliesOncePerRequest(t *testing.T) {
 	ends := map[string]func(*jobsv1.Job, time.Time) Outcome{
 		"canceled while queued": Cancel,
-		"deadline while queued": func(r *jobsv1.Job, at time.Time) Outcome { return Expire(r, DeadlinePassed(at), at) },
+		"deadline while queued": func(r *jobsv1.Job, at time.Time) Outcome { return Expire(r, 0, DeadlinePassed(at), at) },
 		"no service":            func(r *jobsv1.Job, at time.Time) Outcome { return Fail(r, NoService("P"), at) },
 	}
 	for name, end := range ends {

@@ -325,7 +325,7 @@ func TestStatusMsgID(t *testing.T) {
 		{func() *jobsv1.Job {
 			r := failedAt2()
 			Restart(r, 2, now)
-			Expire(r, DeadlinePassed(now), now.Add(time.Second))
+			Expire(r, 0, DeadlinePassed(now), now.Add(time.Second))
 			return r
 		}(), "status-j1-3-FAILED"},
 		{func() *jobsv1.Job {
