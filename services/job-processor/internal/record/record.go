@@ -308,8 +308,10 @@ func StatusAttempt(rec *jobsv1.Job) int32 {
 // current execution gives both the same end time.
 func endedQueued(rec *jobsv1.Job) bool {
 	cur := Current(rec)
+	// Compared as times, not with proto.Equal (reflection): this runs for
+	// every status announcement.
 	return cur != nil && jobstate.IsTerminal(rec.GetStatus()) && cur.GetEndTime() != nil && rec.GetEndTime() != nil &&
-		!proto.Equal(cur.GetEndTime(), rec.GetEndTime())
+		!cur.GetEndTime().AsTime().Equal(rec.GetEndTime().AsTime())
 }
 
 // requeued reports whether rec waits for the attempt after its latest
