@@ -37,18 +37,13 @@ func (c *restClient) register(cmd *cobra.Command, keyFlag, keyEnv, keyHelp strin
 // restError is a problem+json answer.
 type restError struct {
 	Status int    `json:"status"`
+	Type   string `json:"type"`
 	Title  string `json:"title"`
 	Detail string `json:"detail"`
 	Field  string `json:"field"`
 }
 
-func (e *restError) Error() string {
-	msg := fmt.Sprintf("%s: %s", e.Title, e.Detail)
-	if e.Field != "" {
-		msg += fmt.Sprintf(" (field %s)", e.Field)
-	}
-	return msg
-}
+func (e *restError) Error() string { return problemLine(e.Title, e.Type, e.Detail, e.Field) }
 
 // do sends body (JSON, when not nil) and decodes the answer into out.
 func (c *restClient) do(ctx context.Context, method, path string, body, out any) error {
