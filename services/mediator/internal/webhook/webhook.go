@@ -86,7 +86,8 @@ func (c *Config) defaults() {
 	}
 }
 
-// Secrets returns a tenant's webhook secret.
+// Secrets returns a tenant's webhook secret: that tenant's own, current as
+// of the last change it has seen (see tenants.WebhookSecrets), or an error.
 type Secrets func(ctx context.Context, tenant string) (string, error)
 
 // Body renders the notification body of a job (the Cortex front-end renders
@@ -228,6 +229,11 @@ func (n *Notifier) Deliver(ctx context.Context, job *jobsv1.Job, eventID string)
 	secret, err := n.secrets(ctx, job.GetTenant())
 	if err != nil {
 		return fmt.Errorf("webhook secret of %s: %w", job.GetTenant(), err)
+	}
+	if secret == "" {
+		// A signature anyone can compute proves nothing: better no
+		// notification (retried, so fixing the tenant record delivers it).
+		return fmt.Errorf("tenant %s has no webhook secret", job.GetTenant())
 	}
 	var body []byte
 	if n.body != nil {
