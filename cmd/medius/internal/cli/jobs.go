@@ -57,6 +57,10 @@ func newJobsCmd() *cobra.Command {
 	var c clientFlags
 	cmd := &cobra.Command{Use: "jobs", Short: "Submit, list, follow, cancel and restart jobs, and list their executions"}
 	c.register(cmd)
+	// What -o json writes differs by command; scripts need to know which
+	// shape to parse.
+	cmd.PersistentFlags().Lookup("output").Usage = "output: table or json (json: each job one indented JSON object, " +
+		"several one after another for list, not an array; executions: one JSON array)"
 
 	var profile, requestID, jobType string
 	var inputs, params []string
@@ -160,6 +164,12 @@ func newJobsCmd() *cobra.Command {
 	var pageToken, status string
 	list := &cobra.Command{
 		Use: "list", Short: "List jobs, newest first", Args: cobra.NoArgs,
+		Long: `List your jobs, newest first, a page at a time (--page-size); in table output the
+token of the next page, if any, is printed on stderr for --page-token.
+
+With -o json each job is written as its own indented JSON object, one after
+another: a stream of objects, neither a JSON array nor one object per line.
+jq reads it as is (medius jobs list -o json | jq -r .id); jq -s makes it an array.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			req := &jobsv1.ListJobsRequest{PageSize: pageSize, PageToken: pageToken, Profile: profile}
 			if status != "" {
