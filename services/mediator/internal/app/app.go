@@ -199,11 +199,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	jobs.SetAdmission(quota.TenantAdmitter{Admitter: admitter, Tenants: tenantStore})
 	jobs.SetIndex(jobindex.New(etcd))
 	jobs.SetEndpointCheck(func(ep string) error { return webhook.CheckEndpoint(ep, cfg.AllowPrivateWebhooks) })
+	// Every status change of a job with an endpoint is signed: its tenant's
+	// secret comes from a cache kept current by an etcd watch (Run below).
+	webhookSecrets := tenants.NewWebhookSecrets(etcd, 0)
 	notifier := webhook.New(js, webhook.Config{AllowPrivate: cfg.AllowPrivateWebhooks, BaseDelay: cfg.WebhookBaseDelay},
-		func(ctx context.Context, tenant string) (string, error) {
-			t, err := tenantStore.Tenant(ctx, tenant)
-			return t.WebhookSecret, err
-		},
+		webhookSecrets.Secret,
 		func(j *jobsv1.Job) ([]byte, error) {
 			if cortex.IsCortexJob(j) {
 				return cortex.MediatorJobJSON(j)
@@ -314,6 +314,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	consumer.OnChange(notifier.Enqueue)
 	g.Go(func() error { return registry.Run(workCtx) })
 	g.Go(func() error { return consumer.Run(workCtx, js) })
+	g.Go(func() error { return webhookSecrets.Run(workCtx) })
 	g.Go(func() error { return notifier.Run(workCtx) })
 	g.Go(func() error { return jobs.IndexCreated(workCtx, js) })
 	sweep := cfg.Sweep
