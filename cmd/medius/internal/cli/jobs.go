@@ -55,7 +55,14 @@ func (c *clientFlags) dial(ctx context.Context) (jobsv1.JobServiceClient, contex
 
 func newJobsCmd() *cobra.Command {
 	var c clientFlags
-	cmd := &cobra.Command{Use: "jobs", Short: "Submit, list, follow, cancel and restart jobs, and list their executions"}
+	cmd := &cobra.Command{
+		Use: "jobs", Short: "Submit, list, follow, cancel and restart jobs, and list their executions",
+		// The output format is checked before anything is asked of the
+		// mediator: a job submitted, canceled or restarted, then not shown
+		// for a typo in -o, would leave the user without its id or state
+		// (and with --wait, only after its whole run).
+		PersistentPreRunE: func(*cobra.Command, []string) error { return checkOutput(c.output) },
+	}
 	c.register(cmd)
 	// What -o json writes differs by command; scripts need to know which
 	// shape to parse.
@@ -240,9 +247,6 @@ jq reads it as is (medius jobs list -o json | jq -r .id); jq -s makes it an arra
 	executions := &cobra.Command{
 		Use: "executions ID", Short: "List a job's executions, one per attempt, oldest first", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(c.output); err != nil {
-				return err
-			}
 			cl, ctx, closeFn, err := c.dial(cmd.Context())
 			if err != nil {
 				return err
