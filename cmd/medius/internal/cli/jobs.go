@@ -114,16 +114,7 @@ func newJobsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if !wait {
-				return printJobs(cmd.OutOrStdout(), c.output, got)
-			}
-			if got, err = waitJob(ctx, cl, got.Id, cmd.ErrOrStderr()); err != nil {
-				return err
-			}
-			if err := printJobs(cmd.OutOrStdout(), c.output, got); err != nil {
-				return err
-			}
-			return endedBadly(got)
+			return c.show(ctx, cmd, cl, got, wait, 0)
 		},
 	}
 	submit.Flags().StringVar(&profile, "profile", "", "job profile (required)")
@@ -131,7 +122,7 @@ func newJobsCmd() *cobra.Command {
 	submit.Flags().StringArrayVar(&inputs, "input", nil, "input locator name=url (repeatable)")
 	submit.Flags().StringArrayVar(&params, "param", nil, "input parameter name=value, value JSON or text (repeatable)")
 	submit.Flags().StringVar(&requestID, "request-id", "", "idempotency key")
-	submit.Flags().BoolVar(&wait, "wait", false, "wait until the job ends")
+	addWaitFlag(submit, &wait, "wait until the job ends, then show it")
 	_ = submit.MarkFlagRequired("profile")
 
 	get := &cobra.Command{
@@ -157,14 +148,7 @@ func newJobsCmd() *cobra.Command {
 				return err
 			}
 			defer closeFn()
-			j, err := waitJob(ctx, cl, args[0], cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			if err := printJobs(cmd.OutOrStdout(), c.output, j); err != nil {
-				return err
-			}
-			return endedBadly(j)
+			return c.show(ctx, cmd, cl, &jobsv1.Job{Id: args[0]}, true, 0)
 		},
 	}
 	var pageSize int32
@@ -208,6 +192,10 @@ jq reads it as is (medius jobs list -o json | jq -r .id); jq -s makes it an arra
 	list.Flags().StringVar(&pageToken, "page-token", "", "page token from a previous list")
 	list.Flags().StringVar(&status, "status", "", "only jobs in this status")
 	list.Flags().StringVar(&profile, "profile", "", "only jobs of this profile")
+	// cancel only asks: the job is printed as it was when asked, and the
+	// processor ends it CANCELED soon after, unless it ends otherwise first.
+	// --wait shows which.
+	var cancelWait bool
 	cancel := &cobra.Command{
 		Use: "cancel ID", Short: "Cancel a job", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -220,13 +208,16 @@ jq reads it as is (medius jobs list -o json | jq -r .id); jq -s makes it an arra
 			if err != nil {
 				return err
 			}
-			return printJobs(cmd.OutOrStdout(), c.output, j)
+			return c.show(ctx, cmd, cl, j, cancelWait, 0)
 		},
 	}
-	// restart prints the job as the mediator left it (QUEUED). Whether a job
-	// may run again (FAILED or CANCELED, its deadline not passed) is the
-	// mediator's to say: its refusal, FailedPrecondition, is returned as is,
-	// so main prints the reason and exits 1.
+	addWaitFlag(cancel, &cancelWait, "wait until the job has ended (CANCELED, unless it ended otherwise first), then show it")
+	// restart prints the job as the mediator left it (QUEUED), or with
+	// --wait as its new run ended. Whether a job may run again (FAILED or
+	// CANCELED, its deadline not passed) is the mediator's to say: its
+	// refusal, FailedPrecondition, is returned as is, so main prints the
+	// reason and exits 1.
+	var restartWait bool
 	restart := &cobra.Command{
 		Use: "restart ID", Short: "Run a FAILED or CANCELED job again as a new attempt", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -239,9 +230,10 @@ jq reads it as is (medius jobs list -o json | jq -r .id); jq -s makes it an arra
 			if err != nil {
 				return err
 			}
-			return printJobs(cmd.OutOrStdout(), c.output, j)
+			return c.show(ctx, cmd, cl, j, restartWait, latestAttempt(j))
 		},
 	}
+	addWaitFlag(restart, &restartWait, "wait until the restarted run ends, then show the job")
 	// executions shows each attempt of a job (a restart adds one), so a user
 	// can see where and why every run ended, not only the last.
 	executions := &cobra.Command{
@@ -266,21 +258,60 @@ jq reads it as is (medius jobs list -o json | jq -r .id); jq -s makes it an arra
 	return cmd
 }
 
-// waitJob polls until the job is terminal. (A later version follows the
-// WatchJob stream instead.)
-func waitJob(ctx context.Context, cl jobsv1.JobServiceClient, id string, progress io.Writer) (*jobsv1.Job, error) {
+// addWaitFlag gives cmd the --wait of every command that can wait for a
+// job to end, with the exit status they all share spelled out.
+func addWaitFlag(cmd *cobra.Command, wait *bool, what string) {
+	cmd.Flags().BoolVar(wait, "wait", false, what+"; exit status 0 only if it ended COMPLETED, 1 if FAILED or CANCELED")
+}
+
+// show prints job, or with wait first waits until it ends (see waitJob for
+// since), prints it as it ended, and makes an end other than COMPLETED the
+// command's error: every waiting command (submit, wait, cancel, restart)
+// exits the same way.
+func (c *clientFlags) show(ctx context.Context, cmd *cobra.Command, cl jobsv1.JobServiceClient, job *jobsv1.Job, wait bool, since int32) error {
+	if !wait {
+		return printJobs(cmd.OutOrStdout(), c.output, job)
+	}
+	j, err := waitJob(ctx, cl, job.GetId(), since, cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
+	if err := printJobs(cmd.OutOrStdout(), c.output, j); err != nil {
+		return err
+	}
+	return endedBadly(j)
+}
+
+// latestAttempt is the highest attempt job's record knows (a restart's
+// answer holds the attempt its new run is), 0 before any.
+func latestAttempt(job *jobsv1.Job) int32 {
+	var n int32
+	for _, ex := range job.GetExecutions() {
+		n = max(n, ex.GetAttempt())
+	}
+	return n
+}
+
+// waitJob polls until the job is terminal. A terminal record that does not
+// know attempt since yet is not the end waited for: after a restart (since
+// is its attempt) a read of the job from before it, which a replica behind
+// the write may still serve, shows the run before it ended. A record only
+// gains executions, so the new run's end always knows its attempt.
+// (A later version follows the WatchJob stream instead.)
+func waitJob(ctx context.Context, cl jobsv1.JobServiceClient, id string, since int32, progress io.Writer) (*jobsv1.Job, error) {
 	last := ""
 	for {
 		j, err := cl.GetJob(ctx, &jobsv1.GetJobRequest{Id: id}, grpc.WaitForReady(true))
 		if err != nil {
 			return nil, err
 		}
+		current := latestAttempt(j) >= since
 		line := fmt.Sprintf("%s %d%%", jobstate.Name(j.Status), j.Progress)
-		if line != last {
+		if line != last && current {
 			fmt.Fprintf(progress, "%s %s\n", id, line)
 			last = line
 		}
-		if jobstate.IsTerminal(j.Status) {
+		if jobstate.IsTerminal(j.Status) && current {
 			return j, nil
 		}
 		select {

@@ -23,11 +23,8 @@ import (
 
 const testAPIKey = "mk_cli_test_key"
 
-// TestJobsRestart runs `medius jobs restart` against a real dev stack: a job
-// that failed for want of its input runs again once the input is there, and
-// a job that cannot be restarted is refused with the mediator's reason.
-// `medius jobs executions` then shows both of the job's attempts.
-func TestJobsRestart(t *testing.T) {
+// TestJobs runs the `medius jobs` commands against one real dev stack.
+func TestJobs(t *testing.T) {
 	for _, tool := range []string{"ffmpeg", "ffprobe"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s not found: install Debian package ffmpeg (make test does this when run as root)", tool)
@@ -35,7 +32,7 @@ func TestJobsRestart(t *testing.T) {
 	}
 	media := t.TempDir()
 	stack := devstack.StartForTest(t, devstack.Config{APIKey: testAPIKey, FileRoots: []string{media}})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	run := func(args ...string) (string, error) {
 		var out bytes.Buffer
@@ -46,14 +43,38 @@ func TestJobsRestart(t *testing.T) {
 		err := cmd.ExecuteContext(ctx)
 		return out.String(), err
 	}
-	decode := func(out string) *jobsv1.Job {
-		t.Helper()
-		j := &jobsv1.Job{}
-		if err := protojson.Unmarshal([]byte(out), j); err != nil || j.Id == "" {
-			t.Fatalf("not a job in JSON (%v):\n%s", err, out)
-		}
-		return j
+	t.Run("restart", func(t *testing.T) { testRestart(ctx, t, stack, media, run) })
+	t.Run("cancel --wait", func(t *testing.T) { testCancelWait(ctx, t, run) })
+	t.Run("restart --wait", func(t *testing.T) { testRestartWait(t, media, run) })
+}
+
+// decodeJob reads one job printed with -o json.
+func decodeJob(t *testing.T, out string) *jobsv1.Job {
+	t.Helper()
+	j := &jobsv1.Job{}
+	if err := protojson.Unmarshal([]byte(out), j); err != nil || j.Id == "" {
+		t.Fatalf("not a job in JSON (%v):\n%s", err, out)
 	}
+	return j
+}
+
+// makeClip writes a one-second H.264 clip at path, a valid input for
+// ExtractTechnicalMetadata.
+func makeClip(t *testing.T, path string) {
+	t.Helper()
+	if out, err := exec.Command("ffmpeg", "-hide_banner", "-loglevel", "error",
+		"-f", "lavfi", "-i", "testsrc=duration=1:size=160x120:rate=25",
+		"-c:v", "libx264", "-pix_fmt", "yuv420p", path).CombinedOutput(); err != nil {
+		t.Fatalf("make fixture: %v\n%s", err, out)
+	}
+}
+
+// testRestart runs `medius jobs restart`: a job that failed for want of its
+// input runs again once the input is there, and a job that cannot be
+// restarted is refused with the mediator's reason and problem type.
+// `medius jobs executions` then shows both of the job's attempts.
+func testRestart(ctx context.Context, t *testing.T, stack *devstack.Stack, media string, run func(...string) (string, error)) {
+	decode := func(out string) *jobsv1.Job { t.Helper(); return decodeJob(t, out) }
 
 	// The input does not exist yet: the job fails, and --wait says so in its
 	// exit status.
@@ -65,11 +86,7 @@ func TestJobsRestart(t *testing.T) {
 	}
 
 	// Once the input is there, a restart runs the job again to completion.
-	if out, err := exec.Command("ffmpeg", "-hide_banner", "-loglevel", "error",
-		"-f", "lavfi", "-i", "testsrc=duration=1:size=160x120:rate=25",
-		"-c:v", "libx264", "-pix_fmt", "yuv420p", clip).CombinedOutput(); err != nil {
-		t.Fatalf("make fixture: %v\n%s", err, out)
-	}
+	makeClip(t, clip)
 	out, err = run("jobs", "restart", failed.Id)
 	if err != nil {
 		t.Fatalf("restart of a FAILED job: %v", err)
@@ -116,10 +133,10 @@ func TestJobsRestart(t *testing.T) {
 		t.Errorf("executions table: err %v, want a header, attempt 1 FAILED with its error and attempt 2 COMPLETED:\n%s", err, out)
 	}
 
-	// A COMPLETED job cannot run again.
+	// A COMPLETED job cannot run again; the error names the problem type.
 	_, err = run("jobs", "restart", failed.Id, "-o", "json")
-	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(Describe(err), "is COMPLETED; only FAILED or CANCELED jobs can be restarted") {
-		t.Errorf("restart of a COMPLETED job: %v (%s), want FailedPrecondition naming its status", err, Describe(err))
+	if want := "Failed precondition (job-not-restartable): job " + failed.Id + " is COMPLETED; only FAILED or CANCELED jobs can be restarted"; status.Code(err) != codes.FailedPrecondition || Describe(err) != want {
+		t.Errorf("restart of a COMPLETED job: %v (%s), want FailedPrecondition: %s", err, Describe(err), want)
 	}
 
 	// Nor can one whose deadline has passed: the refusal names the deadline.
@@ -145,15 +162,110 @@ func TestJobsRestart(t *testing.T) {
 	// assertion.
 	time.Sleep(time.Until(deadline) + 100*time.Millisecond)
 	_, err = run("jobs", "restart", late.Id)
-	if want := "its deadline " + deadline.UTC().Format(time.RFC3339) + " has passed"; status.Code(err) != codes.FailedPrecondition || !strings.Contains(Describe(err), want) {
+	if want := "(job-deadline-passed): job " + late.Id + " cannot be restarted: its deadline " + deadline.UTC().Format(time.RFC3339) + " has passed"; status.Code(err) != codes.FailedPrecondition || !strings.Contains(Describe(err), want) {
 		t.Errorf("restart past the deadline: %v (%s), want FailedPrecondition saying %q", err, Describe(err), want)
 	}
 
 	// An unknown job is NotFound, as for cancel.
-	if _, err := run("jobs", "restart", "no-such-job"); status.Code(err) != codes.NotFound {
-		t.Errorf("restart of an unknown job: %v, want NotFound", err)
+	if _, err := run("jobs", "restart", "no-such-job"); status.Code(err) != codes.NotFound || Describe(err) != `Not found (job-not-found): job "no-such-job" not found` {
+		t.Errorf("restart of an unknown job: %v (%s), want NotFound job-not-found", err, Describe(err))
 	}
 	if _, err := run("jobs", "executions", "no-such-job"); status.Code(err) != codes.NotFound {
 		t.Errorf("executions of an unknown job: %v, want NotFound", err)
+	}
+}
+
+// testCancelWait runs `medius jobs cancel --wait` on a running job: it
+// returns once the job is CANCELED and prints it so, with the exit status
+// of any waiting command whose job did not complete.
+func testCancelWait(ctx context.Context, t *testing.T, run func(...string) (string, error)) {
+	count := func() int {
+		t.Helper()
+		out, err := run("jobs", "list", "-o", "json", "--page-size", "1000")
+		if err != nil {
+			t.Fatalf("list: %v", err)
+		}
+		// -o json is a stream of objects, one per job.
+		n := 0
+		for dec := json.NewDecoder(strings.NewReader(out)); dec.More(); n++ {
+			var j json.RawMessage
+			if err := dec.Decode(&j); err != nil {
+				t.Fatalf("list -o json: %v\n%s", err, out)
+			}
+		}
+		return n
+	}
+	// A typo in -o is refused before anything is asked of the mediator,
+	// not after the job was submitted (its id then never shown).
+	before := count()
+	if _, err := run("jobs", "submit", "--profile", "Sleep", "-o", "yaml"); err == nil || !strings.Contains(err.Error(), `--output "yaml"`) {
+		t.Fatalf("submit -o yaml: %v, want the output refused", err)
+	}
+	if after := count(); after != before {
+		t.Fatalf("submit -o yaml submitted a job: %d jobs, were %d", after, before)
+	}
+
+	out, err := run("jobs", "submit", "--profile", "Sleep", "--param", "seconds=600", "-o", "json")
+	if err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	id := decodeJob(t, out).Id
+	// The job is running before it is canceled: cancel --wait must see it
+	// through the processor's stop, not a job never dispatched.
+	for {
+		out, err := run("jobs", "get", id, "-o", "json")
+		if err != nil {
+			t.Fatalf("get: %v", err)
+		}
+		if decodeJob(t, out).Status == jobsv1.JobStatus_JOB_STATUS_RUNNING {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("job %s never RUNNING: %v", id, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	out, err = run("jobs", "cancel", id, "--wait", "-o", "json")
+	if j := decodeJob(t, out); j.Id != id || j.Status != jobsv1.JobStatus_JOB_STATUS_CANCELED || j.EndTime == nil {
+		t.Fatalf("cancel --wait printed, want the job CANCELED and ended:\n%s", out)
+	}
+	if want := "job " + id + " ended CANCELED"; err == nil || err.Error() != want {
+		t.Errorf("cancel --wait: err %v, want %q (exit 1, as submit --wait)", err, want)
+	}
+	// Canceling it again is refused, the error naming its problem type.
+	if _, err := run("jobs", "cancel", id, "--wait"); status.Code(err) != codes.FailedPrecondition ||
+		Describe(err) != "Failed precondition (job-terminal): job "+id+" is already CANCELED" {
+		t.Errorf("cancel of a CANCELED job: %v (%s), want FailedPrecondition job-terminal", err, Describe(err))
+	}
+}
+
+// testRestartWait runs `medius jobs restart --wait`: it returns when the
+// restarted run ends, not with the end of the run before it, and exits as
+// submit --wait does.
+func testRestartWait(t *testing.T, media string, run func(...string) (string, error)) {
+	clip := filepath.Join(media, "later.mp4")
+	out, err := run("jobs", "submit", "--profile", "ExtractTechnicalMetadata", "--input", "inputFile=file://"+clip, "--wait", "-o", "json")
+	id := decodeJob(t, out).Id
+	if err == nil {
+		t.Fatalf("submit of a missing input did not fail:\n%s", out)
+	}
+
+	// Still no input: the second run fails as well, and --wait shows that
+	// run's end (attempt 2), not the first's.
+	out, err = run("jobs", "restart", id, "--wait", "-o", "json")
+	j := decodeJob(t, out)
+	if ex := j.GetExecutions(); j.Status != jobsv1.JobStatus_JOB_STATUS_FAILED || len(ex) != 2 || ex[1].GetAttempt() != 2 || ex[1].GetStatus() != jobsv1.JobStatus_JOB_STATUS_FAILED {
+		t.Fatalf("restart --wait without the input printed, want the job FAILED in attempt 2:\n%s", out)
+	}
+	if want := "job " + id + " ended FAILED"; err == nil || err.Error() != want {
+		t.Errorf("restart --wait of a run that failed: err %v, want %q", err, want)
+	}
+
+	makeClip(t, clip)
+	out, err = run("jobs", "restart", id, "--wait", "-o", "json")
+	if j := decodeJob(t, out); err != nil || j.Status != jobsv1.JobStatus_JOB_STATUS_COMPLETED || len(j.GetExecutions()) != 3 ||
+		j.GetOutput().GetData().AsMap()["technicalMetadata"] == nil {
+		t.Fatalf("restart --wait with the input: err %v, want the job COMPLETED in attempt 3 with technical metadata:\n%s", err, out)
 	}
 }
