@@ -114,7 +114,7 @@ func newJobsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.show(ctx, cmd, cl, got, wait, 0)
+			return c.show(ctx, cmd, cl, got, wait, 0, endedBadly)
 		},
 	}
 	submit.Flags().StringVar(&profile, "profile", "", "job profile (required)")
@@ -148,7 +148,7 @@ func newJobsCmd() *cobra.Command {
 				return err
 			}
 			defer closeFn()
-			return c.show(ctx, cmd, cl, &jobsv1.Job{Id: args[0]}, true, 0)
+			return c.show(ctx, cmd, cl, &jobsv1.Job{Id: args[0]}, true, 0, endedBadly)
 		},
 	}
 	var pageSize int32
@@ -194,7 +194,9 @@ jq reads it as is (medius jobs list -o json | jq -r .id); jq -s makes it an arra
 	list.Flags().StringVar(&profile, "profile", "", "only jobs of this profile")
 	// cancel only asks: the job is printed as it was when asked, and the
 	// processor ends it CANCELED soon after, unless it ends otherwise first.
-	// --wait shows which.
+	// --wait shows which, and its exit status says whether the cancel did
+	// what was asked: 0 for CANCELED (a script under set -e goes on), 1 if
+	// the job COMPLETED or FAILED before the cancel took effect.
 	var cancelWait bool
 	cancel := &cobra.Command{
 		Use: "cancel ID", Short: "Cancel a job", Args: cobra.ExactArgs(1),
@@ -208,10 +210,11 @@ jq reads it as is (medius jobs list -o json | jq -r .id); jq -s makes it an arra
 			if err != nil {
 				return err
 			}
-			return c.show(ctx, cmd, cl, j, cancelWait, 0)
+			return c.show(ctx, cmd, cl, j, cancelWait, 0, canceledTooLate)
 		},
 	}
-	addWaitFlag(cancel, &cancelWait, "wait until the job has ended (CANCELED, unless it ended otherwise first), then show it")
+	cancel.Flags().BoolVar(&cancelWait, "wait", false, "wait until the job has ended, then show it; "+
+		"exit status 0 if it ended CANCELED, 1 if it ended COMPLETED or FAILED before the cancel took effect")
 	// restart prints the job as the mediator left it (QUEUED), or with
 	// --wait as its new run ended. Whether a job may run again (FAILED or
 	// CANCELED, its deadline not passed) is the mediator's to say: its
@@ -230,7 +233,7 @@ jq reads it as is (medius jobs list -o json | jq -r .id); jq -s makes it an arra
 			if err != nil {
 				return err
 			}
-			return c.show(ctx, cmd, cl, j, restartWait, latestAttempt(j))
+			return c.show(ctx, cmd, cl, j, restartWait, latestAttempt(j), endedBadly)
 		},
 	}
 	addWaitFlag(restart, &restartWait, "wait until the restarted run ends, then show the job")
@@ -258,17 +261,19 @@ jq reads it as is (medius jobs list -o json | jq -r .id); jq -s makes it an arra
 	return cmd
 }
 
-// addWaitFlag gives cmd the --wait of every command that can wait for a
-// job to end, with the exit status they all share spelled out.
+// addWaitFlag gives cmd the --wait of the commands that wait for a job to
+// run (submit, restart), with the exit status they share spelled out.
+// cancel's --wait waits for the job to stop, so succeeds on CANCELED.
 func addWaitFlag(cmd *cobra.Command, wait *bool, what string) {
 	cmd.Flags().BoolVar(wait, "wait", false, what+"; exit status 0 only if it ended COMPLETED, 1 if FAILED or CANCELED")
 }
 
 // show prints job, or with wait first waits until it ends (see waitJob for
-// since), prints it as it ended, and makes an end other than COMPLETED the
-// command's error: every waiting command (submit, wait, cancel, restart)
-// exits the same way.
-func (c *clientFlags) show(ctx context.Context, cmd *cobra.Command, cl jobsv1.JobServiceClient, job *jobsv1.Job, wait bool, since int32) error {
+// since), prints it as it ended, and returns verdict's judgment of that end
+// as the command's error: endedBadly for the commands that wait for a run
+// (submit, wait, restart), canceledTooLate for cancel.
+func (c *clientFlags) show(ctx context.Context, cmd *cobra.Command, cl jobsv1.JobServiceClient, job *jobsv1.Job, wait bool, since int32,
+	verdict func(*jobsv1.Job) error) error {
 	if !wait {
 		return printJobs(cmd.OutOrStdout(), c.output, job)
 	}
@@ -279,7 +284,7 @@ func (c *clientFlags) show(ctx context.Context, cmd *cobra.Command, cl jobsv1.Jo
 	if err := printJobs(cmd.OutOrStdout(), c.output, j); err != nil {
 		return err
 	}
-	return endedBadly(j)
+	return verdict(j)
 }
 
 // latestAttempt is the highest attempt job's record knows (a restart's
@@ -329,6 +334,16 @@ func endedBadly(j *jobsv1.Job) error {
 		return nil
 	}
 	return fmt.Errorf("job %s ended %s", j.Id, jobstate.Name(j.Status))
+}
+
+// canceledTooLate makes a waited-for cancel that did not end the job
+// CANCELED an error: the job completed or failed first, and a script that
+// meant to stop it (its output unwanted, its work undone) must hear so.
+func canceledTooLate(j *jobsv1.Job) error {
+	if j.Status == jobsv1.JobStatus_JOB_STATUS_CANCELED {
+		return nil
+	}
+	return fmt.Errorf("job %s ended %s before the cancel took effect", j.Id, jobstate.Name(j.Status))
 }
 
 func printJobs(w io.Writer, format string, jobs ...*jobsv1.Job) error {
