@@ -55,6 +55,16 @@ type Config struct {
 	// while a job runs (2s), by which the processor tells a live worker from
 	// a lost one.
 	HeartbeatInterval time.Duration
+	// RunningDelay is how long a job runs before it is reported RUNNING
+	// (100ms; negative: at once). A job that ends sooner is reported once,
+	// by its terminal update, which carries its start time: RUNNING would
+	// cost the platform four stored messages (the report, the processor's
+	// record write, its timer and its announcement) for a state nobody
+	// could see for long. Until then the work item's ack wait is what
+	// notices a worker gone, as it is between taking an item and storing
+	// RUNNING anyway. It must be below AckWait/3, when the item's ack
+	// deadline is first extended.
+	RunningDelay time.Duration
 	Logger            *slog.Logger
 }
 
@@ -106,6 +116,15 @@ func New(cfg Config) (*Runner, error) {
 	}
 	if cfg.HeartbeatInterval <= 0 {
 		cfg.HeartbeatInterval = 2 * time.Second
+	}
+	switch {
+	case cfg.RunningDelay == 0:
+		cfg.RunningDelay = 100 * time.Millisecond
+	case cfg.RunningDelay < 0:
+		cfg.RunningDelay = 0
+	}
+	if cfg.RunningDelay >= cfg.AckWait/3 {
+		return nil, fmt.Errorf("worker: running delay %v must be below a third of the ack wait %v", cfg.RunningDelay, cfg.AckWait)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -300,8 +319,8 @@ func (r *Runner) handBack(ctx context.Context, msg jetstream.Msg, open bool, pul
 }
 
 // slot is one unit of capacity: it runs the items handed to it one after
-// the other. Its companion goroutine reports RUNNING and then the
-// heartbeats of each job. Both live as long as the slot, rather than being
+// the other. Its companion goroutine reports RUNNING, if the job runs past
+// RunningDelay, and then the heartbeats of each job. Both live as long as the slot, rather than being
 // started for each job: a new goroutine's stack grows again on every job,
 // which costs a busy worker a few percent of its CPU.
 func (r *Runner) slot(jobsCtx context.Context, work <-chan jetstream.Msg, free chan<- struct{}) {
@@ -310,8 +329,11 @@ func (r *Runner) slot(jobsCtx context.Context, work <-chan jetstream.Msg, free c
 	defer companion.Wait()
 	defer close(runs)
 	companion.Go(func() {
+		// One timer for the slot's life rather than one per job.
+		delay := time.NewTimer(time.Hour)
+		delay.Stop()
 		for j := range runs {
-			r.announce(j)
+			r.announce(j, delay)
 		}
 	})
 	for msg := range work {
@@ -413,20 +435,21 @@ func (r *Runner) execute(ctx context.Context, log *slog.Logger, item *eventsv1.W
 		cancel(errCancelRequested)
 	})()
 
-	// The handler starts while the companion stores RUNNING, a round trip
-	// sooner. RUNNING still comes first in the stream: progress and
-	// heartbeats follow it, and the terminal update waits for it. Storing
-	// it only fails once ctx has ended (shutdown past the drain timeout),
-	// which stops the handler too; the item is then handed back, as when
-	// RUNNING failed before the handler started.
+	// The handler starts while the companion waits out RunningDelay and
+	// then stores RUNNING. RUNNING, when sent, still comes first in the
+	// stream: progress and heartbeats follow it, and the terminal update
+	// waits for it. Storing it only fails once ctx has ended (shutdown past
+	// the drain timeout), which stops the handler too; the item is then
+	// handed back, as when RUNNING failed before the handler started.
 	var progress atomic.Int32
 	progress.Store(-1)
 	hbCtx, stopHB := context.WithCancel(jobCtx)
-	j := &run{ctx: ctx, hbCtx: hbCtx, log: log, item: item, msg: msg, progress: &progress,
-		announced: make(chan error, 1), done: make(chan struct{})}
+	j := &run{ctx: ctx, hbCtx: hbCtx, log: log, item: item, msg: msg, progress: &progress, start: time.Now(),
+		ended: make(chan struct{}), announced: make(chan error, 1), done: make(chan struct{})}
 	runs <- j
 
 	out, qty, herr := r.runHandler(jobCtx, handler, item, func(p int) { progress.Store(int32(min(max(p, 0), 100))) })
+	close(j.ended)
 	aerr := <-j.announced
 	stopHB()
 	<-j.done
@@ -434,10 +457,17 @@ func (r *Runner) execute(ctx context.Context, log *slog.Logger, item *eventsv1.W
 		log.WarnContext(ctx, "cannot report RUNNING; handing the item back", "err", aerr)
 		return nil
 	}
+	// Every terminal update of a job that ran says when it started: it may
+	// be the only report of the attempt.
+	final := func(status jobsv1.JobStatus) *eventsv1.ExecutionUpdate {
+		upd := r.update(item, status)
+		upd.StartTime = timestamppb.New(j.start)
+		return upd
+	}
 
 	switch cause := context.Cause(jobCtx); {
 	case herr == nil:
-		upd := r.update(item, jobsv1.JobStatus_JOB_STATUS_COMPLETED)
+		upd := final(jobsv1.JobStatus_JOB_STATUS_COMPLETED)
 		upd.Progress = 100
 		upd.Output = out
 		upd.VerifiedQuantity = qty
@@ -446,16 +476,16 @@ func (r *Runner) execute(ctx context.Context, log *slog.Logger, item *eventsv1.W
 		log.InfoContext(ctx, "job stopped by shutdown; handing it back", "err", herr)
 		return nil
 	case errors.Is(cause, errCancelRequested):
-		upd := r.update(item, jobsv1.JobStatus_JOB_STATUS_CANCELED)
+		upd := final(jobsv1.JobStatus_JOB_STATUS_CANCELED)
 		upd.Message = "canceled by request"
 		return upd
 	case errors.Is(cause, errTimeout):
-		upd := r.update(item, jobsv1.JobStatus_JOB_STATUS_FAILED)
+		upd := final(jobsv1.JobStatus_JOB_STATUS_FAILED)
 		upd.Error = (&problem.Error{Code: grpccodes.DeadlineExceeded, Type: TypeTimeout, Title: "Timed out",
 			Detail: fmt.Sprintf("job did not finish within its timeout of %v", item.GetTimeout().AsDuration())}).Problem()
 		return upd
 	default:
-		upd := r.update(item, jobsv1.JobStatus_JOB_STATUS_FAILED)
+		upd := final(jobsv1.JobStatus_JOB_STATUS_FAILED)
 		var pe *problem.Error
 		if !errors.As(herr, &pe) {
 			pe = &problem.Error{Code: grpccodes.Internal, Type: TypeExecutionFailed, Title: "Execution failed", Detail: herr.Error()}
@@ -515,20 +545,39 @@ type run struct {
 	// ctx bounds the retries of RUNNING (see publish).
 	ctx context.Context
 	// hbCtx ends when the handler has returned and RUNNING is settled.
-	hbCtx     context.Context
-	log       *slog.Logger
-	item      *eventsv1.WorkItem
-	msg       jetstream.Msg
-	progress  *atomic.Int32
-	announced chan error // the outcome of storing RUNNING
+	hbCtx    context.Context
+	log      *slog.Logger
+	item     *eventsv1.WorkItem
+	msg      jetstream.Msg
+	progress *atomic.Int32
+	start    time.Time     // when the handler started
+	ended    chan struct{} // closed when the handler has returned
+	// announced gets the outcome of storing RUNNING: nil too when the
+	// handler ended within RunningDelay and RUNNING was never sent.
+	announced chan error
 	done      chan struct{}
 }
 
-// announce stores j's RUNNING, then keeps the item ours and reports
-// progress (heartbeat) until j.hbCtx ends.
-func (r *Runner) announce(j *run) {
+// announce stores j's RUNNING once it has run for RunningDelay, then keeps
+// the item ours and reports progress (heartbeat) until j.hbCtx ends. delay
+// is the companion's timer, stopped between jobs.
+func (r *Runner) announce(j *run, delay *time.Timer) {
 	defer close(j.done)
-	err := r.publish(j.ctx, r.update(j.item, jobsv1.JobStatus_JOB_STATUS_RUNNING), "")
+	if d := r.cfg.RunningDelay - time.Since(j.start); d > 0 {
+		delay.Reset(d)
+		select {
+		case <-j.ended:
+			delay.Stop()
+			j.announced <- nil
+			return
+		case <-delay.C:
+		}
+	}
+	upd := r.update(j.item, jobsv1.JobStatus_JOB_STATUS_RUNNING)
+	// The state began when the handler did, not when it is reported.
+	upd.Time = timestamppb.New(j.start)
+	upd.StartTime = upd.Time
+	err := r.publish(j.ctx, upd, "")
 	j.announced <- err
 	if err != nil {
 		return

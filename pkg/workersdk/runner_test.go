@@ -284,3 +284,76 @@ func TestStoppingHandsBackToOthers(t *testing.T) {
 		t.Fatal("item taken by a stopping instance not completed by another one")
 	}
 }
+
+// TestRunningOnlyPastTheDelay: a job that ends within RunningDelay is
+// reported once, by its terminal update, which says when it started; one
+// that runs longer is reported RUNNING first, dated from its start, not
+// from the report.
+func TestRunningOnlyPastTheDelay(t *testing.T) {
+	const delay = 300 * time.Millisecond
+	g := newRig(t)
+	var mu sync.Mutex
+	updates := map[string][]*eventsv1.ExecutionUpdate{}
+	g.watch(t, func(u *eventsv1.ExecutionUpdate) {
+		mu.Lock()
+		defer mu.Unlock()
+		updates[u.GetJobId()] = append(updates[u.GetJobId()], u)
+	})
+	handlerStart := map[string]time.Time{}
+	g.run(t, workersdk.Config{Capacity: 2, RunningDelay: delay, FetchWait: 200 * time.Millisecond, Profiles: []workersdk.Profile{
+		noOp(func(item *workersdk.WorkItem) {
+			mu.Lock()
+			handlerStart[item.GetJobId()] = time.Now()
+			mu.Unlock()
+			if item.GetJobId() == "slow" {
+				time.Sleep(3 * delay)
+			}
+		}),
+	}})
+	g.submit(t, "quick")
+	g.submit(t, "slow")
+	ended := func(job string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		us := updates[job]
+		return len(us) > 0 && us[len(us)-1].GetStatus() == jobsv1.JobStatus_JOB_STATUS_COMPLETED
+	}
+	checkFor(t, 10*time.Second, func() bool { return ended("quick") && ended("slow") }, func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return fmt.Sprintf("jobs not completed: updates %v", updates)
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	near := func(at, want time.Time) bool { return at.Sub(want).Abs() < delay/3 }
+
+	quick := updates["quick"]
+	if len(quick) != 1 {
+		t.Fatalf("quick job: %d updates %v, want COMPLETED alone", len(quick), quick)
+	}
+	if st := quick[0].GetStartTime(); !st.IsValid() || !near(st.AsTime(), handlerStart["quick"]) {
+		t.Errorf("quick job's COMPLETED start time %v, want its handler's start %v", st, handlerStart["quick"])
+	}
+
+	slow := updates["slow"]
+	if len(slow) != 2 || slow[0].GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING {
+		t.Fatalf("slow job: updates %v, want RUNNING then COMPLETED", slow)
+	}
+	if at := slow[0].GetTime().AsTime(); !near(at, handlerStart["slow"]) {
+		t.Errorf("slow job's RUNNING dated %v, want its handler's start %v", at, handlerStart["slow"])
+	}
+	if !slow[1].GetStartTime().AsTime().Equal(slow[0].GetTime().AsTime()) {
+		t.Errorf("slow job's COMPLETED start time %v differs from its RUNNING's %v", slow[1].GetStartTime().AsTime(), slow[0].GetTime().AsTime())
+	}
+}
+
+// TestRunningDelayBelowAckWait: a delay that would leave the item's ack
+// deadline unextended past its first extension is refused.
+func TestRunningDelayBelowAckWait(t *testing.T) {
+	g := newRig(t)
+	_, err := workersdk.New(workersdk.Config{JS: g.wjs, NC: g.wnc, Service: rigService, InstanceID: "i",
+		AckWait: 3 * time.Second, RunningDelay: time.Second, Profiles: []workersdk.Profile{noOp(nil)}})
+	if err == nil {
+		t.Fatal("running delay of 1s with a 3s ack wait accepted")
+	}
+}

@@ -39,6 +39,7 @@ func parseConfig(args []string) (app.Config, error) {
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: json or text")
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP gRPC endpoint (host:port) for traces; empty disables export")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", cfg.HeartbeatInterval, "period of the RUNNING heartbeat update sent while a job runs")
+	fs.DurationVar(&cfg.RunningDelay, "running-delay", cfg.RunningDelay, "how long a job runs before it is reported RUNNING; a job done sooner is reported once, COMPLETED or FAILED, with its start time (negative: report at once)")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long running jobs may finish on shutdown before they are handed back")
 	if err := flagenv.Parse(fs, args); err != nil {
 		return cfg, err

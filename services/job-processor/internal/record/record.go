@@ -246,6 +246,11 @@ func Apply(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate, now time.Time) Outcome 
 	}
 	cur.Status = to
 	rec.Status = to
+	if cur.StartTime == nil && u.GetStartTime().IsValid() {
+		// A worker reports a job that ends quickly by its terminal update
+		// alone, which says when it started.
+		cur.StartTime = u.GetStartTime()
+	}
 	switch to {
 	case jobsv1.JobStatus_JOB_STATUS_RUNNING:
 		if from != to {

@@ -200,6 +200,25 @@ func TestApplyUsesWorkerTime(t *testing.T) {
 	}
 }
 
+// TestApplyTerminalAlone: a job that ended within its worker's running
+// delay is reported by its terminal update alone; its execution takes the
+// start time that update carries, whatever the end.
+func TestApplyTerminalAlone(t *testing.T) {
+	start, end := t0.Add(10*time.Second), t0.Add(10*time.Second+30*time.Millisecond)
+	for _, st := range []jobsv1.JobStatus{completed, failed, canceled} {
+		rec := recordIn(scheduled, 0)
+		u := update(2, st, 0)
+		u.Time, u.StartTime = timestamppb.New(end), timestamppb.New(start)
+		if got := Apply(rec, u, now); got != Applied {
+			t.Fatalf("%v from SCHEDULED: %v, want applied", st, got)
+		}
+		cur := Current(rec)
+		if !cur.GetStartTime().AsTime().Equal(start) || !cur.GetEndTime().AsTime().Equal(end) {
+			t.Errorf("%v from SCHEDULED: execution ran %v to %v, want %v to %v", st, cur.GetStartTime().AsTime(), cur.GetEndTime().AsTime(), start, end)
+		}
+	}
+}
+
 func TestNew(t *testing.T) {
 	job := &jobsv1.Job{Id: "j1", Tenant: "t", Profile: "P", Status: jobsv1.JobStatus_JOB_STATUS_NEW, CreateTime: timestamppb.New(t0)}
 	rec := New(job, now)

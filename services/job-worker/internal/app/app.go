@@ -66,6 +66,9 @@ type Config struct {
 	AckWait time.Duration
 	// HeartbeatInterval is the period of heartbeat updates while a job runs.
 	HeartbeatInterval time.Duration
+	// RunningDelay is how long a job runs before it is reported RUNNING
+	// (negative: at once); see workersdk.Config.
+	RunningDelay time.Duration
 }
 
 // Defaults returns the documented defaults (docs/internals.md).
@@ -85,6 +88,7 @@ func Defaults() Config {
 		AckWait:       30 * time.Second,
 
 		HeartbeatInterval: 2 * time.Second,
+		RunningDelay:      100 * time.Millisecond,
 	}
 }
 
@@ -198,7 +202,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	runner, err := workersdk.New(workersdk.Config{
 		JS: js, NC: nc, Service: cfg.Service, InstanceID: cfg.InstanceID, Capacity: cfg.Capacity,
-		Profiles: builtin, AckWait: cfg.AckWait, HeartbeatInterval: cfg.HeartbeatInterval, DrainTimeout: cfg.DrainTimeout, Logger: slog.Default(),
+		Profiles: builtin, AckWait: cfg.AckWait, HeartbeatInterval: cfg.HeartbeatInterval, RunningDelay: cfg.RunningDelay, DrainTimeout: cfg.DrainTimeout, Logger: slog.Default(),
 	})
 	if err != nil {
 		return err

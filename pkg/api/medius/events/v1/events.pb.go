@@ -308,8 +308,12 @@ type ExecutionUpdate struct {
 	Error            *v1.Problem            `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
 	VerifiedQuantity float64                `protobuf:"fixed64,10,opt,name=verified_quantity,json=verifiedQuantity,proto3" json:"verified_quantity,omitempty"`
 	Time             *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=time,proto3" json:"time,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// When the worker started the attempt, on a terminal update: a job that
+	// ends within the worker's running delay is never reported RUNNING (one
+	// report instead of two), and its execution still gets its start time.
+	StartTime     *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ExecutionUpdate) Reset() {
@@ -415,6 +419,13 @@ func (x *ExecutionUpdate) GetVerifiedQuantity() float64 {
 func (x *ExecutionUpdate) GetTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.Time
+	}
+	return nil
+}
+
+func (x *ExecutionUpdate) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
 	}
 	return nil
 }
@@ -728,7 +739,7 @@ const file_medius_events_v1_events_proto_rawDesc = "" +
 	"\bjob_type\x18\x05 \x01(\tR\ajobType\x12.\n" +
 	"\x05input\x18\x06 \x01(\v2\x18.medius.jobs.v1.JobInputR\x05input\x123\n" +
 	"\atimeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x18\n" +
-	"\aservice\x18\b \x01(\tR\aservice\"\xa5\x03\n" +
+	"\aservice\x18\b \x01(\tR\aservice\"\xe0\x03\n" +
 	"\x0fExecutionUpdate\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x18\n" +
@@ -742,7 +753,9 @@ const file_medius_events_v1_events_proto_rawDesc = "" +
 	"\x05error\x18\t \x01(\v2\x17.medius.jobs.v1.ProblemR\x05error\x12+\n" +
 	"\x11verified_quantity\x18\n" +
 	" \x01(\x01R\x10verifiedQuantity\x12.\n" +
-	"\x04time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\x97\x03\n" +
+	"\x04time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x129\n" +
+	"\n" +
+	"start_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\"\x97\x03\n" +
 	"\x10JobStatusChanged\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x121\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x19.medius.jobs.v1.JobStatusR\x06status\x12\x1a\n" +
@@ -811,18 +824,19 @@ var file_medius_events_v1_events_proto_depIdxs = []int32{
 	13, // 4: medius.events.v1.ExecutionUpdate.output:type_name -> medius.jobs.v1.JobOutput
 	14, // 5: medius.events.v1.ExecutionUpdate.error:type_name -> medius.jobs.v1.Problem
 	15, // 6: medius.events.v1.ExecutionUpdate.time:type_name -> google.protobuf.Timestamp
-	12, // 7: medius.events.v1.JobStatusChanged.status:type_name -> medius.jobs.v1.JobStatus
-	13, // 8: medius.events.v1.JobStatusChanged.output:type_name -> medius.jobs.v1.JobOutput
-	14, // 9: medius.events.v1.JobStatusChanged.error:type_name -> medius.jobs.v1.Problem
-	16, // 10: medius.events.v1.JobStatusChanged.execution:type_name -> medius.jobs.v1.Execution
-	15, // 11: medius.events.v1.JobStatusChanged.time:type_name -> google.protobuf.Timestamp
-	0,  // 12: medius.events.v1.ServiceInstanceChanged.kind:type_name -> medius.events.v1.ServiceInstanceChanged.Kind
-	17, // 13: medius.events.v1.ServiceInstanceChanged.instance:type_name -> medius.registry.v1.ServiceInstance
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	15, // 7: medius.events.v1.ExecutionUpdate.start_time:type_name -> google.protobuf.Timestamp
+	12, // 8: medius.events.v1.JobStatusChanged.status:type_name -> medius.jobs.v1.JobStatus
+	13, // 9: medius.events.v1.JobStatusChanged.output:type_name -> medius.jobs.v1.JobOutput
+	14, // 10: medius.events.v1.JobStatusChanged.error:type_name -> medius.jobs.v1.Problem
+	16, // 11: medius.events.v1.JobStatusChanged.execution:type_name -> medius.jobs.v1.Execution
+	15, // 12: medius.events.v1.JobStatusChanged.time:type_name -> google.protobuf.Timestamp
+	0,  // 13: medius.events.v1.ServiceInstanceChanged.kind:type_name -> medius.events.v1.ServiceInstanceChanged.Kind
+	17, // 14: medius.events.v1.ServiceInstanceChanged.instance:type_name -> medius.registry.v1.ServiceInstance
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_medius_events_v1_events_proto_init() }
