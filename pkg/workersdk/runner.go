@@ -65,7 +65,7 @@ type Config struct {
 	// RUNNING anyway. It must be below AckWait/3, when the item's ack
 	// deadline is first extended.
 	RunningDelay time.Duration
-	Logger            *slog.Logger
+	Logger       *slog.Logger
 }
 
 // Runner takes work items and runs them; see the package doc.
