@@ -155,8 +155,9 @@ func newJobsCmd() *cobra.Command {
 	var pageToken, status string
 	list := &cobra.Command{
 		Use: "list", Short: "List jobs, newest first", Args: cobra.NoArgs,
-		Long: `List your jobs, newest first, a page at a time (--page-size); in table output the
-token of the next page, if any, is printed on stderr for --page-token.
+		Long: `List your jobs, newest first, a page at a time (--page-size). The token of the
+next page, if any, is printed on stderr as "more: --page-token TOKEN", in table
+and json output alike, so stdout holds only the jobs.
 
 With -o json each job is written as its own indented JSON object, one after
 another: a stream of objects, neither a JSON array nor one object per line.
@@ -182,7 +183,9 @@ jq reads it as is (medius jobs list -o json | jq -r .id); jq -s makes it an arra
 			if err := printJobs(cmd.OutOrStdout(), c.output, resp.Jobs...); err != nil {
 				return err
 			}
-			if resp.NextPageToken != "" && c.output != "json" {
+			// On stderr even with -o json: stdout stays pure JSON, and a
+			// script can still reach the pages after the first.
+			if resp.NextPageToken != "" {
 				fmt.Fprintf(cmd.ErrOrStderr(), "more: --page-token %s\n", resp.NextPageToken)
 			}
 			return nil

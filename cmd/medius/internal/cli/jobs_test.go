@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -35,18 +34,92 @@ func TestJobs(t *testing.T) {
 	stack := devstack.StartForTest(t, devstack.Config{APIKey: testAPIKey, FileRoots: []string{media}})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	run := func(args ...string) (string, error) {
-		var out bytes.Buffer
+	// runErr runs the CLI and returns its stdout and stderr apart, as a
+	// script piping stdout sees them.
+	runErr := func(args ...string) (string, string, error) {
+		var out, errOut bytes.Buffer
 		cmd := New()
 		cmd.SetArgs(append(args, "--server", stack.GRPCAddr, "--api-key", testAPIKey))
 		cmd.SetOut(&out)
-		cmd.SetErr(io.Discard)
+		cmd.SetErr(&errOut)
 		err := cmd.ExecuteContext(ctx)
-		return out.String(), err
+		return out.String(), errOut.String(), err
+	}
+	run := func(args ...string) (string, error) {
+		out, _, err := runErr(args...)
+		return out, err
 	}
 	t.Run("restart", func(t *testing.T) { testRestart(ctx, t, stack, media, run) })
 	t.Run("cancel --wait", func(t *testing.T) { testCancelWait(ctx, t, run) })
 	t.Run("restart --wait", func(t *testing.T) { testRestartWait(t, media, run) })
+	t.Run("list -o json pages", func(t *testing.T) { testListJSONPages(t, runErr) })
+}
+
+// testListJSONPages pages through the tenant's jobs (two of its own and any
+// the other subtests left), one per page, with -o json: stdout holds only
+// the page's job as JSON, the next page's token is on stderr, and following
+// the tokens lists every job once, in the order of one big page.
+func testListJSONPages(t *testing.T, runErr func(...string) (string, string, error)) {
+	// ids decodes the stream of job objects list -o json writes.
+	ids := func(out string) []string {
+		t.Helper()
+		var got []string
+		for dec := json.NewDecoder(strings.NewReader(out)); dec.More(); {
+			var raw json.RawMessage
+			if err := dec.Decode(&raw); err != nil {
+				t.Fatalf("list -o json stdout is not JSON objects (%v):\n%s", err, out)
+			}
+			got = append(got, decodeJob(t, string(raw)).Id)
+		}
+		return got
+	}
+	var mine []string
+	for range 2 {
+		out, _, err := runErr("jobs", "submit", "--profile", "NoOp", "-o", "json")
+		if err != nil {
+			t.Fatalf("submit: %v", err)
+		}
+		mine = append(mine, decodeJob(t, out).Id)
+	}
+	out, _, err := runErr("jobs", "list", "-o", "json", "--page-size", "1000")
+	if err != nil {
+		t.Fatalf("list: %v", err)
+	}
+	all := ids(out)
+	if joined := " " + strings.Join(all, " ") + " "; !strings.Contains(joined, " "+mine[0]+" ") || !strings.Contains(joined, " "+mine[1]+" ") {
+		t.Fatalf("list: %v, want the submitted %v among them", all, mine)
+	}
+
+	var paged []string
+	token := ""
+	for range all {
+		args := []string{"jobs", "list", "-o", "json", "--page-size", "1"}
+		if token != "" {
+			args = append(args, "--page-token", token)
+		}
+		out, errOut, err := runErr(args...)
+		if err != nil {
+			t.Fatalf("list page %d: %v", len(paged)+1, err)
+		}
+		page := ids(out)
+		if len(page) != 1 {
+			t.Fatalf("list page %d: %d jobs, want 1:\n%s", len(paged)+1, len(page), out)
+		}
+		paged = append(paged, page[0])
+		token = ""
+		if errOut != "" {
+			var ok bool
+			if token, ok = strings.CutPrefix(strings.TrimSuffix(errOut, "\n"), "more: --page-token "); !ok || token == "" || strings.Contains(token, "\n") {
+				t.Fatalf("list page %d: stderr %q, want only \"more: --page-token TOKEN\"", len(paged), errOut)
+			}
+		}
+		if token == "" {
+			break
+		}
+	}
+	if token != "" || strings.Join(paged, " ") != strings.Join(all, " ") {
+		t.Fatalf("paging one job at a time gave %v (next token %q), want every job once and no token after the last: %v", paged, token, all)
+	}
 }
 
 // decodeJob reads one job printed with -o json.
