@@ -298,7 +298,13 @@ func TestJobLifecycle(t *testing.T) {
 			return j.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING && len(ex) > 0 && ex[len(ex)-1].GetAttempt() == 2
 		})
 		rerun := time.Since(killed)
-		l.waitJob(t, job.GetId(), "COMPLETED", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_COMPLETED))
+		done := l.waitJob(t, job.GetId(), "COMPLETED", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_COMPLETED))
+		// The job record too, not only the processor's executions: the lost
+		// attempt ended, it does not stay RUNNING there.
+		if ex := done.GetExecutions(); len(ex) != 2 || ex[0].GetStatus() != jobsv1.JobStatus_JOB_STATUS_FAILED ||
+			ex[0].GetError().GetType() != problem.TypePrefix+"worker-lost" {
+			t.Errorf("job record's executions = %v, want attempt 1 FAILED worker-lost, then attempt 2", ex)
+		}
 		t.Logf("worker %s killed: attempt 2 running after %s, job COMPLETED after %s", first.GetInstanceId(),
 			rerun.Round(time.Millisecond), time.Since(killed).Round(time.Millisecond))
 		ex := l.executions(t, job.GetId())

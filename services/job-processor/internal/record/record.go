@@ -365,10 +365,12 @@ func StatusEvent(rec *jobsv1.Job) *eventsv1.JobStatusChanged {
 		VerifiedQuantity: rec.GetVerifiedQuantity(),
 		Time:             rec.GetUpdateTime(),
 	}
-	// While QUEUED the latest execution (if any) is a finished earlier
-	// attempt, or the one a restart added, with nothing to say before its
-	// dispatch.
-	if cur := Current(rec); cur != nil && rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_QUEUED {
+	// While QUEUED the latest execution (if any) is the one a restart
+	// added, with nothing to say before its dispatch, or, while waiting for
+	// a retry, the attempt that lost its worker: the mediator learns from
+	// it that the attempt ended and the job waits again, rather than
+	// showing it RUNNING until the retry runs.
+	if cur := Current(rec); cur != nil && (rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_QUEUED || requeued(rec)) {
 		ev.Execution = cur
 	}
 	return ev

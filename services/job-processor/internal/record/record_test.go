@@ -416,4 +416,23 @@ func TestStatusEvent(t *testing.T) {
 	if ev := StatusEvent(New(&jobsv1.Job{Id: "j1"}, t0)); ev.Execution != nil || ev.Status != queued {
 		t.Errorf("StatusEvent of a queued job = %v", ev)
 	}
+	// Waiting for a retry, the job names the attempt that lost its worker,
+	// ended: the mediator shows it ended and the job QUEUED.
+	lost := recordIn(running, 20)
+	if WorkerLost(lost, 2, 3, "no heartbeat", now) != Applied {
+		t.Fatal("worker lost not applied")
+	}
+	if ev := StatusEvent(lost); ev.Status != queued || ev.Execution.GetAttempt() != 2 || ev.Execution.GetStatus() != failed ||
+		ev.Execution.GetError().GetType() != ProblemWorkerLost {
+		t.Errorf("StatusEvent of a job waiting for its retry = %v, want QUEUED naming attempt 2 FAILED worker-lost", ev)
+	}
+	// A restarted job waits with its new attempt's execution, which has
+	// nothing to say before its dispatch.
+	restarted := recordIn(failed, 0)
+	if Restart(restarted, 2, now) != Applied {
+		t.Fatal("restart not applied")
+	}
+	if ev := StatusEvent(restarted); ev.Status != queued || ev.Execution != nil {
+		t.Errorf("StatusEvent of a restarted job = %v, want QUEUED naming no attempt", ev)
+	}
 }

@@ -269,10 +269,17 @@ func apply(job *jobsv1.Job, ev *eventsv1.JobStatusChanged, now time.Time) bool {
 		// such an end is never the current run's.
 		return false
 	}
+	ex := ev.GetExecution()
+	if attempt > 0 && attempt == current && !jobstate.IsTerminal(ex.GetStatus()) && attemptEnded(job, attempt) {
+		return false // news of an attempt from before it ended (lost its worker)
+	}
 	// A newer attempt is a retry: the processor requeued the job, which
-	// may move it back (RUNNING -> QUEUED) and restart its progress.
+	// may move it back (RUNNING -> QUEUED) and restart its progress. So
+	// does the current attempt's end with the job QUEUED: it lost its
+	// worker, and the job waits for the retry.
 	retry := attempt > current
-	if !retry {
+	requeue := to == jobsv1.JobStatus_JOB_STATUS_QUEUED && attempt > 0 && attempt == current && jobstate.IsTerminal(ex.GetStatus())
+	if !retry && !requeue {
 		if !jobstate.CanTransition(job.GetStatus(), to) {
 			return false
 		}
@@ -303,10 +310,20 @@ func apply(job *jobsv1.Job, ev *eventsv1.JobStatusChanged, now time.Time) bool {
 			job.EndTime = timestamppb.New(now)
 		}
 	}
-	if ex := ev.GetExecution(); ex.GetAttempt() > 0 {
+	if ex.GetAttempt() > 0 {
 		upsertExecution(job, ex)
 	}
 	return true
+}
+
+// attemptEnded reports whether job's execution of attempt has ended.
+func attemptEnded(job *jobsv1.Job, attempt int32) bool {
+	for _, ex := range job.GetExecutions() {
+		if ex.GetAttempt() == attempt {
+			return jobstate.IsTerminal(ex.GetStatus())
+		}
+	}
+	return false
 }
 
 func latestAttempt(job *jobsv1.Job) int32 {

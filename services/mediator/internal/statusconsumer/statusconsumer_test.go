@@ -86,6 +86,49 @@ func TestApply(t *testing.T) {
 	}
 }
 
+// TestApplyRequeue: the processor announces a job waiting for the retry
+// of an attempt that lost its worker as QUEUED with that attempt's ended
+// execution. The job shows QUEUED and the attempt FAILED at once, not
+// RUNNING until the retry runs; the lost attempt's late news does not
+// bring it back; the retry then runs.
+func TestApplyRequeue(t *testing.T) {
+	now := time.Now()
+	job := &jobsv1.Job{Id: "j", Status: statusNew}
+	requeued := &eventsv1.JobStatusChanged{Status: statusQueued, StatusMessage: "worker lost (no heartbeat); retrying, attempt 2 of 3",
+		Execution: &jobsv1.Execution{Attempt: 1, Status: statusFailed, Service: "svc", Error: &jobsv1.Problem{Type: "urn:medius:problem:worker-lost"}}}
+	for _, step := range []struct {
+		name    string
+		ev      *eventsv1.JobStatusChanged
+		applies bool
+		status  jobsv1.JobStatus
+	}{
+		{"scheduled", ev(statusScheduled, 1, 0), true, statusScheduled},
+		{"running", ev(statusRunning, 1, 30), true, statusRunning},
+		{"worker lost: requeued", requeued, true, statusQueued},
+		{"lost attempt's progress, late", ev(statusRunning, 1, 40), false, statusQueued},
+		{"requeue again (redelivery)", requeued, true, statusQueued},
+		{"retry scheduled", ev(statusScheduled, 2, 0), true, statusScheduled},
+		{"requeue, late", requeued, false, statusScheduled},
+		{"retry completed", ev(statusCompleted, 2, 100), true, statusCompleted},
+	} {
+		if got := apply(job, step.ev, now); got != step.applies {
+			t.Fatalf("%s: applied = %v, want %v", step.name, got, step.applies)
+		}
+		if job.Status != step.status {
+			t.Fatalf("%s: job %s, want %s", step.name, job.Status, step.status)
+		}
+		if step.name == "worker lost: requeued" {
+			if len(job.Executions) != 1 || job.Executions[0].GetStatus() != statusFailed || job.Progress != 0 ||
+				job.StatusMessage != requeued.StatusMessage {
+				t.Fatalf("requeued job = %v, want attempt 1 FAILED, progress 0 and the retry's message", job)
+			}
+		}
+	}
+	if len(job.Executions) != 2 || job.Executions[0].GetStatus() != statusFailed || job.Executions[1].GetStatus() != statusCompleted {
+		t.Fatalf("executions = %v, want attempt 1 FAILED, attempt 2 COMPLETED", job.Executions)
+	}
+}
+
 // An end naming no attempt is the end of a run that never dispatched one:
 // it ends a job that has no attempt (no service took it), never one that
 // has, i.e. a job restarted after it, whose record holds the restart's
