@@ -62,6 +62,9 @@ func Document(generated []byte, version string) ([]byte, error) {
 	}
 	paths["/v1/tenants/{tenant}/quota"] = map[string]any{"put": op("Replace a tenant's quota (admin)",
 		[]map[string]any{tenant, bodyParam("{maxConcurrentJobs, maxJobsPerPeriod, maxQuantityPerPeriod, period: day|month}")}, "200", "the tenant")}
+	paths["/v1/tenants/{tenant}/webhook-secret:rotate"] = map[string]any{"post": op("Give a tenant a new random webhook secret (admin); "+
+		"notifications are signed with it from now on, the old one no longer (receivers switch at once)",
+		[]map[string]any{tenant}, "200", "the tenant, with its new webhook secret")}
 	paths["/v1/tenants/{tenant}/keys"] = map[string]any{
 		"get":  op("List API keys, never their secrets (admin or the tenant)", []map[string]any{tenant}, "200", "{keys: [...]}"),
 		"post": op("Create an API key; its secret is shown only in this answer", []map[string]any{tenant}, "201", "{clientId, clientSecret, ...}"),

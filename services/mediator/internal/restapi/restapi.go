@@ -46,6 +46,10 @@ func (a *API) Mount(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/tenants/{tenant}", a.admin(a.getTenant))
 	mux.HandleFunc("DELETE /v1/tenants/{tenant}", a.admin(a.deleteTenant))
 	mux.HandleFunc("PUT /v1/tenants/{tenant}/quota", a.admin(a.setQuota))
+	// A custom method on the tenant's webhook secret, in the AIP form the
+	// job API uses (:cancel); the last segment is a literal, so a ServeMux
+	// pattern expresses it.
+	mux.HandleFunc("POST /v1/tenants/{tenant}/webhook-secret:rotate", a.admin(a.rotateWebhookSecret))
 	mux.HandleFunc("GET /v1/tenants/{tenant}/keys", a.ownerOrAdmin(a.listKeys))
 	mux.HandleFunc("POST /v1/tenants/{tenant}/keys", a.ownerOrAdmin(a.createKey))
 	mux.HandleFunc("DELETE /v1/tenants/{tenant}/keys/{client}", a.ownerOrAdmin(a.revokeKey))
@@ -263,6 +267,25 @@ func (a *API) setQuota(w http.ResponseWriter, r *http.Request) {
 		problem.WriteError(r.Context(), w, requestStoreError(r, err))
 		return
 	}
+	WriteJSON(w, http.StatusOK, t)
+}
+
+// rotateWebhookSecret answers the tenant with its new secret. The request
+// has no fields: its body is empty or {}.
+func (a *API) rotateWebhookSecret(w http.ResponseWriter, r *http.Request) {
+	if r.ContentLength != 0 {
+		var body struct{}
+		if err := decode(r, &body); err != nil {
+			problem.WriteError(r.Context(), w, err)
+			return
+		}
+	}
+	t, err := a.Tenants.RotateWebhookSecret(r.Context(), r.PathValue("tenant"))
+	if err != nil {
+		problem.WriteError(r.Context(), w, requestStoreError(r, err))
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
 	WriteJSON(w, http.StatusOK, t)
 }
 

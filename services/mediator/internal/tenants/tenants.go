@@ -149,6 +149,8 @@ func randomToken(prefix string, n int) (string, error) {
 	return prefix + hex.EncodeToString(b), nil
 }
 
+func newWebhookSecret() (string, error) { return randomToken("whsec_", 24) }
+
 // CreateTenant stores t; ErrTenantExists if the id is taken. It fills
 // CreateTime and a webhook secret when none is given.
 func (s *Store) CreateTenant(ctx context.Context, t Tenant) (Tenant, error) {
@@ -159,7 +161,7 @@ func (s *Store) CreateTenant(ctx context.Context, t Tenant) (Tenant, error) {
 		return Tenant{}, err
 	}
 	if t.WebhookSecret == "" {
-		sec, err := randomToken("whsec_", 24)
+		sec, err := newWebhookSecret()
 		if err != nil {
 			return Tenant{}, err
 		}
@@ -272,8 +274,33 @@ func (s *Store) SetQuota(ctx context.Context, id string, q Quota) (Tenant, error
 	if err := q.Validate(); err != nil {
 		return Tenant{}, err
 	}
+	return s.update(ctx, id, "set quota of", func(t *Tenant) { t.Quota = q })
+}
+
+// RotateWebhookSecret gives the tenant a new random webhook secret and
+// returns the tenant with it; the rest of the record is kept. The old secret
+// stops signing at once (no period where both sign): every mediator's
+// WebhookSecrets follows the change through its watch, so receivers must
+// switch to the new secret when it is rotated.
+func (s *Store) RotateWebhookSecret(ctx context.Context, id string) (Tenant, error) {
+	sec, err := newWebhookSecret()
+	if err != nil {
+		return Tenant{}, err
+	}
+	return s.update(ctx, id, "rotate webhook secret of", func(t *Tenant) { t.WebhookSecret = sec })
+}
+
+// update applies change to the tenant's record with a compare-and-set on
+// its mod revision, reading it again when a concurrent write got there
+// first, so no other field's change is lost. what names the operation in
+// errors.
+func (s *Store) update(ctx context.Context, id, what string, change func(*Tenant)) (Tenant, error) {
+	if !ValidTenantID(id) {
+		return Tenant{}, fmt.Errorf("tenant %s: %w", id, ErrTenantNotFound)
+	}
+	key := TenantPrefix + id
 	for {
-		resp, err := s.cli.Get(ctx, TenantPrefix+id)
+		resp, err := s.cli.Get(ctx, key)
 		if err != nil {
 			return Tenant{}, fmt.Errorf("get tenant %s: %w", id, err)
 		}
@@ -284,13 +311,15 @@ func (s *Store) SetQuota(ctx context.Context, id string, q Quota) (Tenant, error
 		if err := json.Unmarshal(resp.Kvs[0].Value, &t); err != nil {
 			return Tenant{}, fmt.Errorf("decode tenant %s: %w", id, err)
 		}
-		t.Quota = q
-		data, _ := json.Marshal(t)
-		key := TenantPrefix + id
+		change(&t)
+		data, err := json.Marshal(t)
+		if err != nil {
+			return Tenant{}, fmt.Errorf("encode tenant %s: %w", id, err)
+		}
 		tx, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)).
 			Then(clientv3.OpPut(key, string(data))).Commit()
 		if err != nil {
-			return Tenant{}, fmt.Errorf("set quota of %s: %w", id, err)
+			return Tenant{}, fmt.Errorf("%s %s: %w", what, id, err)
 		}
 		if tx.Succeeded {
 			s.forget(id)

@@ -3,6 +3,7 @@ package tenants
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -52,5 +53,57 @@ func TestQuotaCache(t *testing.T) {
 	}
 	if _, err := s.Quota(ctx, "acme"); !errors.Is(err, ErrTenantNotFound) {
 		t.Fatalf("quota of a tenant just deleted: %v", err)
+	}
+}
+
+// A rotation and quota changes made at the same time (two admins, two
+// replicas) each keep the other's: every write is a compare-and-set on the
+// record's revision, so neither puts back a field the other just changed.
+func TestRotateWebhookSecretKeepsConcurrentChanges(t *testing.T) {
+	env := testsupport.Start(t)
+	ctx := context.Background()
+	s, replica := New(env.EtcdCli), New(env.EtcdCli)
+	orig, err := s.CreateTenant(ctx, Tenant{ID: "acme", DisplayName: "Acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RotateWebhookSecret(ctx, "nope"); !errors.Is(err, ErrTenantNotFound) {
+		t.Fatalf("rotating a missing tenant: %v, want ErrTenantNotFound", err)
+	}
+
+	const n = 30
+	var lastSecret string
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for range n {
+			r, err := replica.RotateWebhookSecret(ctx, "acme")
+			if err != nil {
+				t.Errorf("rotate: %v", err)
+				return
+			}
+			lastSecret = r.WebhookSecret
+		}
+	}()
+	for i := range n {
+		if _, err := s.SetQuota(ctx, "acme", Quota{MaxConcurrentJobs: int64(i + 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+
+	got, err := s.Tenant(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Quota.MaxConcurrentJobs != n {
+		t.Errorf("quota after concurrent rotations: %+v, want the last one set (%d)", got.Quota, n)
+	}
+	if got.WebhookSecret != lastSecret || got.WebhookSecret == orig.WebhookSecret {
+		t.Errorf("secret after concurrent quota changes %q, want the last one rotated %q", got.WebhookSecret, lastSecret)
+	}
+	if got.DisplayName != orig.DisplayName || !got.CreateTime.Equal(orig.CreateTime) {
+		t.Errorf("rotations changed the tenant's name or creation time: %+v, was %+v", got, orig)
 	}
 }
