@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"net/url"
 	"text/tabwriter"
 	"time"
 
@@ -57,6 +58,15 @@ func newTenantsCmd() *cobra.Command {
 		return tw.Flush()
 	}
 
+	// printOne shows one tenant with its webhook secret, which the table
+	// of several leaves out.
+	printOne := func(cmd *cobra.Command, t tenant) error {
+		if err := print(cmd, t); err != nil || c.output == "json" {
+			return err
+		}
+		_, err := fmt.Fprintf(cmd.OutOrStdout(), "webhook secret: %s\n", t.WebhookSecret)
+		return err
+	}
 	var name string
 	var q quota
 	quotaFlags := func(cmd *cobra.Command) {
@@ -73,10 +83,7 @@ func newTenantsCmd() *cobra.Command {
 			if err := c.do(cmd.Context(), "POST", "/v1/tenants", tenant{ID: args[0], DisplayName: name, Quota: q}, &t); err != nil {
 				return err
 			}
-			if c.output != "json" {
-				defer fmt.Fprintf(cmd.OutOrStdout(), "webhook secret: %s\n", t.WebhookSecret)
-			}
-			return print(cmd, t)
+			return printOne(cmd, t)
 		},
 	}
 	create.Flags().StringVar(&name, "name", "", "display name")
@@ -93,13 +100,30 @@ func newTenantsCmd() *cobra.Command {
 		},
 	}
 	get := &cobra.Command{
-		Use: "get ID", Short: "Show a tenant", Args: cobra.ExactArgs(1),
+		Use: "get ID", Short: "Show a tenant and its webhook secret", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var t tenant
-			if err := c.do(cmd.Context(), "GET", "/v1/tenants/"+args[0], nil, &t); err != nil {
+			if err := c.do(cmd.Context(), "GET", "/v1/tenants/"+url.PathEscape(args[0]), nil, &t); err != nil {
 				return err
 			}
-			return print(cmd, t)
+			return printOne(cmd, t)
+		},
+	}
+	rotate := &cobra.Command{
+		Use:   "rotate-webhook-secret ID",
+		Short: "Give a tenant a new webhook secret (the old one stops signing at once)",
+		Long: `Give a tenant a new random webhook secret and show the tenant with it.
+
+Notifications are signed with the new secret from the rotation on; the old
+secret signs none, there is no period where both do. Switch the receivers'
+verification to the new secret when you rotate.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var t tenant
+			if err := c.do(cmd.Context(), "POST", "/v1/tenants/"+url.PathEscape(args[0])+"/webhook-secret:rotate", nil, &t); err != nil {
+				return err
+			}
+			return printOne(cmd, t)
 		},
 	}
 	setQuota := &cobra.Command{
@@ -107,7 +131,7 @@ func newTenantsCmd() *cobra.Command {
 		Example: "  medius tenants set-quota acme --max-concurrent 10 --max-quantity 36000 --period month",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var t tenant
-			if err := c.do(cmd.Context(), "PUT", "/v1/tenants/"+args[0]+"/quota", q, &t); err != nil {
+			if err := c.do(cmd.Context(), "PUT", "/v1/tenants/"+url.PathEscape(args[0])+"/quota", q, &t); err != nil {
 				return err
 			}
 			return print(cmd, t)
@@ -117,13 +141,13 @@ func newTenantsCmd() *cobra.Command {
 	del := &cobra.Command{
 		Use: "delete ID", Short: "Delete a tenant and revoke its keys", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := c.do(cmd.Context(), "DELETE", "/v1/tenants/"+args[0], nil, nil); err != nil {
+			if err := c.do(cmd.Context(), "DELETE", "/v1/tenants/"+url.PathEscape(args[0]), nil, nil); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "tenant %s deleted\n", args[0])
 			return nil
 		},
 	}
-	cmd.AddCommand(create, list, get, setQuota, del)
+	cmd.AddCommand(create, list, get, rotate, setQuota, del)
 	return cmd
 }
