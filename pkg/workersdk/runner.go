@@ -63,7 +63,8 @@ type Config struct {
 	// could see for long. Until then the work item's ack wait is what
 	// notices a worker gone, as it is between taking an item and storing
 	// RUNNING anyway. It must be below AckWait/3, when the item's ack
-	// deadline is first extended.
+	// deadline is first extended. An item delivered again is reported
+	// RUNNING at once: its first holder may have died within the delay.
 	RunningDelay time.Duration
 	Logger       *slog.Logger
 }
@@ -446,6 +447,17 @@ func (r *Runner) execute(ctx context.Context, log *slog.Logger, item *eventsv1.W
 	hbCtx, stopHB := context.WithCancel(jobCtx)
 	j := &run{ctx: ctx, hbCtx: hbCtx, log: log, item: item, msg: msg, progress: &progress, start: time.Now(),
 		ended: make(chan struct{}), announced: make(chan error, 1), done: make(chan struct{})}
+	// An item delivered again is reported RUNNING at once, without the
+	// delay: its earlier holder may have died within it (a job that kills
+	// its worker, an OOM), unseen by the processor, which counts a lost
+	// worker against the job's attempt limit only once RUNNING is stored.
+	// Were every delivery to wait, such a job would go from worker to
+	// worker, an ack wait apart, for ever; this way each attempt costs at
+	// most two of them before it is counted lost. (A stopping worker's
+	// hand-back looks the same, and costs the report only.)
+	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 1 {
+		j.redelivered = true
+	}
 	runs <- j
 
 	out, qty, herr := r.runHandler(jobCtx, handler, item, func(p int) { progress.Store(int32(min(max(p, 0), 100))) })
@@ -552,18 +564,21 @@ type run struct {
 	progress *atomic.Int32
 	start    time.Time     // when the handler started
 	ended    chan struct{} // closed when the handler has returned
+	// redelivered: the item was delivered before; RUNNING goes out at once.
+	redelivered bool
 	// announced gets the outcome of storing RUNNING: nil too when the
 	// handler ended within RunningDelay and RUNNING was never sent.
 	announced chan error
 	done      chan struct{}
 }
 
-// announce stores j's RUNNING once it has run for RunningDelay, then keeps
-// the item ours and reports progress (heartbeat) until j.hbCtx ends. delay
-// is the companion's timer, stopped between jobs.
+// announce stores j's RUNNING once it has run for RunningDelay (at once if
+// its item was delivered before), then keeps the item ours and reports
+// progress (heartbeat) until j.hbCtx ends. delay is the companion's timer,
+// stopped between jobs.
 func (r *Runner) announce(j *run, delay *time.Timer) {
 	defer close(j.done)
-	if d := r.cfg.RunningDelay - time.Since(j.start); d > 0 {
+	if d := r.cfg.RunningDelay - time.Since(j.start); d > 0 && !j.redelivered {
 		delay.Reset(d)
 		select {
 		case <-j.ended:

@@ -357,3 +357,74 @@ func TestRunningDelayBelowAckWait(t *testing.T) {
 		t.Fatal("running delay of 1s with a 3s ack wait accepted")
 	}
 }
+
+// TestRedeliveredReportedRunningAtOnce: an item delivered again (the worker
+// that took it vanished without a word, or handed it back) is reported
+// RUNNING at once, however soon it ends. Its first holder may have died
+// within the running delay, unseen by the processor, which counts a lost
+// worker against the job's attempt limit only once RUNNING is stored: a job
+// that kills its worker within the delay would otherwise go from worker to
+// worker, an ack wait apart, for ever. A first delivery that ends within
+// the delay is still reported by its end alone.
+func TestRedeliveredReportedRunningAtOnce(t *testing.T) {
+	const ackWait = 3 * time.Second
+	g := newRig(t)
+	var mu sync.Mutex
+	updates := map[string][]*eventsv1.ExecutionUpdate{}
+	g.watch(t, func(u *eventsv1.ExecutionUpdate) {
+		mu.Lock()
+		defer mu.Unlock()
+		updates[u.GetJobId()] = append(updates[u.GetJobId()], u)
+	})
+	// A worker that takes "crashy" and dies holding it, before any report:
+	// the item comes back once its ack wait has passed.
+	cons, err := bus.EnsureConsumer(t.Context(), g.tjs, bus.ConsumerConfig{Stream: bus.StreamWork,
+		Durable: workersdk.ConsumerName(rigService), Filter: []string{bus.WorkQueue(rigService)}, AckWait: ackWait})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.submit(t, "crashy")
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken := 0
+	for range batch.Messages() {
+		taken++ // and never acknowledged
+	}
+	if taken != 1 {
+		t.Fatalf("the vanishing worker took %d items, want 1 (%v)", taken, batch.Error())
+	}
+	g.submit(t, "fresh")
+	g.run(t, workersdk.Config{AckWait: ackWait, RunningDelay: ackWait/3 - 100*time.Millisecond, FetchWait: 200 * time.Millisecond,
+		Profiles: []workersdk.Profile{noOp(nil)}})
+
+	statuses := func(job string) []jobsv1.JobStatus {
+		var out []jobsv1.JobStatus
+		for _, u := range updates[job] {
+			out = append(out, u.GetStatus())
+		}
+		return out
+	}
+	ended := func(job string) bool {
+		us := updates[job]
+		return len(us) > 0 && us[len(us)-1].GetStatus() == jobsv1.JobStatus_JOB_STATUS_COMPLETED
+	}
+	checkFor(t, 20*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return ended("crashy") && ended("fresh")
+	}, func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return fmt.Sprintf("jobs not completed: crashy %v, fresh %v", statuses("crashy"), statuses("fresh"))
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if got := statuses("crashy"); len(got) != 2 || got[0] != jobsv1.JobStatus_JOB_STATUS_RUNNING {
+		t.Errorf("redelivered item reported %v, want RUNNING then COMPLETED", got)
+	}
+	if got := statuses("fresh"); len(got) != 1 {
+		t.Errorf("item delivered once and done within the delay reported %v, want COMPLETED alone", got)
+	}
+}
