@@ -104,6 +104,16 @@ func (m metrics) canceled(ctx context.Context, rec *jobsv1.Job) {
 // ended records the run time of the job's last execution when it started
 // and ended, and returns the profile and tenant attributes of its counters.
 func (m metrics) ended(ctx context.Context, rec *jobsv1.Job) metric.MeasurementOption {
+	m.ran(ctx, rec)
+	return m.attrs.get(attrKey{"profile,tenant", rec.GetProfile(), rec.GetTenant(), ""}, func() []attribute.KeyValue {
+		return []attribute.KeyValue{attribute.String("profile", rec.GetProfile()), attribute.String("tenant", rec.GetTenant())}
+	})
+}
+
+// ran records the run time of the job's last execution when it started and
+// ended: at its end, or later for one ended before its start was known
+// (record.TakeStart).
+func (m metrics) ran(ctx context.Context, rec *jobsv1.Job) {
 	if ex := record.Current(rec); ex != nil && ex.GetStartTime() != nil && ex.GetEndTime() != nil {
 		if d := ex.GetEndTime().AsTime().Sub(ex.GetStartTime().AsTime()); d >= 0 {
 			status := jobstate.Name(rec.GetStatus())
@@ -114,9 +124,6 @@ func (m metrics) ended(ctx context.Context, rec *jobsv1.Job) metric.MeasurementO
 				}))
 		}
 	}
-	return m.attrs.get(attrKey{"profile,tenant", rec.GetProfile(), rec.GetTenant(), ""}, func() []attribute.KeyValue {
-		return []attribute.KeyValue{attribute.String("profile", rec.GetProfile()), attribute.String("tenant", rec.GetTenant())}
-	})
 }
 
 func (m metrics) lost(ctx context.Context, profile string) {

@@ -413,27 +413,41 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 	// news: the report changed the job, or may have (the record already
 	// said so: a redelivery, perhaps after a crash before the announcement).
 	// Not so a heartbeat that only confirms what the record says. started:
-	// the report started the attempt.
-	var news, started bool
+	// the report started the attempt. tookStart: the report only told when
+	// and where an attempt the processor had ended already ran (see
+	// record.TakeStart); what follows goes by applied, Apply's own outcome.
+	var news, started, tookStart bool
+	var applied record.Outcome
 	rec, outcome, err := p.store.update(ctx, id, func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
+		tookStart = false
 		if rec == nil {
+			applied = record.Ignored
 			return nil, record.Ignored, nil
 		}
 		before := rec.GetStatus()
-		outcome := record.Apply(rec, &u, p.cfg.Now())
-		news = outcome == record.Applied || u.GetMessage() != record.HeartbeatMessage
-		started = outcome == record.Applied && before != jobsv1.JobStatus_JOB_STATUS_RUNNING
-		if outcome == record.AlreadyApplied {
+		applied = record.Apply(rec, &u, p.cfg.Now())
+		news = applied == record.Applied || u.GetMessage() != record.HeartbeatMessage
+		started = applied == record.Applied && before != jobsv1.JobStatus_JOB_STATUS_RUNNING
+		if applied == record.AlreadyApplied {
 			// A heartbeat: keep the record's sign of life fresh (a few
 			// writes per heartbeat timeout, no more).
 			if record.Beat(rec, &u, p.cfg.Now(), p.cfg.HeartbeatTimeout/4) == record.Applied {
 				return rec, record.Applied, nil
 			}
 		}
-		return rec, outcome, nil
+		if applied != record.Applied && record.TakeStart(rec, &u) == record.Applied {
+			tookStart = true
+			return rec, record.Applied, nil // written, not counted again
+		}
+		return rec, applied, nil
 	})
 	if err != nil {
 		return fmt.Errorf("apply %s of job %s attempt %d: %w", jobstate.Name(u.GetStatus()), id, u.GetAttempt(), err)
+	}
+	if tookStart {
+		// Its end was counted without a run time: measure it now.
+		p.metrics.ran(ctx, rec)
+		outcome = applied
 	}
 	log := slog.With("job_id", id, "attempt", u.GetAttempt(), "status", jobstate.Name(u.GetStatus()), "progress", u.GetProgress())
 	switch {

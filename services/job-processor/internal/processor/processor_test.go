@@ -530,6 +530,33 @@ func TestCancelWithdrawsQueuedItem(t *testing.T) {
 	}
 }
 
+// A cancel within the worker's running delay finds the job SCHEDULED, its
+// execution without a start: the worker, which reports RUNNING only past
+// the delay, had taken it already. Its report that follows (CANCELED, told
+// to stop) changes nothing but says that the attempt ran, since when and
+// where, which the execution then shows.
+func TestCancelWithinRunningDelayKeepsStart(t *testing.T) {
+	b := setup(t, oneService(), time.Minute)
+	b.create(t, "job-d")
+	b.waitStatuses(t, "job-d", "SCHEDULED")
+	start := time.Now().Truncate(time.Millisecond) // the worker takes the item
+	b.publish(t, bus.SubjectJobCancel, "cancel-job-d", &eventsv1.JobCancelRequested{JobId: "job-d", Tenant: "t1"})
+	b.waitStatuses(t, "job-d", "SCHEDULED CANCELED")
+	if ex := b.record(t, "job-d").GetExecutions()[0]; ex.GetStartTime() != nil {
+		t.Fatalf("execution canceled before any report has a start: %v", ex)
+	}
+	u := update("job-d", 1, canceled, 0)
+	u.StartTime = timestamppb.New(start)
+	b.exec(t, u)
+	b.settled(t, processor.DurableExec)
+	b.waitStatuses(t, "job-d", "SCHEDULED CANCELED")
+	rec := b.record(t, "job-d")
+	if ex := rec.GetExecutions()[0]; rec.Status != canceled || ex.GetStatus() != canceled || !ex.GetStartTime().AsTime().Equal(start) ||
+		ex.GetInstanceId() != "probe-1" || ex.GetEndTime() == nil {
+		t.Errorf("record %v: execution %v, want CANCELED, started at %v on probe-1", jobstate.Name(rec.Status), ex, start)
+	}
+}
+
 // A cancel that overtakes its JobCreated is retried until the record exists.
 func TestCancelBeforeCreated(t *testing.T) {
 	b := setup(t, &registryStandIn{}, time.Minute)

@@ -290,6 +290,30 @@ func Apply(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate, now time.Time) Outcome 
 
 func clampProgress(p int32) int32 { return min(max(p, 0), 100) }
 
+// TakeStart gives rec's current execution, ended by the processor before any
+// report said a worker had started it, the start time and instance of u, a
+// report of that attempt that says so: Applied when it did, else Ignored.
+//
+// A worker reports RUNNING only once a job has run for its running delay
+// (100ms), so a cancel or the deadline within it finds the execution
+// SCHEDULED, without a start, and ends it so. The worker's report that
+// follows (its CANCELED, told to stop; a COMPLETED that overtook the stop;
+// a RUNNING if it missed the stop) changes nothing else then, but it says
+// that the attempt ran, since when, and where: without it the execution
+// would read as never started, and its run time would go unmeasured.
+func TakeStart(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate) Outcome {
+	cur := Current(rec)
+	if cur == nil || u.GetAttempt() != cur.GetAttempt() || !jobstate.IsTerminal(cur.GetStatus()) ||
+		cur.GetStartTime() != nil || !u.GetStartTime().IsValid() {
+		return Ignored
+	}
+	cur.StartTime = u.GetStartTime()
+	if cur.GetInstanceId() == "" {
+		cur.InstanceId = u.GetInstanceId()
+	}
+	return Applied
+}
+
 // StatusAttempt is the attempt a status of rec belongs to: the attempt it is
 // queued for while QUEUED, and when it ended so, else the current one (0 if
 // it never ran).

@@ -219,6 +219,50 @@ func TestApplyTerminalAlone(t *testing.T) {
 	}
 }
 
+// TestTakeStart: an execution the processor ended (a cancel, the deadline)
+// before its worker reported RUNNING takes the start and instance the
+// worker's report of that attempt carries; nothing else does.
+func TestTakeStart(t *testing.T) {
+	start := t0.Add(10 * time.Second)
+	report := func(attempt int32, st jobsv1.JobStatus) *eventsv1.ExecutionUpdate {
+		u := update(attempt, st, 0)
+		u.StartTime = timestamppb.New(start)
+		return u
+	}
+	for _, st := range []jobsv1.JobStatus{canceled, completed, running} {
+		rec := recordIn(scheduled, 0)
+		if Cancel(rec, now) != Applied {
+			t.Fatal("cancel not applied")
+		}
+		if got := Apply(rec, report(2, st), now); got == Applied {
+			t.Fatalf("%v after the cancel applied", st)
+		}
+		if got := TakeStart(rec, report(2, st)); got != Applied {
+			t.Fatalf("%v after the cancel: TakeStart %v, want applied", st, got)
+		}
+		cur := Current(rec)
+		if !cur.GetStartTime().AsTime().Equal(start) || cur.GetInstanceId() != "i1" || cur.GetStatus() != canceled || rec.Status != canceled {
+			t.Errorf("%v after the cancel: execution %v, want CANCELED, started at %v on i1", st, cur, start)
+		}
+		if got := TakeStart(rec, report(2, st)); got != Ignored {
+			t.Errorf("%v again: TakeStart %v, want ignored (the start is known)", st, got)
+		}
+	}
+	for name, c := range map[string]struct {
+		rec *jobsv1.Job
+		u   *eventsv1.ExecutionUpdate
+	}{
+		"unfinished":        {recordIn(scheduled, 0), report(2, running)},
+		"earlier attempt":   {func() *jobsv1.Job { r := recordIn(scheduled, 0); Cancel(r, now); return r }(), report(1, canceled)},
+		"without its start": {func() *jobsv1.Job { r := recordIn(scheduled, 0); Cancel(r, now); return r }(), update(2, canceled, 0)},
+	} {
+		before := proto.Clone(c.rec)
+		if got := TakeStart(c.rec, c.u); got != Ignored || !proto.Equal(before, c.rec) {
+			t.Errorf("%s: TakeStart %v, record %v; want ignored, unchanged", name, got, c.rec)
+		}
+	}
+}
+
 func TestNew(t *testing.T) {
 	job := &jobsv1.Job{Id: "j1", Tenant: "t", Profile: "P", Status: jobsv1.JobStatus_JOB_STATUS_NEW, CreateTime: timestamppb.New(t0)}
 	rec := New(job, now)
