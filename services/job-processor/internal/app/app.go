@@ -13,6 +13,7 @@ import (
 	"github.com/medius-platform/medius/pkg/adminserver"
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/etcdclient"
 	"github.com/medius-platform/medius/pkg/grpcx"
 	"github.com/medius-platform/medius/pkg/metrics"
 	"github.com/medius-platform/medius/pkg/registryclient"
@@ -114,7 +115,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer cc.Close()
 	health := healthpb.NewHealthClient(cc)
 
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: cfg.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: nopZap()})
+	etcd, err := etcdclient.New(cfg.EtcdEndpoints, etcdclient.WithLogger(nopZap()))
 	if err != nil {
 		return fmt.Errorf("etcd %v: %w", cfg.EtcdEndpoints, err)
 	}

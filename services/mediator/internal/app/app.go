@@ -16,6 +16,7 @@ import (
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/etcdclient"
 	"github.com/medius-platform/medius/pkg/grpcx"
 	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/medius-platform/medius/pkg/registryclient"
@@ -162,7 +163,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("open bucket %s: %w", bus.BucketJobs, err)
 	}
 
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: cfg.EtcdEndpoints, DialTimeout: 5 * time.Second})
+	etcd, err := etcdclient.New(cfg.EtcdEndpoints)
 	if err != nil {
 		return fmt.Errorf("etcd client %v: %w", cfg.EtcdEndpoints, err)
 	}

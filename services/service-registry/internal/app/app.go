@@ -15,6 +15,7 @@ import (
 	"github.com/medius-platform/medius/pkg/adminserver"
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/etcdclient"
 	"github.com/medius-platform/medius/pkg/grpcx"
 	"github.com/medius-platform/medius/pkg/telemetry"
 	"github.com/medius-platform/medius/services/service-registry/internal/registry"
@@ -125,13 +126,9 @@ func Run(ctx context.Context, cfg Config) error {
 
 	// The client does not block on connecting: the registry starts without
 	// etcd and reports not-ready until etcd answers.
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.EtcdEndpoints,
-		DialTimeout: 5 * time.Second,
-		// Detect a dead etcd connection under idle watches.
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: 5 * time.Second,
-	})
+	// etcdclient turns on keepalive, so a lease or watch stream on a hung
+	// connection is noticed.
+	cli, err := etcdclient.New(cfg.EtcdEndpoints)
 	if err != nil {
 		return fmt.Errorf("etcd client %v: %w", cfg.EtcdEndpoints, err)
 	}
