@@ -71,10 +71,11 @@ type Options struct {
 	RegistryAddr string
 	Instance     Instance
 	Profiles     []Profile
-	// AckWait, DrainTimeout and HeartbeatInterval: see Config.
+	// AckWait, DrainTimeout, HeartbeatInterval and RunningDelay: see Config.
 	AckWait           time.Duration
 	DrainTimeout      time.Duration
 	HeartbeatInterval time.Duration
+	RunningDelay      time.Duration
 	Logger            *slog.Logger
 }
 
@@ -109,7 +110,8 @@ func Serve(ctx context.Context, o Options) error {
 	}
 	runner, err := New(Config{
 		JS: js, NC: nc, Service: o.Instance.Service, InstanceID: o.Instance.InstanceID, Capacity: o.Instance.Capacity,
-		Profiles: o.Profiles, AckWait: o.AckWait, DrainTimeout: o.DrainTimeout, HeartbeatInterval: o.HeartbeatInterval, Logger: log,
+		Profiles: o.Profiles, AckWait: o.AckWait, DrainTimeout: o.DrainTimeout, HeartbeatInterval: o.HeartbeatInterval,
+		RunningDelay: o.RunningDelay, Logger: log,
 	})
 	if err != nil {
 		return err
