@@ -3,7 +3,7 @@
 // limit, each request bounded in time.
 //
 // A change is first published on the events stream (subject
-// medius.events.webhook.<job>, msg id per status and progress, so a repeated
+// medius.events.webhook.<job>, msg id per state (see msgID), so a repeated
 // change is de-duplicated); the durable consumer "mediator-webhooks" delivers
 // it and acks only after the endpoint answered 2xx, so a mediator crash or an
 // endpoint outage only delays the POST.
@@ -38,6 +38,7 @@ import (
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/jobstate"
 	"github.com/medius-platform/medius/pkg/locator"
 	"github.com/medius-platform/medius/pkg/metrics"
 	"github.com/medius-platform/medius/pkg/problem"
@@ -155,15 +156,42 @@ func (n *Notifier) Enqueue(ctx context.Context, job *jobsv1.Job) error {
 	if job.GetNotificationEndpoint() == "" {
 		return nil
 	}
-	attempt := int32(0)
-	if ex := job.GetExecutions(); len(ex) > 0 {
-		attempt = ex[len(ex)-1].GetAttempt()
-	}
-	id := fmt.Sprintf("webhook-%s-%d-%d-%d", job.GetId(), attempt, job.GetStatus(), job.GetProgress())
-	if err := bus.Publish(ctx, n.js, subjectPrefix+job.GetId(), id, job); err != nil {
+	if err := bus.Publish(ctx, n.js, subjectPrefix+job.GetId(), msgID(job), job); err != nil {
 		return fmt.Errorf("enqueue notification of job %s: %w", job.GetId(), err)
 	}
 	return nil
+}
+
+// msgID is the msg id, and Medius-Event-Id, of the notification of job's
+// state: "webhook-<job>-<attempt>-<status>-<progress>[-requeued]", attempt
+// that of its latest execution (0 before any), status the enum number, and
+// "-requeued" while it waits QUEUED for the retry of a latest execution that
+// has ended (lost its worker). The same state always gets the same id, so a
+// change applied again (an event redelivered) is notified once.
+//
+// The suffix keeps the requeue apart from the QUEUED of the restart that
+// added that execution (jobapi.RestartJob adds the restart's at once, not at
+// dispatch): both are QUEUED at progress 0 on one attempt, so without it the
+// stream would drop the news of the restarted attempt's loss as a duplicate
+// within its window, and a receiver de-duplicating on the event id would
+// drop it after. The other states a job may pass through again differ in
+// attempt already, since each run ends on an attempt of its own: a restart
+// adds its execution at once (so a FAILED restarted and FAILED again, even
+// before dispatch, names a new attempt), and a job ended while waiting for
+// a retry (canceled, its deadline) names the lost attempt, which ended
+// nothing else.
+func msgID(job *jobsv1.Job) string {
+	attempt := int32(0)
+	var latest *jobsv1.Execution
+	if ex := job.GetExecutions(); len(ex) > 0 {
+		latest = ex[len(ex)-1]
+		attempt = latest.GetAttempt()
+	}
+	id := fmt.Sprintf("webhook-%s-%d-%d-%d", job.GetId(), attempt, job.GetStatus(), job.GetProgress())
+	if job.GetStatus() == jobsv1.JobStatus_JOB_STATUS_QUEUED && latest != nil && jobstate.IsTerminal(latest.GetStatus()) {
+		id += "-requeued"
+	}
+	return id
 }
 
 // Run delivers until ctx ends.
