@@ -376,7 +376,18 @@ func TestStrandedJobMovesToNextCandidate(t *testing.T) {
 		t.Fatalf("work item on probe-premium = %v", w)
 	}
 	waitFor(t, "probe's stale item withdrawn", func() bool { return b.workCount(t, "probe") == 0 })
-	b.waitStatuses(t, "job-s", "SCHEDULED SCHEDULED")
+	evs := b.waitStatuses(t, "job-s", "SCHEDULED SCHEDULED")
+	// The move's announcement carries the attempt it ended: no event of its
+	// own says so, and the mediator's record would keep it SCHEDULED.
+	if evs[0].GetPreviousExecution() != nil {
+		t.Fatalf("first SCHEDULED carries a previous execution: %v", evs[0])
+	}
+	prev := evs[1].GetPreviousExecution()
+	if evs[1].GetExecution().GetAttempt() != 2 || evs[1].GetExecution().GetService() != "probe-premium" ||
+		prev.GetAttempt() != 1 || prev.GetService() != "probe" || prev.GetStatus() != jobsv1.JobStatus_JOB_STATUS_FAILED ||
+		prev.GetError().GetType() != record.ProblemServiceGone {
+		t.Fatalf("announcement of the move = %v, want attempt 2 on probe-premium after attempt 1 on probe FAILED service-unavailable", evs[1])
+	}
 }
 
 // cancelHandled waits until durable has handled its first message: acked

@@ -396,6 +396,17 @@ func StatusEvent(rec *jobsv1.Job) *eventsv1.JobStatusChanged {
 	// showing it RUNNING until the retry runs.
 	if cur := Current(rec); cur != nil && (rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_QUEUED || requeued(rec)) {
 		ev.Execution = cur
+		// The attempt before, ended, rides along: one that ended as this
+		// one began (Reroute: FAILED, the next SCHEDULED at once) is named
+		// by no event of its own, and the mediator would keep it as it
+		// last heard of it. Each event of the later attempt carries it, so
+		// the first the mediator applies ends it there; a first attempt
+		// carries nothing.
+		if n := len(rec.GetExecutions()); n > 1 {
+			if prev := rec.Executions[n-2]; jobstate.IsTerminal(prev.GetStatus()) {
+				ev.PreviousExecution = prev
+			}
+		}
 	}
 	return ev
 }

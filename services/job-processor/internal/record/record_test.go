@@ -476,7 +476,42 @@ func TestStatusEvent(t *testing.T) {
 	if Restart(restarted, 2, now) != Applied {
 		t.Fatal("restart not applied")
 	}
-	if ev := StatusEvent(restarted); ev.Status != queued || ev.Execution != nil {
+	if ev := StatusEvent(restarted); ev.Status != queued || ev.Execution != nil || ev.PreviousExecution != nil {
 		t.Errorf("StatusEvent of a restarted job = %v, want QUEUED naming no attempt", ev)
+	}
+}
+
+// A rerouted job's announcement carries the attempt it moved off, ended,
+// beside the new one: no other event names that attempt, and without it
+// the mediator's record would keep it SCHEDULED for good. A first attempt
+// carries none.
+func TestStatusEventReroute(t *testing.T) {
+	rec := New(&jobsv1.Job{Id: "j1", Profile: "P"}, t0)
+	if Schedule(rec, "gone", t0) != Applied {
+		t.Fatal("schedule not applied")
+	}
+	if ev := StatusEvent(rec); ev.Execution.GetAttempt() != 1 || ev.PreviousExecution != nil {
+		t.Fatalf("StatusEvent of a first attempt = %v, want attempt 1 and no previous execution", ev)
+	}
+	if Reroute(rec, 1, "gone", "next", now) != Applied {
+		t.Fatal("reroute not applied")
+	}
+	ev := StatusEvent(rec)
+	if ev.Status != scheduled || ev.Execution.GetAttempt() != 2 || ev.Execution.GetService() != "next" {
+		t.Fatalf("StatusEvent of a rerouted job = %v, want SCHEDULED naming attempt 2 on next", ev)
+	}
+	prev := ev.GetPreviousExecution()
+	if prev.GetAttempt() != 1 || prev.GetService() != "gone" || prev.GetStatus() != failed ||
+		prev.GetError().GetType() != ProblemServiceGone || prev.GetEndTime() == nil {
+		t.Fatalf("previous execution = %v, want attempt 1 on gone FAILED service-unavailable", prev)
+	}
+	// The new attempt's later news carries it too, in case the mediator
+	// never applies the SCHEDULED (a redelivery overtaken by the RUNNING).
+	if Apply(rec, &eventsv1.ExecutionUpdate{JobId: "j1", Attempt: 2, Service: "next", InstanceId: "i1", Status: running,
+		Progress: 10, StartTime: timestamppb.New(now)}, now) != Applied {
+		t.Fatal("running not applied")
+	}
+	if ev := StatusEvent(rec); ev.Execution.GetAttempt() != 2 || ev.GetPreviousExecution().GetAttempt() != 1 {
+		t.Fatalf("StatusEvent of the rerouted job running = %v, want attempt 2 with attempt 1 before it", ev)
 	}
 }

@@ -313,6 +313,19 @@ func apply(job *jobsv1.Job, ev *eventsv1.JobStatusChanged, now time.Time) bool {
 	if ex.GetAttempt() > 0 {
 		upsertExecution(job, ex)
 	}
+	// The attempt before ended as this one began, or before: one moved off
+	// a service with no live instance left ends FAILED as the next is
+	// SCHEDULED, and no event of its own says so. Only an ended copy is
+	// taken, so it never moves an execution back. It replaces whatever the
+	// record has, ended or not: once a later attempt exists the processor
+	// never changes an execution (an end is final, and only the current one
+	// takes a worker's start), so every event carries the same copy, and a
+	// record's own can only be older (a restart's QUEUED, a SCHEDULED never
+	// told it ended, an end without the start taken after).
+	if prev := ev.GetPreviousExecution(); prev.GetAttempt() > 0 && prev.GetAttempt() < ex.GetAttempt() &&
+		jobstate.IsTerminal(prev.GetStatus()) {
+		upsertExecution(job, prev)
+	}
 	return true
 }
 

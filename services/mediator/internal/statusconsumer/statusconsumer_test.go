@@ -129,6 +129,81 @@ func TestApplyRequeue(t *testing.T) {
 	}
 }
 
+// TestApplyReroute: a job moved off a service with no live instance left is
+// announced SCHEDULED on its next attempt, carrying the attempt it ended
+// (FAILED service-unavailable), which no event of its own names: the job
+// record shows that attempt ended, not SCHEDULED for good.
+func TestApplyReroute(t *testing.T) {
+	now := time.Now()
+	moved := &jobsv1.Execution{Attempt: 1, Service: "gone", Status: statusFailed, EndTime: timestamppb.New(now),
+		Error: &jobsv1.Problem{Type: "urn:medius:problem:service-unavailable"}}
+	rerouted := func(status jobsv1.JobStatus, progress int32) *eventsv1.JobStatusChanged {
+		e := ev(status, 2, progress)
+		e.PreviousExecution = moved
+		return e
+	}
+	scheduled := func() *jobsv1.Job {
+		job := &jobsv1.Job{Id: "j", Status: statusNew}
+		first := ev(statusScheduled, 1, 0)
+		first.Execution.Service = "gone"
+		if !apply(job, first, now) {
+			t.Fatal("first SCHEDULED not applied")
+		}
+		return job
+	}
+	endsMoved := func(name string, job *jobsv1.Job, want jobsv1.JobStatus) {
+		t.Helper()
+		if len(job.Executions) != 2 || !proto.Equal(job.Executions[0], moved) || job.Executions[1].GetStatus() != want {
+			t.Fatalf("%s: executions %v, want attempt 1 FAILED service-unavailable, attempt 2 %s", name, job.Executions, want)
+		}
+	}
+
+	job := scheduled()
+	if !apply(job, rerouted(statusScheduled, 0), now) || job.Status != statusScheduled {
+		t.Fatalf("rerouted SCHEDULED not applied: %v", job)
+	}
+	endsMoved("rerouted", job, statusScheduled)
+	// The moved attempt's own SCHEDULED, redelivered late, does not bring
+	// it back.
+	late := ev(statusScheduled, 1, 0)
+	late.Execution.Service = "gone"
+	if apply(job, late, now) {
+		t.Fatal("the moved attempt's late SCHEDULED applied")
+	}
+	// An execution before it not ended is not taken (an execution never
+	// goes back from its end).
+	unended := rerouted(statusRunning, 10)
+	unended.PreviousExecution = &jobsv1.Execution{Attempt: 1, Service: "gone", Status: statusScheduled}
+	if !apply(job, unended, now) {
+		t.Fatal("RUNNING of attempt 2 not applied")
+	}
+	endsMoved("after a previous execution not ended", job, statusRunning)
+
+	// The rerouted SCHEDULED never applied here (overtaken by the RUNNING):
+	// the new attempt's later news ends the moved one all the same.
+	job = scheduled()
+	if !apply(job, rerouted(statusRunning, 10), now) || job.Status != statusRunning {
+		t.Fatalf("RUNNING of the rerouted attempt not applied: %v", job)
+	}
+	endsMoved("running, its SCHEDULED missed", job, statusRunning)
+
+	// A restarted job: the record has the run's attempt 1 ended (told
+	// before the processor took its worker's start) and the restart's
+	// attempt 2 QUEUED. Attempt 2's SCHEDULED carries attempt 1 as the
+	// processor has it, for good: its end unchanged, its start added.
+	ended := &jobsv1.Execution{Attempt: 1, Service: "svc", Status: jobsv1.JobStatus_JOB_STATUS_CANCELED, EndTime: timestamppb.New(now)}
+	job = &jobsv1.Job{Id: "j", Status: statusQueued, Executions: []*jobsv1.Execution{ended,
+		{Attempt: 2, Status: statusQueued, Restarted: true}}}
+	final := proto.CloneOf(ended)
+	final.StartTime, final.InstanceId = timestamppb.New(now.Add(-time.Second)), "i1"
+	restartScheduled := ev(statusScheduled, 2, 0)
+	restartScheduled.PreviousExecution = final
+	if !apply(job, restartScheduled, now) || len(job.Executions) != 2 || !proto.Equal(job.Executions[0], final) ||
+		job.Executions[1].GetStatus() != statusScheduled {
+		t.Fatalf("restarted job scheduled: executions %v, want attempt 1 with its start, attempt 2 SCHEDULED", job.Executions)
+	}
+}
+
 // An end naming no attempt is the end of a run that never dispatched one:
 // it ends a job that has no attempt (no service took it), never one that
 // has, i.e. a job restarted after it, whose record holds the restart's

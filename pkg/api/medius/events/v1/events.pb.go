@@ -443,8 +443,17 @@ type JobStatusChanged struct {
 	Execution        *v1.Execution          `protobuf:"bytes,7,opt,name=execution,proto3" json:"execution,omitempty"`
 	VerifiedQuantity float64                `protobuf:"fixed64,8,opt,name=verified_quantity,json=verifiedQuantity,proto3" json:"verified_quantity,omitempty"`
 	Time             *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=time,proto3" json:"time,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The execution of the attempt before `execution`, once it has ended; unset
+	// otherwise (a first attempt, an event naming none). A change names only
+	// its own attempt, so an attempt that ended as the next one began (moved
+	// off a service with no live instance left: FAILED, the next SCHEDULED
+	// elsewhere) would otherwise stay as the mediator last heard of it for
+	// good. Every event of the later attempt carries it, so whichever of them
+	// the mediator applies first ends it there. Once a later attempt exists
+	// the processor never changes an execution, so any copy is the last word.
+	PreviousExecution *v1.Execution `protobuf:"bytes,10,opt,name=previous_execution,json=previousExecution,proto3" json:"previous_execution,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *JobStatusChanged) Reset() {
@@ -536,6 +545,13 @@ func (x *JobStatusChanged) GetVerifiedQuantity() float64 {
 func (x *JobStatusChanged) GetTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.Time
+	}
+	return nil
+}
+
+func (x *JobStatusChanged) GetPreviousExecution() *v1.Execution {
+	if x != nil {
+		return x.PreviousExecution
 	}
 	return nil
 }
@@ -755,7 +771,7 @@ const file_medius_events_v1_events_proto_rawDesc = "" +
 	" \x01(\x01R\x10verifiedQuantity\x12.\n" +
 	"\x04time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x129\n" +
 	"\n" +
-	"start_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\"\x97\x03\n" +
+	"start_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\"\xe1\x03\n" +
 	"\x10JobStatusChanged\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x121\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x19.medius.jobs.v1.JobStatusR\x06status\x12\x1a\n" +
@@ -765,7 +781,9 @@ const file_medius_events_v1_events_proto_rawDesc = "" +
 	"\x05error\x18\x06 \x01(\v2\x17.medius.jobs.v1.ProblemR\x05error\x127\n" +
 	"\texecution\x18\a \x01(\v2\x19.medius.jobs.v1.ExecutionR\texecution\x12+\n" +
 	"\x11verified_quantity\x18\b \x01(\x01R\x10verifiedQuantity\x12.\n" +
-	"\x04time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xe8\x01\n" +
+	"\x04time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12H\n" +
+	"\x12previous_execution\x18\n" +
+	" \x01(\v2\x19.medius.jobs.v1.ExecutionR\x11previousExecution\"\xe8\x01\n" +
 	"\x16ServiceInstanceChanged\x12A\n" +
 	"\x04kind\x18\x01 \x01(\x0e2-.medius.events.v1.ServiceInstanceChanged.KindR\x04kind\x12?\n" +
 	"\binstance\x18\x02 \x01(\v2#.medius.registry.v1.ServiceInstanceR\binstance\"J\n" +
@@ -830,13 +848,14 @@ var file_medius_events_v1_events_proto_depIdxs = []int32{
 	14, // 10: medius.events.v1.JobStatusChanged.error:type_name -> medius.jobs.v1.Problem
 	16, // 11: medius.events.v1.JobStatusChanged.execution:type_name -> medius.jobs.v1.Execution
 	15, // 12: medius.events.v1.JobStatusChanged.time:type_name -> google.protobuf.Timestamp
-	0,  // 13: medius.events.v1.ServiceInstanceChanged.kind:type_name -> medius.events.v1.ServiceInstanceChanged.Kind
-	17, // 14: medius.events.v1.ServiceInstanceChanged.instance:type_name -> medius.registry.v1.ServiceInstance
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	16, // 13: medius.events.v1.JobStatusChanged.previous_execution:type_name -> medius.jobs.v1.Execution
+	0,  // 14: medius.events.v1.ServiceInstanceChanged.kind:type_name -> medius.events.v1.ServiceInstanceChanged.Kind
+	17, // 15: medius.events.v1.ServiceInstanceChanged.instance:type_name -> medius.registry.v1.ServiceInstance
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_medius_events_v1_events_proto_init() }
