@@ -68,8 +68,14 @@ func New(store *jobstore.Store) *Consumer { return &Consumer{store: store, now: 
 // error hands the event back for redelivery.
 func (c *Consumer) OnTerminal(h Hook) { c.onTerminal = append(c.onTerminal, h) }
 
-// OnChange adds h, run after each applied change (notifications, watchers).
-// Its errors are logged, not retried: it must keep its own delivery promise.
+// OnChange adds h, run after each applied change (notifications). An error
+// telling it the state the events leave the job in, when terminal, hands
+// the events back for redelivery; the redelivered event that ended the job
+// finds it ended already and tells h again. So a process dying between
+// ending a job and telling h, or h failing then, does not lose the end: h
+// must take a repeat (the notifier's msg id does). Other errors are logged:
+// a job's next state, or the same one redelivered, applies again and tells
+// h then.
 func (c *Consumer) OnChange(h Hook) { c.onChange = append(c.onChange, h) }
 
 func (c *Consumer) terminal(ctx context.Context, job *jobsv1.Job) error {
@@ -201,7 +207,13 @@ func (c *Consumer) Apply(ctx context.Context, evs ...*eventsv1.JobStatusChanged)
 			}
 			slog.DebugContext(ctx, "status event ignored", "job", id, "status", jobstate.Name(evs[len(evs)-1].GetStatus()),
 				"events", len(evs), "current", jobstate.Name(job.GetStatus()), "attempt", evs[len(evs)-1].GetExecution().GetAttempt())
-			return c.terminal(ctx, job)
+			var told error
+			if endedBy(job, evs[len(evs)-1]) {
+				// The event that ended the job, again: the change hooks
+				// may not have been told (see OnChange).
+				told = c.tell(ctx, job, true)
+			}
+			return errors.Join(c.terminal(ctx, job), told)
 		}
 		_, err = c.store.Update(ctx, job, rev)
 		if errors.Is(err, jobstore.ErrConflict) {
@@ -213,16 +225,39 @@ func (c *Consumer) Apply(ctx context.Context, evs ...*eventsv1.JobStatusChanged)
 		}
 		slog.DebugContext(ctx, "job status applied", "job", id, "status", jobstate.Name(job.GetStatus()),
 			"progress", job.GetProgress(), "events", len(evs))
-		for _, state := range states {
-			for _, h := range c.onChange {
-				if err := h(ctx, state); err != nil {
-					slog.WarnContext(ctx, "job change hook", "job", id, "err", err)
-				}
+		var told error
+		for i, state := range states {
+			if err := c.tell(ctx, state, i == len(states)-1); err != nil {
+				told = err
 			}
 		}
-		return c.terminal(ctx, job)
+		return errors.Join(c.terminal(ctx, job), told)
 	}
 	return fmt.Errorf("apply status to job %s: %w", id, jobstore.ErrConflict)
+}
+
+// tell runs the change hooks on state, the last the events leave the job in
+// if last. It returns their error only for a last, terminal state, which
+// only a redelivery can tell them again (see OnChange); others are logged.
+func (c *Consumer) tell(ctx context.Context, state *jobsv1.Job, last bool) error {
+	var errs []error
+	for _, h := range c.onChange {
+		if err := h(ctx, state); err != nil {
+			slog.WarnContext(ctx, "job change hook", "job", state.GetId(), "status", jobstate.Name(state.GetStatus()), "err", err)
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil && last && jobstate.IsTerminal(state.GetStatus()) {
+		return fmt.Errorf("change hooks of job %s %s: %w", state.GetId(), jobstate.Name(state.GetStatus()), err)
+	}
+	return nil
+}
+
+// endedBy reports whether ev announces the end job is in: its status, of
+// the attempt job's end belongs to (none when it never had one).
+func endedBy(job *jobsv1.Job, ev *eventsv1.JobStatusChanged) bool {
+	return jobstate.IsTerminal(job.GetStatus()) && ev.GetStatus() == job.GetStatus() &&
+		ev.GetExecution().GetAttempt() == latestAttempt(job)
 }
 
 // applyAll applies evs in turn to job and returns the state after each one

@@ -3,6 +3,7 @@ package statusconsumer
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -492,5 +493,58 @@ func TestApplyTogether(t *testing.T) {
 		if !proto.Equal(got.changed[i], want.changed[i]) {
 			t.Fatalf("state %d told: %v\nwant %v", i, got.changed[i], want.changed[i])
 		}
+	}
+}
+
+// The end of a job reaches the change hooks (notifications) even if the
+// process dies between writing it and telling them, or they fail then: the
+// failure hands the event back, and the redelivered event, which finds the
+// job ended already, tells them again. Other late news of an ended job
+// tells them nothing.
+func TestEndToldAgainOnRedelivery(t *testing.T) {
+	env := testsupport.Start(t)
+	ctx := context.Background()
+	store := jobstore.New(env.Jobs)
+	id, _ := jobstore.NewID()
+	if _, err := store.Create(ctx, &jobsv1.Job{Id: id, Tenant: "acme", Status: statusNew}); err != nil {
+		t.Fatal(err)
+	}
+	var told []jobsv1.JobStatus
+	fail := true
+	c := New(store)
+	c.OnChange(func(_ context.Context, job *jobsv1.Job) error {
+		told = append(told, job.GetStatus())
+		if fail && job.GetStatus() == statusCompleted {
+			return errors.New("notifications stream unavailable")
+		}
+		return nil
+	})
+	at := func(e *eventsv1.JobStatusChanged) *eventsv1.JobStatusChanged { e.JobId = id; return e }
+
+	if err := c.Apply(ctx, at(ev(statusRunning, 1, 10))); err != nil {
+		t.Fatal(err)
+	}
+	// The hook fails on the end: the event must come back.
+	if err := c.Apply(ctx, at(ev(statusCompleted, 1, 100))); err == nil {
+		t.Fatal("a failed notification of the end was not handed back for redelivery")
+	}
+	if job, _, err := store.Get(ctx, id); err != nil || job.GetStatus() != statusCompleted {
+		t.Fatalf("record %v %v, want COMPLETED written", job, err)
+	}
+	// Its redelivery finds the job COMPLETED and tells the hook again.
+	fail = false
+	if err := c.Apply(ctx, at(ev(statusCompleted, 1, 100))); err != nil {
+		t.Fatal(err)
+	}
+	// Late news of the ended job tells nothing.
+	if err := c.Apply(ctx, at(ev(statusRunning, 1, 90))); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Apply(ctx, at(ev(statusFailed, 1, 0))); err != nil {
+		t.Fatal(err)
+	}
+	want := []jobsv1.JobStatus{statusRunning, statusCompleted, statusCompleted}
+	if !slices.Equal(told, want) {
+		t.Fatalf("change hook told %v, want %v", told, want)
 	}
 }
