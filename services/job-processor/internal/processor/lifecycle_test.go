@@ -2,6 +2,7 @@ package processor_test
 
 import (
 	"context"
+	"google.golang.org/protobuf/proto"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -542,5 +543,50 @@ func TestRestartAfterEndWhileAwaitingRetryAnnouncesItsEnd(t *testing.T) {
 				t.Fatalf("last announcement %v, want attempt 2's end", last)
 			}
 		})
+	}
+}
+
+// A move whose work item went out but whose SCHEDULED did not (two
+// publishes of one round trip) is announced when the next look finds the
+// stale item: the mediator hears of the new attempt, not only when a
+// worker reports on it.
+func TestMoveAnnouncedWhenOnlyItsItemWentOut(t *testing.T) {
+	reg := oneService()
+	b := setup(t, reg, time.Minute, fast(profiles{"P": {Name: "P"}}))
+	if _, err := bus.EnsureConsumer(b.ctx, b.js, bus.ConsumerConfig{Stream: bus.StreamWork, Durable: "worker-probe",
+		Filter: []string{bus.WorkQueue("probe")}}); err != nil {
+		t.Fatal(err)
+	}
+	const id = "job-half"
+	b.create(t, id)
+	b.waitStatuses(t, id, "SCHEDULED")
+
+	// The move, half done: the record says attempt 2 on probe-premium and
+	// its item is stored there, but no SCHEDULED of attempt 2 went out, and
+	// attempt 1's stale item waits in probe's queue.
+	e, err := b.kv.Get(b.ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &jobsv1.Job{}
+	if err := proto.Unmarshal(e.Value(), rec); err != nil {
+		t.Fatal(err)
+	}
+	if record.Reroute(rec, 1, "probe", "probe-premium", time.Now()) != record.Applied {
+		t.Fatalf("reroute of %v not applied", rec)
+	}
+	data, err := proto.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.kv.Update(b.ctx, id, data, e.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	b.publish(t, bus.SubjectWork("probe-premium", id), record.WorkMsgID(rec), record.WorkItem(rec))
+
+	waitFor(t, "probe's stale item withdrawn", func() bool { return b.workCount(t, "probe") == 0 })
+	evs := b.waitStatuses(t, id, "SCHEDULED SCHEDULED")
+	if ex := evs[1].GetExecution(); ex.GetAttempt() != 2 || ex.GetService() != "probe-premium" {
+		t.Fatalf("second SCHEDULED = %v, want attempt 2 on probe-premium", evs[1])
 	}
 }

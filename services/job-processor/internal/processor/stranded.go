@@ -143,8 +143,9 @@ func (p *Processor) reroute(ctx context.Context, service, id string) (bool, erro
 	return true, p.completeMove(ctx, rec, service)
 }
 
-// completeMove sends the work item of rec's current execution (unless its
-// queue holds it already) and only then withdraws the stale one from
+// completeMove sends the work item of rec's current execution and its
+// SCHEDULED (only the latter if its queue holds the item already) and only
+// then withdraws the stale one from
 // service, so that a failure half-way leaves the stale item for the next
 // look to finish the move.
 func (p *Processor) completeMove(ctx context.Context, rec *jobsv1.Job, service string) error {
@@ -158,6 +159,13 @@ func (p *Processor) completeMove(ctx context.Context, rec *jobsv1.Job, service s
 			}
 		case err != nil:
 			return fmt.Errorf("look for the work item of job %s: %w", rec.GetId(), err)
+		default:
+			// The item went out with its SCHEDULED in one round trip, as
+			// separate publishes: the announcement may be what failed.
+			// Again, under its msg id (stored once).
+			if err := p.announce(ctx, rec); err != nil {
+				return err
+			}
 		}
 	}
 	return p.withdrawWork(ctx, service, rec.GetId())
