@@ -590,3 +590,31 @@ func TestMoveAnnouncedWhenOnlyItsItemWentOut(t *testing.T) {
 		t.Fatalf("second SCHEDULED = %v, want attempt 2 on probe-premium", evs[1])
 	}
 }
+
+// A cancel redelivered late (its replica died before acking it), after the
+// run it ended was restarted, leaves the restarted run alone: the restart
+// is newer news. A cancel of the restarted run, naming it, still ends it.
+func TestLateCancelSparesTheRestartedRun(t *testing.T) {
+	b := setup(t, oneService(), time.Minute, fast(nil))
+	const id = "job-lc"
+	b.create(t, id)
+	b.waitStatuses(t, id, "SCHEDULED")
+	b.publish(t, bus.SubjectJobCancel, "cancel-"+id+"-rev2", &eventsv1.JobCancelRequested{JobId: id, Tenant: "t1", Attempts: 1})
+	b.waitStatuses(t, id, "SCHEDULED CANCELED")
+	b.restart(t, id, 1)
+	b.waitRecord(t, id, "attempt 2 scheduled", func(r *jobsv1.Job) bool {
+		return len(r.Executions) == 2 && r.Status == jobsv1.JobStatus_JOB_STATUS_SCHEDULED
+	})
+
+	// The first cancel again (a redelivery: another message, same content).
+	b.publish(t, bus.SubjectJobCancel, "cancel-"+id+"-rev2-again", &eventsv1.JobCancelRequested{JobId: id, Tenant: "t1", Attempts: 1})
+	b.settled(t, processor.DurableCancel)
+	if rec := b.record(t, id); rec.Status != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || len(rec.Executions) != 2 {
+		t.Fatalf("record after a late cancel of the first run = %v, want attempt 2 still SCHEDULED", rec)
+	}
+
+	b.publish(t, bus.SubjectJobCancel, "cancel-"+id+"-rev5", &eventsv1.JobCancelRequested{JobId: id, Tenant: "t1", Attempts: 2})
+	b.waitRecord(t, id, "attempt 2 canceled", func(r *jobsv1.Job) bool {
+		return r.Status == canceled && len(r.Executions) == 2 && r.Executions[1].GetStatus() == canceled
+	})
+}

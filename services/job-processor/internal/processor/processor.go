@@ -510,6 +510,9 @@ var errUnknownJob = errors.New("no record of job")
 // processor has not applied yet.
 var errRestartPending = errors.New("restart not applied yet")
 
+// errCancelSuperseded: a cancel of a run that has since been restarted.
+var errCancelSuperseded = errors.New("run restarted since")
+
 // A cancel naming a restart the record does not have yet is tried again
 // every cancelRetry, for up to cancelWait from its publication: the
 // restart is usually applied within milliseconds, and at worst announced
@@ -550,8 +553,18 @@ func (p *Processor) HandleCancel(ctx context.Context, msg jetstream.Msg) error {
 		if jobstate.IsTerminal(rec.GetStatus()) && int32(len(rec.GetExecutions())) < ev.GetAttempts() {
 			return rec, record.Ignored, errRestartPending
 		}
+		if record.RestartedAfter(rec, ev.GetAttempts()) {
+			return rec, record.Ignored, errCancelSuperseded
+		}
 		return rec, record.Cancel(rec, p.cfg.Now()), nil
 	})
+	if errors.Is(err, errCancelSuperseded) {
+		// A late redelivery (a replica died before acking it) of a cancel
+		// whose run ended, then was restarted: the restart is newer news.
+		slog.InfoContext(ctx, "cancel of a run since restarted ignored", "job_id", id,
+			"attempts", ev.GetAttempts(), "executions", len(rec.GetExecutions()))
+		return nil
+	}
 	if errors.Is(err, errRestartPending) {
 		md, merr := msg.Metadata()
 		if merr == nil && p.cfg.Now().Sub(md.Timestamp) >= cancelWait {

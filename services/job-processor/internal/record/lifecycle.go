@@ -223,6 +223,26 @@ func Restart(rec *jobsv1.Job, attempts int32, now time.Time) Outcome {
 	return Applied
 }
 
+// RestartedAfter reports whether rec was restarted after its attempt
+// attempts: an execution past it starts a run of its own. A cancel naming
+// attempts (the executions the mediator knew when it was asked for) was
+// then asked for before that restart, and the run it meant has ended
+// (only an ended job is restarted): redelivered late, it must not end the
+// new run. Executions past it added by retries (a lost worker) are the
+// same run, still the cancel's to end. 0, a cancel from an older mediator,
+// names no attempt.
+func RestartedAfter(rec *jobsv1.Job, attempts int32) bool {
+	if attempts <= 0 {
+		return false
+	}
+	for _, ex := range rec.GetExecutions() {
+		if ex.GetAttempt() > attempts && ex.GetRestarted() {
+			return true
+		}
+	}
+	return false
+}
+
 // Beat notes a heartbeat of rec's current, running attempt: the record's
 // update_time becomes the last sign of life the liveness check reads. To
 // keep writes rare it moves only when it is at least minGap old (Applied);

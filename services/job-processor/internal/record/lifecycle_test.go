@@ -355,3 +355,24 @@ func TestQueuedSince(t *testing.T) {
 		t.Errorf("retry queued since %v, want the end of its backoff %v", got, want)
 	}
 }
+
+func TestRestartedAfter(t *testing.T) {
+	ex := func(attempt int32, restarted bool) *jobsv1.Execution {
+		return &jobsv1.Execution{Attempt: attempt, Status: failed, Restarted: restarted}
+	}
+	rec := &jobsv1.Job{Executions: []*jobsv1.Execution{ex(1, false), ex(2, false), ex(3, true), ex(4, false)}}
+	for _, tt := range []struct {
+		attempts int32
+		want     bool
+	}{
+		{0, false}, // an older mediator's cancel names no attempt
+		{1, true},  // attempt 3 restarted the job after it
+		{2, true},
+		{3, false}, // attempt 4 is a retry of the run the cancel names
+		{4, false},
+	} {
+		if got := RestartedAfter(rec, tt.attempts); got != tt.want {
+			t.Errorf("RestartedAfter(attempts %d) = %v, want %v", tt.attempts, got, tt.want)
+		}
+	}
+}
