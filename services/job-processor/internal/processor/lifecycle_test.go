@@ -618,3 +618,103 @@ func TestLateCancelSparesTheRestartedRun(t *testing.T) {
 		return r.Status == canceled && len(r.Executions) == 2 && r.Executions[1].GetStatus() == canceled
 	})
 }
+
+// leaveLostItem puts back the work item of job id's lost attempt, as a
+// failed purge at the loss leaves it: the worker holding it died, and
+// after its ack wait the item would go to another worker. There is no way
+// to make the purge fail, so the item is stored again (under an id of its
+// own: the stream would drop its first id as a duplicate).
+func (b *bundle) leaveLostItem(t *testing.T, id string) {
+	t.Helper()
+	waitFor(t, "the lost attempt's item withdrawn", func() bool { return b.workCount(t, "probe") == 0 })
+	rec := b.record(t, id)
+	lost := record.Current(rec)
+	if lost.GetError().GetType() != record.ProblemWorkerLost {
+		t.Fatalf("current execution %v, want the lost attempt", lost)
+	}
+	b.publish(t, bus.SubjectWork(lost.GetService(), id), record.WorkMsgID(rec)+"-left", record.WorkItem(rec))
+}
+
+// A job whose worker was lost and which ends while it waits for its retry
+// (canceled, or its deadline passes) withdraws the lost attempt's work
+// item, should its withdrawal at the loss have failed: no worker starts an
+// attempt of a job that is over. A worker that took the item already is
+// told to stop when it reports it running: that attempt is still the job's
+// latest.
+func TestEndWhileAwaitingRetryWithdrawsLostItem(t *testing.T) {
+	tests := []struct {
+		name     string
+		deadline time.Duration // 0: none
+		end      func(t *testing.T, b *bundle, id string)
+		want     string
+	}{{
+		name: "canceled",
+		end: func(t *testing.T, b *bundle, id string) {
+			b.publish(t, bus.SubjectJobCancel, "cancel-"+id+"-rev3", &eventsv1.JobCancelRequested{JobId: id, Tenant: "t1", Attempts: 1})
+		},
+		want: "SCHEDULED RUNNING-0 QUEUED CANCELED",
+	}, {
+		name:     "deadline passed",
+		deadline: 5 * time.Second,
+		end:      func(*testing.T, *bundle, string) {},
+		want:     "SCHEDULED RUNNING-0 QUEUED FAILED",
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// The retry waits far longer than the test: the job ends first.
+			b := setup(t, oneService(), time.Minute, fast(nil), func(c *processor.Config) { c.RetryBackoff = time.Hour })
+			const id = "job-lw"
+			job := &jobsv1.Job{Id: id}
+			if tt.deadline > 0 {
+				job.Deadline = timestamppb.New(time.Now().Add(tt.deadline))
+			}
+			b.createJob(t, job)
+			b.waitStatuses(t, id, "SCHEDULED")
+			b.exec(t, update(id, 1, running, 0))
+			// No heartbeat follows: the worker is lost, the job waits for its retry.
+			b.waitStatuses(t, id, "SCHEDULED RUNNING-0 QUEUED")
+			b.leaveLostItem(t, id)
+			if rec := b.record(t, id); rec.Status != jobsv1.JobStatus_JOB_STATUS_QUEUED {
+				t.Fatalf("job %v before its end; the test needs it still waiting for its retry", rec.Status)
+			}
+
+			tt.end(t, b, id)
+			b.waitStatuses(t, id, tt.want)
+			// The item is withdrawn before the end is announced.
+			if n := b.workCount(t, "probe"); n != 0 {
+				t.Fatalf("%d work items left for job %s, ended while awaiting its retry", n, id)
+			}
+
+			stops := b.stopRequests(t, id)
+			b.exec(t, update(id, 1, running, 0))
+			select {
+			case <-stops:
+			case <-time.After(5 * time.Second):
+				t.Fatal("a worker running the lost attempt of an ended job was not told to stop")
+			}
+		})
+	}
+}
+
+// A job failed because its workers were lost, restarted, withdraws the lost
+// attempt's work item, should its withdrawal at the loss have failed: the
+// restart makes that attempt an old one, whose worker's reports are
+// ignored and who is never told to stop (a stop names only the job, and
+// would stop the restarted run too), so a worker taking the item would run
+// it through beside the restarted run.
+func TestRestartAfterLostWorkersWithdrawsLostItem(t *testing.T) {
+	b := setup(t, oneService(), time.Minute, fast(profiles{"P": {Name: "P", MaxAttempts: 1}}))
+	const id = "job-lr"
+	b.create(t, id)
+	b.waitStatuses(t, id, "SCHEDULED")
+	b.exec(t, update(id, 1, running, 0))
+	b.waitStatuses(t, id, "SCHEDULED RUNNING-0 FAILED")
+	b.leaveLostItem(t, id)
+
+	b.restart(t, id, 1)
+	b.waitStatuses(t, id, "SCHEDULED RUNNING-0 FAILED QUEUED SCHEDULED")
+	b.waitWorkItem(t, "probe", "work-"+id+"-2")
+	if n := b.workCount(t, "probe"); n != 1 {
+		t.Fatalf("%d work items queued for restarted job %s, want only the restart's", n, id)
+	}
+}

@@ -592,7 +592,7 @@ func (p *Processor) HandleCancel(ctx context.Context, msg jetstream.Msg) error {
 		p.metrics.canceled(ctx, rec)
 		slog.InfoContext(ctx, "job canceled", "job_id", id)
 	}
-	if err := p.withdrawUnstarted(ctx, rec); err != nil {
+	if err := p.withdrawEnded(ctx, rec); err != nil {
 		return err
 	}
 	if err := p.stopWorker(ctx, rec); err != nil {
@@ -628,15 +628,44 @@ func (p *Processor) withdrawWork(ctx context.Context, service, id string) error 
 	return nil
 }
 
-// withdrawUnstarted withdraws the work item of rec's current execution if
-// no worker started it, so none does now that the job has ended. A started
-// one is left to its worker, which is told to stop and acks it.
-func (p *Processor) withdrawUnstarted(ctx context.Context, rec *jobsv1.Job) error {
+// withdrawEnded withdraws, now that rec has ended, the work item of its
+// current execution if no worker started it, so that none does now. A
+// started one is left to its worker, which is told to stop and acks it;
+// unless that execution lost its worker and the job ended while waiting
+// for its retry (withdrawLost).
+func (p *Processor) withdrawEnded(ctx context.Context, rec *jobsv1.Job) error {
 	cur := record.Current(rec)
-	if cur == nil || cur.GetStartTime() != nil {
+	switch {
+	case cur == nil:
+		return nil
+	case cur.GetStartTime() == nil:
+		return p.withdrawWork(ctx, cur.GetService(), rec.GetId())
+	}
+	return p.withdrawLost(ctx, rec, cur.GetAttempt())
+}
+
+// withdrawLost withdraws the work item of rec's attempt if that attempt
+// lost its worker (its item is bounded by the attempt: see
+// withdrawAttempt). The loss withdrew it already, unless that purge
+// failed (it is only logged: the retry's dispatch does it again); but a
+// job that ends while waiting for the retry, or whose attempts the loss
+// used up, dispatches none, and the dead worker's item would go to another
+// worker after its ack wait, to run an attempt of a job that is over. So
+// the end of the wait withdraws it too (the worker's RUNNING report would
+// get it stopped, but only after it started), and so does a restart,
+// after which that attempt is an old one: its worker's reports are
+// ignored, and it cannot be told to stop without stopping the restarted
+// run (a stop names the job only). Jobs that never lost a worker pay
+// nothing.
+func (p *Processor) withdrawLost(ctx context.Context, rec *jobsv1.Job, attempt int32) error {
+	if attempt < 1 || int(attempt) > len(rec.GetExecutions()) {
 		return nil
 	}
-	return p.withdrawWork(ctx, cur.GetService(), rec.GetId())
+	ex := rec.GetExecutions()[attempt-1]
+	if ex.GetError().GetType() != record.ProblemWorkerLost {
+		return nil
+	}
+	return p.withdrawAttempt(ctx, ex.GetService(), rec.GetId(), attempt)
 }
 
 // announce publishes rec's current state to the mediator.

@@ -425,7 +425,7 @@ func (p *Processor) expire(ctx context.Context, id string, attempt int32, prob *
 		p.metrics.failed(ctx, rec)
 		slog.WarnContext(ctx, "job expired", "job_id", id, "problem", prob.GetType(), "detail", prob.GetDetail())
 	}
-	if err := p.withdrawUnstarted(ctx, rec); err != nil {
+	if err := p.withdrawEnded(ctx, rec); err != nil {
 		return err
 	}
 	if err := p.stopWorker(ctx, rec); err != nil {
@@ -452,7 +452,8 @@ func (p *Processor) loseWorker(ctx context.Context, rec *jobsv1.Job, attempt, ma
 	}
 	lost := rec.GetExecutions()[attempt-1]
 	if err := p.withdrawAttempt(ctx, lost.GetService(), id, attempt); err != nil {
-		// Done again before the retry is dispatched.
+		// Done again before the retry is dispatched, or when the job ends
+		// or is restarted instead (withdrawLost).
 		slog.WarnContext(ctx, "withdraw lost attempt's work item", "job_id", id, "err", err)
 	}
 	p.metrics.lost(ctx, rec.GetProfile())
@@ -532,6 +533,12 @@ func (p *Processor) HandleRestart(ctx context.Context, msg jetstream.Msg) error 
 	}
 	if outcome == record.Applied {
 		slog.InfoContext(ctx, "job restarted", "job_id", id, "attempt", record.NextAttempt(rec))
+	}
+	// The run before may have ended with a lost worker whose item is still
+	// queued (see withdrawLost). Before the restart's item goes out, which
+	// may share its subject: withdrawAttempt looks at the last item only.
+	if err := p.withdrawLost(ctx, rec, ev.GetAttempts()); err != nil {
+		return fmt.Errorf("restart job %s: %w", id, err)
 	}
 	if dl := rec.GetDeadline(); dl != nil && !jobstate.IsTerminal(rec.GetStatus()) {
 		// Also on AlreadyApplied: a redelivery after a crash between the
