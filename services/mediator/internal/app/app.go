@@ -305,9 +305,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return nil
 	})
 	consumer := statusconsumer.New(store)
-	consumer.OnTerminal(func(ctx context.Context, job *jobsv1.Job) error {
-		return admitter.Release(ctx, job.GetTenant(), job.GetId())
-	})
+	// Frees the slots of the runs the ended record shows over, never a
+	// restart's after them: this may run late, or again, after a restart.
+	consumer.OnTerminal(admitter.ReleaseEnded)
 	consumer.OnTerminal(func(ctx context.Context, job *jobsv1.Job) error {
 		_, err := usageStore.RecordJob(ctx, job)
 		return err

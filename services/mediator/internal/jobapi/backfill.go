@@ -7,8 +7,8 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/medius-platform/medius/pkg/jobstate"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
+	"github.com/medius-platform/medius/services/mediator/internal/quota"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -52,15 +52,17 @@ func (s *Server) Backfill(ctx context.Context, cli *clientv3.Client) error {
 	return nil
 }
 
-// QuotaMarkers lists the jobs holding quota slots (quota.Admitter).
+// QuotaMarkers lists the slots held (quota.Admitter).
 type QuotaMarkers interface {
-	Markers(ctx context.Context) (map[[2]string]time.Time, error)
+	Markers(ctx context.Context) ([]quota.Marker, error)
 }
 
-// ReconcileQuota frees the slots of jobs that are gone or ended while
-// their release was lost (a crash between admission and storing the job, a
-// job deleted by hand). Slots younger than minAge are left alone: their job
-// may be in its CreateJob call.
+// ReconcileQuota frees the slots of runs that are over while their release
+// was lost (a crash between admission and storing the job or its restart,
+// a job deleted by hand, a run ended under a mediator that frees only
+// older-layout markers): the job is gone or ended, or runs as another run
+// (quota.Marker.Ended). Slots younger than minAge are left alone: their
+// job may be in its CreateJob or RestartJob call.
 func (s *Server) ReconcileQuota(ctx context.Context, markers QuotaMarkers, minAge time.Duration) (int, error) {
 	if s.admit == nil {
 		return 0, nil
@@ -70,20 +72,21 @@ func (s *Server) ReconcileQuota(ctx context.Context, markers QuotaMarkers, minAg
 		return 0, err
 	}
 	freed := 0
-	for k, admitted := range ms {
-		tenant, id := k[0], k[1]
-		if s.now().Sub(admitted) < minAge {
+	for _, m := range ms {
+		if s.now().Sub(m.Admitted) < minAge {
 			continue
 		}
-		job, _, err := s.store.Get(ctx, id)
+		job, _, err := s.store.Get(ctx, m.Job)
 		switch {
 		case errors.Is(err, jobstore.ErrNotFound):
+			job = nil
 		case err != nil:
 			return freed, err
-		case !jobstate.IsTerminal(job.GetStatus()):
+		}
+		if !m.Ended(job) {
 			continue
 		}
-		if err := s.admit.Release(ctx, tenant, id); err != nil {
+		if err := s.admit.ReleaseRun(ctx, m.Tenant, m.Job, m.Run); err != nil {
 			return freed, err
 		}
 		freed++

@@ -3,6 +3,7 @@ package jobapi
 import (
 	"context"
 	"testing"
+	"time"
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/services/mediator/internal/jobindex"
@@ -62,14 +63,31 @@ func TestReconcileQuota(t *testing.T) {
 	if err := adm.Admit(context.Background(), "acme", "0190b6f1-0000-7000-8000-000000000000", tenants.Quota{MaxConcurrentJobs: 5}); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := adm.Active(context.Background(), "acme"); n != 3 {
-		t.Fatalf("active %d, want 3", n)
+	// Markers of an older mediator (one per job, naming no run), of a
+	// job gone and of the running job; and the slot of a restart of the
+	// running job that never moved its record (run 5, past any attempt
+	// it knows).
+	for _, key := range []string{
+		quota.LegacyMarkerKey("acme", "0190b6f1-0000-7000-8000-000000000001"),
+		quota.LegacyMarkerKey("acme", running.Id),
+		quota.MarkerKey("acme", running.Id, 5),
+	} {
+		if _, err := f.env.EtcdCli.Put(context.Background(), key, time.Now().UTC().Format(time.RFC3339)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.env.EtcdCli.Put(context.Background(), quota.ActiveKey("acme"), "6"); err != nil {
+		t.Fatal(err)
 	}
 	freed, err := f.srv.ReconcileQuota(context.Background(), adm, 0)
-	if err != nil || freed != 2 {
-		t.Fatalf("freed %d, %v; want 2", freed, err)
+	if err != nil || freed != 4 {
+		t.Fatalf("freed %d, %v; want 4", freed, err)
 	}
-	if n, _ := adm.Active(context.Background(), "acme"); n != 1 {
-		t.Fatalf("active %d after reconciliation, want 1 (%s)", n, running.Id)
+	if n, _ := adm.Active(context.Background(), "acme"); n != 2 {
+		t.Fatalf("active %d after reconciliation, want 2 (%s, its run and its older marker)", n, running.Id)
+	}
+	ms, err := adm.Markers(context.Background())
+	if err != nil || len(ms) != 2 || ms[0].Job != running.Id || ms[0].Run != 1 || ms[1].Job != running.Id || ms[1].Run != 0 {
+		t.Fatalf("markers after reconciliation = %+v, %v; want %s's first run and older marker", ms, err, running.Id)
 	}
 }

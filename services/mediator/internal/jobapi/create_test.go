@@ -80,8 +80,8 @@ func (o onlyQuota) Admit(ctx context.Context, tenant, job string) error {
 	return o.Admitter.Admit(ctx, tenant, job, o.q)
 }
 
-func (o onlyQuota) AdmitRestart(ctx context.Context, tenant, job string) (bool, error) {
-	return o.Admitter.AdmitRestart(ctx, tenant, job, o.q)
+func (o onlyQuota) AdmitRestart(ctx context.Context, ended *jobsv1.Job, run int32) (bool, error) {
+	return o.Admitter.AdmitRestart(ctx, ended, run, o.q)
 }
 
 // nextID makes the server name its next job id.
@@ -134,7 +134,7 @@ func TestCreateJobRecordFailsAfterAnnouncement(t *testing.T) {
 
 	// An earlier try stored this job: the create answers "exists", and
 	// the record holding this job is taken for success.
-	if err := f.srv.admit.Release(ctx, "acme", job.GetId()); err != nil {
+	if err := f.srv.admit.ReleaseRun(ctx, "acme", job.GetId(), quota.FirstRun); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()

@@ -13,7 +13,10 @@ import (
 	"github.com/medius-platform/medius/pkg/jobstate"
 	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
+	"github.com/medius-platform/medius/services/mediator/internal/quota"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -65,9 +68,11 @@ func (s *Server) ListJobExecutions(ctx context.Context, req *jobsv1.ListJobExecu
 // The new run takes one of the tenant's concurrent slots, as a new job
 // does, and is refused as CreateJob refuses (ResourceExhausted, 429) when
 // none is free or the period's quantity is used up; the status consumer's
-// release at its end gives it back. It counts no job of the period: a job
-// completes, and is billed, at most once however often it is restarted
-// (see quota.Admitter.AdmitRestart).
+// release at its end gives it back. The slot is the run's own, named by
+// the attempt the restart adds: the release of the run before, late,
+// leaves it alone. It counts no job of the period: a job completes, and is
+// billed, at most once however often it is restarted (see
+// quota.Admitter.AdmitRestart).
 // The job record moves first, so the processor's news of the new attempt
 // finds it no longer terminal. Before it, a restart check is stored (see
 // subjectRestartCheck): once the record has moved, the restart is
@@ -97,9 +102,13 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 		ex = job.GetExecutions()
 	}
 	attempts := int32(len(ex))
+	// The run is named by the attempt it adds, which the job's record
+	// keeps: the terminal hook frees the runs up to the record's latest
+	// attempt, so this one only at its own end.
+	run := attempts + 1
 	took := false
 	if s.admit != nil {
-		if took, err = s.admit.AdmitRestart(ctx, job.GetTenant(), job.GetId()); err != nil {
+		if took, err = s.admit.AdmitRestart(ctx, job, run); err != nil {
 			return nil, admitError(ctx, job.GetId(), err)
 		}
 	}
@@ -107,7 +116,7 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 	if err := s.publishRestartCheck(ctx, ev, rev); err != nil {
 		// Nothing moved: the slot taken is not used.
 		if took {
-			s.release(ctx, job.GetTenant(), job.GetId())
+			s.releaseRun(ctx, job.GetTenant(), job.GetId(), run)
 		}
 		return nil, problem.Unavailable("cannot request the restart now", err)
 	}
@@ -119,7 +128,7 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 	job.EndTime = nil
 	job.VerifiedQuantity = 0
 	job.UpdateTime = timestamppb.New(s.now())
-	addRestartExecution(job, attempts+1)
+	addRestartExecution(job, run)
 	if _, err := s.store.Update(ctx, job, rev); err != nil {
 		// Its check settles a write whose outcome is unknown: stored
 		// (within MinAge), it announces the restart, which then runs
@@ -129,7 +138,7 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 		// ended and the quota reconciliation frees it.
 		if errors.Is(err, jobstore.ErrConflict) {
 			if took {
-				s.releaseUnlessRestarted(ctx, job.GetTenant(), job.GetId())
+				s.releaseUnlessRestarted(ctx, job.GetTenant(), job.GetId(), run)
 			}
 			return nil, problem.FailedPrecondition("job-changed", fmt.Sprintf("job %s changed meanwhile; try again", job.GetId()))
 		}
@@ -145,27 +154,31 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 		// msg id.
 		slog.WarnContext(ctx, "job restarted, announcement deferred to its check", "job", job.GetId(), "err", err)
 	}
-	slog.InfoContext(ctx, "job restart requested", "job", job.GetId(), "attempt", attempts+1)
+	s.admitted.Add(ctx, 1, metric.WithAttributes(attribute.String("profile", job.GetProfile()), attribute.String("tenant", job.GetTenant()), attribute.Bool("restarted", true)))
+	slog.InfoContext(ctx, "job restart requested", "job", job.GetId(), "attempt", run)
 	return job, nil
 }
 
 // releaseUnlessRestarted gives back the quota slot a restart of job id took
-// when its record write lost to another writer, unless that writer was a
-// restart of the same job (asked twice at once), whose run holds the slot:
-// a job's slot is one marker, whoever took it. Should the record not be
-// read, the slot is kept: the quota reconciliation frees the slot of a job
-// that stays ended.
-func (s *Server) releaseUnlessRestarted(ctx context.Context, tenant, id string) {
+// for run when its record write lost to another writer, unless that writer
+// was a restart of the same job asked at the same moment, which named the
+// same run and holds the slot: a run's slot is one marker, whoever took
+// it. The record tells (quota.Marker.Ended): a job ended, or running as
+// another run, does not use it. Should the record not be read, the slot is
+// kept: the quota reconciliation frees it once the job shows it unused.
+func (s *Server) releaseUnlessRestarted(ctx context.Context, tenant, id string, run int32) {
 	job, _, err := s.store.Get(context.WithoutCancel(ctx), id)
 	switch {
 	case errors.Is(err, jobstore.ErrNotFound):
+		job = nil
 	case err != nil:
 		slog.WarnContext(ctx, "restart refused; its quota slot left to the reconciliation", "job", id, "err", err)
 		return
-	case !jobstate.IsTerminal(job.GetStatus()):
-		return // restarted meanwhile: its run holds the slot
 	}
-	s.release(ctx, tenant, id)
+	if !(quota.Marker{Tenant: tenant, Job: id, Run: run}).Ended(job) {
+		return // restarted meanwhile as this run: it holds the slot
+	}
+	s.releaseRun(ctx, tenant, id, run)
 }
 
 // addRestartExecution adds to job the execution of attempt, the one its

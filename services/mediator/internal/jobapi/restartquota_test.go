@@ -2,6 +2,8 @@ package jobapi
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +14,9 @@ import (
 	"github.com/medius-platform/medius/services/mediator/internal/tenants"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -29,11 +34,24 @@ func wantQuotaRefusal(t *testing.T, err error, quotaType string) {
 }
 
 // endJob ends job id as the status consumer does: the record terminal,
-// then its quota slot released (the terminal hook).
+// then the quota slots of its runs over released (the terminal hook).
 func endJob(t *testing.T, f *fixture, id string, st jobsv1.JobStatus) {
 	t.Helper()
 	moveOn(t, f, id, st)
-	if err := f.srv.admit.Release(context.Background(), "acme", id); err != nil {
+	terminalHook(t, f, id)
+}
+
+// terminalHook runs the mediator's quota hook on job id's record as it is.
+func terminalHook(t *testing.T, f *fixture, id string) {
+	t.Helper()
+	job, _, err := f.store.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hook := f.srv.admit.(interface {
+		ReleaseEnded(context.Context, *jobsv1.Job) error
+	})
+	if err := hook.ReleaseEnded(context.Background(), job); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -100,11 +118,13 @@ func TestRestartTakesAConcurrentSlot(t *testing.T) {
 // racedKV is a jobs bucket where another writer updates a record just
 // before each update of this one's, which then fails its compare-and-set.
 // The other writer leaves the job as it was (as a restart check's fence
-// does), or, with status set, moves it there (as a restart of the same job
-// asked at the same moment does).
+// does), or, with status set, moves it there and adds the execution of
+// attempt restart (as a restart of the same job asked at the same moment
+// does).
 type racedKV struct {
 	jetstream.KeyValue
-	status jobsv1.JobStatus
+	status  jobsv1.JobStatus
+	restart int32
 }
 
 func (kv racedKV) Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
@@ -119,6 +139,7 @@ func (kv racedKV) Update(ctx context.Context, key string, value []byte, rev uint
 			return 0, err
 		}
 		job.Status = kv.status
+		addRestartExecution(job, kv.restart)
 		if data, err = proto.Marshal(job); err != nil {
 			return 0, err
 		}
@@ -175,9 +196,126 @@ func TestFailedRestartGivesItsSlotBack(t *testing.T) {
 	// A restart of the same job wins the record: this one gets 409, and
 	// the slot stays with the run that won.
 	lost := mediator(nil, func(kv jetstream.KeyValue, _ *nats.Conn) jetstream.KeyValue {
-		return racedKV{KeyValue: kv, status: jobsv1.JobStatus_JOB_STATUS_QUEUED}
+		return racedKV{KeyValue: kv, status: jobsv1.JobStatus_JOB_STATUS_QUEUED, restart: 2}
 	})
 	_, err = lost.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: id})
 	wantProblem(t, err, codes.FailedPrecondition, "")
 	active(1, "after a restart that lost to a restart of the same job")
+}
+
+// The release of a job's run that ended, done late, after the job was
+// restarted, leaves the restarted run's slot held: the tenant cannot run
+// more jobs at once than its limit. The restarted run frees it at its end.
+func TestLateReleaseOfTheRunBeforeARestart(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	q := tenants.Quota{MaxConcurrentJobs: 1}
+	adm := quota.New(f.env.EtcdCli)
+	f.srv.SetAdmission(onlyQuota{adm, q})
+	job, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := job.GetId()
+	processorRecord(t, f, id, 1)
+	// The status consumer writes the end; its terminal hook is delayed.
+	rec, rev, err := f.store.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.Status = jobsv1.JobStatus_JOB_STATUS_FAILED
+	rec.Executions = []*jobsv1.Execution{{Attempt: 1, Service: "svc", Status: jobsv1.JobStatus_JOB_STATUS_FAILED}}
+	if _, err := f.store.Update(ctx, rec, rev); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: id}); err != nil {
+		t.Fatal(err)
+	}
+	// The hook of the first run, late, with the record it was given.
+	if err := adm.ReleaseEnded(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := adm.Active(ctx, "acme"); n != 1 {
+		t.Fatalf("active = %d after the first run's late release, want 1 (the restarted run)", n)
+	}
+	_, err = f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
+	wantQuotaRefusal(t, err, quota.TypeConcurrent)
+
+	endJob(t, f, id, jobsv1.JobStatus_JOB_STATUS_FAILED)
+	if n, _ := adm.Active(ctx, "acme"); n != 0 {
+		t.Fatalf("active = %d after the restarted run ended, want 0", n)
+	}
+	if _, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()}); err != nil {
+		t.Fatalf("create once the restarted run ended: %v", err)
+	}
+}
+
+// Restarts of one job asked at once through two mediators: one goes ahead,
+// the others are refused, and the job's run holds one slot, which its end
+// frees.
+func TestConcurrentRestartsHoldOneSlot(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	q := tenants.Quota{MaxConcurrentJobs: 10}
+	adm := quota.New(f.env.EtcdCli)
+	f.srv.SetAdmission(onlyQuota{adm, q})
+	other := otherMediator(t, f, nil, nil)
+	other.srv.SetAdmission(onlyQuota{adm, q})
+	for range 5 {
+		// The first run's hook has not run: the restarts free its slot.
+		id, _ := failedJob(t, f)
+		var accepted atomic.Int32
+		var wg sync.WaitGroup
+		for _, m := range []*fixture{f, other, f, other} {
+			wg.Go(func() {
+				_, err := m.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: id})
+				if err == nil {
+					accepted.Add(1)
+				} else if status.Code(err) != codes.FailedPrecondition {
+					t.Errorf("restart: %v, want accepted or FailedPrecondition", err)
+				}
+			})
+		}
+		wg.Wait()
+		if n, _ := adm.Active(ctx, "acme"); n != 1 || accepted.Load() != 1 {
+			t.Fatalf("%d restarts accepted, active = %d; want 1 and 1", accepted.Load(), n)
+		}
+		endJob(t, f, id, jobsv1.JobStatus_JOB_STATUS_FAILED)
+		if n, _ := adm.Active(ctx, "acme"); n != 0 {
+			t.Fatalf("active = %d after the restarted run ended, want 0", n)
+		}
+	}
+}
+
+// The jobs admitted metric counts every run taken on: new jobs and
+// restarts, told apart by the restarted attribute.
+func TestAdmittedMetricCountsRestarts(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	prev := otel.GetMeterProvider()
+	otel.SetMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)))
+	t.Cleanup(func() { otel.SetMeterProvider(prev) })
+	f := setup(t) // its counter comes from the provider above
+	id, _ := failedJob(t, f)
+	if _, err := f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: id}); err != nil {
+		t.Fatal(err)
+	}
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	got := map[bool]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name != "medius.mediator.jobs.admitted" {
+				continue
+			}
+			for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
+				restarted, _ := dp.Attributes.Value("restarted")
+				got[restarted.AsBool()] += dp.Value
+			}
+		}
+	}
+	if got[false] != 1 || got[true] != 1 {
+		t.Fatalf("admitted by restarted = %v, want one new job and one restart", got)
+	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/medius-platform/medius/services/mediator/internal/auth"
 	"github.com/medius-platform/medius/services/mediator/internal/jobindex"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
+	"github.com/medius-platform/medius/services/mediator/internal/quota"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -55,17 +56,22 @@ type Server struct {
 // the bucket, fine for tests and small installs only).
 func (s *Server) SetIndex(x *jobindex.Index) { s.index = x }
 
-// Admission takes and gives back a tenant's quota slots (package quota).
+// Admission takes and gives back a tenant's quota slots (package quota),
+// one per run of a job: a run is named by the attempt that starts it.
 type Admission interface {
-	// Admit refuses a job beyond the tenant's quota (ResourceExhausted).
+	// Admit refuses a job beyond the tenant's quota (ResourceExhausted);
+	// else the job's first run holds a slot.
 	Admit(ctx context.Context, tenant, job string) error
-	// AdmitRestart takes a concurrent slot for a job run again, refused
-	// as Admit refuses (ResourceExhausted), but counts no job of the
-	// period. It reports whether it took a slot (not when the job still
-	// holds the one of its run before, or the tenant has no limits).
-	AdmitRestart(ctx context.Context, tenant, job string) (bool, error)
-	// Release gives a job's slot back; idempotent.
-	Release(ctx context.Context, tenant, job string) error
+	// AdmitRestart takes a concurrent slot for run, the attempt a restart
+	// of the job ended adds, refused as Admit refuses
+	// (ResourceExhausted), but counts no job of the period. The slots of
+	// ended's runs are given back first. It reports whether it took a
+	// slot (not when a restart of the same run at the same moment took
+	// it, or the tenant has no limits).
+	AdmitRestart(ctx context.Context, ended *jobsv1.Job, run int32) (bool, error)
+	// ReleaseRun gives the slot of run of a job back (0: the job's slot
+	// of the older layout, which names no run); idempotent.
+	ReleaseRun(ctx context.Context, tenant, job string, run int32) error
 }
 
 // SetEndpointCheck checks every notification endpoint with check (the
@@ -75,13 +81,19 @@ func (s *Server) SetEndpointCheck(check func(string) error) { s.checkEndpoint = 
 // SetAdmission checks every new job with a (nil: no quotas).
 func (s *Server) SetAdmission(a Admission) { s.admit = a }
 
+// release gives back the slot of job's first run, the one CreateJob took,
+// for a job that is not to run.
 func (s *Server) release(ctx context.Context, tenant, job string) {
+	s.releaseRun(ctx, tenant, job, quota.FirstRun)
+}
+
+func (s *Server) releaseRun(ctx context.Context, tenant, job string, run int32) {
 	if s.admit == nil {
 		return
 	}
-	if err := s.admit.Release(context.WithoutCancel(ctx), tenant, job); err != nil {
+	if err := s.admit.ReleaseRun(context.WithoutCancel(ctx), tenant, job, run); err != nil {
 		// The quota reconciliation frees it later.
-		slog.WarnContext(ctx, "release quota slot", "job", job, "err", err)
+		slog.WarnContext(ctx, "release quota slot", "job", job, "run", run, "err", err)
 	}
 }
 
@@ -90,7 +102,7 @@ func (s *Server) release(ctx context.Context, tenant, job string) {
 func New(store *jobstore.Store, js jetstream.JetStream, profiles Profiles) (*Server, error) {
 	admitted, err := otel.Meter("github.com/medius-platform/medius/services/mediator").Int64Counter(
 		"medius.mediator.jobs.admitted",
-		metric.WithDescription("Jobs accepted by CreateJob, by profile and tenant."),
+		metric.WithDescription("Runs of jobs accepted, by profile and tenant: new jobs (CreateJob, restarted=false) and restarts (RestartJob, restarted=true)."),
 		metric.WithUnit("{job}"),
 	)
 	if err != nil {
@@ -214,7 +226,7 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 			slog.WarnContext(ctx, "job stored, index deferred to its consumer", "job", id, "err", err)
 		}
 	}
-	s.admitted.Add(ctx, 1, metric.WithAttributes(attribute.String("profile", job.Profile), attribute.String("tenant", tenant)))
+	s.admitted.Add(ctx, 1, metric.WithAttributes(attribute.String("profile", job.Profile), attribute.String("tenant", tenant), attribute.Bool("restarted", false)))
 	slog.InfoContext(ctx, "job created", "job", id, "tenant", tenant, "profile", job.Profile)
 	return job, nil
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/medius-platform/medius/services/mediator/internal/quota"
 	"github.com/medius-platform/medius/services/mediator/internal/tenants"
@@ -102,10 +103,20 @@ func TestJobsPerPeriod(t *testing.T) {
 	}
 }
 
+// ended is job's record, FAILED after attempts 1..last; attempt from is
+// the first of the run it is in (a restart's, marked).
+func ended(job string, from, last int32) *jobsv1.Job {
+	rec := &jobsv1.Job{Id: job, Tenant: "acme", Status: jobsv1.JobStatus_JOB_STATUS_FAILED}
+	for a := int32(1); a <= last; a++ {
+		rec.Executions = append(rec.Executions, &jobsv1.Execution{Attempt: a, Status: jobsv1.JobStatus_JOB_STATUS_FAILED, Restarted: a == from && a > 1})
+	}
+	return rec
+}
+
 // A restarted job takes a concurrent slot, refused at the limit as a new
 // job is, but is no job of the period: neither counted nor refused for
-// the period's count. A job still holding its slot (release not done yet)
-// keeps it for the new run, and the call says it took none.
+// the period's count. The run before gives its slot back first (its
+// release may not be done yet), so a restart is not refused for it.
 func TestAdmitRestart(t *testing.T) {
 	env := testsupport.Start(t)
 	a := quota.New(env.EtcdCli)
@@ -126,33 +137,34 @@ func TestAdmitRestart(t *testing.T) {
 		return string(resp.Kvs[0].Value)
 	}
 
-	// Both slots held: "a" ran and failed, its release not done yet.
-	took, err := a.AdmitRestart(ctx, "acme", "a", q)
-	if err != nil || took {
-		t.Fatalf("restart of a job holding its slot: took %v, %v; want false, nil", took, err)
-	}
-	if err := a.Release(ctx, "acme", "a"); err != nil {
-		t.Fatal(err)
-	}
-	// "b" runs, "c" is restarted: at the period's job limit, but it is no
-	// new job.
-	took, err = a.AdmitRestart(ctx, "acme", "c", q)
+	// Both slots held: "a" ran and failed, its release not done yet. Its
+	// restart takes the slot its first run gives back.
+	took, err := a.AdmitRestart(ctx, ended("a", 1, 1), 2, q)
 	if err != nil || !took {
-		t.Fatalf("restart with a slot free: took %v, %v; want true, nil", took, err)
-	}
-	if got := periodJobs(); got != "2" {
-		t.Fatalf("jobs of the period after a restart = %s, want 2", got)
-	}
-	// Now at the concurrent limit: refused as CreateJob is.
-	took, err = a.AdmitRestart(ctx, "acme", "a", q)
-	var pe *problem.Error
-	if !errors.As(err, &pe) || pe.Code != codes.ResourceExhausted || pe.Type != quota.TypeConcurrent || took {
-		t.Fatalf("restart at the concurrent limit: took %v, %v; want %s", took, err, quota.TypeConcurrent)
+		t.Fatalf("restart of a job holding its slot: took %v, %v; want true, nil", took, err)
 	}
 	if n, _ := a.Active(ctx, "acme"); n != 2 {
 		t.Fatalf("active = %d, want 2", n)
 	}
-	if err := a.Release(ctx, "acme", "c"); err != nil {
+	// "c" ended and released is restarted: at the period's job limit, but
+	// it is no new job. Now at the concurrent limit: refused as CreateJob
+	// is.
+	took, err = a.AdmitRestart(ctx, ended("c", 1, 1), 2, q)
+	var pe *problem.Error
+	if !errors.As(err, &pe) || pe.Code != codes.ResourceExhausted || pe.Type != quota.TypeConcurrent || took {
+		t.Fatalf("restart at the concurrent limit: took %v, %v; want %s", took, err, quota.TypeConcurrent)
+	}
+	if err := a.ReleaseEnded(ctx, ended("b", 1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	took, err = a.AdmitRestart(ctx, ended("c", 1, 1), 2, q)
+	if err != nil || !took {
+		t.Fatalf("restart with a slot free: took %v, %v; want true, nil", took, err)
+	}
+	if got := periodJobs(); got != "2" {
+		t.Fatalf("jobs of the period after restarts = %s, want 2", got)
+	}
+	if err := a.ReleaseEnded(ctx, ended("c", 2, 2)); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := a.Active(ctx, "acme"); n != 1 {
@@ -164,12 +176,224 @@ func TestAdmitRestart(t *testing.T) {
 	if _, err := env.EtcdCli.Put(ctx, quota.QuantityKey("acme", quota.PeriodID(tenants.PeriodMonth, time.Now())), "10"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.AdmitRestart(ctx, "acme", "d", qq); !errors.As(err, &pe) || pe.Type != quota.TypeQuantity {
+	if _, err := a.AdmitRestart(ctx, ended("d", 1, 1), 2, qq); !errors.As(err, &pe) || pe.Type != quota.TypeQuantity {
 		t.Fatalf("restart with the quantity used up: %v, want %s", err, quota.TypeQuantity)
 	}
 	// Without limits nothing is counted.
-	if took, err := a.AdmitRestart(ctx, "free", "e", tenants.Quota{}); err != nil || took {
+	if took, err := a.AdmitRestart(ctx, ended("e", 1, 1), 2, tenants.Quota{}); err != nil || took {
 		t.Fatalf("restart without limits: took %v, %v", took, err)
+	}
+}
+
+// The release of a run that ended, late or redelivered after its job was
+// restarted, leaves the restarted run's slot held: the tenant stays at its
+// limit while that run goes on, and gets the slot back at its end.
+func TestLateReleaseLeavesTheRestartedRun(t *testing.T) {
+	env := testsupport.Start(t)
+	a := quota.New(env.EtcdCli)
+	ctx := context.Background()
+	q := tenants.Quota{MaxConcurrentJobs: 1}
+	if err := a.Admit(ctx, "acme", "j", q); err != nil {
+		t.Fatal(err)
+	}
+	// The first run failed after three attempts (two lost their worker);
+	// the restart adds attempt 4.
+	first := ended("j", 1, 3)
+	if took, err := a.AdmitRestart(ctx, first, 4, q); err != nil || !took {
+		t.Fatalf("restart: took %v, %v", took, err)
+	}
+	for range 2 { // late, then redelivered
+		if err := a.ReleaseEnded(ctx, first); err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := a.Active(ctx, "acme"); n != 1 {
+			t.Fatalf("active after the first run's late release = %d, want 1 (the restarted run)", n)
+		}
+		if err := a.Admit(ctx, "acme", "k", q); err == nil {
+			t.Fatal("a new job admitted beyond the limit while the restarted run goes on")
+		}
+	}
+	// The restarted run ends: its record names attempt 4, or a retry's.
+	if err := a.ReleaseEnded(ctx, ended("j", 4, 5)); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := a.Active(ctx, "acme"); n != 0 {
+		t.Fatalf("active after the restarted run ended = %d, want 0", n)
+	}
+	if err := a.Admit(ctx, "acme", "k", q); err != nil {
+		t.Fatalf("slot not free after the restarted run ended: %v", err)
+	}
+}
+
+// Restarts of one job asked at the same moment name the same run and take
+// one slot between them, whichever goes ahead; releasing it is exact, so
+// one taken and given back leaves the run before alone.
+func TestConcurrentRestartsTakeOneSlot(t *testing.T) {
+	env := testsupport.Start(t)
+	a := quota.New(env.EtcdCli)
+	ctx := context.Background()
+	q := tenants.Quota{MaxConcurrentJobs: 10}
+	if err := a.Admit(ctx, "acme", "j", q); err != nil {
+		t.Fatal(err)
+	}
+	var took atomic.Int32
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			ok, err := a.AdmitRestart(ctx, ended("j", 1, 1), 2, q)
+			if err != nil {
+				t.Errorf("restart: %v", err)
+			}
+			if ok {
+				took.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n, _ := a.Active(ctx, "acme"); n != 1 || took.Load() != 1 {
+		t.Fatalf("active = %d, %d restarts took a slot; want 1 and 1", n, took.Load())
+	}
+	if err := a.ReleaseRun(ctx, "acme", "j", 3); err != nil { // a run never admitted
+		t.Fatal(err)
+	}
+	if n, _ := a.Active(ctx, "acme"); n != 1 {
+		t.Fatalf("active = %d after releasing a run holding none, want 1", n)
+	}
+	if err := a.ReleaseRun(ctx, "acme", "j", 2); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := a.Active(ctx, "acme"); n != 0 {
+		t.Fatalf("active = %d after the restart gave its slot back, want 0", n)
+	}
+}
+
+// A marker written by an older mediator (one per job, naming no run) is
+// freed by the job's end and by the reconciliation, counts against the
+// limit, and gives way to a restart.
+func TestOlderLayoutMarker(t *testing.T) {
+	env := testsupport.Start(t)
+	a := quota.New(env.EtcdCli)
+	ctx := context.Background()
+	q := tenants.Quota{MaxConcurrentJobs: 2}
+	older := func(job string) {
+		t.Helper()
+		// What an older mediator's admission writes.
+		n, _ := a.Active(ctx, "acme")
+		if _, err := env.EtcdCli.Txn(ctx).Then(
+			clientv3.OpPut(quota.LegacyMarkerKey("acme", job), time.Now().UTC().Format(time.RFC3339)),
+			clientv3.OpPut(quota.ActiveKey("acme"), fmt.Sprint(n+1)),
+		).Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held := func(job string) bool {
+		t.Helper()
+		resp, err := env.EtcdCli.Get(ctx, quota.LegacyMarkerKey("acme", job))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(resp.Kvs) > 0
+	}
+	older("x")
+	older("y")
+	if err := a.Admit(ctx, "acme", "z", q); err == nil {
+		t.Fatal("admitted beyond the limit with older markers holding it")
+	}
+	markers, err := a.Markers(ctx)
+	if err != nil || len(markers) != 2 || markers[0].Run != 0 || markers[1].Run != 0 {
+		t.Fatalf("markers = %+v, %v; want x and y of the older layout", markers, err)
+	}
+	// x ends: its hook frees its marker, once however often it runs.
+	for range 2 {
+		if err := a.ReleaseEnded(ctx, ended("x", 1, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if held("x") {
+		t.Fatal("older marker of an ended job still held")
+	}
+	if n, _ := a.Active(ctx, "acme"); n != 1 {
+		t.Fatalf("active = %d, want 1", n)
+	}
+	// y ended, its release lost, and is restarted: its run takes over.
+	if took, err := a.AdmitRestart(ctx, ended("y", 1, 1), 2, q); err != nil || !took {
+		t.Fatalf("restart: took %v, %v", took, err)
+	}
+	if held("y") {
+		t.Fatal("older marker of a restarted job still held")
+	}
+	if n, _ := a.Active(ctx, "acme"); n != 1 {
+		t.Fatalf("active = %d after the restart, want 1", n)
+	}
+	// As the reconciliation frees one: exactly.
+	older("w")
+	if err := a.ReleaseRun(ctx, "acme", "w", 0); err != nil {
+		t.Fatal(err)
+	}
+	if held("w") {
+		t.Fatal("older marker still held after its release")
+	}
+	if n, _ := a.Active(ctx, "acme"); n != 1 {
+		t.Fatalf("active = %d, want 1 (y's restarted run)", n)
+	}
+}
+
+// A job that left more markers than one transaction deletes has them all
+// freed by its end.
+func TestReleaseEndedFreesManyRuns(t *testing.T) {
+	env := testsupport.Start(t)
+	a := quota.New(env.EtcdCli)
+	ctx := context.Background()
+	const runs = 150
+	for run := int32(1); run <= runs; run++ {
+		if _, err := env.EtcdCli.Put(ctx, quota.MarkerKey("acme", "j", run), time.Now().UTC().Format(time.RFC3339)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// And one past the record: a restart's, held.
+	if _, err := env.EtcdCli.Put(ctx, quota.MarkerKey("acme", "j", runs+1), time.Now().UTC().Format(time.RFC3339)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.EtcdCli.Put(ctx, quota.ActiveKey("acme"), fmt.Sprint(runs+1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ReleaseEnded(ctx, ended("j", 1, runs)); err != nil {
+		t.Fatal(err)
+	}
+	markers, err := a.Markers(ctx)
+	if n, _ := a.Active(ctx, "acme"); n != 1 || err != nil || len(markers) != 1 || markers[0].Run != runs+1 {
+		t.Fatalf("active = %d, markers %+v (%v); want only run %d", n, markers, err, runs+1)
+	}
+}
+
+// Marker.Ended tells a run over from the job's record.
+func TestMarkerEnded(t *testing.T) {
+	running := func(execs ...*jobsv1.Execution) *jobsv1.Job {
+		return &jobsv1.Job{Status: jobsv1.JobStatus_JOB_STATUS_RUNNING, Executions: execs}
+	}
+	ex := func(attempt int32, restarted bool) *jobsv1.Execution {
+		return &jobsv1.Execution{Attempt: attempt, Restarted: restarted}
+	}
+	for _, c := range []struct {
+		name  string
+		run   int32
+		job   *jobsv1.Job
+		ended bool
+	}{
+		{"job gone", 1, nil, true},
+		{"job ended", 3, ended("j", 3, 3), true},
+		{"older marker, job ended", 0, ended("j", 1, 1), true},
+		{"older marker, job running", 0, running(ex(1, false)), false},
+		{"new job not yet dispatched", 1, &jobsv1.Job{Status: jobsv1.JobStatus_JOB_STATUS_QUEUED}, false},
+		{"first run, retried", 1, running(ex(1, false), ex(2, false)), false},
+		{"first run, job restarted since", 1, running(ex(1, false), ex(2, true)), true},
+		{"restarted run", 2, running(ex(1, false), ex(2, true), ex(3, false)), false},
+		{"restart that never moved the record", 4, running(ex(1, false), ex(2, true), ex(3, false)), true},
+	} {
+		m := quota.Marker{Tenant: "acme", Job: "j", Run: c.run}
+		if got := m.Ended(c.job); got != c.ended {
+			t.Errorf("%s: Ended = %v, want %v", c.name, got, c.ended)
+		}
 	}
 }
 
@@ -269,8 +493,15 @@ func TestConcurrentReleases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	holders := map[string]bool{}
+	for _, m := range markers {
+		if m.Tenant != "acme" || m.Run != quota.FirstRun {
+			t.Errorf("marker %+v, want acme's first runs", m)
+		}
+		holders[m.Job] = true
+	}
 	for i := range 100 {
-		if _, held := markers[[2]string{"acme", fmt.Sprint(i)}]; held != (i >= 60) {
+		if held := holders[fmt.Sprint(i)]; held != (i >= 60) {
 			t.Errorf("job %d holds a slot: %v", i, held)
 		}
 	}
