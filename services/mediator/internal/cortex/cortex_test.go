@@ -173,9 +173,7 @@ func setupWith(t *testing.T, configure func(*cortex.Handler)) *fixture {
 	// The real status consumer applies the processor's events, with the
 	// quota and usage hooks the mediator installs.
 	cons := statusconsumer.New(store)
-	cons.OnTerminal(func(ctx context.Context, j *jobsv1.Job) error {
-		return quota.New(env.EtcdCli).Release(ctx, j.GetTenant(), j.GetId())
-	})
+	cons.OnTerminal(quota.New(env.EtcdCli).ReleaseEnded)
 	us := usage.New(env.EtcdCli)
 	cons.OnTerminal(func(ctx context.Context, j *jobsv1.Job) error { _, err := us.RecordJob(ctx, j); return err })
 	cctx, cancel := context.WithCancel(context.Background())
