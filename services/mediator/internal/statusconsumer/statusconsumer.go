@@ -308,6 +308,12 @@ func apply(job *jobsv1.Job, ev *eventsv1.JobStatusChanged, now time.Time) bool {
 	if attempt > 0 && attempt == current && !jobstate.IsTerminal(ex.GetStatus()) && attemptEnded(job, attempt) {
 		return false // news of an attempt from before it ended (lost its worker)
 	}
+	if attempt == 0 && current > 0 && to == jobsv1.JobStatus_JOB_STATUS_QUEUED && attemptEnded(job, current) {
+		// A QUEUED naming no attempt is a restart's, announced before its
+		// run was dispatched; the record's latest attempt has since run
+		// and ended, and the job waits for its retry: late news.
+		return false
+	}
 	// A newer attempt is a retry: the processor requeued the job, which
 	// may move it back (RUNNING -> QUEUED) and restart its progress. So
 	// does the current attempt's end with the job QUEUED: it lost its

@@ -108,6 +108,7 @@ func TestApplyRequeue(t *testing.T) {
 		{"worker lost: requeued", requeued, true, statusQueued},
 		{"lost attempt's progress, late", ev(statusRunning, 1, 40), false, statusQueued},
 		{"requeue again (redelivery)", requeued, true, statusQueued},
+		{"a restart's QUEUED, late", ev(statusQueued, 0, 0), false, statusQueued},
 		{"retry scheduled", ev(statusScheduled, 2, 0), true, statusScheduled},
 		{"requeue, late", requeued, false, statusScheduled},
 		{"retry completed", ev(statusCompleted, 2, 100), true, statusCompleted},
