@@ -250,6 +250,49 @@ func TestLateReleaseOfTheRunBeforeARestart(t *testing.T) {
 	}
 }
 
+// A job whose first run ended with no attempt (no service for it) is
+// restarted as attempt 1: the first run's release, late, still leaves the
+// restarted run's slot held.
+func TestLateReleaseOfARunWithNoAttempt(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	q := tenants.Quota{MaxConcurrentJobs: 1}
+	adm := quota.New(f.env.EtcdCli)
+	f.srv.SetAdmission(onlyQuota{adm, q})
+	job, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := job.GetId()
+	processorRecord(t, f, id, 0)
+	// The status consumer writes the end; its terminal hook is delayed.
+	moveOn(t, f, id, jobsv1.JobStatus_JOB_STATUS_FAILED)
+	rec, _, err := f.store.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restarted, err := f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := quota.LastAttempt(restarted); got != 1 {
+		t.Fatalf("restart adds attempt %d, want 1", got)
+	}
+	if err := adm.ReleaseEnded(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := adm.Active(ctx, "acme"); n != 1 {
+		t.Fatalf("active = %d after the first run's late release, want 1 (the restarted run)", n)
+	}
+	_, err = f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
+	wantQuotaRefusal(t, err, quota.TypeConcurrent)
+
+	endJob(t, f, id, jobsv1.JobStatus_JOB_STATUS_FAILED)
+	if n, _ := adm.Active(ctx, "acme"); n != 0 {
+		t.Fatalf("active = %d after the restarted run ended, want 0", n)
+	}
+}
+
 // Restarts of one job asked at once through two mediators: one goes ahead,
 // the others are refused, and the job's run holds one slot, which its end
 // frees.

@@ -15,12 +15,16 @@
 // redelivered, frees the runs its job record shows over (ReleaseEnded:
 // those up to its latest attempt), never the restarted one, whose attempt
 // is past them. Two restarts of one job at once name the same run, so take
-// one slot between them.
+// one slot between them. One number names two runs: a first run that ended
+// with no attempt (no service, canceled or past its deadline while queued)
+// is restarted as attempt 1. A restart's marker says it is one (its value
+// ends in " restart"), so the end of a record with no attempt frees run 1
+// only if it is the first run's.
 //
 // etcd keys (counters are decimal text):
 //
 //	/medius/quota/active/<tenant>                  non-terminal runs (both marker layouts)
-//	/medius/quota/active-runs/<tenant>/<job>/<run> marker of an admitted run
+//	/medius/quota/active-runs/<tenant>/<job>/<run> marker of an admitted run (value: when; a restart's: "<when> restart")
 //	/medius/quota/active-jobs/<tenant>/<job>       marker of an admitted job, older layout
 //	/medius/quota/jobs/<tenant>/<period start>     jobs admitted in the period
 //	/medius/quota/quantity/<tenant>/<period>       verified quantity used (package usage adds)
@@ -132,7 +136,14 @@ type release struct {
 	// ended: the markers of every run of job up to run, and its marker of
 	// the older layout; else run's alone (0: the older layout's).
 	ended bool
+	// firstOnly: of the run markers, the first run's alone, not a
+	// restart's of the same number (the record ended made no attempt).
+	firstOnly bool
 }
+
+// restartTag ends the value of a restart's marker (after when it was
+// taken), telling it from the first run's of the same number.
+const restartTag = " restart"
 
 // maxBatch bounds one admission transaction: it reads 3 counters and one
 // marker per job, and compares and writes as many, within etcd's default
@@ -279,6 +290,10 @@ func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) [
 			cmps = append(cmps, unchanged(jobs))
 		}
 		var ops []clientv3.Op
+		value := a.now().UTC().Format(time.RFC3339)
+		if k.restart {
+			value += restartTag
+		}
 		first := map[string]int{} // a run asked twice in one batch takes one slot
 		admitted := 0.0
 		for i, marker := range batch {
@@ -298,7 +313,7 @@ func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) [
 			}
 			admitted++
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(marker), "=", 0))
-			ops = append(ops, clientv3.OpPut(marker, a.now().UTC().Format(time.RFC3339)))
+			ops = append(ops, clientv3.OpPut(marker, value))
 		}
 		if admitted == 0 {
 			return errs
@@ -371,8 +386,10 @@ func CurrentRun(job *jobsv1.Job) int32 {
 // and the job's marker of the older layout; a record not ended frees
 // nothing. It is the status consumer's terminal hook: run late or again,
 // after the job was restarted, it leaves the restarted run's slot alone,
-// since that run's attempt is past the record's. Runs holding no slot
-// (never admitted, or released already) free nothing.
+// since that run's attempt is past the record's. A record with no attempt
+// at all is the first run's, restarted (if it was) as attempt 1, the first
+// run's number: it frees the first run's marker only, not the restart's.
+// Runs holding no slot (never admitted, or released already) free nothing.
 //
 // The older marker names no run: freed here whatever run it served, it is
 // exposed to the race run markers close, until no mediator writes it.
@@ -380,7 +397,8 @@ func (a *Admitter) ReleaseEnded(ctx context.Context, job *jobsv1.Job) error {
 	if !jobstate.IsTerminal(job.GetStatus()) {
 		return nil
 	}
-	return a.releases.Do(ctx, job.GetTenant(), release{job: job.GetId(), run: max(LastAttempt(job), FirstRun), ended: true})
+	last := LastAttempt(job)
+	return a.releases.Do(ctx, job.GetTenant(), release{job: job.GetId(), run: max(last, FirstRun), ended: true, firstOnly: last == 0})
 }
 
 // ReleaseRun frees the slot of run of job (0: its marker of the older
@@ -407,8 +425,10 @@ func (a *Admitter) releaseBatch(ctx context.Context, tenant string, batch []rele
 	reads := []clientv3.Op{clientv3.OpGet(ActiveKey(tenant))}
 	// upTo is, per read after the counter, the last run whose marker it
 	// frees: a ranged read of a job's runs finds later ones too (a
-	// restart's). Exact reads free what they find.
+	// restart's). Exact reads free what they find. firstOnly, per read,
+	// leaves restarts' markers alone.
 	var upTo []int32
+	var firstOnly []bool
 	asked := map[release]bool{} // a run released twice in one batch frees one slot
 	for _, r := range batch {
 		if asked[r] {
@@ -419,12 +439,15 @@ func (a *Admitter) releaseBatch(ctx context.Context, tenant string, batch []rele
 		case r.ended:
 			reads = append(reads, clientv3.OpGet(runsPrefix(tenant, r.job), clientv3.WithPrefix()), clientv3.OpGet(LegacyMarkerKey(tenant, r.job)))
 			upTo = append(upTo, r.run, math.MaxInt32)
+			firstOnly = append(firstOnly, r.firstOnly, false)
 		case r.run == 0:
 			reads = append(reads, clientv3.OpGet(LegacyMarkerKey(tenant, r.job)))
 			upTo = append(upTo, math.MaxInt32)
+			firstOnly = append(firstOnly, false)
 		default:
 			reads = append(reads, clientv3.OpGet(MarkerKey(tenant, r.job, r.run)))
 			upTo = append(upTo, math.MaxInt32)
+			firstOnly = append(firstOnly, false)
 		}
 	}
 	errs := make([]error, len(batch))
@@ -453,6 +476,9 @@ func (a *Admitter) releaseBatch(ctx context.Context, tenant string, batch []rele
 					if err != nil || int32(run) > upTo[i] {
 						continue
 					}
+				}
+				if firstOnly[i] && strings.HasSuffix(string(kv.Value), restartTag) {
+					continue
 				}
 				held[key] = kv.ModRevision
 			}
@@ -535,7 +561,8 @@ func (a *Admitter) Markers(ctx context.Context) ([]Marker, error) {
 			if !ok {
 				continue
 			}
-			m.Admitted, _ = time.Parse(time.RFC3339, string(kv.Value))
+			when, _, _ := strings.Cut(string(kv.Value), " ")
+			m.Admitted, _ = time.Parse(time.RFC3339, when)
 			out = append(out, m)
 		}
 	}

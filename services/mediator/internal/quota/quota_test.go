@@ -225,6 +225,59 @@ func TestLateReleaseLeavesTheRestartedRun(t *testing.T) {
 	}
 }
 
+// A job whose first run ended with no attempt (no service, canceled or
+// past its deadline while queued) is restarted as attempt 1, the number of
+// its first run: the first run's release, late, still leaves the
+// restarted run's slot held, which the restarted run's end frees.
+func TestLateReleaseOfARunWithNoAttempt(t *testing.T) {
+	env := testsupport.Start(t)
+	a := quota.New(env.EtcdCli)
+	ctx := context.Background()
+	q := tenants.Quota{MaxConcurrentJobs: 1}
+	if err := a.Admit(ctx, "acme", "j", q); err != nil {
+		t.Fatal(err)
+	}
+	first := ended("j", 0, 0)
+	if took, err := a.AdmitRestart(ctx, first, 1, q); err != nil || !took {
+		t.Fatalf("restart: took %v, %v", took, err)
+	}
+	for range 2 { // late, then again
+		if err := a.ReleaseEnded(ctx, first); err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := a.Active(ctx, "acme"); n != 1 {
+			t.Fatalf("active after the first run's late release = %d, want 1 (the restarted run)", n)
+		}
+		if err := a.Admit(ctx, "acme", "k", q); err == nil {
+			t.Fatal("a new job admitted beyond the limit while the restarted run goes on")
+		}
+	}
+	// The reconciliation reads when the restart's slot was taken.
+	markers, err := a.Markers(ctx)
+	if err != nil || len(markers) != 1 || markers[0].Run != 1 || time.Since(markers[0].Admitted) > time.Minute {
+		t.Fatalf("markers after the restart = %+v, %v; want run 1, taken now", markers, err)
+	}
+	// A restart of the same run asked meanwhile finds it held.
+	if took, err := a.AdmitRestart(ctx, first, 1, q); err != nil || took {
+		t.Fatalf("second restart of the run: took %v, %v; want false, nil", took, err)
+	}
+	if n, _ := a.Active(ctx, "acme"); n != 1 {
+		t.Fatalf("active after a second restart of the run = %d, want 1", n)
+	}
+	restarted := ended("j", 1, 1)
+	restarted.Executions[0].Restarted = true
+	if err := a.ReleaseEnded(ctx, restarted); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := a.Active(ctx, "acme"); n != 0 {
+		t.Fatalf("active after the restarted run ended = %d, want 0", n)
+	}
+	markers, err = a.Markers(ctx)
+	if err != nil || len(markers) != 0 {
+		t.Fatalf("markers after the restarted run ended = %+v, %v; want none", markers, err)
+	}
+}
+
 // Restarts of one job asked at the same moment name the same run and take
 // one slot between them, whichever goes ahead; releasing it is exact, so
 // one taken and given back leaves the run before alone.
