@@ -37,6 +37,16 @@ func CanTransition(from, to jobsv1.JobStatus) bool {
 	return order[to] >= order[from]
 }
 
+// LatestAttempt is the highest attempt a job record knows of, 0 before
+// any: its executions are numbered 1, 2, ... by attempt, a restart's too.
+func LatestAttempt(job *jobsv1.Job) int32 {
+	var n int32
+	for _, ex := range job.GetExecutions() {
+		n = max(n, ex.GetAttempt())
+	}
+	return n
+}
+
 // FromMCMA maps an MCMA status name (any case) to a Medius status; MCMA's
 // PENDING is QUEUED and ASSIGNED is SCHEDULED.
 func FromMCMA(name string) (jobsv1.JobStatus, bool) {

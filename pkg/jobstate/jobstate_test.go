@@ -73,3 +73,21 @@ func TestMCMANames(t *testing.T) {
 		t.Errorf("Name = %q", Name(completed))
 	}
 }
+
+func TestLatestAttempt(t *testing.T) {
+	ex := func(attempts ...int32) *jobsv1.Job {
+		j := &jobsv1.Job{}
+		for _, a := range attempts {
+			j.Executions = append(j.Executions, &jobsv1.Execution{Attempt: a})
+		}
+		return j
+	}
+	for _, tt := range []struct {
+		job  *jobsv1.Job
+		want int32
+	}{{ex(), 0}, {ex(1), 1}, {ex(1, 2, 3), 3}, {ex(2, 1), 2}} {
+		if got := LatestAttempt(tt.job); got != tt.want {
+			t.Errorf("LatestAttempt(%v) = %d, want %d", tt.job.GetExecutions(), got, tt.want)
+		}
+	}
+}

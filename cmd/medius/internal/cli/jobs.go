@@ -236,7 +236,7 @@ jq reads it as is (medius jobs list -o json | jq -r .id); jq -s makes it an arra
 			if err != nil {
 				return err
 			}
-			return c.show(ctx, cmd, cl, j, restartWait, latestAttempt(j), endedBadly)
+			return c.show(ctx, cmd, cl, j, restartWait, jobstate.LatestAttempt(j), endedBadly)
 		},
 	}
 	addWaitFlag(restart, &restartWait, "wait until the restarted run ends, then show the job")
@@ -290,16 +290,6 @@ func (c *clientFlags) show(ctx context.Context, cmd *cobra.Command, cl jobsv1.Jo
 	return verdict(j)
 }
 
-// latestAttempt is the highest attempt job's record knows (a restart's
-// answer holds the attempt its new run is), 0 before any.
-func latestAttempt(job *jobsv1.Job) int32 {
-	var n int32
-	for _, ex := range job.GetExecutions() {
-		n = max(n, ex.GetAttempt())
-	}
-	return n
-}
-
 // waitJob polls until the job is terminal. A terminal record that does not
 // know attempt since yet is not the end waited for: after a restart (since
 // is its attempt) a read of the job from before it, which a replica behind
@@ -313,7 +303,7 @@ func waitJob(ctx context.Context, cl jobsv1.JobServiceClient, id string, since i
 		if err != nil {
 			return nil, err
 		}
-		current := latestAttempt(j) >= since
+		current := jobstate.LatestAttempt(j) >= since
 		line := fmt.Sprintf("%s %d%%", jobstate.Name(j.Status), j.Progress)
 		if line != last && current {
 			fmt.Fprintf(progress, "%s %s\n", id, line)

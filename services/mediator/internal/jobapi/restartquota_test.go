@@ -9,6 +9,7 @@ import (
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/jobstate"
 	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/medius-platform/medius/services/mediator/internal/quota"
 	"github.com/medius-platform/medius/services/mediator/internal/tenants"
@@ -275,7 +276,7 @@ func TestLateReleaseOfARunWithNoAttempt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := quota.LastAttempt(restarted); got != 1 {
+	if got := jobstate.LatestAttempt(restarted); got != 1 {
 		t.Fatalf("restart adds attempt %d, want 1", got)
 	}
 	if err := adm.ReleaseEnded(ctx, rec); err != nil {

@@ -527,25 +527,14 @@ func (s *Server) CancelJob(ctx context.Context, req *jobsv1.CancelJobRequest) (*
 	if jobstate.IsTerminal(job.GetStatus()) {
 		return nil, problem.FailedPrecondition("job-terminal", fmt.Sprintf("job %s is already %s", job.GetId(), jobstate.Name(job.GetStatus())))
 	}
-	ev := &eventsv1.JobCancelRequested{JobId: job.GetId(), Tenant: job.GetTenant(), Attempts: latestAttempt(job)}
+	// The processor numbers executions as the record does, and reaches
+	// this count once it has applied every restart the record holds.
+	ev := &eventsv1.JobCancelRequested{JobId: job.GetId(), Tenant: job.GetTenant(), Attempts: jobstate.LatestAttempt(job)}
 	if err := bus.Publish(ctx, s.js, bus.SubjectJobCancel, cancelMsgID(job.GetId(), rev), ev); err != nil {
 		return nil, problem.Unavailable("cannot request cancellation now", err)
 	}
 	slog.InfoContext(ctx, "job cancel requested", "job", job.GetId())
 	return job, nil
-}
-
-// latestAttempt is the highest attempt job's record knows, 0 before any.
-// The processor numbers a job's executions 1, 2, ... and the record learns
-// of them from it, or from a restart the processor applies next, so the
-// processor's count reaches this once it has applied every restart the
-// record holds.
-func latestAttempt(job *jobsv1.Job) int32 {
-	var n int32
-	for _, ex := range job.GetExecutions() {
-		n = max(n, ex.GetAttempt())
-	}
-	return n
 }
 
 // cancelMsgID names the cancel request of job id decided on revision rev of

@@ -358,15 +358,6 @@ func period(q tenants.Quota) string {
 	return q.Period
 }
 
-// LastAttempt is the latest attempt job's record knows, 0 for none.
-func LastAttempt(job *jobsv1.Job) int32 {
-	var n int32
-	for _, ex := range job.GetExecutions() {
-		n = max(n, ex.GetAttempt())
-	}
-	return n
-}
-
 // CurrentRun is the run job's record is in: the attempt of its latest
 // execution marked restarted, else the first. (A record written through a
 // processor that does not mark restarts names an earlier run: callers only
@@ -397,7 +388,7 @@ func (a *Admitter) ReleaseEnded(ctx context.Context, job *jobsv1.Job) error {
 	if !jobstate.IsTerminal(job.GetStatus()) {
 		return nil
 	}
-	last := LastAttempt(job)
+	last := jobstate.LatestAttempt(job)
 	return a.releases.Do(ctx, job.GetTenant(), release{job: job.GetId(), run: max(last, FirstRun), ended: true, firstOnly: last == 0})
 }
 
@@ -543,7 +534,7 @@ func (m Marker) Ended(job *jobsv1.Job) bool {
 	if m.Run == 0 {
 		return false
 	}
-	return m.Run < CurrentRun(job) || m.Run > max(LastAttempt(job), FirstRun)
+	return m.Run < CurrentRun(job) || m.Run > max(jobstate.LatestAttempt(job), FirstRun)
 }
 
 // Markers returns the slots held, of both layouts, with when they were

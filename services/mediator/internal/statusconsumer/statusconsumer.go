@@ -257,7 +257,7 @@ func (c *Consumer) tell(ctx context.Context, state *jobsv1.Job, last bool) error
 // the attempt job's end belongs to (none when it never had one).
 func endedBy(job *jobsv1.Job, ev *eventsv1.JobStatusChanged) bool {
 	return jobstate.IsTerminal(job.GetStatus()) && ev.GetStatus() == job.GetStatus() &&
-		ev.GetExecution().GetAttempt() == latestAttempt(job)
+		ev.GetExecution().GetAttempt() == jobstate.LatestAttempt(job)
 }
 
 // applyAll applies evs in turn to job and returns the state after each one
@@ -290,7 +290,7 @@ func apply(job *jobsv1.Job, ev *eventsv1.JobStatusChanged, now time.Time) bool {
 	if jobstate.IsTerminal(job.GetStatus()) || to == jobsv1.JobStatus_JOB_STATUS_UNSPECIFIED {
 		return false
 	}
-	attempt, current := ev.GetExecution().GetAttempt(), latestAttempt(job)
+	attempt, current := ev.GetExecution().GetAttempt(), jobstate.LatestAttempt(job)
 	if attempt > 0 && attempt < current {
 		return false // an earlier attempt's late news
 	}
@@ -378,14 +378,6 @@ func attemptEnded(job *jobsv1.Job, attempt int32) bool {
 		}
 	}
 	return false
-}
-
-func latestAttempt(job *jobsv1.Job) int32 {
-	var n int32
-	for _, ex := range job.GetExecutions() {
-		n = max(n, ex.GetAttempt())
-	}
-	return n
 }
 
 // upsertExecution replaces the execution of ex's attempt, keeping executions
