@@ -29,16 +29,18 @@ type attrSets struct {
 	sets map[attrKey]metric.MeasurementOption
 }
 
-// attrKey names a set: its keys' names joined, then its values.
-type attrKey struct{ names, a, b, c string }
+// attrKey names a set by its attributes (at most 3, in the order given).
+type attrKey [3]attribute.KeyValue
 
 // maxAttrSets bounds attrSets; past it the map starts afresh (tenants are
 // many on a large platform, and a rebuilt set costs only what it used to).
 const maxAttrSets = 4096
 
-// get returns the measurement option of the set k names, built by build
+// get returns the measurement option of the set of kvs (at most 3), built
 // the first time.
-func (s *attrSets) get(k attrKey, build func() []attribute.KeyValue) metric.MeasurementOption {
+func (s *attrSets) get(kvs ...attribute.KeyValue) metric.MeasurementOption {
+	var k attrKey
+	copy(k[:], kvs)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if o, ok := s.sets[k]; ok {
@@ -47,7 +49,7 @@ func (s *attrSets) get(k attrKey, build func() []attribute.KeyValue) metric.Meas
 	if len(s.sets) >= maxAttrSets {
 		clear(s.sets)
 	}
-	o := metric.WithAttributeSet(attribute.NewSet(build()...))
+	o := metric.WithAttributeSet(attribute.NewSet(kvs...))
 	s.sets[k] = o
 	return o
 }
@@ -84,9 +86,7 @@ func newMetrics() (metrics, error) {
 }
 
 func (m metrics) dispatched(ctx context.Context, profile, service string) {
-	m.dispatchedC.Add(ctx, 1, m.attrs.get(attrKey{"profile,service", profile, service, ""}, func() []attribute.KeyValue {
-		return []attribute.KeyValue{attribute.String("profile", profile), attribute.String("service", service)}
-	}))
+	m.dispatchedC.Add(ctx, 1, m.attrs.get(attribute.String("profile", profile), attribute.String("service", service)))
 }
 
 func (m metrics) completed(ctx context.Context, rec *jobsv1.Job) {
@@ -105,9 +105,7 @@ func (m metrics) canceled(ctx context.Context, rec *jobsv1.Job) {
 // and ended, and returns the profile and tenant attributes of its counters.
 func (m metrics) ended(ctx context.Context, rec *jobsv1.Job) metric.MeasurementOption {
 	m.ran(ctx, rec)
-	return m.attrs.get(attrKey{"profile,tenant", rec.GetProfile(), rec.GetTenant(), ""}, func() []attribute.KeyValue {
-		return []attribute.KeyValue{attribute.String("profile", rec.GetProfile()), attribute.String("tenant", rec.GetTenant())}
-	})
+	return m.attrs.get(attribute.String("profile", rec.GetProfile()), attribute.String("tenant", rec.GetTenant()))
 }
 
 // ran records the run time of the job's last execution when it started and
@@ -116,18 +114,12 @@ func (m metrics) ended(ctx context.Context, rec *jobsv1.Job) metric.MeasurementO
 func (m metrics) ran(ctx context.Context, rec *jobsv1.Job) {
 	if ex := record.Current(rec); ex != nil && ex.GetStartTime() != nil && ex.GetEndTime() != nil {
 		if d := ex.GetEndTime().AsTime().Sub(ex.GetStartTime().AsTime()); d >= 0 {
-			status := jobstate.Name(rec.GetStatus())
-			m.executionD.Record(ctx, d.Seconds(), m.attrs.get(attrKey{"profile,service,status", rec.GetProfile(), ex.GetService(), status},
-				func() []attribute.KeyValue {
-					return []attribute.KeyValue{attribute.String("profile", rec.GetProfile()),
-						attribute.String("service", ex.GetService()), attribute.String("status", status)}
-				}))
+			m.executionD.Record(ctx, d.Seconds(), m.attrs.get(attribute.String("profile", rec.GetProfile()),
+				attribute.String("service", ex.GetService()), attribute.String("status", jobstate.Name(rec.GetStatus()))))
 		}
 	}
 }
 
 func (m metrics) lost(ctx context.Context, profile string) {
-	m.lostC.Add(ctx, 1, m.attrs.get(attrKey{"profile", profile, "", ""}, func() []attribute.KeyValue {
-		return []attribute.KeyValue{attribute.String("profile", profile)}
-	}))
+	m.lostC.Add(ctx, 1, m.attrs.get(attribute.String("profile", profile)))
 }
