@@ -49,6 +49,9 @@ type Config struct {
 	// RetryBackoff is the delay before the first retry of a lost attempt,
 	// doubling with each further loss.
 	RetryBackoff time.Duration
+	// ScheduledDelay holds back the SCHEDULED of a job dispatched at once
+	// (processor.Config.ScheduledDelay); negative announces at once.
+	ScheduledDelay time.Duration
 	// AdminAddr serves /healthz, /readyz and /metrics.
 	AdminAddr string
 	// PprofAddr, when set, serves net/http/pprof (profiling; keep it on
@@ -70,6 +73,7 @@ func Defaults() Config {
 		ServiceCacheTTL:  5 * time.Second,
 		HeartbeatTimeout: 6 * time.Second,
 		RetryBackoff:     time.Second,
+		ScheduledDelay:   processor.DefaultScheduledDelay,
 		AdminAddr:        "127.0.0.1:9192",
 		LogLevel:         "info",
 		LogFormat:        "json",
@@ -197,6 +201,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			QueueTimeout:     cfg.QueueTimeout,
 			HeartbeatTimeout: cfg.HeartbeatTimeout,
 			RetryBackoff:     cfg.RetryBackoff,
+			ScheduledDelay:   cfg.ScheduledDelay,
 		})
 		if err != nil {
 			return err

@@ -29,6 +29,9 @@ type outMsg struct {
 	// any message (a KV create).
 	raw       []byte
 	expectNew bool
+	// announces names the job whose state this message announces: any SCHEDULED
+	// of it still held back is then dropped (see held.go).
+	announces string
 }
 
 // errKeyExists: a create of publishAll found its key written already.
@@ -43,6 +46,9 @@ var errKeyExists = jetstream.ErrKeyExists
 func (p *Processor) publishAll(ctx context.Context, msgs ...outMsg) ([]*jetstream.PubAck, error) {
 	futs := make([]jetstream.PubAckFuture, 0, len(msgs))
 	for _, o := range msgs {
+		if o.announces != "" {
+			p.held.release(o.announces)
+		}
 		nm := &nats.Msg{Subject: o.subject, Data: o.raw}
 		var opts []jetstream.PublishOpt
 		if o.expectNew {
@@ -88,15 +94,17 @@ func (p *Processor) publishAll(ctx context.Context, msgs ...outMsg) ([]*jetstrea
 
 // createScheduled handles a new job in one record write when a service can
 // take it now: the record is created SCHEDULED with its first execution,
-// and the work item and SCHEDULED are published with it. QUEUED is not
-// announced: the job never waited, and the mediator takes NEW -> SCHEDULED.
+// and the work item is published with it. SCHEDULED is announced only if the
+// job is still there ScheduledDelay later (held.go). QUEUED is not
+// announced: the job never waited, and the mediator takes NEW -> SCHEDULED,
+// or NEW -> its end for a job done within the delay.
 // It reports false (and no error) when it did nothing: no candidate now, or
 // the record exists already (a redelivery), both handled by the general
 // path. The create is the existence check: no read comes first.
 //
 // first says this is the job's first announcement, delivered for the first
 // time: then its record cannot exist yet (only this message creates it), so
-// the record, the work item and SCHEDULED go out together, one round trip
+// the record and the work item go out together, one round trip
 // from JobCreated to a worker (unless the job has a deadline). Otherwise the record is created first and the
 // rest only once it is: a redelivery or a re-announcement may find the job
 // handled long ago, and must not send its work again.
@@ -127,9 +135,22 @@ func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job, first 
 	// A failure after the record is stored is healed by redelivery: the
 	// record is SCHEDULED, and advance publishes the same work item and
 	// announcement again (the same msg ids: stored once).
-	out := []outMsg{
-		{subject: bus.SubjectWork(cand.Service, id), msgID: record.WorkMsgID(rec), m: item},
-		{subject: bus.SubjectJobStatus(id), msgID: record.StatusMsgID(rec), m: record.StatusEvent(rec)}}
+	out := []outMsg{{subject: bus.SubjectWork(cand.Service, id), msgID: record.WorkMsgID(rec), m: item}}
+	// SCHEDULED goes out with them only when it cannot be held back. It is
+	// held before anything is sent: a worker's report may be announced as
+	// soon as the record is stored, and must find it held to drop it. Should
+	// the job not be dispatched here after all, it is let go, and the path
+	// that dispatches it announces.
+	dispatched := false
+	if p.held.hold(ctx, id, p.statusMsg(rec), now) {
+		defer func() {
+			if !dispatched {
+				p.held.release(id)
+			}
+		}()
+	} else {
+		out = append(out, p.statusMsg(rec))
+	}
 	if rec.GetDeadline() != nil {
 		out = append(out, p.deadlineTimer(rec))
 	}
@@ -171,5 +192,6 @@ func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job, first 
 	}
 	p.metrics.dispatched(ctx, rec.GetProfile(), cand.Service)
 	slog.DebugContext(ctx, "job dispatched", "job_id", id, "attempt", 1, "service", cand.Service, "cost", cand.Cost, "load", cand.Load)
+	dispatched = true
 	return true, nil
 }

@@ -62,13 +62,16 @@ func TestReannouncedJobSendsNoWork(t *testing.T) {
 
 // A worker's report may reach the processor before the record that was
 // published with the job's work item is stored: it waits for the record
-// instead of being dropped.
+// instead of being dropped. Its RUNNING is the job's first announcement:
+// the SCHEDULED held back is dropped, not sent late.
 func TestReportBeforeRecordWaits(t *testing.T) {
 	b := setup(t, oneService(), time.Minute)
 	b.exec(t, update("job-2", 1, running, 0))
 	time.Sleep(200 * time.Millisecond) // the report is handled, and finds no record
 	b.create(t, "job-2")
-	b.waitStatuses(t, "job-2", "SCHEDULED RUNNING-0")
+	b.waitStatuses(t, "job-2", "RUNNING-0")
+	time.Sleep(processor.DefaultScheduledDelay + 200*time.Millisecond)
+	b.waitStatuses(t, "job-2", "RUNNING-0")
 	if rec := b.record(t, "job-2"); rec.Status != running {
 		t.Errorf("record = %v, want RUNNING", rec)
 	}

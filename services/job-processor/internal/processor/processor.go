@@ -111,6 +111,11 @@ type Config struct {
 	// processor's own timeout (job-timeout-passed) comes first and the
 	// worker's is only the backstop when no processor runs (default 5s).
 	TimeoutGrace time.Duration
+	// ScheduledDelay is how long the SCHEDULED of a job dispatched at once
+	// is held back: a job that ends sooner is never announced SCHEDULED
+	// (see held.go). Default DefaultScheduledDelay; negative announces at
+	// once.
+	ScheduledDelay time.Duration
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
 }
@@ -122,6 +127,7 @@ type Processor struct {
 	events  jetstream.Stream
 	work    jetstream.Stream
 	metrics metrics
+	held    *held
 	ready   atomic.Bool
 	// lastDown is when this process last saw NATS unreachable (unix ns),
 	// from its start: workers' heartbeats cannot arrive meanwhile, so it
@@ -158,6 +164,9 @@ func New(ctx context.Context, cfg Config) (*Processor, error) {
 	if cfg.TimeoutGrace <= 0 {
 		cfg.TimeoutGrace = 5 * time.Second
 	}
+	if cfg.ScheduledDelay == 0 {
+		cfg.ScheduledDelay = DefaultScheduledDelay
+	}
 	events, err := cfg.JS.Stream(ctx, bus.StreamEvents)
 	if err != nil {
 		return nil, fmt.Errorf("bind stream %s: %w", bus.StreamEvents, err)
@@ -174,7 +183,7 @@ func New(ctx context.Context, cfg Config) (*Processor, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Processor{cfg: cfg, store: newStore(kv), events: events, work: work, metrics: m}
+	p := &Processor{cfg: cfg, store: newStore(kv), events: events, work: work, metrics: m, held: newHeld(cfg.ScheduledDelay)}
 	p.lastDown.Store(cfg.Now().UnixNano())
 	return p, nil
 }
@@ -208,9 +217,13 @@ func (p *Processor) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { p.watchConnection(gctx); return nil })
 	g.Go(func() error { p.watchStranded(gctx); return nil })
+	g.Go(func() error { p.announceHeld(gctx); return nil })
 	p.ready.Store(true)
 	defer p.ready.Store(false)
-	return g.Wait()
+	err := g.Wait()
+	// The consumers have drained: nothing is held after this.
+	p.flushHeld(ctx)
+	return err
 }
 
 // connectedAt is the last moment this process was cut off from NATS (or its
@@ -353,7 +366,7 @@ func (p *Processor) sendWork(ctx context.Context, rec *jobsv1.Job) error {
 	// again (each is stored once, by its msg id).
 	if _, err := p.publishAll(ctx,
 		outMsg{subject: bus.SubjectWork(cur.GetService(), rec.GetId()), msgID: record.WorkMsgID(rec), m: item},
-		outMsg{subject: bus.SubjectJobStatus(rec.GetId()), msgID: record.StatusMsgID(rec), m: record.StatusEvent(rec)}); err != nil {
+		p.statusMsg(rec)); err != nil {
 		return fmt.Errorf("dispatch job %s to %s: %w", rec.GetId(), cur.GetService(), err)
 	}
 	return nil
@@ -497,7 +510,7 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 		// trip. A mere progress report does not start another timer: past
 		// the duplicate window a repeat would be a second one.
 		_, err := p.publishAll(ctx, p.attemptTimer(ctx, rec),
-			outMsg{subject: bus.SubjectJobStatus(id), msgID: record.StatusMsgID(rec), m: record.StatusEvent(rec)})
+			p.statusMsg(rec))
 		return err
 	}
 	return p.announce(ctx, rec)
@@ -670,10 +683,15 @@ func (p *Processor) withdrawLost(ctx context.Context, rec *jobsv1.Job, attempt i
 
 // announce publishes rec's current state to the mediator.
 func (p *Processor) announce(ctx context.Context, rec *jobsv1.Job) error {
-	if err := bus.Publish(ctx, p.cfg.JS, bus.SubjectJobStatus(rec.GetId()), record.StatusMsgID(rec), record.StatusEvent(rec)); err != nil {
+	if _, err := p.publishAll(ctx, p.statusMsg(rec)); err != nil {
 		return fmt.Errorf("announce job %s %s: %w", rec.GetId(), jobstate.Name(rec.GetStatus()), err)
 	}
 	return nil
+}
+
+// statusMsg is the announcement of rec's current state, for publishAll.
+func (p *Processor) statusMsg(rec *jobsv1.Job) outMsg {
+	return outMsg{subject: bus.SubjectJobStatus(rec.GetId()), msgID: record.StatusMsgID(rec), m: record.StatusEvent(rec), announces: rec.GetId()}
 }
 
 // validID refuses ids that cannot be a KV key and a subject token.

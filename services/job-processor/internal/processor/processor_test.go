@@ -91,6 +91,8 @@ type bundle struct {
 	events jetstream.Stream
 	work   jetstream.Stream
 	kv     jetstream.KeyValue
+	// stop stops the processor setup started and waits for it.
+	stop func()
 }
 
 // setup starts NATS, provisions it and runs a processor on it until the test ends.
@@ -121,12 +123,13 @@ func setup(t *testing.T, lookup selection.Lookup, queueTimeout time.Duration, tw
 	if b.kv, err = js.KeyValue(ctx, bus.BucketExecutions); err != nil {
 		t.Fatal(err)
 	}
-	b.run(t, lookup, queueTimeout, tweaks...)
+	b.stop = b.run(t, lookup, queueTimeout, tweaks...)
 	return b
 }
 
-// run starts a processor (a replica, when there is one already) until the test ends.
-func (b *bundle) run(t *testing.T, lookup selection.Lookup, queueTimeout time.Duration, tweaks ...func(*processor.Config)) {
+// run starts a processor (a replica, when there is one already) until the
+// test ends or the returned stop is called, which waits for Run to return.
+func (b *bundle) run(t *testing.T, lookup selection.Lookup, queueTimeout time.Duration, tweaks ...func(*processor.Config)) (stop func()) {
 	t.Helper()
 	cfg := processor.Config{JS: b.js, NC: b.nc, Selector: selection.New(lookup), QueueTimeout: queueTimeout, CancelDeliveries: 50}
 	for _, tw := range tweaks {
@@ -136,16 +139,18 @@ func (b *bundle) run(t *testing.T, lookup selection.Lookup, queueTimeout time.Du
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(b.ctx)
+	runCtx, cancel := context.WithCancel(b.ctx)
 	done := make(chan error, 1)
 	go func() { done <- p.Run(runCtx) }()
-	t.Cleanup(func() {
-		stop()
+	stop = sync.OnceFunc(func() {
+		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	})
+	t.Cleanup(stop)
 	waitFor(t, "processor ready", p.Ready)
+	return stop
 }
 
 // waitFor polls cond until it holds, failing the test after 15 s.

@@ -1,0 +1,74 @@
+package processor_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/services/job-processor/internal/processor"
+)
+
+func scheduledDelay(d time.Duration) func(*processor.Config) {
+	return func(c *processor.Config) { c.ScheduledDelay = d }
+}
+
+// A job that ends within the delay is never announced SCHEDULED: its end,
+// with the execution, is the mediator's first news of it.
+func TestShortJobIsNotAnnouncedScheduled(t *testing.T) {
+	const delay = 2 * time.Second
+	b := setup(t, oneService(), time.Minute, scheduledDelay(delay))
+	b.create(t, "job-1")
+	b.workItem(t, "probe")
+	b.exec(t, update("job-1", 1, completed, 100))
+	evs := b.waitStatuses(t, "job-1", "COMPLETED")
+	if ex := evs[0].GetExecution(); ex.GetAttempt() != 1 || ex.GetService() != "probe" || ex.GetDispatchTime() == nil {
+		t.Errorf("COMPLETED carries execution %v, want attempt 1 on probe with its dispatch time", ex)
+	}
+	time.Sleep(delay + 500*time.Millisecond) // the held SCHEDULED would be due by now
+	b.waitStatuses(t, "job-1", "COMPLETED")
+}
+
+// A job still SCHEDULED when the delay has passed is announced then.
+func TestWaitingJobIsAnnouncedScheduledAfterTheDelay(t *testing.T) {
+	const delay = 300 * time.Millisecond
+	b := setup(t, oneService(), time.Minute, scheduledDelay(delay))
+	b.create(t, "job-1")
+	evs := b.waitStatuses(t, "job-1", "SCHEDULED")
+	msg, err := b.events.GetLastMsgForSubject(b.ctx, bus.SubjectJobStatus("job-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dispatched := evs[0].GetExecution().GetDispatchTime().AsTime()
+	if held := msg.Time.Sub(dispatched); held < delay {
+		t.Errorf("SCHEDULED stored %s after the dispatch, want at least the delay %s", held, delay)
+	}
+}
+
+// A negative delay announces SCHEDULED with the dispatch, as before.
+func TestNegativeScheduledDelayAnnouncesAtOnce(t *testing.T) {
+	b := setup(t, oneService(), time.Minute, scheduledDelay(-1))
+	b.create(t, "job-1")
+	evs := b.waitStatuses(t, "job-1", "SCHEDULED")
+	msg, err := b.events.GetLastMsgForSubject(b.ctx, bus.SubjectJobStatus("job-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Stored before the record's write was even acknowledged; far below
+	// the default delay whatever the machine.
+	if held := msg.Time.Sub(evs[0].GetExecution().GetDispatchTime().AsTime()); held >= processor.DefaultScheduledDelay {
+		t.Errorf("SCHEDULED stored %s after the dispatch, want it sent with the dispatch", held)
+	}
+}
+
+// A processor that stops announces what it holds: a job waiting in its
+// service's queue is not left NEW in the mediator's eyes until the sweep.
+func TestStoppingProcessorAnnouncesWhatItHolds(t *testing.T) {
+	b := setup(t, oneService(), time.Minute, scheduledDelay(time.Hour))
+	b.create(t, "job-1")
+	b.workItem(t, "probe")
+	if got := b.statuses(t, "job-1"); len(got) != 0 {
+		t.Fatalf("announced %q within an hour's delay", names(got))
+	}
+	b.stop()
+	b.waitStatuses(t, "job-1", "SCHEDULED")
+}
