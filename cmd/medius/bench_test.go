@@ -67,15 +67,15 @@ type starts struct {
 	allDone   chan struct{}
 	want      int64
 	// stages: when the test saw each step of a job (its own clock).
-	stages map[string]*[4]time.Time
+	stages map[string]*[3]time.Time
 }
 
-// Steps of a job as seen on the bus, in order.
+// Steps of a job as seen on the bus. SCHEDULED is not one: a job done
+// within the processor's ScheduledDelay is never announced SCHEDULED.
 const (
-	seenScheduled     = iota // processor announced SCHEDULED
+	seenCreated       = iota // mediator announced JobCreated
 	seenWorkerDone           // worker reported COMPLETED
 	seenAnnouncedDone        // processor announced COMPLETED
-	seenCreated              // mediator announced JobCreated
 )
 
 func (s *starts) saw(id string, step int) {
@@ -83,7 +83,7 @@ func (s *starts) saw(id string, step int) {
 	defer s.mu.Unlock()
 	st := s.stages[id]
 	if st == nil {
-		st = &[4]time.Time{}
+		st = &[3]time.Time{}
 		s.stages[id] = st
 	}
 	if st[step].IsZero() {
@@ -93,7 +93,7 @@ func (s *starts) saw(id string, step int) {
 
 func newStarts(want int) *starts {
 	return &starts{submitted: map[string]time.Time{}, started: map[string]time.Time{}, allDone: make(chan struct{}), want: int64(want),
-		stages: map[string]*[4]time.Time{}}
+		stages: map[string]*[3]time.Time{}}
 }
 
 func (s *starts) onExec(m *nats.Msg) {
@@ -128,9 +128,6 @@ func (s *starts) onStatus(m *nats.Msg) {
 	if proto.Unmarshal(m.Data, ev) != nil {
 		return
 	}
-	if ev.GetStatus() == jobsv1.JobStatus_JOB_STATUS_SCHEDULED {
-		s.saw(ev.GetJobId(), seenScheduled)
-	}
 	if ev.GetStatus() != jobsv1.JobStatus_JOB_STATUS_COMPLETED {
 		return
 	}
@@ -144,11 +141,12 @@ func (s *starts) onStatus(m *nats.Msg) {
 func (s *starts) breakdown() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	med := func(from func(string, *[4]time.Time) time.Time, to int) time.Duration {
+	type at func(string, *[3]time.Time) time.Time
+	med := func(from, to at) time.Duration {
 		var d []time.Duration
 		for id, st := range s.stages {
-			if f := from(id, st); !f.IsZero() && !st[to].IsZero() {
-				d = append(d, st[to].Sub(f))
+			if f, t := from(id, st), to(id, st); !f.IsZero() && !t.IsZero() {
+				d = append(d, t.Sub(f))
 			}
 		}
 		if len(d) == 0 {
@@ -157,12 +155,14 @@ func (s *starts) breakdown() string {
 		slices.Sort(d)
 		return d[len(d)/2]
 	}
-	step := func(i int) func(string, *[4]time.Time) time.Time {
-		return func(_ string, st *[4]time.Time) time.Time { return st[i] }
+	step := func(i int) at {
+		return func(_ string, st *[3]time.Time) time.Time { return st[i] }
 	}
-	submitted := func(id string, _ *[4]time.Time) time.Time { return s.submitted[id] }
-	return fmt.Sprintf("median submit->JobCreated %s, JobCreated->SCHEDULED %s, SCHEDULED->worker COMPLETED %s, worker COMPLETED->announced %s",
-		med(submitted, seenCreated), med(step(seenCreated), seenScheduled), med(step(seenScheduled), seenWorkerDone), med(step(seenWorkerDone), seenAnnouncedDone))
+	submitted := func(id string, _ *[3]time.Time) time.Time { return s.submitted[id] }
+	// The worker's own clock, on the same machine.
+	started := func(id string, _ *[3]time.Time) time.Time { return s.started[id] }
+	return fmt.Sprintf("median submit->JobCreated %s, JobCreated->worker start %s, worker start->worker COMPLETED %s, worker COMPLETED->announced %s",
+		med(submitted, step(seenCreated)), med(step(seenCreated), started), med(started, step(seenWorkerDone)), med(step(seenWorkerDone), step(seenAnnouncedDone)))
 }
 
 // latencies returns p50 and p99 of submit -> worker start.
@@ -204,12 +204,20 @@ func runPlatform(b *testing.B) platformResult {
 	if v, err := strconv.Atoi(os.Getenv("MEDIUS_BENCH_CAPACITY")); err == nil && v > 0 {
 		capacity = strconv.Itoa(v)
 	}
+	args := map[string][]string{"job-worker": {"--capacity", capacity, "--pprof-addr", pprofAddr["job-worker"]},
+		"job-processor": {"--queue-timeout", "10m", "--pprof-addr", pprofAddr["job-processor"]},
+		"mediator":      {"--pprof-addr", pprofAddr["mediator"]}}
+	// MEDIUS_BENCH_OTLP=<host:port> sends every service's traces to that
+	// OTLP gRPC endpoint: each job's spans show where its time goes.
+	if ep := os.Getenv("MEDIUS_BENCH_OTLP"); ep != "" {
+		for _, s := range []string{"job-worker", "job-processor", "mediator", "service-registry"} {
+			args[s] = append(args[s], "--otlp-endpoint", ep)
+		}
+	}
 	l := startLab(b, devstack.Config{
 		Workers: 1,
-		Args: map[string][]string{"job-worker": {"--capacity", capacity, "--pprof-addr", pprofAddr["job-worker"]},
-			"job-processor": {"--queue-timeout", "10m", "--pprof-addr", pprofAddr["job-processor"]},
-			"mediator":      {"--pprof-addr", pprofAddr["mediator"]}},
-		Env: []string{"MEDIUS_LOG_LEVEL=warn"},
+		Args:    args,
+		Env:     []string{"MEDIUS_LOG_LEVEL=warn"},
 	})
 	nc, js, err := bus.Connect(l.stack.NATS.URL, "bench")
 	if err != nil {
