@@ -26,7 +26,7 @@ type outMsg struct {
 	header nats.Header
 	// raw, when set, is published as it is instead of m, without headers
 	// (a KV value); expectNew makes the stream refuse it if the subject has
-	// any message (a KV create).
+	// any message (a KV create, a held SCHEDULED).
 	raw       []byte
 	expectNew bool
 	// announces names the job whose state this message announces: any SCHEDULED
@@ -40,41 +40,35 @@ var errKeyExists = jetstream.ErrKeyExists
 // publishAll publishes msgs in order without waiting for each ack in turn,
 // then waits for all of them: one round trip instead of one each. Like
 // bus.Publish, each carries its msg id, type and the trace context. It
-// returns each message's ack, and the first error (a create refused because
-// its key exists is errKeyExists); the other messages are published
-// whatever happens to one.
+// returns each message's ack (nil if it failed), and the first error (a
+// create refused because its key exists is errKeyExists); the other
+// messages are published whatever happens to one.
 func (p *Processor) publishAll(ctx context.Context, msgs ...outMsg) ([]*jetstream.PubAck, error) {
-	futs := make([]jetstream.PubAckFuture, 0, len(msgs))
-	for _, o := range msgs {
+	acks, errs := p.publishEach(ctx, msgs)
+	for _, err := range errs {
+		if err != nil {
+			return acks, err
+		}
+	}
+	return acks, nil
+}
+
+// publishEach is publishAll with each message's own outcome: errs[i] is
+// msgs[i]'s error, nil when acks[i] is its ack.
+func (p *Processor) publishEach(ctx context.Context, msgs []outMsg) ([]*jetstream.PubAck, []error) {
+	futs := make([]jetstream.PubAckFuture, len(msgs))
+	errs := make([]error, len(msgs))
+	for i, o := range msgs {
 		if o.announces != "" {
 			p.held.release(o.announces)
 		}
-		nm := &nats.Msg{Subject: o.subject, Data: o.raw}
-		var opts []jetstream.PublishOpt
-		if o.expectNew {
-			opts = append(opts, jetstream.WithExpectLastSequencePerSubject(0))
-		}
-		if o.raw == nil {
-			var err error
-			if nm, err = bus.NewMsg(ctx, o.subject, o.m); err != nil {
-				return nil, err
-			}
-			for k, v := range o.header {
-				nm.Header[k] = v
-			}
-		}
-		if o.msgID != "" {
-			opts = append(opts, jetstream.WithMsgID(o.msgID))
-		}
-		f, err := p.cfg.JS.PublishMsgAsync(nm, opts...)
-		if err != nil {
-			return nil, fmt.Errorf("publish %s: %w", o.subject, err)
-		}
-		futs = append(futs, f)
+		futs[i], errs[i] = p.publishAsync(ctx, o)
 	}
-	acks := make([]*jetstream.PubAck, len(futs))
-	var first error
+	acks := make([]*jetstream.PubAck, len(msgs))
 	for i, f := range futs {
+		if f == nil {
+			continue
+		}
 		select {
 		case ack := <-f.Ok():
 			acks[i] = ack
@@ -82,14 +76,38 @@ func (p *Processor) publishAll(ctx context.Context, msgs ...outMsg) ([]*jetstrea
 			if msgs[i].expectNew && bus.IsWrongLastSequence(err) {
 				err = errKeyExists
 			}
-			if first == nil {
-				first = fmt.Errorf("publish %s: %w", msgs[i].subject, err)
-			}
+			errs[i] = fmt.Errorf("publish %s: %w", msgs[i].subject, err)
 		case <-ctx.Done():
-			return acks, fmt.Errorf("publish %s: %w", msgs[i].subject, ctx.Err())
+			errs[i] = fmt.Errorf("publish %s: %w", msgs[i].subject, ctx.Err())
 		}
 	}
-	return acks, first
+	return acks, errs
+}
+
+// publishAsync sends o, for publishEach to wait for its ack.
+func (p *Processor) publishAsync(ctx context.Context, o outMsg) (jetstream.PubAckFuture, error) {
+	nm := &nats.Msg{Subject: o.subject, Data: o.raw}
+	var opts []jetstream.PublishOpt
+	if o.expectNew {
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(0))
+	}
+	if o.raw == nil {
+		var err error
+		if nm, err = bus.NewMsg(ctx, o.subject, o.m); err != nil {
+			return nil, fmt.Errorf("publish %s: %w", o.subject, err)
+		}
+		for k, v := range o.header {
+			nm.Header[k] = v
+		}
+	}
+	if o.msgID != "" {
+		opts = append(opts, jetstream.WithMsgID(o.msgID))
+	}
+	f, err := p.cfg.JS.PublishMsgAsync(nm, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("publish %s: %w", o.subject, err)
+	}
+	return f, nil
 }
 
 // createScheduled handles a new job in one record write when a service can
@@ -142,14 +160,14 @@ func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job, first 
 	// the job not be dispatched here after all, it is let go, and the path
 	// that dispatches it announces.
 	dispatched := false
-	if p.held.hold(ctx, id, p.statusMsg(rec), now) {
+	if scheduled := p.statusMsg(rec); p.held.hold(ctx, id, scheduled, p.cfg.Now()) {
 		defer func() {
 			if !dispatched {
 				p.held.release(id)
 			}
 		}()
 	} else {
-		out = append(out, p.statusMsg(rec))
+		out = append(out, scheduled)
 	}
 	if rec.GetDeadline() != nil {
 		out = append(out, p.deadlineTimer(rec))

@@ -2,6 +2,7 @@ package processor
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -19,11 +20,16 @@ import (
 // The job's own record is SCHEDULED from the start, so /executions shows
 // the dispatch at once.
 //
-// Nothing is lost if this process dies holding announcements: SCHEDULED is
-// a passing state. The job's next announcement (RUNNING, its end) moves the
-// mediator's record on, and a job left NEW longer than the mediator's
-// sweep allows is announced again, which makes the processor announce the
-// record's state.
+// A held SCHEDULED is published only as the job's first announcement (the
+// stream refuses it once the job's subject has any): one released too late,
+// or held by a replica other than the one that announced the job's end, is
+// dropped there rather than sent after the news it is older than. A publish
+// that fails is held again and retried; a stopping processor publishes what
+// it holds. One killed holding announcements loses them: SCHEDULED is a
+// passing state, and the mediator shows such a job NEW until its next
+// announcement (RUNNING once its worker has run it for the worker's running
+// delay, or its end), while /executions, read from the processor's record,
+// shows it SCHEDULED.
 
 // DefaultScheduledDelay is how long SCHEDULED is held back by default.
 const DefaultScheduledDelay = 500 * time.Millisecond
@@ -60,9 +66,14 @@ func (h *held) hold(ctx context.Context, job string, msg outMsg, now time.Time) 
 	if h.delay <= 0 {
 		return false
 	}
-	msg.header = nats.Header{}
-	otel.GetTextMapPropagator().Inject(ctx, bus.HeaderCarrier(msg.header))
+	// A first hold takes the dispatch's trace; a message held again after
+	// a failed publish has it already.
+	if msg.header == nil {
+		msg.header = nats.Header{}
+		otel.GetTextMapPropagator().Inject(ctx, bus.HeaderCarrier(msg.header))
+	}
 	msg.announces = "" // when it goes out, nothing of its job's is held
+	msg.expectNew = true
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	// The queue, not byJob, is what is bounded: released entries stay in
@@ -84,7 +95,7 @@ func (h *held) hold(ctx context.Context, job string, msg outMsg, now time.Time) 
 
 // release drops job's held announcement: a later one of this replica's
 // says more. (One published by another replica does not release it; the
-// late SCHEDULED that follows is then stale, and the mediator ignores it.)
+// stream then refuses the held SCHEDULED, no longer the job's first.)
 func (h *held) release(job string) {
 	if h.delay <= 0 {
 		return
@@ -95,10 +106,11 @@ func (h *held) release(job string) {
 }
 
 // take removes and returns the announcements due by now (all of them when
-// now is zero), and when the next one falls due (zero if none is held).
-func (h *held) take(now time.Time) ([]outMsg, time.Time) {
+// now is zero), with their jobs.
+func (h *held) take(now time.Time) ([]string, []outMsg) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	var jobs []string
 	var due []outMsg
 	n := 0
 	for _, e := range h.queue {
@@ -108,16 +120,24 @@ func (h *held) take(now time.Time) ([]outMsg, time.Time) {
 		n++
 		if h.byJob[e.job] == e {
 			delete(h.byJob, e.job)
+			jobs = append(jobs, e.job)
 			due = append(due, e.msg)
 		}
 	}
 	// Dropping a prefix keeps the backing array; copying the rest down
 	// keeps it from growing with every entry ever held.
 	h.queue = h.queue[:copy(h.queue, h.queue[n:])]
+	return jobs, due
+}
+
+// next is when the next held announcement falls due; zero if none is held.
+func (h *held) next() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if len(h.queue) == 0 {
-		return due, time.Time{}
+		return time.Time{}
 	}
-	return due, h.queue[0].due
+	return h.queue[0].due
 }
 
 // announceHeld publishes held announcements as they fall due, until ctx
@@ -126,10 +146,10 @@ func (p *Processor) announceHeld(ctx context.Context) {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
 	for {
-		msgs, next := p.held.take(p.cfg.Now())
-		p.publishHeld(ctx, msgs)
+		jobs, msgs := p.held.take(p.cfg.Now())
+		p.publishHeld(ctx, jobs, msgs, true)
 		var tick <-chan time.Time
-		if !next.IsZero() {
+		if next := p.held.next(); !next.IsZero() {
 			t.Reset(max(next.Sub(p.cfg.Now()), time.Millisecond))
 			tick = t.C
 		}
@@ -144,19 +164,27 @@ func (p *Processor) announceHeld(ctx context.Context) {
 
 // flushHeld announces every held SCHEDULED at once: the process stops.
 func (p *Processor) flushHeld(ctx context.Context) {
-	msgs, _ := p.held.take(time.Time{})
+	jobs, msgs := p.held.take(time.Time{})
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	p.publishHeld(ctx, msgs)
+	p.publishHeld(ctx, jobs, msgs, false)
 }
 
-// publishHeld publishes msgs in one round trip. A failure is only logged:
-// the job's next announcement, or the mediator's sweep, makes up for it.
-func (p *Processor) publishHeld(ctx context.Context, msgs []outMsg) {
+// publishHeld publishes msgs, the SCHEDULED of jobs, in one round trip. One
+// refused because its job has been announced since is dropped; one that
+// failed otherwise is held again, when retry allows and there is room.
+func (p *Processor) publishHeld(ctx context.Context, jobs []string, msgs []outMsg, retry bool) {
 	if len(msgs) == 0 {
 		return
 	}
-	if _, err := p.publishAll(ctx, msgs...); err != nil {
-		slog.WarnContext(ctx, "announce SCHEDULED", "jobs", len(msgs), "err", err)
+	_, errs := p.publishEach(ctx, msgs)
+	for i, err := range errs {
+		switch {
+		case err == nil, errors.Is(err, errKeyExists):
+		case retry && p.held.hold(ctx, jobs[i], msgs[i], p.cfg.Now()):
+			slog.DebugContext(ctx, "announce SCHEDULED; retried after the delay", "job_id", jobs[i], "err", err)
+		default:
+			slog.WarnContext(ctx, "announce SCHEDULED", "job_id", jobs[i], "err", err)
+		}
 	}
 }

@@ -24,18 +24,18 @@ func TestHeldFallsDueInOrderAndReleases(t *testing.T) {
 		}
 	}
 	h.release("job-1") // its later announcement went out
-	if due, next := h.take(t0.Add(500 * time.Millisecond)); len(due) != 0 || !next.Equal(t0.Add(time.Second)) {
-		t.Fatalf("before the delay: took %v, next due %v", heldIDs(due), next)
+	if _, due := h.take(t0.Add(500 * time.Millisecond)); len(due) != 0 || !h.next().Equal(t0.Add(time.Second)) {
+		t.Fatalf("before the delay: took %v, next due %v", heldIDs(due), h.next())
 	}
-	due, next := h.take(t0.Add(time.Second + time.Millisecond))
-	if got := fmt.Sprint(heldIDs(due)); got != "[m0]" || !next.Equal(t0.Add(time.Second+2*time.Millisecond)) {
-		t.Fatalf("took %s, next due %v; want [m0] (m1 released), next at m2's", got, next)
+	jobs, due := h.take(t0.Add(time.Second + time.Millisecond))
+	if got := fmt.Sprint(jobs, heldIDs(due)); got != "[job-0] [m0]" || !h.next().Equal(t0.Add(time.Second+2*time.Millisecond)) {
+		t.Fatalf("took %s, next due %v; want [job-0] [m0] (m1 released), next at m2's", got, h.next())
 	}
-	if due[0].announces != "" {
-		t.Errorf("a held announcement would release its job's entry when sent: %+v", due[0])
+	if due[0].announces != "" || !due[0].expectNew || due[0].header == nil {
+		t.Errorf("a held announcement must go out only as its job's first, with its trace, releasing nothing: %+v", due[0])
 	}
-	if due, next := h.take(time.Time{}); fmt.Sprint(heldIDs(due)) != "[m2]" || !next.IsZero() {
-		t.Fatalf("flush took %v, next %v", heldIDs(due), next)
+	if _, due := h.take(time.Time{}); fmt.Sprint(heldIDs(due)) != "[m2]" || !h.next().IsZero() {
+		t.Fatalf("flush took %v, next %v", heldIDs(due), h.next())
 	}
 }
 
@@ -53,7 +53,7 @@ func TestHeldIsBounded(t *testing.T) {
 	if h.hold(context.Background(), "one-more", outMsg{}, now) {
 		t.Fatal("held beyond heldMax")
 	}
-	if due, _ := h.take(now.Add(time.Minute)); len(due) != 0 {
+	if _, due := h.take(now.Add(time.Minute)); len(due) != 0 {
 		t.Fatalf("released entries were sent: %d", len(due))
 	}
 	if !h.hold(context.Background(), "one-more", outMsg{}, now) {

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/services/job-processor/internal/processor"
 )
@@ -71,4 +72,20 @@ func TestStoppingProcessorAnnouncesWhatItHolds(t *testing.T) {
 	}
 	b.stop()
 	b.waitStatuses(t, "job-1", "SCHEDULED")
+}
+
+// A held SCHEDULED goes out only as the job's first announcement: one
+// another replica's news has overtaken (its worker's report went there) is
+// dropped, not sent after it.
+func TestHeldScheduledOvertakenElsewhereIsDropped(t *testing.T) {
+	const delay = time.Second
+	b := setup(t, oneService(), time.Minute, scheduledDelay(delay))
+	b.create(t, "job-1")
+	b.workItem(t, "probe")
+	// The job's end, as another replica announces it.
+	b.publish(t, bus.SubjectJobStatus("job-1"), "status-job-1-1-COMPLETED",
+		&eventsv1.JobStatusChanged{JobId: "job-1", Status: completed, Progress: 100})
+	b.waitStatuses(t, "job-1", "COMPLETED")
+	time.Sleep(delay + 500*time.Millisecond) // the held SCHEDULED falls due
+	b.waitStatuses(t, "job-1", "COMPLETED")
 }
