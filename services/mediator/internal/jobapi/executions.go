@@ -44,6 +44,18 @@ func (s *Server) executions(ctx context.Context, id string) ([]*jobsv1.Execution
 	return rec.GetExecutions(), true, nil
 }
 
+// processorAttempts is the highest attempt the processor's record of job id
+// knows; 0 if it has none or cannot be read (a cancel is not refused for it:
+// it then names no attempt, as it would have before any).
+func (s *Server) processorAttempts(ctx context.Context, id string) int32 {
+	ex, _, err := s.executions(ctx, id)
+	if err != nil {
+		slog.WarnContext(ctx, "read the processor's record for a cancel", "job", id, "err", err)
+		return 0
+	}
+	return jobstate.LatestAttempt(&jobsv1.Job{Executions: ex})
+}
+
 // ListJobExecutions implements jobsv1.JobServiceServer: one execution per
 // attempt, oldest first.
 func (s *Server) ListJobExecutions(ctx context.Context, req *jobsv1.ListJobExecutionsRequest) (*jobsv1.ListJobExecutionsResponse, error) {

@@ -175,6 +175,28 @@ func TestCancelNamesTheRestartsAttempt(t *testing.T) {
 	}
 }
 
+// A job the processor has dispatched but not yet announced (it holds a
+// job's SCHEDULED back for a while) has no attempt in the mediator's
+// record: a cancel then names the processor's, so that, redelivered late
+// after a restart, it is still known for the cancel of the run before.
+func TestCancelBeforeTheDispatchIsAnnouncedNamesTheProcessorsAttempt(t *testing.T) {
+	f := setup(t)
+	cancels := f.env.WatchEvents(t, bus.SubjectJobCancel)
+	job, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	processorRecord(t, f, job.GetId(), 1)
+	if _, err := f.srv.CancelJob(as("acme"), &jobsv1.CancelJobRequest{Id: job.GetId()}); err != nil {
+		t.Fatalf("cancel: %v", err)
+	}
+	ev := &eventsv1.JobCancelRequested{}
+	cancels.Next(ev)
+	if ev.GetAttempts() != 1 {
+		t.Fatalf("cancel of a job NEW to the mediator, dispatched as attempt 1, names attempt %d", ev.GetAttempts())
+	}
+}
+
 // processorRecord stores the processor's record of job id with n
 // executions, all ended FAILED, as a processor would have (the mediator
 // counts them for a restart).

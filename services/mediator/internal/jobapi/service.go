@@ -529,7 +529,13 @@ func (s *Server) CancelJob(ctx context.Context, req *jobsv1.CancelJobRequest) (*
 	}
 	// The processor numbers executions as the record does, and reaches
 	// this count once it has applied every restart the record holds.
-	ev := &eventsv1.JobCancelRequested{JobId: job.GetId(), Tenant: job.GetTenant(), Attempts: jobstate.LatestAttempt(job)}
+	attempts := jobstate.LatestAttempt(job)
+	if attempts == 0 {
+		// The processor may have dispatched the job without announcing it
+		// yet (it holds SCHEDULED back a while): its record knows.
+		attempts = s.processorAttempts(ctx, job.GetId())
+	}
+	ev := &eventsv1.JobCancelRequested{JobId: job.GetId(), Tenant: job.GetTenant(), Attempts: attempts}
 	if err := bus.Publish(ctx, s.js, bus.SubjectJobCancel, cancelMsgID(job.GetId(), rev), ev); err != nil {
 		return nil, problem.Unavailable("cannot request cancellation now", err)
 	}
