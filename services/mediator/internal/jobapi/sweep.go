@@ -67,7 +67,8 @@ const sweepReadChunk = 1 << 14
 // id keeps one publish within the events stream's duplicate window, and the
 // processor is idempotent beyond it. A job announced by CreateJob but still
 // NEW after MinAge (a processor lagging behind) is announced again at most
-// once per replica and start.
+// once per replica and start, unless the processor has a record of it: it
+// is then the processor's to announce (see recover).
 //
 // Sweep also settles the restarts of every replica (checkRestarts): it
 // announces again a restart whose announcement may be lost, once MinAge
@@ -283,6 +284,18 @@ func (s *Server) recover(ctx context.Context, job *jobsv1.Job) error {
 			s.release(ctx, job.GetTenant(), job.GetId())
 			return nil
 		}
+	}
+	// A job the processor has a record of was announced and is its to
+	// move on: it may look NEW here only because the processor holds its
+	// SCHEDULED back, or lost that announcement when it died. Announced
+	// again past the events stream's duplicate window, it would have the
+	// processor send its work item again (past the work stream's window
+	// too) while the first may still be queued: the job would run twice.
+	if _, known, err := s.executions(ctx, job.GetId()); err != nil {
+		return fmt.Errorf("republish job %s: %w", job.GetId(), err)
+	} else if known {
+		slog.DebugContext(ctx, "job left new is the processor's already", "job", job.GetId())
+		return nil
 	}
 	if err := s.reannounce(ctx, job); err != nil {
 		return fmt.Errorf("republish job %s: %w", job.GetId(), err)

@@ -142,6 +142,30 @@ func TestSweepLeavesJobsPastNew(t *testing.T) {
 	created.None(300 * time.Millisecond)
 }
 
+// A job NEW to the mediator that the processor has a record of (it holds
+// the job's SCHEDULED back, or died holding it) is the processor's: it is
+// not announced again, which past the duplicate windows would have its work
+// sent twice.
+func TestSweepLeavesJobsTheProcessorHas(t *testing.T) {
+	f := setup(t)
+	created := f.env.WatchEvents(t, bus.SubjectJobCreated)
+	w := f.srv.newSweeper(SweepConfig{})
+
+	dispatched := storeNew(t, f, "")
+	processorRecord(t, f, dispatched.Id, 1)
+	stuck := storeNew(t, f, "")
+
+	later(f, time.Minute)
+	round(t, w)
+	if got := announced(created, 1); got[stuck.Id] == "" {
+		t.Fatalf("the job the processor never heard of was not announced: %v", got)
+	}
+	created.None(300 * time.Millisecond)
+	if len(w.born) != 0 {
+		t.Fatalf("%d jobs still remembered: the processor's is settled, not retried", len(w.born))
+	}
+}
+
 // Each round reads only what was written since the last, however many jobs
 // the bucket holds, and an announced job is not announced again.
 func TestSweepReadsOnlyNewWrites(t *testing.T) {
