@@ -41,10 +41,11 @@ var errKeyExists = jetstream.ErrKeyExists
 // then waits for all of them: one round trip instead of one each. Like
 // bus.Publish, each carries its msg id, type and the trace context. It
 // returns each message's ack (nil if it failed), and the first error (a
-// create refused because its key exists is errKeyExists); the other
-// messages are published whatever happens to one.
+// create refused because its key exists is errKeyExists). A message the
+// client could not send stops the ones after it, which may depend on it (a
+// work item on its record's create); one the stream refuses does not.
 func (p *Processor) publishAll(ctx context.Context, msgs ...outMsg) ([]*jetstream.PubAck, error) {
-	acks, errs := p.publishEach(ctx, msgs)
+	acks, errs := p.publishEach(ctx, msgs, true)
 	for _, err := range errs {
 		if err != nil {
 			return acks, err
@@ -53,12 +54,21 @@ func (p *Processor) publishAll(ctx context.Context, msgs ...outMsg) ([]*jetstrea
 	return acks, nil
 }
 
+// errNotSent: a message publishAll did not send, as one before it could not
+// be.
+var errNotSent = errors.New("not sent: an earlier message could not be")
+
 // publishEach is publishAll with each message's own outcome: errs[i] is
-// msgs[i]'s error, nil when acks[i] is its ack.
-func (p *Processor) publishEach(ctx context.Context, msgs []outMsg) ([]*jetstream.PubAck, []error) {
+// msgs[i]'s error, nil when acks[i] is its ack. Unless chained, a message
+// the client cannot send stops nothing.
+func (p *Processor) publishEach(ctx context.Context, msgs []outMsg, chained bool) ([]*jetstream.PubAck, []error) {
 	futs := make([]jetstream.PubAckFuture, len(msgs))
 	errs := make([]error, len(msgs))
 	for i, o := range msgs {
+		if chained && i > 0 && errs[i-1] != nil {
+			errs[i] = fmt.Errorf("publish %s: %w", o.subject, errNotSent)
+			continue
+		}
 		if o.announces != "" {
 			p.held.release(o.announces)
 		}

@@ -177,7 +177,7 @@ func (p *Processor) publishHeld(ctx context.Context, jobs []string, msgs []outMs
 	if len(msgs) == 0 {
 		return
 	}
-	_, errs := p.publishEach(ctx, msgs)
+	_, errs := p.publishEach(ctx, msgs, false)
 	for i, err := range errs {
 		switch {
 		case err == nil, errors.Is(err, errKeyExists):

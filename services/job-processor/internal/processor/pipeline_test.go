@@ -60,6 +60,42 @@ func TestReannouncedJobSendsNoWork(t *testing.T) {
 	}
 }
 
+// A re-announcement that finds the job SCHEDULED, stored long after the
+// announcement that dispatched it (past the duplicate windows, where a
+// repeated work item is no longer dropped), announces where the job is and
+// sends no work: the job's first item may still be queued, and a second
+// would run it twice.
+func TestReannouncedScheduledJobSendsNoWorkAgain(t *testing.T) {
+	b := setup(t, oneService(), time.Minute)
+	// Dispatched long ago (by another replica): its record is SCHEDULED,
+	// its work item's msg id forgotten by the work stream.
+	rec := &jobsv1.Job{Id: "job-3", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED,
+		CreateTime: timestamppb.New(time.Now().Add(-time.Hour)),
+		Executions: []*jobsv1.Execution{{Attempt: 1, Service: "probe", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED,
+			DispatchTime: timestamppb.New(time.Now().Add(-time.Hour))}}}
+	data, err := proto.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.kv.Put(b.ctx, "job-3", data); err != nil {
+		t.Fatal(err)
+	}
+	job := &jobsv1.Job{Id: "job-3", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: jobsv1.JobStatus_JOB_STATUS_NEW, CreateTime: rec.CreateTime}
+	if data, err = proto.Marshal(&eventsv1.JobCreated{Job: job}); err != nil {
+		t.Fatal(err)
+	}
+	m := &nats.Msg{Subject: bus.SubjectJobCreated, Data: data, Header: nats.Header{}}
+	m.Header.Set(bus.HeaderReannounced, "true")
+	if _, err := b.js.PublishMsg(b.ctx, m, jetstream.WithMsgID("created-job-3")); err != nil {
+		t.Fatal(err)
+	}
+	b.waitStatuses(t, "job-3", "SCHEDULED")
+	b.settled(t, processor.DurableCreated)
+	if n := b.workCount(t, "probe"); n != 0 {
+		t.Errorf("%d work items: the re-announced job's work was sent again", n)
+	}
+}
+
 // A worker's report may reach the processor before the record that was
 // published with the job's work item is stored: it waits for the record
 // instead of being dropped. Its RUNNING is the job's first announcement:

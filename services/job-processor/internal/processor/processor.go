@@ -261,14 +261,15 @@ func (p *Processor) HandleCreated(ctx context.Context, msg jetstream.Msg) error 
 	// is created already SCHEDULED, and the work item and SCHEDULED go out
 	// with it. Only CreateJob's own announcement, on its first delivery,
 	// may skip waiting for the record (see createScheduled).
-	first := msg.Headers().Get(bus.HeaderReannounced) == ""
-	if md, err := msg.Metadata(); err != nil || md.NumDelivered > 1 {
-		first = false
+	reannounced := msg.Headers().Get(bus.HeaderReannounced) != ""
+	redelivered := true
+	if md, err := msg.Metadata(); err == nil && md.NumDelivered == 1 {
+		redelivered = false
 	}
-	if done, err := p.createScheduled(ctx, job, first); done || err != nil {
+	if done, err := p.createScheduled(ctx, job, !reannounced && !redelivered); done || err != nil {
 		return err
 	}
-	rec, _, err := p.store.update(ctx, job.GetId(), func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
+	rec, outcome, err := p.store.update(ctx, job.GetId(), func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
 		if rec != nil {
 			return rec, record.AlreadyApplied, nil
 		}
@@ -276,6 +277,14 @@ func (p *Processor) HandleCreated(ctx context.Context, msg jetstream.Msg) error 
 	})
 	if err != nil {
 		return fmt.Errorf("create record of job %s: %w", job.GetId(), err)
+	}
+	if reannounced && !redelivered && outcome == record.AlreadyApplied {
+		// Another announcement of the job made the record, and that one,
+		// acked only once the job's work is out, sees to its dispatch. This
+		// one, perhaps stored long after (the mediator's sweep, past the
+		// duplicate windows), only says where the job is: sending its work
+		// again could run it twice.
+		return p.announce(ctx, rec)
 	}
 	if rec.GetDeadline() != nil && !jobstate.IsTerminal(rec.GetStatus()) {
 		if _, err := p.publishAll(ctx, p.deadlineTimer(rec)); err != nil {
