@@ -26,9 +26,9 @@ import (
 // The processor's record is the authority: the job record only learns of an
 // attempt through status events, and a lost attempt's end is not one.
 func (s *Server) executions(ctx context.Context, id string) ([]*jobsv1.Execution, bool, error) {
-	kv, err := s.js.KeyValue(ctx, bus.BucketExecutions)
+	kv, err := s.executionsBucket(ctx)
 	if err != nil {
-		return nil, false, fmt.Errorf("bind bucket %s: %w", bus.BucketExecutions, err)
+		return nil, false, err
 	}
 	e, err := kv.Get(ctx, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -42,6 +42,22 @@ func (s *Server) executions(ctx context.Context, id string) ([]*jobsv1.Execution
 		return nil, false, fmt.Errorf("decode executions of job %s: %w", id, err)
 	}
 	return rec.GetExecutions(), true, nil
+}
+
+// executionsBucket binds the processor's bucket once: binding costs a
+// stream info request, and the sweep may read thousands of records a round.
+// A failed bind is tried again on the next call.
+func (s *Server) executionsBucket(ctx context.Context) (jetstream.KeyValue, error) {
+	s.execsMu.Lock()
+	defer s.execsMu.Unlock()
+	if s.execs == nil {
+		kv, err := s.js.KeyValue(ctx, bus.BucketExecutions)
+		if err != nil {
+			return nil, fmt.Errorf("bind bucket %s: %w", bus.BucketExecutions, err)
+		}
+		s.execs = kv
+	}
+	return s.execs, nil
 }
 
 // processorAttempts is the highest attempt the processor's record of job id

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
@@ -50,6 +51,10 @@ type Server struct {
 	index         *jobindex.Index
 	// newID names new jobs (jobstore.NewID; tests choose ids).
 	newID func() (string, error)
+
+	// execs is the processor's bucket once bound (see executionsBucket).
+	execsMu sync.Mutex
+	execs   jetstream.KeyValue
 }
 
 // SetIndex lists jobs through the index and keeps it (nil: listings scan
