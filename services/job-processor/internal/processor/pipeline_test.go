@@ -14,8 +14,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// A job's first announcement sends its record, work item and SCHEDULED
-// together; a re-announcement (the mediator's sweep, after an outage) of a
+// A job's first announcement sends its record and work item together; a
+// re-announcement (the mediator's sweep, after an outage) of a
 // job handled long ago, by a replica that does not remember it, must find
 // the record first and send no work again.
 func TestReannouncedJobSendsNoWork(t *testing.T) {
@@ -25,32 +25,16 @@ func TestReannouncedJobSendsNoWork(t *testing.T) {
 	if rec := b.record(t, "job-1"); rec.Status != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || len(rec.Executions) != 1 {
 		t.Fatalf("record after the first announcement = %v", rec)
 	}
-	b.workItem(t, "probe") // stored with SCHEDULED, on another stream
+	b.workItem(t, "probe") // stored with the record, on another stream
 	if n := b.workCount(t, "probe"); n != 1 {
 		t.Fatalf("%d work items after the first announcement, want 1", n)
 	}
 
 	// job-2 ended long ago on another replica: its record is there, its
 	// work item and msg ids long forgotten.
-	old := &jobsv1.Job{Id: "job-2", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: completed, Progress: 100,
+	b.reannounceHandled(t, &jobsv1.Job{Id: "job-2", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: completed, Progress: 100,
 		CreateTime: timestamppb.New(time.Now().Add(-time.Hour)),
-		Executions: []*jobsv1.Execution{{Attempt: 1, Service: "probe", InstanceId: "probe-1", Status: completed}}}
-	data, err := proto.Marshal(old)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.kv.Put(b.ctx, "job-2", data); err != nil {
-		t.Fatal(err)
-	}
-	job := &jobsv1.Job{Id: "job-2", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: jobsv1.JobStatus_JOB_STATUS_NEW, CreateTime: old.CreateTime}
-	if data, err = proto.Marshal(&eventsv1.JobCreated{Job: job}); err != nil {
-		t.Fatal(err)
-	}
-	m := &nats.Msg{Subject: bus.SubjectJobCreated, Data: data, Header: nats.Header{}}
-	m.Header.Set(bus.HeaderReannounced, "true")
-	if _, err := b.js.PublishMsg(b.ctx, m, jetstream.WithMsgID("created-job-2")); err != nil {
-		t.Fatal(err)
-	}
+		Executions: []*jobsv1.Execution{{Attempt: 1, Service: "probe", InstanceId: "probe-1", Status: completed}}})
 	b.settled(t, processor.DurableCreated)
 	if n := b.workCount(t, "probe"); n != 1 {
 		t.Errorf("%d work items: the re-announced, completed job-2 was sent again", n)
@@ -69,30 +53,37 @@ func TestReannouncedScheduledJobSendsNoWorkAgain(t *testing.T) {
 	b := setup(t, oneService(), time.Minute)
 	// Dispatched long ago (by another replica): its record is SCHEDULED,
 	// its work item's msg id forgotten by the work stream.
-	rec := &jobsv1.Job{Id: "job-3", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED,
+	b.reannounceHandled(t, &jobsv1.Job{Id: "job-3", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED,
 		CreateTime: timestamppb.New(time.Now().Add(-time.Hour)),
 		Executions: []*jobsv1.Execution{{Attempt: 1, Service: "probe", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED,
-			DispatchTime: timestamppb.New(time.Now().Add(-time.Hour))}}}
+			DispatchTime: timestamppb.New(time.Now().Add(-time.Hour))}}})
+	b.waitStatuses(t, "job-3", "SCHEDULED")
+	b.settled(t, processor.DurableCreated)
+	if n := b.workCount(t, "probe"); n != 0 {
+		t.Errorf("%d work items: the re-announced job's work was sent again", n)
+	}
+}
+
+// reannounceHandled stores rec as the record of a job another replica
+// handled long ago, then publishes a re-announcement of the job, as the
+// mediator's sweep does.
+func (b *bundle) reannounceHandled(t *testing.T, rec *jobsv1.Job) {
+	t.Helper()
 	data, err := proto.Marshal(rec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.kv.Put(b.ctx, "job-3", data); err != nil {
+	if _, err := b.kv.Put(b.ctx, rec.Id, data); err != nil {
 		t.Fatal(err)
 	}
-	job := &jobsv1.Job{Id: "job-3", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: jobsv1.JobStatus_JOB_STATUS_NEW, CreateTime: rec.CreateTime}
+	job := &jobsv1.Job{Id: rec.Id, Tenant: rec.Tenant, Profile: rec.Profile, JobType: rec.JobType, Status: jobsv1.JobStatus_JOB_STATUS_NEW, CreateTime: rec.CreateTime}
 	if data, err = proto.Marshal(&eventsv1.JobCreated{Job: job}); err != nil {
 		t.Fatal(err)
 	}
 	m := &nats.Msg{Subject: bus.SubjectJobCreated, Data: data, Header: nats.Header{}}
 	m.Header.Set(bus.HeaderReannounced, "true")
-	if _, err := b.js.PublishMsg(b.ctx, m, jetstream.WithMsgID("created-job-3")); err != nil {
+	if _, err := b.js.PublishMsg(b.ctx, m, jetstream.WithMsgID("created-"+rec.Id)); err != nil {
 		t.Fatal(err)
-	}
-	b.waitStatuses(t, "job-3", "SCHEDULED")
-	b.settled(t, processor.DurableCreated)
-	if n := b.workCount(t, "probe"); n != 0 {
-		t.Errorf("%d work items: the re-announced job's work was sent again", n)
 	}
 }
 
