@@ -258,9 +258,10 @@ func (p *Processor) HandleCreated(ctx context.Context, msg jetstream.Msg) error 
 		return bus.Permanent(fmt.Errorf("job created: %w", err))
 	}
 	// The usual case, in few round trips: a service is there, so the record
-	// is created already SCHEDULED, and the work item and SCHEDULED go out
-	// with it. Only CreateJob's own announcement, on its first delivery,
-	// may skip waiting for the record (see createScheduled).
+	// is created already SCHEDULED, and the work item goes out with it
+	// (SCHEDULED is held back: held.go). Only CreateJob's own announcement,
+	// on its first delivery, may skip waiting for the record (see
+	// createScheduled).
 	reannounced := msg.Headers().Get(bus.HeaderReannounced) != ""
 	redelivered := true
 	if md, err := msg.Metadata(); err == nil && md.NumDelivered == 1 {

@@ -252,7 +252,7 @@ func (b *bundle) settled(t *testing.T, durable string) {
 }
 
 // record reads job id's record, waiting for it to be stored: a first
-// announcement's record is stored alongside its work item and SCHEDULED.
+// announcement's record is stored alongside its work item.
 func (b *bundle) record(t *testing.T, id string) *jobsv1.Job {
 	t.Helper()
 	var e jetstream.KeyValueEntry
