@@ -287,10 +287,10 @@ func (s *Server) recover(ctx context.Context, job *jobsv1.Job) error {
 	}
 	// A job the processor has a record of was announced and is its to
 	// move on: it may look NEW here only because the processor holds its
-	// SCHEDULED back, or lost that announcement when it died. Announced
-	// again past the events stream's duplicate window, it would have the
-	// processor send its work item again (past the work stream's window
-	// too) while the first may still be queued: the job would run twice.
+	// SCHEDULED back, or lost that announcement when it died. A processor
+	// only announces where such a job is when it is announced again; one
+	// older than that would send its work item again, past the duplicate
+	// windows, while the first may still be queued: the job would run twice.
 	if _, known, err := s.executions(ctx, job.GetId()); err != nil {
 		return fmt.Errorf("republish job %s: %w", job.GetId(), err)
 	} else if known {
