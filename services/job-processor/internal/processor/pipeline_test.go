@@ -64,6 +64,48 @@ func TestReannouncedScheduledJobSendsNoWorkAgain(t *testing.T) {
 	}
 }
 
+// A re-announcement that finds a record with no execution yet (made by a
+// delivery of the job's that went missing: a consumer made anew) has had no
+// work sent: it dispatches the job as any announcement would.
+func TestReannouncedUndispatchedJobIsDispatched(t *testing.T) {
+	reg := oneService()
+	instances := reg.instances
+	reg.set(nil, nil) // no service yet
+	b := setup(t, reg, time.Minute)
+	b.reannounceHandled(t, &jobsv1.Job{Id: "job-4", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: jobsv1.JobStatus_JOB_STATUS_QUEUED,
+		CreateTime: timestamppb.Now()})
+	b.waitStatuses(t, "job-4", "QUEUED")
+	reg.set(instances, nil) // a worker comes up
+	if item, _ := b.workItem(t, "probe"); item.GetJobId() != "job-4" || item.GetAttempt() != 1 {
+		t.Fatalf("work item %v, want job-4's attempt 1", item)
+	}
+}
+
+// An announcement stored long ago and delivered for the first time (its
+// consumer made anew replays the stream) takes the path that creates the
+// record before sending work: a job done long ago is not sent again, past
+// the duplicate window that would have dropped its item.
+func TestReplayedAnnouncementSendsNoWork(t *testing.T) {
+	later := func(c *processor.Config) { c.Now = func() time.Time { return time.Now().Add(2 * time.Minute) } }
+	b := setup(t, oneService(), time.Minute, later)
+	done := &jobsv1.Job{Id: "job-5", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: completed, Progress: 100,
+		CreateTime: timestamppb.New(time.Now().Add(-time.Hour)),
+		Executions: []*jobsv1.Execution{{Attempt: 1, Service: "probe", InstanceId: "probe-1", Status: completed}}}
+	data, err := proto.Marshal(done)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.kv.Put(b.ctx, "job-5", data); err != nil {
+		t.Fatal(err)
+	}
+	b.create(t, "job-5") // as CreateJob published it, an hour ago
+	b.waitStatuses(t, "job-5", "COMPLETED")
+	b.settled(t, processor.DurableCreated)
+	if n := b.workCount(t, "probe"); n != 0 {
+		t.Errorf("%d work items: the replayed announcement of a completed job sent its work again", n)
+	}
+}
+
 // reannounceHandled stores rec as the record of a job another replica
 // handled long ago, then publishes a re-announcement of the job, as the
 // mediator's sweep does.

@@ -44,6 +44,12 @@ import (
 // goroutine, and the consumer's MaxAckPending bounds them across replicas.
 const concurrency = 512
 
+// firstMaxAge is how old a JobCreated may be and still take the fast path
+// that sends the work item without waiting for the record's create (see
+// createScheduled): one older is a replay or stuck behind a backlog, and
+// past the duplicate window its item would not be dropped as a repeat.
+const firstMaxAge = time.Minute
+
 // recordWait is how long a worker's report on a job without a record is
 // kept for the record to arrive, retried every recordRetry.
 const (
@@ -263,11 +269,14 @@ func (p *Processor) HandleCreated(ctx context.Context, msg jetstream.Msg) error 
 	// on its first delivery, may skip waiting for the record (see
 	// createScheduled).
 	reannounced := msg.Headers().Get(bus.HeaderReannounced) != ""
-	redelivered := true
-	if md, err := msg.Metadata(); err == nil && md.NumDelivered == 1 {
-		redelivered = false
+	redelivered, young := true, false
+	if md, err := msg.Metadata(); err == nil {
+		redelivered = md.NumDelivered > 1
+		// A first delivery of an old announcement is a replay (its
+		// consumer made anew): its record, and work, may be long out.
+		young = p.cfg.Now().Sub(md.Timestamp) < firstMaxAge
 	}
-	if done, err := p.createScheduled(ctx, job, !reannounced && !redelivered); done || err != nil {
+	if done, err := p.createScheduled(ctx, job, !reannounced && !redelivered && young); done || err != nil {
 		return err
 	}
 	rec, outcome, err := p.store.update(ctx, job.GetId(), func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
@@ -279,12 +288,14 @@ func (p *Processor) HandleCreated(ctx context.Context, msg jetstream.Msg) error 
 	if err != nil {
 		return fmt.Errorf("create record of job %s: %w", job.GetId(), err)
 	}
-	if reannounced && !redelivered && outcome == record.AlreadyApplied {
-		// Another announcement of the job made the record, and that one,
-		// acked only once the job's work is out, sees to its dispatch. This
-		// one, perhaps stored long after (the mediator's sweep, past the
-		// duplicate windows), only says where the job is: sending its work
-		// again could run it twice.
+	if reannounced && !redelivered && outcome == record.AlreadyApplied && len(rec.GetExecutions()) > 0 {
+		// Another announcement of the job made the record and sent its
+		// work; what moves the job on now is its worker's reports, its
+		// timers, a restart. This one, perhaps stored long after (the
+		// mediator's sweep, past the duplicate windows), only says where
+		// the job is: sending its work again could run it twice. A record
+		// with no execution yet has sent no work: it goes on below
+		// (whoever made it, a dispatch is a compare-and-set).
 		return p.announce(ctx, rec)
 	}
 	if rec.GetDeadline() != nil && !jobstate.IsTerminal(rec.GetStatus()) {

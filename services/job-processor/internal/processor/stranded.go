@@ -9,11 +9,13 @@ import (
 	"strings"
 	"time"
 
+	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/services/job-processor/internal/record"
 	"github.com/medius-platform/medius/services/job-processor/internal/selection"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 )
 
 // Stranded work: a job dispatched to a service waits in that service's queue
@@ -144,29 +146,37 @@ func (p *Processor) reroute(ctx context.Context, service, id string) (bool, erro
 }
 
 // completeMove sends the work item of rec's current execution and its
-// SCHEDULED (only the latter if its queue holds the item already) and only
-// then withdraws the stale one from
+// SCHEDULED (ensureWork) and only then withdraws the stale one from
 // service, so that a failure half-way leaves the stale item for the next
 // look to finish the move.
 func (p *Processor) completeMove(ctx context.Context, rec *jobsv1.Job, service string) error {
-	cur := record.Current(rec)
-	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_SCHEDULED && cur.GetStartTime() == nil {
-		_, err := p.work.GetLastMsgForSubject(ctx, bus.SubjectWork(cur.GetService(), rec.GetId()))
-		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-			if err := p.sendWork(ctx, rec); err != nil {
-				return err
-			}
-		case err != nil:
-			return fmt.Errorf("look for the work item of job %s: %w", rec.GetId(), err)
-		default:
-			// The item went out with its SCHEDULED in one round trip, as
-			// separate publishes: the announcement may be what failed.
-			// Again, under its msg id (stored once).
-			if err := p.announce(ctx, rec); err != nil {
-				return err
-			}
-		}
+	if err := p.ensureWork(ctx, rec); err != nil {
+		return err
 	}
 	return p.withdrawWork(ctx, service, rec.GetId())
+}
+
+// ensureWork sends the work item of rec's current execution, SCHEDULED and
+// not started, unless its service's queue holds it already, and announces
+// SCHEDULED either way. The queue is looked at rather than the item sent
+// again blindly: past the work stream's duplicate window a second item would
+// run the attempt twice.
+func (p *Processor) ensureWork(ctx context.Context, rec *jobsv1.Job) error {
+	cur := record.Current(rec)
+	if rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || cur.GetStartTime() != nil {
+		return nil
+	}
+	m, err := p.work.GetLastMsgForSubject(ctx, bus.SubjectWork(cur.GetService(), rec.GetId()))
+	var queued eventsv1.WorkItem
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+	case err != nil:
+		return fmt.Errorf("look for the work item of job %s: %w", rec.GetId(), err)
+	case proto.Unmarshal(m.Data, &queued) == nil && queued.GetAttempt() == cur.GetAttempt():
+		// The item went out with its SCHEDULED in one round trip, as
+		// separate publishes: the announcement may be what failed.
+		// Again, under its msg id (stored once).
+		return p.announce(ctx, rec)
+	}
+	return p.sendWork(ctx, rec)
 }

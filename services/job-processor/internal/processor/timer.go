@@ -304,6 +304,14 @@ func (p *Processor) checkTimer(ctx context.Context, msg jetstream.Msg, t *events
 		return rearm(min(rec.GetDeadline().AsTime().Sub(now), deadlineRecheck))
 	}
 	if t.GetAttempt() < n {
+		if t.GetAttempt() == n-1 && !record.Current(rec).GetRestarted() {
+			// This timer dispatched the retry (a restart's attempt is
+			// its restart's to dispatch). Should the retry's work item
+			// have failed to go out, only this timer, redelivered, is
+			// left to send it: the retry gets a timer of its own only
+			// once its worker reports.
+			return p.ensureWork(ctx, rec)
+		}
 		return nil // a later attempt has its own timer
 	}
 	switch rec.GetStatus() {

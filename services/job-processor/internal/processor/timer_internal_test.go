@@ -437,3 +437,45 @@ func TestTimeoutOfEndedAttemptSparesRestartedRun(t *testing.T) {
 		t.Fatalf("restarted record = %v, want QUEUED, its attempt 2 waiting", got)
 	}
 }
+
+// The timer of a lost attempt dispatches the retry. Should the retry's work
+// item not go out (a failed publish after its record write), that timer,
+// redelivered, is the only thing left to send it: it does, once, and a
+// later look finds it queued and sends no second one.
+func TestLostAttemptsTimerSendsTheRetrysMissingItem(t *testing.T) {
+	tb := newTimerBench(t)
+	const id = "job-retry"
+	now := timestamppb.New(tb.p.cfg.Now())
+	rec := &jobsv1.Job{Id: id, Tenant: "t1", Profile: "P", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED, CreateTime: now, UpdateTime: now,
+		Executions: []*jobsv1.Execution{
+			{Attempt: 1, Service: "probe", Status: jobsv1.JobStatus_JOB_STATUS_FAILED, DispatchTime: now, StartTime: now, EndTime: now,
+				Error: &jobsv1.Problem{Type: record.ProblemWorkerLost}},
+			{Attempt: 2, Service: "probe", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED, DispatchTime: now}}}
+	if err := tb.p.store.create(tb.ctx, id, rec); err != nil {
+		t.Fatal(err)
+	}
+	items := func() uint64 {
+		info, err := tb.p.work.Info(tb.ctx, jetstream.WithSubjectFilter(bus.SubjectWork("probe", id)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Msgs
+	}
+	for look := range 2 {
+		msg := tb.deliver(t, SubjectTimer(id), &eventsv1.ExecutionTimer{JobId: id, Attempt: 1})
+		if err := tb.p.checkTimer(tb.ctx, msg, &eventsv1.ExecutionTimer{JobId: id, Attempt: 1}); err != nil {
+			t.Fatalf("timer check %d: %v", look, err)
+		}
+		if n := items(); n != 1 {
+			t.Fatalf("after look %d: %d work items of the retry, want 1", look, n)
+		}
+	}
+	m, err := tb.p.work.GetLastMsgForSubject(tb.ctx, bus.SubjectWork("probe", id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var item eventsv1.WorkItem
+	if err := proto.Unmarshal(m.Data, &item); err != nil || item.GetAttempt() != 2 {
+		t.Fatalf("work item %v (%v), want attempt 2's", &item, err)
+	}
+}
