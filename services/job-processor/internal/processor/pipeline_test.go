@@ -106,6 +106,32 @@ func TestReplayedAnnouncementSendsNoWork(t *testing.T) {
 	}
 }
 
+// A replayed announcement of a job still waiting in its queue (its item
+// sent long ago, past the duplicate window) sends no second item.
+func TestReplayedAnnouncementOfAQueuedJobSendsNoSecondItem(t *testing.T) {
+	later := func(c *processor.Config) { c.Now = func() time.Time { return time.Now().Add(2 * time.Minute) } }
+	b := setup(t, oneService(), time.Minute, later)
+	waiting := &jobsv1.Job{Id: "job-6", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED,
+		CreateTime: timestamppb.New(time.Now().Add(-time.Hour)),
+		Executions: []*jobsv1.Execution{{Attempt: 1, Service: "probe", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED,
+			DispatchTime: timestamppb.New(time.Now().Add(-time.Hour))}}}
+	data, err := proto.Marshal(waiting)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.kv.Put(b.ctx, "job-6", data); err != nil {
+		t.Fatal(err)
+	}
+	// Its item, queued an hour ago: its msg id is forgotten.
+	b.publish(t, bus.SubjectWork("probe", "job-6"), "", &eventsv1.WorkItem{JobId: "job-6", Attempt: 1, Profile: "P"})
+	b.create(t, "job-6")
+	b.waitStatuses(t, "job-6", "SCHEDULED")
+	b.settled(t, processor.DurableCreated)
+	if n := b.workCount(t, "probe"); n != 1 {
+		t.Errorf("%d work items: the replay queued the waiting job's item again", n)
+	}
+}
+
 // reannounceHandled stores rec as the record of a job another replica
 // handled long ago, then publishes a re-announcement of the job, as the
 // mediator's sweep does.

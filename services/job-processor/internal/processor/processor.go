@@ -47,7 +47,10 @@ const concurrency = 512
 // firstMaxAge is how old a JobCreated may be and still take the fast path
 // that sends the work item without waiting for the record's create (see
 // createScheduled): one older is a replay or stuck behind a backlog, and
-// past the duplicate window its item would not be dropped as a repeat.
+// past the duplicate window its item would not be dropped as a repeat. Its
+// age is read on the processor's clock against the NATS server's: a clock
+// ahead by more than this sends every job the slower way, one behind by
+// more than the duplicate window less this leaves replays unguarded.
 const firstMaxAge = time.Minute
 
 // recordWait is how long a worker's report on a job without a record is
@@ -315,9 +318,9 @@ func (p *Processor) advance(ctx context.Context, rec *jobsv1.Job) error {
 		}
 		return p.dispatch(ctx, rec)
 	case st == jobsv1.JobStatus_JOB_STATUS_SCHEDULED:
-		// Redelivered after a crash between scheduling and publishing: publish
-		// the same work item again (stored once, by its msg id).
-		return p.sendWork(ctx, rec)
+		// Redelivered after a crash between scheduling and publishing, or
+		// a replay: send the work item if it is neither queued nor taken.
+		return p.ensureWork(ctx, rec)
 	case jobstate.IsTerminal(st):
 		return p.announce(ctx, rec)
 	}

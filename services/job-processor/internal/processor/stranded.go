@@ -157,10 +157,12 @@ func (p *Processor) completeMove(ctx context.Context, rec *jobsv1.Job, service s
 }
 
 // ensureWork sends the work item of rec's current execution, SCHEDULED and
-// not started, unless its service's queue holds it already, and announces
-// SCHEDULED either way. The queue is looked at rather than the item sent
-// again blindly: past the work stream's duplicate window a second item would
-// run the attempt twice.
+// not started, unless its service's queue holds it already or its worker has
+// reported on it (a worker acks its item after its last report, which may
+// not be applied yet), and announces SCHEDULED when it sends or finds it.
+// The queue and the reports are looked at rather than the item sent again
+// blindly: past the work stream's duplicate window a second item would run
+// the attempt twice.
 func (p *Processor) ensureWork(ctx context.Context, rec *jobsv1.Job) error {
 	cur := record.Current(rec)
 	if rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || cur.GetStartTime() != nil {
@@ -177,6 +179,15 @@ func (p *Processor) ensureWork(ctx context.Context, rec *jobsv1.Job) error {
 		// separate publishes: the announcement may be what failed.
 		// Again, under its msg id (stored once).
 		return p.announce(ctx, rec)
+	}
+	r, err := p.events.GetLastMsgForSubject(ctx, bus.SubjectExecution(rec.GetId()))
+	var report eventsv1.ExecutionUpdate
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+	case err != nil:
+		return fmt.Errorf("look for the reports of job %s: %w", rec.GetId(), err)
+	case proto.Unmarshal(r.Data, &report) == nil && report.GetAttempt() == cur.GetAttempt():
+		return nil // taken and reported on: the report moves the job on
 	}
 	return p.sendWork(ctx, rec)
 }

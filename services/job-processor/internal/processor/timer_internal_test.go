@@ -479,3 +479,40 @@ func TestLostAttemptsTimerSendsTheRetrysMissingItem(t *testing.T) {
 		t.Fatalf("work item %v (%v), want attempt 2's", &item, err)
 	}
 }
+
+// A retry's item that is gone because its worker took it, ran it and
+// reported (a worker acks its item last) is not sent again while that
+// report waits to be applied: past the duplicate window it would run the
+// attempt twice.
+func TestLostAttemptsTimerSendsNoItemTheRetrysWorkerReportedOn(t *testing.T) {
+	tb := newTimerBench(t)
+	const id = "job-retry-done"
+	now := timestamppb.New(tb.p.cfg.Now())
+	rec := &jobsv1.Job{Id: id, Tenant: "t1", Profile: "P", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED, CreateTime: now, UpdateTime: now,
+		Executions: []*jobsv1.Execution{
+			{Attempt: 1, Service: "probe", Status: jobsv1.JobStatus_JOB_STATUS_FAILED, DispatchTime: now, StartTime: now, EndTime: now,
+				Error: &jobsv1.Problem{Type: record.ProblemWorkerLost}},
+			{Attempt: 2, Service: "probe", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED, DispatchTime: now}}}
+	if err := tb.p.store.create(tb.ctx, id, rec); err != nil {
+		t.Fatal(err)
+	}
+	report, err := bus.NewMsg(tb.ctx, bus.SubjectExecution(id), &eventsv1.ExecutionUpdate{JobId: id, Attempt: 2, Service: "probe",
+		InstanceId: "probe-1", Status: jobsv1.JobStatus_JOB_STATUS_COMPLETED, Time: now, StartTime: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tb.js.PublishMsg(tb.ctx, report); err != nil {
+		t.Fatal(err)
+	}
+	msg := tb.deliver(t, SubjectTimer(id), &eventsv1.ExecutionTimer{JobId: id, Attempt: 1})
+	if err := tb.p.checkTimer(tb.ctx, msg, &eventsv1.ExecutionTimer{JobId: id, Attempt: 1}); err != nil {
+		t.Fatalf("timer check: %v", err)
+	}
+	info, err := tb.p.work.Info(tb.ctx, jetstream.WithSubjectFilter(bus.SubjectWork("probe", id)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 0 {
+		t.Fatalf("%d work items: the retry its worker reported on was sent again", info.State.Msgs)
+	}
+}
