@@ -438,13 +438,10 @@ func TestTimeoutOfEndedAttemptSparesRestartedRun(t *testing.T) {
 	}
 }
 
-// The timer of a lost attempt dispatches the retry. Should the retry's work
-// item not go out (a failed publish after its record write), that timer,
-// redelivered, is the only thing left to send it: it does, once, and a
-// later look finds it queued and sends no second one.
-func TestLostAttemptsTimerSendsTheRetrysMissingItem(t *testing.T) {
-	tb := newTimerBench(t)
-	const id = "job-retry"
+// retrying seeds the record of job id with attempt 1 lost and its retry,
+// attempt 2, dispatched (SCHEDULED) on service probe.
+func (tb *timerBench) retrying(t *testing.T, id string) {
+	t.Helper()
 	now := timestamppb.New(tb.p.cfg.Now())
 	rec := &jobsv1.Job{Id: id, Tenant: "t1", Profile: "P", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED, CreateTime: now, UpdateTime: now,
 		Executions: []*jobsv1.Execution{
@@ -454,6 +451,16 @@ func TestLostAttemptsTimerSendsTheRetrysMissingItem(t *testing.T) {
 	if err := tb.p.store.create(tb.ctx, id, rec); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// The timer of a lost attempt dispatches the retry. Should the retry's work
+// item not go out (a failed publish after its record write), that timer,
+// redelivered, is the only thing left to send it: it does, once, and a
+// later look finds it queued and sends no second one.
+func TestLostAttemptsTimerSendsTheRetrysMissingItem(t *testing.T) {
+	tb := newTimerBench(t)
+	const id = "job-retry"
+	tb.retrying(t, id)
 	items := func() uint64 {
 		info, err := tb.p.work.Info(tb.ctx, jetstream.WithSubjectFilter(bus.SubjectWork("probe", id)))
 		if err != nil {
@@ -487,15 +494,8 @@ func TestLostAttemptsTimerSendsTheRetrysMissingItem(t *testing.T) {
 func TestLostAttemptsTimerSendsNoItemTheRetrysWorkerReportedOn(t *testing.T) {
 	tb := newTimerBench(t)
 	const id = "job-retry-done"
+	tb.retrying(t, id)
 	now := timestamppb.New(tb.p.cfg.Now())
-	rec := &jobsv1.Job{Id: id, Tenant: "t1", Profile: "P", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED, CreateTime: now, UpdateTime: now,
-		Executions: []*jobsv1.Execution{
-			{Attempt: 1, Service: "probe", Status: jobsv1.JobStatus_JOB_STATUS_FAILED, DispatchTime: now, StartTime: now, EndTime: now,
-				Error: &jobsv1.Problem{Type: record.ProblemWorkerLost}},
-			{Attempt: 2, Service: "probe", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED, DispatchTime: now}}}
-	if err := tb.p.store.create(tb.ctx, id, rec); err != nil {
-		t.Fatal(err)
-	}
 	report, err := bus.NewMsg(tb.ctx, bus.SubjectExecution(id), &eventsv1.ExecutionUpdate{JobId: id, Attempt: 2, Service: "probe",
 		InstanceId: "probe-1", Status: jobsv1.JobStatus_JOB_STATUS_COMPLETED, Time: now, StartTime: now})
 	if err != nil {
