@@ -168,26 +168,33 @@ func (p *Processor) ensureWork(ctx context.Context, rec *jobsv1.Job) error {
 	if rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || cur.GetStartTime() != nil {
 		return nil
 	}
-	m, err := p.work.GetLastMsgForSubject(ctx, bus.SubjectWork(cur.GetService(), rec.GetId()))
 	var queued eventsv1.WorkItem
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-	case err != nil:
+	if ok, err := lastMsg(ctx, p.work, bus.SubjectWork(cur.GetService(), rec.GetId()), &queued); err != nil {
 		return fmt.Errorf("look for the work item of job %s: %w", rec.GetId(), err)
-	case proto.Unmarshal(m.Data, &queued) == nil && queued.GetAttempt() == cur.GetAttempt():
+	} else if ok && queued.GetAttempt() == cur.GetAttempt() {
 		// The item went out with its SCHEDULED in one round trip, as
 		// separate publishes: the announcement may be what failed.
 		// Again, under its msg id (stored once).
 		return p.announce(ctx, rec)
 	}
-	r, err := p.events.GetLastMsgForSubject(ctx, bus.SubjectExecution(rec.GetId()))
 	var report eventsv1.ExecutionUpdate
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-	case err != nil:
+	if ok, err := lastMsg(ctx, p.events, bus.SubjectExecution(rec.GetId()), &report); err != nil {
 		return fmt.Errorf("look for the reports of job %s: %w", rec.GetId(), err)
-	case proto.Unmarshal(r.Data, &report) == nil && report.GetAttempt() == cur.GetAttempt():
+	} else if ok && report.GetAttempt() == cur.GetAttempt() {
 		return nil // taken and reported on: the report moves the job on
 	}
 	return p.sendWork(ctx, rec)
+}
+
+// lastMsg reads the last message stream holds on subject into m; false if
+// there is none, or it does not decode as m.
+func lastMsg(ctx context.Context, stream jetstream.Stream, subject string, m proto.Message) (bool, error) {
+	raw, err := stream.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return proto.Unmarshal(raw.Data, m) == nil, nil
 }
