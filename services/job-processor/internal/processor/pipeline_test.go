@@ -132,6 +132,31 @@ func TestReplayedAnnouncementOfAQueuedJobSendsNoSecondItem(t *testing.T) {
 	}
 }
 
+// A report that came long before its job's record was dropped; when the
+// record then shows the job dispatched but its item is gone (taken and
+// acked by the worker that reported), the item goes again: the job runs
+// twice rather than stays SCHEDULED for good.
+func TestDroppedReportLeavesNoJobStranded(t *testing.T) {
+	later := func(c *processor.Config) { c.Now = func() time.Time { return time.Now().Add(2 * time.Minute) } }
+	b := setup(t, oneService(), time.Minute, later)
+	b.exec(t, update("job-7", 1, completed, 100)) // no record: too old to wait for one
+	b.settled(t, processor.DurableExec)
+	dispatched := &jobsv1.Job{Id: "job-7", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED,
+		CreateTime: timestamppb.Now(),
+		Executions: []*jobsv1.Execution{{Attempt: 1, Service: "probe", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED, DispatchTime: timestamppb.Now()}}}
+	data, err := proto.Marshal(dispatched)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.kv.Put(b.ctx, "job-7", data); err != nil {
+		t.Fatal(err)
+	}
+	b.create(t, "job-7") // its announcement, redelivered after the crash that lost the item
+	if item, _ := b.workItem(t, "probe"); item.GetJobId() != "job-7" || item.GetAttempt() != 1 {
+		t.Fatalf("work item %v, want job-7's attempt 1", item)
+	}
+}
+
 // reannounceHandled stores rec as the record of a job another replica
 // handled long ago, then publishes a re-announcement of the job, as the
 // mediator's sweep does.

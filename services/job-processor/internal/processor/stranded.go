@@ -158,18 +158,23 @@ func (p *Processor) completeMove(ctx context.Context, rec *jobsv1.Job, service s
 
 // ensureWork sends the work item of rec's current execution, SCHEDULED and
 // not started, unless its service's queue holds it already or its worker has
-// reported on it (a worker acks its item after its last report, which may
-// not be applied yet), and announces SCHEDULED when it sends or finds it.
-// The queue and the reports are looked at rather than the item sent again
+// reported on it, and announces SCHEDULED when it sends or finds it. The
+// queue and the reports are looked at rather than the item sent again
 // blindly: past the work stream's duplicate window a second item would run
 // the attempt twice.
+//
+// A worker acks its item after its last report. Until the processor has
+// handled that report, the report is what moves the job on: ensureWork asks
+// to be called again (bus.RetryAfter). Once handled, a job still SCHEDULED
+// shows the report could not apply (it came long before the record and was
+// dropped), and the item goes again: run twice rather than never end.
 func (p *Processor) ensureWork(ctx context.Context, rec *jobsv1.Job) error {
 	cur := record.Current(rec)
 	if rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || cur.GetStartTime() != nil {
 		return nil
 	}
 	var queued eventsv1.WorkItem
-	if ok, err := lastMsg(ctx, p.work, bus.SubjectWork(cur.GetService(), rec.GetId()), &queued); err != nil {
+	if _, ok, err := lastMsg(ctx, p.work, bus.SubjectWork(cur.GetService(), rec.GetId()), &queued); err != nil {
 		return fmt.Errorf("look for the work item of job %s: %w", rec.GetId(), err)
 	} else if ok && queued.GetAttempt() == cur.GetAttempt() {
 		// The item went out with its SCHEDULED in one round trip, as
@@ -178,23 +183,55 @@ func (p *Processor) ensureWork(ctx context.Context, rec *jobsv1.Job) error {
 		return p.announce(ctx, rec)
 	}
 	var report eventsv1.ExecutionUpdate
-	if ok, err := lastMsg(ctx, p.events, bus.SubjectExecution(rec.GetId()), &report); err != nil {
+	seq, ok, err := lastMsg(ctx, p.events, bus.SubjectExecution(rec.GetId()), &report)
+	if err != nil {
 		return fmt.Errorf("look for the reports of job %s: %w", rec.GetId(), err)
-	} else if ok && report.GetAttempt() == cur.GetAttempt() {
-		return nil // taken and reported on: the report moves the job on
+	}
+	if ok && report.GetAttempt() == cur.GetAttempt() {
+		handled, err := p.reportHandled(ctx, seq)
+		if err != nil {
+			return err
+		}
+		if !handled {
+			return bus.RetryAfter(reportRecheck, fmt.Errorf("job %s: attempt %d was reported on; waiting for the report to apply", rec.GetId(), cur.GetAttempt()))
+		}
+		now, _, err := p.store.get(ctx, rec.GetId())
+		if err != nil {
+			return err
+		}
+		if c := record.Current(now); now.GetStatus() != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || c.GetAttempt() != cur.GetAttempt() || c.GetStartTime() != nil {
+			return nil // the report moved it on
+		}
 	}
 	return p.sendWork(ctx, rec)
 }
 
-// lastMsg reads the last message stream holds on subject into m; false if
-// there is none, or it does not decode as m.
-func lastMsg(ctx context.Context, stream jetstream.Stream, subject string, m proto.Message) (bool, error) {
+// lastMsg reads the last message stream holds on subject into m, and its
+// stream sequence; false if there is none, or it does not decode as m.
+func lastMsg(ctx context.Context, stream jetstream.Stream, subject string, m proto.Message) (uint64, bool, error) {
 	raw, err := stream.GetLastMsgForSubject(ctx, subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	return raw.Sequence, proto.Unmarshal(raw.Data, m) == nil, nil
+}
+
+// reportRecheck is how soon ensureWork looks again at an attempt whose
+// report is waiting to be handled.
+const reportRecheck = time.Second
+
+// reportHandled reports whether the worker report stored at seq has been
+// handled: the reports' consumer has acked everything up to it.
+func (p *Processor) reportHandled(ctx context.Context, seq uint64) (bool, error) {
+	c, err := p.cfg.JS.Consumer(ctx, bus.StreamEvents, DurableExec)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return false, nil
 	}
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("consumer %s: %w", DurableExec, err)
 	}
-	return proto.Unmarshal(raw.Data, m) == nil, nil
+	return c.CachedInfo().AckFloor.Stream >= seq, nil
 }
