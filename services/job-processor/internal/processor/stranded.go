@@ -195,11 +195,11 @@ func (p *Processor) ensureWork(ctx context.Context, rec *jobsv1.Job) error {
 		if !handled {
 			return bus.RetryAfter(reportRecheck, fmt.Errorf("job %s: attempt %d was reported on; waiting for the report to apply", rec.GetId(), cur.GetAttempt()))
 		}
-		now, _, err := p.store.get(ctx, rec.GetId())
+		fresh, _, err := p.store.get(ctx, rec.GetId())
 		if err != nil {
 			return err
 		}
-		if c := record.Current(now); now.GetStatus() != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || c.GetAttempt() != cur.GetAttempt() || c.GetStartTime() != nil {
+		if c := record.Current(fresh); fresh.GetStatus() != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || c.GetAttempt() != cur.GetAttempt() || c.GetStartTime() != nil {
 			return nil // the report moved it on
 		}
 	}
