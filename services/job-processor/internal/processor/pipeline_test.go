@@ -86,18 +86,11 @@ func TestReannouncedUndispatchedJobIsDispatched(t *testing.T) {
 // record before sending work: a job done long ago is not sent again, past
 // the duplicate window that would have dropped its item.
 func TestReplayedAnnouncementSendsNoWork(t *testing.T) {
-	later := func(c *processor.Config) { c.Now = func() time.Time { return time.Now().Add(2 * time.Minute) } }
-	b := setup(t, oneService(), time.Minute, later)
+	b := setup(t, oneService(), time.Minute, clockAhead(2*time.Minute))
 	done := &jobsv1.Job{Id: "job-5", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: completed, Progress: 100,
 		CreateTime: timestamppb.New(time.Now().Add(-time.Hour)),
 		Executions: []*jobsv1.Execution{{Attempt: 1, Service: "probe", InstanceId: "probe-1", Status: completed}}}
-	data, err := proto.Marshal(done)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.kv.Put(b.ctx, "job-5", data); err != nil {
-		t.Fatal(err)
-	}
+	b.putRecord(t, done)
 	b.create(t, "job-5") // as CreateJob published it, an hour ago
 	b.waitStatuses(t, "job-5", "COMPLETED")
 	b.settled(t, processor.DurableCreated)
@@ -109,19 +102,12 @@ func TestReplayedAnnouncementSendsNoWork(t *testing.T) {
 // A replayed announcement of a job still waiting in its queue (its item
 // sent long ago, past the duplicate window) sends no second item.
 func TestReplayedAnnouncementOfAQueuedJobSendsNoSecondItem(t *testing.T) {
-	later := func(c *processor.Config) { c.Now = func() time.Time { return time.Now().Add(2 * time.Minute) } }
-	b := setup(t, oneService(), time.Minute, later)
+	b := setup(t, oneService(), time.Minute, clockAhead(2*time.Minute))
 	waiting := &jobsv1.Job{Id: "job-6", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED,
 		CreateTime: timestamppb.New(time.Now().Add(-time.Hour)),
 		Executions: []*jobsv1.Execution{{Attempt: 1, Service: "probe", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED,
 			DispatchTime: timestamppb.New(time.Now().Add(-time.Hour))}}}
-	data, err := proto.Marshal(waiting)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.kv.Put(b.ctx, "job-6", data); err != nil {
-		t.Fatal(err)
-	}
+	b.putRecord(t, waiting)
 	// Its item, queued an hour ago: its msg id is forgotten.
 	b.publish(t, bus.SubjectWork("probe", "job-6"), "", &eventsv1.WorkItem{JobId: "job-6", Attempt: 1, Profile: "P"})
 	b.create(t, "job-6")
@@ -137,30 +123,28 @@ func TestReplayedAnnouncementOfAQueuedJobSendsNoSecondItem(t *testing.T) {
 // acked by the worker that reported), the item goes again: the job runs
 // twice rather than stays SCHEDULED for good.
 func TestDroppedReportLeavesNoJobStranded(t *testing.T) {
-	later := func(c *processor.Config) { c.Now = func() time.Time { return time.Now().Add(2 * time.Minute) } }
-	b := setup(t, oneService(), time.Minute, later)
+	b := setup(t, oneService(), time.Minute, clockAhead(2*time.Minute))
 	b.exec(t, update("job-7", 1, completed, 100)) // no record: too old to wait for one
 	b.settled(t, processor.DurableExec)
 	dispatched := &jobsv1.Job{Id: "job-7", Tenant: "t1", Profile: "P", JobType: "AmeJob", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED,
 		CreateTime: timestamppb.Now(),
 		Executions: []*jobsv1.Execution{{Attempt: 1, Service: "probe", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED, DispatchTime: timestamppb.Now()}}}
-	data, err := proto.Marshal(dispatched)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.kv.Put(b.ctx, "job-7", data); err != nil {
-		t.Fatal(err)
-	}
+	b.putRecord(t, dispatched)
 	b.create(t, "job-7") // its announcement, redelivered after the crash that lost the item
 	if item, _ := b.workItem(t, "probe"); item.GetJobId() != "job-7" || item.GetAttempt() != 1 {
 		t.Fatalf("work item %v, want job-7's attempt 1", item)
 	}
 }
 
-// reannounceHandled stores rec as the record of a job another replica
-// handled long ago, then publishes a re-announcement of the job, as the
-// mediator's sweep does.
-func (b *bundle) reannounceHandled(t *testing.T, rec *jobsv1.Job) {
+// clockAhead runs the processor's clock d ahead of the NATS server's, so
+// every message it reads is at least d old.
+func clockAhead(d time.Duration) func(*processor.Config) {
+	return func(c *processor.Config) { c.Now = func() time.Time { return time.Now().Add(d) } }
+}
+
+// putRecord stores rec as the processor's record of its job, as another
+// replica would have.
+func (b *bundle) putRecord(t *testing.T, rec *jobsv1.Job) {
 	t.Helper()
 	data, err := proto.Marshal(rec)
 	if err != nil {
@@ -169,8 +153,17 @@ func (b *bundle) reannounceHandled(t *testing.T, rec *jobsv1.Job) {
 	if _, err := b.kv.Put(b.ctx, rec.Id, data); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// reannounceHandled stores rec as the record of a job another replica
+// handled long ago, then publishes a re-announcement of the job, as the
+// mediator's sweep does.
+func (b *bundle) reannounceHandled(t *testing.T, rec *jobsv1.Job) {
+	t.Helper()
+	b.putRecord(t, rec)
 	job := &jobsv1.Job{Id: rec.Id, Tenant: rec.Tenant, Profile: rec.Profile, JobType: rec.JobType, Status: jobsv1.JobStatus_JOB_STATUS_NEW, CreateTime: rec.CreateTime}
-	if data, err = proto.Marshal(&eventsv1.JobCreated{Job: job}); err != nil {
+	data, err := proto.Marshal(&eventsv1.JobCreated{Job: job})
+	if err != nil {
 		t.Fatal(err)
 	}
 	m := &nats.Msg{Subject: bus.SubjectJobCreated, Data: data, Header: nats.Header{}}
