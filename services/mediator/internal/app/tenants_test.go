@@ -3,7 +3,6 @@ package app
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -64,31 +63,7 @@ func startMediator(t *testing.T, mutate func(*Config)) *mediator {
 // answer into out (when not nil); it returns the status and body.
 func (m *mediator) do(method, path, key, body string, out any) (int, []byte) {
 	m.t.Helper()
-	var r io.Reader
-	if body != "" {
-		r = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, "http://"+m.cfg.HTTPAddr+path, r)
-	if err != nil {
-		m.t.Fatal(err)
-	}
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		m.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode < 300 {
-		if err := json.Unmarshal(b, out); err != nil {
-			m.t.Fatalf("%s %s: %s: %v", method, path, b, err)
-		}
-	}
+	resp, b := testsupport.HTTP(m.t, method, "http://"+m.cfg.HTTPAddr+path, testsupport.Bearer(key), body, out)
 	return resp.StatusCode, b
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/medius-platform/medius/pkg/devstack"
 	"github.com/medius-platform/medius/pkg/testmedia"
 	"github.com/medius-platform/medius/services/mediator/internal/cortex"
+	"github.com/medius-platform/medius/services/mediator/internal/testsupport"
 )
 
 // End-to-end tests of the Cortex front: the four service binaries (as
@@ -46,26 +47,7 @@ func every200ms(t *testing.T, timeout time.Duration, what string, cond func() bo
 // call sends a request and returns the status and body.
 func call(t *testing.T, method, url string, hdr map[string]string, body string) (int, []byte) {
 	t.Helper()
-	var r io.Reader
-	if body != "" {
-		r = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, url, r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	resp, b := testsupport.HTTP(t, method, url, hdr, body, nil)
 	return resp.StatusCode, b
 }
 

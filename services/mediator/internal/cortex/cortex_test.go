@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -185,26 +184,7 @@ func setupWith(t *testing.T, configure func(*cortex.Handler)) *fixture {
 
 func (f *fixture) do(method, path string, hdr map[string]string, body string) (int, []byte) {
 	f.t.Helper()
-	var r io.Reader
-	if body != "" {
-		r = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, f.url+path, r)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	resp, b := testsupport.HTTP(f.t, method, f.url+path, hdr, body, nil)
 	return resp.StatusCode, b
 }
 

@@ -3,7 +3,6 @@ package restapi
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -43,35 +42,7 @@ func setup(t *testing.T) *bundle {
 // a 2xx JSON answer into out (when not nil).
 func (b *bundle) do(method, path, key, body string, out any) (*http.Response, []byte) {
 	b.t.Helper()
-	var r io.Reader
-	if body != "" {
-		r = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, b.url+path, r)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	if out != nil && resp.StatusCode < 300 {
-		if err := json.Unmarshal(data, out); err != nil {
-			b.t.Fatalf("%s %s: %s: %v", method, path, data, err)
-		}
-	}
-	return resp, data
+	return testsupport.HTTP(b.t, method, b.url+path, testsupport.Bearer(key), body, out)
 }
 
 // wantProblem checks an answer is problem JSON of status and type.

@@ -2,7 +2,6 @@ package tenants_test
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -62,20 +61,10 @@ func TestRESTRotationReachesWebhookSecrets(t *testing.T) {
 		t.Fatalf("secret before the rotation %q, want %q", got, acme.WebhookSecret)
 	}
 
-	req, err := http.NewRequest("POST", srv.URL+"/v1/tenants/acme/webhook-secret:rotate", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+adminKey)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var rotated tenants.Tenant
-	err = json.NewDecoder(resp.Body).Decode(&rotated)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || err != nil || rotated.WebhookSecret == "" || rotated.WebhookSecret == acme.WebhookSecret {
-		t.Fatalf("rotate: %d %+v %v, want the tenant with a new secret", resp.StatusCode, rotated, err)
+	resp, body := testsupport.HTTP(t, "POST", srv.URL+"/v1/tenants/acme/webhook-secret:rotate", testsupport.Bearer(adminKey), "", &rotated)
+	if resp.StatusCode != http.StatusOK || rotated.WebhookSecret == "" || rotated.WebhookSecret == acme.WebhookSecret {
+		t.Fatalf("rotate: %d %s, want the tenant with a new secret", resp.StatusCode, body)
 	}
 
 	reads := w.EtcdReads()
