@@ -204,10 +204,14 @@ func TestFailedRestartGivesItsSlotBack(t *testing.T) {
 	active(1, "after a restart that lost to a restart of the same job")
 }
 
-// The release of a job's run that ended, done late, after the job was
-// restarted, leaves the restarted run's slot held: the tenant cannot run
-// more jobs at once than its limit. The restarted run frees it at its end.
-func TestLateReleaseOfTheRunBeforeARestart(t *testing.T) {
+// lateReleaseAfterRestart runs a job of a tenant allowed one job at a time
+// to the end of a first run that made attempts attempts (the status
+// consumer wrote the end; its terminal hook is delayed), restarts it, then
+// gives that run's release, late, with the record it was given: the
+// restarted run keeps the slot, and a new job is refused. It returns the
+// fixture, the admitter and the restarted job.
+func lateReleaseAfterRestart(t *testing.T, attempts int32) (*fixture, *quota.Admitter, *jobsv1.Job) {
+	t.Helper()
 	f := setup(t)
 	ctx := context.Background()
 	q := tenants.Quota{MaxConcurrentJobs: 1}
@@ -218,21 +222,23 @@ func TestLateReleaseOfTheRunBeforeARestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := job.GetId()
-	processorRecord(t, f, id, 1)
-	// The status consumer writes the end; its terminal hook is delayed.
+	processorRecord(t, f, id, attempts)
 	rec, rev, err := f.store.Get(ctx, id)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec.Status = jobsv1.JobStatus_JOB_STATUS_FAILED
-	rec.Executions = []*jobsv1.Execution{{Attempt: 1, Service: "svc", Status: jobsv1.JobStatus_JOB_STATUS_FAILED}}
+	rec.Executions = nil
+	for a := range attempts {
+		rec.Executions = append(rec.Executions, &jobsv1.Execution{Attempt: a + 1, Service: "svc", Status: jobsv1.JobStatus_JOB_STATUS_FAILED})
+	}
 	if _, err := f.store.Update(ctx, rec, rev); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: id}); err != nil {
+	restarted, err := f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: id})
+	if err != nil {
 		t.Fatal(err)
 	}
-	// The hook of the first run, late, with the record it was given.
 	if err := adm.ReleaseEnded(ctx, rec); err != nil {
 		t.Fatal(err)
 	}
@@ -241,9 +247,16 @@ func TestLateReleaseOfTheRunBeforeARestart(t *testing.T) {
 	}
 	_, err = f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
 	wantQuotaRefusal(t, err, quota.TypeConcurrent)
+	return f, adm, restarted
+}
 
-	endJob(t, f, id, jobsv1.JobStatus_JOB_STATUS_FAILED)
-	if n, _ := adm.Active(ctx, "acme"); n != 0 {
+// The release of a job's run that ended, done late, after the job was
+// restarted, leaves the restarted run's slot held: the tenant cannot run
+// more jobs at once than its limit. The restarted run frees it at its end.
+func TestLateReleaseOfTheRunBeforeARestart(t *testing.T) {
+	f, adm, restarted := lateReleaseAfterRestart(t, 1)
+	endJob(t, f, restarted.GetId(), jobsv1.JobStatus_JOB_STATUS_FAILED)
+	if n, _ := adm.Active(context.Background(), "acme"); n != 0 {
 		t.Fatalf("active = %d after the restarted run ended, want 0", n)
 	}
 	if _, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()}); err != nil {
@@ -255,41 +268,12 @@ func TestLateReleaseOfTheRunBeforeARestart(t *testing.T) {
 // restarted as attempt 1: the first run's release, late, still leaves the
 // restarted run's slot held.
 func TestLateReleaseOfARunWithNoAttempt(t *testing.T) {
-	f := setup(t)
-	ctx := context.Background()
-	q := tenants.Quota{MaxConcurrentJobs: 1}
-	adm := quota.New(f.env.EtcdCli)
-	f.srv.SetAdmission(onlyQuota{adm, q})
-	job, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := job.GetId()
-	processorRecord(t, f, id, 0)
-	// The status consumer writes the end; its terminal hook is delayed.
-	moveOn(t, f, id, jobsv1.JobStatus_JOB_STATUS_FAILED)
-	rec, _, err := f.store.Get(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	restarted, err := f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: id})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, adm, restarted := lateReleaseAfterRestart(t, 0)
 	if got := jobstate.LatestAttempt(restarted); got != 1 {
 		t.Fatalf("restart adds attempt %d, want 1", got)
 	}
-	if err := adm.ReleaseEnded(ctx, rec); err != nil {
-		t.Fatal(err)
-	}
-	if n, _ := adm.Active(ctx, "acme"); n != 1 {
-		t.Fatalf("active = %d after the first run's late release, want 1 (the restarted run)", n)
-	}
-	_, err = f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
-	wantQuotaRefusal(t, err, quota.TypeConcurrent)
-
-	endJob(t, f, id, jobsv1.JobStatus_JOB_STATUS_FAILED)
-	if n, _ := adm.Active(ctx, "acme"); n != 0 {
+	endJob(t, f, restarted.GetId(), jobsv1.JobStatus_JOB_STATUS_FAILED)
+	if n, _ := adm.Active(context.Background(), "acme"); n != 0 {
 		t.Fatalf("active = %d after the restarted run ended, want 0", n)
 	}
 }
