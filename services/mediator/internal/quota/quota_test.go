@@ -185,10 +185,12 @@ func TestAdmitRestart(t *testing.T) {
 	}
 }
 
-// The release of a run that ended, late or redelivered after its job was
-// restarted, leaves the restarted run's slot held: the tenant stays at its
-// limit while that run goes on, and gets the slot back at its end.
-func TestLateReleaseLeavesTheRestartedRun(t *testing.T) {
+// restartThenReleaseLate admits job "j" of a tenant allowed one job at a
+// time, restarts it as run after its first run ended as first, then
+// releases that first run twice (late, then redelivered): each time the
+// restarted run keeps the slot and a new job is refused.
+func restartThenReleaseLate(t *testing.T, first *jobsv1.Job, run int32) (*quota.Admitter, tenants.Quota) {
+	t.Helper()
 	env := testsupport.Start(t)
 	a := quota.New(env.EtcdCli)
 	ctx := context.Background()
@@ -196,13 +198,10 @@ func TestLateReleaseLeavesTheRestartedRun(t *testing.T) {
 	if err := a.Admit(ctx, "acme", "j", q); err != nil {
 		t.Fatal(err)
 	}
-	// The first run failed after three attempts (two lost their worker);
-	// the restart adds attempt 4.
-	first := ended("j", 1, 3)
-	if took, err := a.AdmitRestart(ctx, first, 4, q); err != nil || !took {
+	if took, err := a.AdmitRestart(ctx, first, run, q); err != nil || !took {
 		t.Fatalf("restart: took %v, %v", took, err)
 	}
-	for range 2 { // late, then redelivered
+	for range 2 {
 		if err := a.ReleaseEnded(ctx, first); err != nil {
 			t.Fatal(err)
 		}
@@ -213,6 +212,17 @@ func TestLateReleaseLeavesTheRestartedRun(t *testing.T) {
 			t.Fatal("a new job admitted beyond the limit while the restarted run goes on")
 		}
 	}
+	return a, q
+}
+
+// The release of a run that ended, late or redelivered after its job was
+// restarted, leaves the restarted run's slot held: the tenant stays at its
+// limit while that run goes on, and gets the slot back at its end.
+func TestLateReleaseLeavesTheRestartedRun(t *testing.T) {
+	// The first run failed after three attempts (two lost their worker);
+	// the restart adds attempt 4.
+	a, q := restartThenReleaseLate(t, ended("j", 1, 3), 4)
+	ctx := context.Background()
 	// The restarted run ends: its record names attempt 4, or a retry's.
 	if err := a.ReleaseEnded(ctx, ended("j", 4, 5)); err != nil {
 		t.Fatal(err)
@@ -230,28 +240,9 @@ func TestLateReleaseLeavesTheRestartedRun(t *testing.T) {
 // its first run: the first run's release, late, still leaves the
 // restarted run's slot held, which the restarted run's end frees.
 func TestLateReleaseOfARunWithNoAttempt(t *testing.T) {
-	env := testsupport.Start(t)
-	a := quota.New(env.EtcdCli)
-	ctx := context.Background()
-	q := tenants.Quota{MaxConcurrentJobs: 1}
-	if err := a.Admit(ctx, "acme", "j", q); err != nil {
-		t.Fatal(err)
-	}
 	first := ended("j", 0, 0)
-	if took, err := a.AdmitRestart(ctx, first, 1, q); err != nil || !took {
-		t.Fatalf("restart: took %v, %v", took, err)
-	}
-	for range 2 { // late, then again
-		if err := a.ReleaseEnded(ctx, first); err != nil {
-			t.Fatal(err)
-		}
-		if n, _ := a.Active(ctx, "acme"); n != 1 {
-			t.Fatalf("active after the first run's late release = %d, want 1 (the restarted run)", n)
-		}
-		if err := a.Admit(ctx, "acme", "k", q); err == nil {
-			t.Fatal("a new job admitted beyond the limit while the restarted run goes on")
-		}
-	}
+	a, q := restartThenReleaseLate(t, first, 1)
+	ctx := context.Background()
 	// The reconciliation reads when the restart's slot was taken.
 	markers, err := a.Markers(ctx)
 	if err != nil || len(markers) != 1 || markers[0].Run != 1 || time.Since(markers[0].Admitted) > time.Minute {
