@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -90,6 +91,37 @@ func (g *rig) watch(tb testing.TB, f func(*eventsv1.ExecutionUpdate)) {
 	if err := g.tnc.Flush(); err != nil {
 		tb.Fatal(err)
 	}
+}
+
+// reports keeps every execution update, by job, for a test to read.
+type reports struct {
+	mu    sync.Mutex
+	byJob map[string][]*eventsv1.ExecutionUpdate
+}
+
+// collect gathers every execution update until the test ends.
+func (g *rig) collect(tb testing.TB) *reports {
+	tb.Helper()
+	r := &reports{byJob: map[string][]*eventsv1.ExecutionUpdate{}}
+	g.watch(tb, func(u *eventsv1.ExecutionUpdate) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.byJob[u.GetJobId()] = append(r.byJob[u.GetJobId()], u)
+	})
+	return r
+}
+
+// of is job's updates so far, in the order they came.
+func (r *reports) of(job string) []*eventsv1.ExecutionUpdate {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.byJob[job])
+}
+
+// completed reports whether job's latest update is COMPLETED.
+func (r *reports) completed(job string) bool {
+	us := r.of(job)
+	return len(us) > 0 && us[len(us)-1].GetStatus() == jobsv1.JobStatus_JOB_STATUS_COMPLETED
 }
 
 func workItem(job string) *eventsv1.WorkItem {
@@ -292,13 +324,8 @@ func TestStoppingHandsBackToOthers(t *testing.T) {
 func TestRunningOnlyPastTheDelay(t *testing.T) {
 	const delay = 300 * time.Millisecond
 	g := newRig(t)
+	updates := g.collect(t)
 	var mu sync.Mutex
-	updates := map[string][]*eventsv1.ExecutionUpdate{}
-	g.watch(t, func(u *eventsv1.ExecutionUpdate) {
-		mu.Lock()
-		defer mu.Unlock()
-		updates[u.GetJobId()] = append(updates[u.GetJobId()], u)
-	})
 	handlerStart := map[string]time.Time{}
 	g.run(t, workersdk.Config{Capacity: 2, RunningDelay: delay, FetchWait: 200 * time.Millisecond, Profiles: []workersdk.Profile{
 		noOp(func(item *workersdk.WorkItem) {
@@ -312,22 +339,14 @@ func TestRunningOnlyPastTheDelay(t *testing.T) {
 	}})
 	g.submit(t, "quick")
 	g.submit(t, "slow")
-	ended := func(job string) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		us := updates[job]
-		return len(us) > 0 && us[len(us)-1].GetStatus() == jobsv1.JobStatus_JOB_STATUS_COMPLETED
-	}
-	checkFor(t, 10*time.Second, func() bool { return ended("quick") && ended("slow") }, func() string {
-		mu.Lock()
-		defer mu.Unlock()
-		return fmt.Sprintf("jobs not completed: updates %v", updates)
+	checkFor(t, 10*time.Second, func() bool { return updates.completed("quick") && updates.completed("slow") }, func() string {
+		return fmt.Sprintf("jobs not completed: quick %v, slow %v", updates.of("quick"), updates.of("slow"))
 	})
 	mu.Lock()
 	defer mu.Unlock()
 	near := func(at, want time.Time) bool { return at.Sub(want).Abs() < delay/3 }
 
-	quick := updates["quick"]
+	quick := updates.of("quick")
 	if len(quick) != 1 {
 		t.Fatalf("quick job: %d updates %v, want COMPLETED alone", len(quick), quick)
 	}
@@ -335,7 +354,7 @@ func TestRunningOnlyPastTheDelay(t *testing.T) {
 		t.Errorf("quick job's COMPLETED start time %v, want its handler's start %v", st, handlerStart["quick"])
 	}
 
-	slow := updates["slow"]
+	slow := updates.of("slow")
 	if len(slow) != 2 || slow[0].GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING {
 		t.Fatalf("slow job: updates %v, want RUNNING then COMPLETED", slow)
 	}
@@ -369,13 +388,7 @@ func TestRunningDelayBelowAckWait(t *testing.T) {
 func TestRedeliveredReportedRunningAtOnce(t *testing.T) {
 	const ackWait = 3 * time.Second
 	g := newRig(t)
-	var mu sync.Mutex
-	updates := map[string][]*eventsv1.ExecutionUpdate{}
-	g.watch(t, func(u *eventsv1.ExecutionUpdate) {
-		mu.Lock()
-		defer mu.Unlock()
-		updates[u.GetJobId()] = append(updates[u.GetJobId()], u)
-	})
+	updates := g.collect(t)
 	// A worker that takes "crashy" and dies holding it, before any report:
 	// the item comes back once its ack wait has passed.
 	cons, err := bus.EnsureConsumer(t.Context(), g.tjs, bus.ConsumerConfig{Stream: bus.StreamWork,
@@ -401,26 +414,14 @@ func TestRedeliveredReportedRunningAtOnce(t *testing.T) {
 
 	statuses := func(job string) []jobsv1.JobStatus {
 		var out []jobsv1.JobStatus
-		for _, u := range updates[job] {
+		for _, u := range updates.of(job) {
 			out = append(out, u.GetStatus())
 		}
 		return out
 	}
-	ended := func(job string) bool {
-		us := updates[job]
-		return len(us) > 0 && us[len(us)-1].GetStatus() == jobsv1.JobStatus_JOB_STATUS_COMPLETED
-	}
-	checkFor(t, 20*time.Second, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return ended("crashy") && ended("fresh")
-	}, func() string {
-		mu.Lock()
-		defer mu.Unlock()
+	checkFor(t, 20*time.Second, func() bool { return updates.completed("crashy") && updates.completed("fresh") }, func() string {
 		return fmt.Sprintf("jobs not completed: crashy %v, fresh %v", statuses("crashy"), statuses("fresh"))
 	})
-	mu.Lock()
-	defer mu.Unlock()
 	if got := statuses("crashy"); len(got) != 2 || got[0] != jobsv1.JobStatus_JOB_STATUS_RUNNING {
 		t.Errorf("redelivered item reported %v, want RUNNING then COMPLETED", got)
 	}
