@@ -628,7 +628,7 @@ func (b *bundle) leaveLostItem(t *testing.T, id string) {
 	t.Helper()
 	waitFor(t, "the lost attempt's item withdrawn", func() bool { return b.workCount(t, "probe") == 0 })
 	rec := b.record(t, id)
-	lost := record.Current(rec)
+	lost := jobstate.Current(rec)
 	if lost.GetError().GetType() != record.ProblemWorkerLost {
 		t.Fatalf("current execution %v, want the lost attempt", lost)
 	}

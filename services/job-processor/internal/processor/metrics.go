@@ -7,7 +7,6 @@ import (
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/jobstate"
-	"github.com/medius-platform/medius/services/job-processor/internal/record"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -112,7 +111,7 @@ func (m metrics) ended(ctx context.Context, rec *jobsv1.Job) metric.MeasurementO
 // ended: at its end, or later for one ended before its start was known
 // (record.TakeStart).
 func (m metrics) ran(ctx context.Context, rec *jobsv1.Job) {
-	if ex := record.Current(rec); ex != nil && ex.GetStartTime() != nil && ex.GetEndTime() != nil {
+	if ex := jobstate.Current(rec); ex != nil && ex.GetStartTime() != nil && ex.GetEndTime() != nil {
 		if d := ex.GetEndTime().AsTime().Sub(ex.GetStartTime().AsTime()); d >= 0 {
 			m.executionD.Record(ctx, d.Seconds(), m.attrs.get(attribute.String("profile", rec.GetProfile()),
 				attribute.String("service", ex.GetService()), attribute.String("status", jobstate.Name(rec.GetStatus()))))

@@ -372,7 +372,7 @@ func (p *Processor) schedule(ctx context.Context, rec *jobsv1.Job, cand selectio
 		return nil
 	case record.Applied:
 		p.metrics.dispatched(ctx, rec.GetProfile(), cand.Service)
-		slog.InfoContext(ctx, "job dispatched", "job_id", id, "attempt", record.Current(rec).GetAttempt(),
+		slog.InfoContext(ctx, "job dispatched", "job_id", id, "attempt", jobstate.Current(rec).GetAttempt(),
 			"service", cand.Service, "cost", cand.Cost, "load", cand.Load)
 	}
 	return p.sendWork(ctx, rec)
@@ -381,7 +381,7 @@ func (p *Processor) schedule(ctx context.Context, rec *jobsv1.Job, cand selectio
 // sendWork publishes the work item of a SCHEDULED job's current execution,
 // then announces SCHEDULED.
 func (p *Processor) sendWork(ctx context.Context, rec *jobsv1.Job) error {
-	cur := record.Current(rec)
+	cur := jobstate.Current(rec)
 	item := record.WorkItem(rec)
 	if d := effectiveTimeout(rec, p.profile(ctx, rec.GetProfile())); d > 0 {
 		item.Timeout = durationpb.New(d + p.cfg.TimeoutGrace)
@@ -500,9 +500,9 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 		log.WarnContext(ctx, "execution update for a job without a record dropped")
 		return nil
 	case outcome == record.Ignored:
-		log.DebugContext(ctx, "execution update ignored", "record_status", jobstate.Name(rec.GetStatus()), "current_attempt", record.Current(rec).GetAttempt())
+		log.DebugContext(ctx, "execution update ignored", "record_status", jobstate.Name(rec.GetStatus()), "current_attempt", jobstate.Current(rec).GetAttempt())
 		if jobstate.IsTerminal(rec.GetStatus()) && rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_COMPLETED &&
-			u.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING && u.GetAttempt() == record.Current(rec).GetAttempt() {
+			u.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING && u.GetAttempt() == jobstate.Current(rec).GetAttempt() {
 			// Canceled or expired before the worker took it (the first stop
 			// request had no one to hear it): tell the worker now.
 			return p.stopWorker(ctx, rec)
@@ -518,7 +518,7 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 			p.metrics.canceled(ctx, rec)
 		}
 		if jobstate.IsTerminal(rec.GetStatus()) {
-			log.InfoContext(ctx, "job ended", "instance_id", record.Current(rec).GetInstanceId())
+			log.InfoContext(ctx, "job ended", "instance_id", jobstate.Current(rec).GetInstanceId())
 		}
 	}
 	if !news {
@@ -642,7 +642,7 @@ func (p *Processor) HandleCancel(ctx context.Context, msg jetstream.Msg) error {
 // NATS: a worker that is not listening (not started yet, or gone) needs no
 // telling, and one that misses it is told again when it reports RUNNING.
 func (p *Processor) stopWorker(ctx context.Context, rec *jobsv1.Job) error {
-	if record.Current(rec) == nil {
+	if jobstate.Current(rec) == nil {
 		return nil
 	}
 	req := &eventsv1.JobCancelRequested{JobId: rec.GetId(), Tenant: rec.GetTenant()}
@@ -671,7 +671,7 @@ func (p *Processor) withdrawWork(ctx context.Context, service, id string) error 
 // unless that execution lost its worker and the job ended while waiting
 // for its retry (withdrawLost).
 func (p *Processor) withdrawEnded(ctx context.Context, rec *jobsv1.Job) error {
-	cur := record.Current(rec)
+	cur := jobstate.Current(rec)
 	switch {
 	case cur == nil:
 		return nil
@@ -715,7 +715,7 @@ func (p *Processor) announce(ctx context.Context, rec *jobsv1.Job) error {
 
 // statusMsg is the announcement of rec's current state, for publishAll.
 func (p *Processor) statusMsg(rec *jobsv1.Job) outMsg {
-	return outMsg{subject: bus.SubjectJobStatus(rec.GetId()), msgID: record.StatusMsgID(rec), m: record.StatusEvent(rec), announces: rec.GetId()}
+	return outMsg{subject: bus.SubjectJobStatus(rec.GetId()), msgID: record.StatusMsgID(rec), m: jobstate.StatusEvent(rec), announces: rec.GetId()}
 }
 
 // validID refuses ids that cannot be a KV key and a subject token.

@@ -3,6 +3,7 @@ package processor
 import (
 	"context"
 	"errors"
+	"github.com/medius-platform/medius/pkg/jobstate"
 	"sync"
 	"testing"
 	"time"
@@ -98,7 +99,7 @@ func TestStoreStaleCacheIgnoredIsRejudged(t *testing.T) {
 		t.Fatalf("returned record %v", got)
 	}
 	if stored := readRecord(t, ctx, kv, "job-s"); stored.GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING ||
-		record.Current(stored).GetAttempt() != 2 || record.Current(stored).GetInstanceId() != "premium-1" {
+		jobstate.Current(stored).GetAttempt() != 2 || jobstate.Current(stored).GetInstanceId() != "premium-1" {
 		t.Fatalf("stored record %v: the report was dropped", stored)
 	}
 }

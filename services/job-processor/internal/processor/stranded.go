@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/medius-platform/medius/pkg/jobstate"
 	"log/slog"
 	"slices"
 	"strings"
@@ -114,7 +115,7 @@ func (p *Processor) reroute(ctx context.Context, service, id string) (bool, erro
 	if err != nil || rec == nil {
 		return false, err
 	}
-	cur := record.Current(rec)
+	cur := jobstate.Current(rec)
 	if cur.GetService() != service {
 		// This item is stale: the job moved on, and an earlier reroute
 		// stopped half-way.
@@ -141,7 +142,7 @@ func (p *Processor) reroute(ctx context.Context, service, id string) (bool, erro
 	if err != nil || outcome != record.Applied {
 		return false, err
 	}
-	slog.InfoContext(ctx, "job moved to another service", "job_id", id, "from", service, "to", to.Service, "attempt", record.Current(rec).GetAttempt())
+	slog.InfoContext(ctx, "job moved to another service", "job_id", id, "from", service, "to", to.Service, "attempt", jobstate.Current(rec).GetAttempt())
 	return true, p.completeMove(ctx, rec, service)
 }
 
@@ -169,7 +170,7 @@ func (p *Processor) completeMove(ctx context.Context, rec *jobsv1.Job, service s
 // shows the report could not apply (it came long before the record and was
 // dropped), and the item goes again: run twice rather than never end.
 func (p *Processor) ensureWork(ctx context.Context, rec *jobsv1.Job) error {
-	cur := record.Current(rec)
+	cur := jobstate.Current(rec)
 	if rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || cur.GetStartTime() != nil {
 		return nil
 	}
@@ -199,7 +200,7 @@ func (p *Processor) ensureWork(ctx context.Context, rec *jobsv1.Job) error {
 		if err != nil {
 			return err
 		}
-		if c := record.Current(fresh); fresh.GetStatus() != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || c.GetAttempt() != cur.GetAttempt() || c.GetStartTime() != nil {
+		if c := jobstate.Current(fresh); fresh.GetStatus() != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || c.GetAttempt() != cur.GetAttempt() || c.GetStartTime() != nil {
 			return nil // the report moved it on
 		}
 	}

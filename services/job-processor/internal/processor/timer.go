@@ -142,7 +142,7 @@ func (p *Processor) runDeadlineTimer(rec *jobsv1.Job, run int32) outMsg {
 // life only push that back).
 func (p *Processor) attemptTimer(ctx context.Context, rec *jobsv1.Job) outMsg {
 	now := p.cfg.Now()
-	cur := record.Current(rec)
+	cur := jobstate.Current(rec)
 	var seen time.Time
 	for _, t := range []*timestamppb.Timestamp{cur.GetStartTime(), cur.GetDispatchTime(), rec.GetUpdateTime()} {
 		if t != nil && t.AsTime().After(seen) {
@@ -304,7 +304,7 @@ func (p *Processor) checkTimer(ctx context.Context, msg jetstream.Msg, t *events
 		return rearm(min(rec.GetDeadline().AsTime().Sub(now), deadlineRecheck))
 	}
 	if t.GetAttempt() < n {
-		if t.GetAttempt() == n-1 && !record.Current(rec).GetRestarted() {
+		if t.GetAttempt() == n-1 && !jobstate.Current(rec).GetRestarted() {
 			// This timer dispatched the retry (a restart's attempt is
 			// its restart's to dispatch). Should the retry's work item
 			// have failed to go out, only this timer, redelivered, is
@@ -324,7 +324,7 @@ func (p *Processor) checkTimer(ctx context.Context, msg jetstream.Msg, t *events
 		}
 		// The lost attempt's item must not come back to a worker (its
 		// redelivery after the ack wait would run it again).
-		if err := p.withdrawAttempt(ctx, record.Current(rec).GetService(), id, record.Current(rec).GetAttempt()); err != nil {
+		if err := p.withdrawAttempt(ctx, jobstate.Current(rec).GetService(), id, jobstate.Current(rec).GetAttempt()); err != nil {
 			return err
 		}
 		if err := p.announce(ctx, rec); err != nil {
@@ -336,7 +336,7 @@ func (p *Processor) checkTimer(ctx context.Context, msg jetstream.Msg, t *events
 		return rearm(next)
 	}
 
-	cur := record.Current(rec)
+	cur := jobstate.Current(rec)
 	prof := p.profile(ctx, rec.GetProfile())
 	if timeout := effectiveTimeout(rec, prof); timeout > 0 && cur.GetStartTime() != nil {
 		left := cur.GetStartTime().AsTime().Add(timeout).Sub(now)
@@ -383,7 +383,7 @@ func (p *Processor) profile(ctx context.Context, name string) *registryv1.JobPro
 // latest report on the stream (heartbeats included), and this process's own
 // (re)connection to NATS, since reports cannot arrive while it is away.
 func (p *Processor) lastSeen(ctx context.Context, rec *jobsv1.Job) (time.Time, error) {
-	cur := record.Current(rec)
+	cur := jobstate.Current(rec)
 	seen := p.connectedAt()
 	if st := cur.GetStartTime(); st != nil && st.AsTime().After(seen) {
 		seen = st.AsTime()

@@ -10,6 +10,7 @@ import (
 	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/jobstate"
 	"github.com/medius-platform/medius/services/job-processor/internal/processor"
 	"github.com/medius-platform/medius/services/job-processor/internal/record"
 	"github.com/nats-io/nats.go/jetstream"
@@ -189,7 +190,7 @@ func (b *bundle) failFirstRun(t *testing.T, id string, deadline time.Time) {
 // one a restart added, ended FAILED with problem type typ before any
 // dispatch.
 func endedUndispatched(rec *jobsv1.Job, attempt int32, typ string) bool {
-	cur := record.Current(rec)
+	cur := jobstate.Current(rec)
 	return len(rec.GetExecutions()) == int(attempt) && cur.GetAttempt() == attempt && cur.GetStatus() == jobsv1.JobStatus_JOB_STATUS_FAILED &&
 		cur.GetError().GetType() == typ && cur.GetService() == "" && cur.GetDispatchTime() == nil && cur.GetEndTime() != nil
 }

@@ -24,7 +24,7 @@ const exhaustedPrefix = "gave up after "
 // maxAttempts attempts in a row, in which case it FAILs naming the reason.
 // Only the current, unfinished attempt can be lost.
 func WorkerLost(rec *jobsv1.Job, attempt, maxAttempts int32, reason string, now time.Time) Outcome {
-	cur := Current(rec)
+	cur := jobstate.Current(rec)
 	if cur == nil || cur.GetAttempt() != attempt || jobstate.IsTerminal(rec.GetStatus()) || jobstate.IsTerminal(cur.GetStatus()) {
 		return Ignored
 	}
@@ -65,7 +65,7 @@ func WorkerLost(rec *jobsv1.Job, attempt, maxAttempts int32, reason string, now 
 // execution ends FAILED with ProblemServiceGone and a new one is scheduled
 // on to. It is not a lost attempt: it counts against no attempt limit.
 func Reroute(rec *jobsv1.Job, attempt int32, from, to string, now time.Time) Outcome {
-	cur := Current(rec)
+	cur := jobstate.Current(rec)
 	if rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || cur == nil || cur.GetAttempt() != attempt ||
 		cur.GetService() != from || cur.GetStartTime() != nil || from == to {
 		return Ignored
@@ -124,7 +124,7 @@ func lostInARow(ex []*jobsv1.Execution) int32 {
 // again: the loss plus an exponential backoff (base, doubling with each
 // loss in a row, at most 32 × base).
 func RetryAt(rec *jobsv1.Job, base time.Duration) time.Time {
-	cur := Current(rec)
+	cur := jobstate.Current(rec)
 	if cur == nil || cur.GetEndTime() == nil {
 		return time.Time{}
 	}
@@ -139,7 +139,7 @@ func RetryAt(rec *jobsv1.Job, base time.Duration) time.Time {
 // would only make it wait longer); a retry from the end of its backoff,
 // before which it does not look for a service (RetryAt).
 func QueuedSince(rec *jobsv1.Job, backoff time.Duration) time.Time {
-	if Current(rec) == nil {
+	if jobstate.Current(rec) == nil {
 		return rec.GetCreateTime().AsTime()
 	}
 	since := RetryAt(rec, backoff) // zero for a restart: its execution has not ended
@@ -158,7 +158,7 @@ func QueuedSince(rec *jobsv1.Job, backoff time.Duration) time.Time {
 // (lost, or canceled and the job restarted) is Ignored: the attempt after
 // it has a timeout of its own, from its own start.
 func Expire(rec *jobsv1.Job, attempt int32, p *jobsv1.Problem, now time.Time) Outcome {
-	if cur := Current(rec); attempt > 0 && !jobstate.IsTerminal(rec.GetStatus()) &&
+	if cur := jobstate.Current(rec); attempt > 0 && !jobstate.IsTerminal(rec.GetStatus()) &&
 		(cur.GetAttempt() != attempt || jobstate.IsTerminal(cur.GetStatus())) {
 		return Ignored
 	}
@@ -249,7 +249,7 @@ func RestartedAfter(rec *jobsv1.Job, attempts int32) bool {
 // otherwise, or for any other update, nothing changes (AlreadyApplied for a
 // heartbeat of the current attempt, else Ignored).
 func Beat(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate, now time.Time, minGap time.Duration) Outcome {
-	cur := Current(rec)
+	cur := jobstate.Current(rec)
 	if cur == nil || u.GetAttempt() != cur.GetAttempt() || u.GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING ||
 		rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING || cur.GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING {
 		return Ignored

@@ -25,7 +25,7 @@ func redispatch(t *testing.T, rec *jobsv1.Job, at time.Time) {
 	if got := Schedule(rec, "svc", at); got != Applied {
 		t.Fatalf("Schedule = %v", got)
 	}
-	if got := Apply(rec, update(Current(rec).GetAttempt(), running, 0), at); got != Applied {
+	if got := Apply(rec, update(jobstate.Current(rec).GetAttempt(), running, 0), at); got != Applied {
 		t.Fatalf("Apply RUNNING = %v", got)
 	}
 }
@@ -132,8 +132,8 @@ func TestExpire(t *testing.T) {
 	if got := Expire(rec, 0, p, now); got != Applied {
 		t.Fatalf("Expire = %v", got)
 	}
-	if rec.GetStatus() != failed || rec.GetError().GetType() != ProblemTimeout || Current(rec).GetStatus() != failed {
-		t.Fatalf("after timeout: %v %v, execution %v", rec.GetStatus(), rec.GetError(), Current(rec).GetStatus())
+	if rec.GetStatus() != failed || rec.GetError().GetType() != ProblemTimeout || jobstate.Current(rec).GetStatus() != failed {
+		t.Fatalf("after timeout: %v %v, execution %v", rec.GetStatus(), rec.GetError(), jobstate.Current(rec).GetStatus())
 	}
 	if got := Expire(rec, 0, p, now); got != AlreadyApplied {
 		t.Fatalf("repeat = %v", got)
@@ -180,7 +180,7 @@ func TestRestart(t *testing.T) {
 					t.Fatalf("next attempt %d, want %d", NextAttempt(tt.rec), tt.attempts+1)
 				}
 				// The restart's execution is there at once, waiting.
-				if cur := Current(tt.rec); len(tt.rec.GetExecutions()) != int(tt.attempts)+1 || cur.GetAttempt() != tt.attempts+1 ||
+				if cur := jobstate.Current(tt.rec); len(tt.rec.GetExecutions()) != int(tt.attempts)+1 || cur.GetAttempt() != tt.attempts+1 ||
 					cur.GetStatus() != queued || cur.GetService() != "" || cur.GetDispatchTime() != nil {
 					t.Fatalf("restart's execution: %v", tt.rec.GetExecutions())
 				}
@@ -232,7 +232,7 @@ func TestReroute(t *testing.T) {
 	if got := Reroute(rec, 1, "gone", "next", now); got != Applied {
 		t.Fatalf("Reroute = %v", got)
 	}
-	old, cur := rec.Executions[0], Current(rec)
+	old, cur := rec.Executions[0], jobstate.Current(rec)
 	if old.GetStatus() != failed || old.GetError().GetType() != ProblemServiceGone || old.GetEndTime() == nil {
 		t.Fatalf("moved execution = %v", old)
 	}
@@ -286,7 +286,7 @@ func TestRestartAppliesOncePerRequest(t *testing.T) {
 				if got := end(rec, now.Add(time.Second)); got != Applied {
 					t.Fatalf("end = %v", got)
 				}
-				cur := Current(rec)
+				cur := jobstate.Current(rec)
 				if len(rec.GetExecutions()) != int(n)+1 || !jobstate.IsTerminal(cur.GetStatus()) || cur.GetDispatchTime() != nil ||
 					!proto.Equal(cur.GetEndTime(), rec.GetEndTime()) {
 					t.Fatalf("ended before dispatch: %v", rec)
@@ -317,7 +317,7 @@ func TestScheduleFillsRestartsExecution(t *testing.T) {
 	if got := Schedule(rec, "svc2", at); got != Applied {
 		t.Fatalf("Schedule = %v", got)
 	}
-	cur := Current(rec)
+	cur := jobstate.Current(rec)
 	if len(rec.GetExecutions()) != 3 || cur.GetAttempt() != 3 || cur.GetService() != "svc2" || cur.GetStatus() != scheduled ||
 		!cur.GetDispatchTime().AsTime().Equal(at) || rec.GetStatus() != scheduled || WorkMsgID(rec) != "work-j1-3" {
 		t.Fatalf("scheduled restart: %v", rec)

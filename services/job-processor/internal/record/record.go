@@ -80,18 +80,10 @@ func New(job *jobsv1.Job, now time.Time) *jobsv1.Job {
 	return rec
 }
 
-// Current is the latest execution of rec, or nil before the first dispatch.
-func Current(rec *jobsv1.Job) *jobsv1.Execution {
-	if n := len(rec.GetExecutions()); n > 0 {
-		return rec.Executions[n-1]
-	}
-	return nil
-}
-
 // NextAttempt is the attempt number the next dispatch of rec gets: that of
 // the execution a restart added (see Restart) while it waits, else a new one.
 func NextAttempt(rec *jobsv1.Job) int32 {
-	if cur := Current(rec); undispatched(cur) {
+	if cur := jobstate.Current(rec); undispatched(cur) {
 		return cur.GetAttempt()
 	}
 	return int32(len(rec.GetExecutions())) + 1
@@ -116,7 +108,7 @@ func Schedule(rec *jobsv1.Job, service string, now time.Time) Outcome {
 	default:
 		return Ignored
 	}
-	if cur := Current(rec); undispatched(cur) {
+	if cur := jobstate.Current(rec); undispatched(cur) {
 		cur.Service = service
 		cur.Status = jobsv1.JobStatus_JOB_STATUS_SCHEDULED
 		cur.DispatchTime = timestamppb.New(now)
@@ -148,7 +140,7 @@ func Fail(rec *jobsv1.Job, p *jobsv1.Problem, now time.Time) Outcome {
 	rec.StatusMessage = p.GetDetail()
 	rec.EndTime = timestamppb.New(now)
 	rec.UpdateTime = rec.EndTime
-	if cur := Current(rec); cur != nil && !jobstate.IsTerminal(cur.GetStatus()) {
+	if cur := jobstate.Current(rec); cur != nil && !jobstate.IsTerminal(cur.GetStatus()) {
 		cur.Status = jobsv1.JobStatus_JOB_STATUS_FAILED
 		cur.Error = p
 		cur.EndTime = rec.EndTime
@@ -179,7 +171,7 @@ func Cancel(rec *jobsv1.Job, now time.Time) Outcome {
 	rec.StatusMessage = "canceled by request"
 	rec.EndTime = timestamppb.New(now)
 	rec.UpdateTime = rec.EndTime
-	if cur := Current(rec); cur != nil && !jobstate.IsTerminal(cur.GetStatus()) {
+	if cur := jobstate.Current(rec); cur != nil && !jobstate.IsTerminal(cur.GetStatus()) {
 		cur.Status = jobsv1.JobStatus_JOB_STATUS_CANCELED
 		cur.EndTime = rec.EndTime
 	}
@@ -194,7 +186,7 @@ func Cancel(rec *jobsv1.Job, now time.Time) Outcome {
 // moves backwards: a report older than the last one applied is Ignored, and
 // the same report again is AlreadyApplied.
 func Apply(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate, now time.Time) Outcome {
-	cur := Current(rec)
+	cur := jobstate.Current(rec)
 	if cur == nil || u.GetAttempt() != cur.GetAttempt() || undispatched(cur) {
 		// Not dispatched: no worker was handed this attempt.
 		return Ignored
@@ -302,7 +294,7 @@ func clampProgress(p int32) int32 { return min(max(p, 0), 100) }
 // that the attempt ran, since when, and where: without it the execution
 // would read as never started, and its run time would go unmeasured.
 func TakeStart(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate) Outcome {
-	cur := Current(rec)
+	cur := jobstate.Current(rec)
 	if cur == nil || u.GetAttempt() != cur.GetAttempt() || !jobstate.IsTerminal(cur.GetStatus()) ||
 		cur.GetStartTime() != nil || !u.GetStartTime().IsValid() {
 		return Ignored
@@ -326,30 +318,10 @@ func TakeStart(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate) Outcome {
 // announcement as a duplicate, and the mediator would never hear the job
 // ended.
 func StatusAttempt(rec *jobsv1.Job) int32 {
-	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_QUEUED || endedQueued(rec) {
+	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_QUEUED || jobstate.EndedQueued(rec) {
 		return NextAttempt(rec)
 	}
 	return int32(len(rec.GetExecutions()))
-}
-
-// endedQueued reports whether rec ended after its latest execution had: it
-// ended while queued for the next attempt. Whatever ends a job with its
-// current execution gives both the same end time.
-func endedQueued(rec *jobsv1.Job) bool {
-	cur := Current(rec)
-	// Compared as times, not with proto.Equal (reflection): this runs for
-	// every status announcement.
-	return cur != nil && jobstate.IsTerminal(rec.GetStatus()) && cur.GetEndTime() != nil && rec.GetEndTime() != nil &&
-		!cur.GetEndTime().AsTime().Equal(rec.GetEndTime().AsTime())
-}
-
-// requeued reports whether rec waits for the attempt after its latest
-// execution, which has ended (a retry's backoff, or its wait for a
-// service), or ended while it did: a state of no execution of its own.
-func requeued(rec *jobsv1.Job) bool {
-	cur := Current(rec)
-	return cur != nil && jobstate.IsTerminal(cur.GetStatus()) &&
-		(rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_QUEUED || endedQueued(rec))
 }
 
 // StatusMsgID is the JetStream msg id of the JobStatusChanged announcing rec's
@@ -371,49 +343,15 @@ func StatusMsgID(rec *jobsv1.Job) string {
 	if rec.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING {
 		id += "-" + strconv.Itoa(int(rec.GetProgress()))
 	}
-	if requeued(rec) {
+	if jobstate.Requeued(rec) {
 		id += "-requeued"
 	}
 	return id
 }
 
-// StatusEvent is the JobStatusChanged announcing rec's current state.
-func StatusEvent(rec *jobsv1.Job) *eventsv1.JobStatusChanged {
-	ev := &eventsv1.JobStatusChanged{
-		JobId:            rec.GetId(),
-		Status:           rec.GetStatus(),
-		Progress:         rec.GetProgress(),
-		StatusMessage:    rec.GetStatusMessage(),
-		Output:           rec.GetOutput(),
-		Error:            rec.GetError(),
-		VerifiedQuantity: rec.GetVerifiedQuantity(),
-		Time:             rec.GetUpdateTime(),
-	}
-	// While QUEUED the latest execution (if any) is the one a restart
-	// added, with nothing to say before its dispatch, or, while waiting for
-	// a retry, the attempt that lost its worker: the mediator learns from
-	// it that the attempt ended and the job waits again, rather than
-	// showing it RUNNING until the retry runs.
-	if cur := Current(rec); cur != nil && (rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_QUEUED || requeued(rec)) {
-		ev.Execution = cur
-		// The attempt before, ended, rides along: one that ended as this
-		// one began (Reroute: FAILED, the next SCHEDULED at once) is named
-		// by no event of its own, and the mediator would keep it as it
-		// last heard of it. Each event of the later attempt carries it, so
-		// the first the mediator applies ends it there; a first attempt
-		// carries nothing.
-		if n := len(rec.GetExecutions()); n > 1 {
-			if prev := rec.Executions[n-2]; jobstate.IsTerminal(prev.GetStatus()) {
-				ev.PreviousExecution = prev
-			}
-		}
-	}
-	return ev
-}
-
 // WorkItem is what the worker of rec's current execution is handed.
 func WorkItem(rec *jobsv1.Job) *eventsv1.WorkItem {
-	cur := Current(rec)
+	cur := jobstate.Current(rec)
 	return &eventsv1.WorkItem{
 		JobId:   rec.GetId(),
 		Tenant:  rec.GetTenant(),
@@ -428,5 +366,5 @@ func WorkItem(rec *jobsv1.Job) *eventsv1.WorkItem {
 
 // WorkMsgID is the msg id of the work item of rec's current execution.
 func WorkMsgID(rec *jobsv1.Job) string {
-	return "work-" + rec.GetId() + "-" + strconv.Itoa(int(Current(rec).GetAttempt()))
+	return "work-" + rec.GetId() + "-" + strconv.Itoa(int(jobstate.Current(rec).GetAttempt()))
 }

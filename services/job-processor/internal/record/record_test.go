@@ -2,6 +2,7 @@ package record
 
 import (
 	"fmt"
+	"github.com/medius-platform/medius/pkg/jobstate"
 	"testing"
 	"time"
 
@@ -60,7 +61,7 @@ func TestApply(t *testing.T) {
 			name: "running after scheduled", rec: recordIn(scheduled, 0), u: update(2, running, 5),
 			want: Applied, wantStatus: running, wantProg: 5,
 			check: func(t *testing.T, rec *jobsv1.Job) {
-				cur := Current(rec)
+				cur := jobstate.Current(rec)
 				if cur.InstanceId != "i1" || cur.StartTime == nil {
 					t.Errorf("execution = %v, want instance i1 and a start time", cur)
 				}
@@ -78,7 +79,7 @@ func TestApply(t *testing.T) {
 				if !proto.Equal(rec.Output, output) || rec.VerifiedQuantity != 12.5 || rec.EndTime == nil {
 					t.Errorf("record = %v, want output, verified quantity and end time", rec)
 				}
-				if cur := Current(rec); cur.Status != completed || cur.Progress != 100 || cur.EndTime == nil || cur.InstanceId != "" {
+				if cur := jobstate.Current(rec); cur.Status != completed || cur.Progress != 100 || cur.EndTime == nil || cur.InstanceId != "" {
 					t.Errorf("execution = %v", cur)
 				}
 			},
@@ -89,8 +90,8 @@ func TestApply(t *testing.T) {
 			u:    &eventsv1.ExecutionUpdate{JobId: "j1", Attempt: 2, Status: failed, Error: boom},
 			want: Applied, wantStatus: failed, wantProg: 40,
 			check: func(t *testing.T, rec *jobsv1.Job) {
-				if !proto.Equal(rec.Error, boom) || !proto.Equal(Current(rec).Error, boom) {
-					t.Errorf("error = %v / %v, want %v", rec.Error, Current(rec).Error, boom)
+				if !proto.Equal(rec.Error, boom) || !proto.Equal(jobstate.Current(rec).Error, boom) {
+					t.Errorf("error = %v / %v, want %v", rec.Error, jobstate.Current(rec).Error, boom)
 				}
 				if rec.StatusMessage != "no such file" {
 					t.Errorf("status message = %q", rec.StatusMessage)
@@ -133,7 +134,7 @@ func TestApply(t *testing.T) {
 			if tt.rec.Status != tt.wantStatus || tt.rec.Progress != tt.wantProg {
 				t.Errorf("record %v/%d, want %v/%d", tt.rec.Status, tt.rec.Progress, tt.wantStatus, tt.wantProg)
 			}
-			if cur := Current(tt.rec); cur != nil && cur.Status != tt.rec.Status && tt.want == Applied {
+			if cur := jobstate.Current(tt.rec); cur != nil && cur.Status != tt.rec.Status && tt.want == Applied {
 				t.Errorf("execution status %v != record status %v", cur.Status, tt.rec.Status)
 			}
 			if tt.check != nil {
@@ -192,7 +193,7 @@ func TestApplyUsesWorkerTime(t *testing.T) {
 	u := update(2, running, 0)
 	u.Time = timestamppb.New(t0.Add(10 * time.Second))
 	Apply(rec, u, now)
-	if got := Current(rec).StartTime.AsTime(); !got.Equal(t0.Add(10 * time.Second)) {
+	if got := jobstate.Current(rec).StartTime.AsTime(); !got.Equal(t0.Add(10 * time.Second)) {
 		t.Errorf("start time = %v, want the worker's time", got)
 	}
 	if got := rec.UpdateTime.AsTime(); !got.Equal(now) {
@@ -212,7 +213,7 @@ func TestApplyTerminalAlone(t *testing.T) {
 		if got := Apply(rec, u, now); got != Applied {
 			t.Fatalf("%v from SCHEDULED: %v, want applied", st, got)
 		}
-		cur := Current(rec)
+		cur := jobstate.Current(rec)
 		if !cur.GetStartTime().AsTime().Equal(start) || !cur.GetEndTime().AsTime().Equal(end) {
 			t.Errorf("%v from SCHEDULED: execution ran %v to %v, want %v to %v", st, cur.GetStartTime().AsTime(), cur.GetEndTime().AsTime(), start, end)
 		}
@@ -240,7 +241,7 @@ func TestTakeStart(t *testing.T) {
 		if got := TakeStart(rec, report(2, st)); got != Applied {
 			t.Fatalf("%v after the cancel: TakeStart %v, want applied", st, got)
 		}
-		cur := Current(rec)
+		cur := jobstate.Current(rec)
 		if !cur.GetStartTime().AsTime().Equal(start) || cur.GetInstanceId() != "i1" || cur.GetStatus() != canceled || rec.Status != canceled {
 			t.Errorf("%v after the cancel: execution %v, want CANCELED, started at %v on i1", st, cur, start)
 		}
@@ -300,7 +301,7 @@ func TestSchedule(t *testing.T) {
 			if got != tt.want {
 				t.Fatalf("Schedule = %v, want %v", got, tt.want)
 			}
-			cur := Current(tt.rec)
+			cur := jobstate.Current(tt.rec)
 			if cur.GetAttempt() != tt.wantAttempt {
 				t.Errorf("attempt = %d, want %d", cur.GetAttempt(), tt.wantAttempt)
 			}
@@ -363,7 +364,7 @@ func TestCancel(t *testing.T) {
 			if tt.rec.Status != canceled {
 				t.Errorf("status = %v", tt.rec.Status)
 			}
-			if cur := Current(tt.rec); cur != nil && cur.Status != canceled {
+			if cur := jobstate.Current(tt.rec); cur != nil && cur.Status != canceled {
 				t.Errorf("execution status = %v", cur.Status)
 			}
 		})
@@ -453,11 +454,11 @@ func failedAt2() *jobsv1.Job {
 
 func TestStatusEvent(t *testing.T) {
 	rec := recordIn(running, 20)
-	ev := StatusEvent(rec)
+	ev := jobstate.StatusEvent(rec)
 	if ev.JobId != "j1" || ev.Status != running || ev.Progress != 20 || ev.Execution.GetAttempt() != 2 {
 		t.Errorf("StatusEvent = %v", ev)
 	}
-	if ev := StatusEvent(New(&jobsv1.Job{Id: "j1"}, t0)); ev.Execution != nil || ev.Status != queued {
+	if ev := jobstate.StatusEvent(New(&jobsv1.Job{Id: "j1"}, t0)); ev.Execution != nil || ev.Status != queued {
 		t.Errorf("StatusEvent of a queued job = %v", ev)
 	}
 	// Waiting for a retry, the job names the attempt that lost its worker,
@@ -466,7 +467,7 @@ func TestStatusEvent(t *testing.T) {
 	if WorkerLost(lost, 2, 3, "no heartbeat", now) != Applied {
 		t.Fatal("worker lost not applied")
 	}
-	if ev := StatusEvent(lost); ev.Status != queued || ev.Execution.GetAttempt() != 2 || ev.Execution.GetStatus() != failed ||
+	if ev := jobstate.StatusEvent(lost); ev.Status != queued || ev.Execution.GetAttempt() != 2 || ev.Execution.GetStatus() != failed ||
 		ev.Execution.GetError().GetType() != ProblemWorkerLost {
 		t.Errorf("StatusEvent of a job waiting for its retry = %v, want QUEUED naming attempt 2 FAILED worker-lost", ev)
 	}
@@ -476,7 +477,7 @@ func TestStatusEvent(t *testing.T) {
 	if Restart(restarted, 2, now) != Applied {
 		t.Fatal("restart not applied")
 	}
-	if ev := StatusEvent(restarted); ev.Status != queued || ev.Execution != nil || ev.PreviousExecution != nil {
+	if ev := jobstate.StatusEvent(restarted); ev.Status != queued || ev.Execution != nil || ev.PreviousExecution != nil {
 		t.Errorf("StatusEvent of a restarted job = %v, want QUEUED naming no attempt", ev)
 	}
 }
@@ -490,13 +491,13 @@ func TestStatusEventReroute(t *testing.T) {
 	if Schedule(rec, "gone", t0) != Applied {
 		t.Fatal("schedule not applied")
 	}
-	if ev := StatusEvent(rec); ev.Execution.GetAttempt() != 1 || ev.PreviousExecution != nil {
+	if ev := jobstate.StatusEvent(rec); ev.Execution.GetAttempt() != 1 || ev.PreviousExecution != nil {
 		t.Fatalf("StatusEvent of a first attempt = %v, want attempt 1 and no previous execution", ev)
 	}
 	if Reroute(rec, 1, "gone", "next", now) != Applied {
 		t.Fatal("reroute not applied")
 	}
-	ev := StatusEvent(rec)
+	ev := jobstate.StatusEvent(rec)
 	if ev.Status != scheduled || ev.Execution.GetAttempt() != 2 || ev.Execution.GetService() != "next" {
 		t.Fatalf("StatusEvent of a rerouted job = %v, want SCHEDULED naming attempt 2 on next", ev)
 	}
@@ -511,7 +512,7 @@ func TestStatusEventReroute(t *testing.T) {
 		Progress: 10, StartTime: timestamppb.New(now)}, now) != Applied {
 		t.Fatal("running not applied")
 	}
-	if ev := StatusEvent(rec); ev.Execution.GetAttempt() != 2 || ev.GetPreviousExecution().GetAttempt() != 1 {
+	if ev := jobstate.StatusEvent(rec); ev.Execution.GetAttempt() != 2 || ev.GetPreviousExecution().GetAttempt() != 1 {
 		t.Fatalf("StatusEvent of the rerouted job running = %v, want attempt 2 with attempt 1 before it", ev)
 	}
 }
