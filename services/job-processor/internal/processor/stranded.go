@@ -185,10 +185,18 @@ func (p *Processor) ensureWork(ctx context.Context, rec *jobsv1.Job) error {
 	}
 	var report eventsv1.ExecutionUpdate
 	seq, ok, err := lastMsg(ctx, p.events, bus.SubjectExecution(rec.GetId()), &report)
+	ok = ok && report.GetAttempt() == cur.GetAttempt()
+	if err == nil && seq > 0 && !ok {
+		// The last report is another attempt's: the worker of a lost one,
+		// cut off but alive, still heartbeats, and may have done so after
+		// this attempt's worker reported. So the reports since the
+		// dispatch are looked through.
+		seq, ok, err = p.lastReportOf(ctx, rec.GetId(), cur)
+	}
 	if err != nil {
 		return fmt.Errorf("look for the reports of job %s: %w", rec.GetId(), err)
 	}
-	if ok && report.GetAttempt() == cur.GetAttempt() {
+	if ok {
 		handled, err := p.reportHandled(ctx, seq)
 		if err != nil {
 			return err
@@ -218,6 +226,52 @@ func lastMsg(ctx context.Context, stream jetstream.Stream, subject string, m pro
 		return 0, false, err
 	}
 	return raw.Sequence, proto.Unmarshal(raw.Data, m) == nil, nil
+}
+
+// reportClockMargin is how long before an attempt's dispatch its reports
+// are looked for: the dispatch is dated by the processor's clock, a report
+// by the NATS server's.
+const reportClockMargin = time.Minute
+
+// lastReportOf returns the stream sequence of the last report of attempt cur
+// of job id among those stored since cur's dispatch; false if there is none.
+// It reads them through a short-lived consumer, so it costs a round trip per
+// 256 reports: only a job with a lost attempt whose worker still reports
+// gets here.
+func (p *Processor) lastReportOf(ctx context.Context, id string, cur *jobsv1.Execution) (uint64, bool, error) {
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.SubjectExecution(id)}, InactiveThreshold: 30 * time.Second}
+	if d := cur.GetDispatchTime(); d != nil {
+		since := d.AsTime().Add(-reportClockMargin)
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+	}
+	c, err := p.events.OrderedConsumer(ctx, cfg)
+	if err != nil {
+		return 0, false, err
+	}
+	var last uint64
+	for {
+		batch, err := c.FetchNoWait(256)
+		if err != nil {
+			return 0, false, err
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			var u eventsv1.ExecutionUpdate
+			if proto.Unmarshal(msg.Data(), &u) != nil || u.GetAttempt() != cur.GetAttempt() {
+				continue
+			}
+			if md, err := msg.Metadata(); err == nil {
+				last = md.Sequence.Stream
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return 0, false, err
+		}
+		if n == 0 {
+			return last, last > 0, nil
+		}
+	}
 }
 
 // reportRecheck is how soon ensureWork looks again at an attempt whose

@@ -3,6 +3,7 @@ package processor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -456,11 +457,20 @@ func (tb *timerBench) retrying(t *testing.T, id string) {
 // The timer of a lost attempt dispatches the retry. Should the retry's work
 // item not go out (a failed publish after its record write), that timer,
 // redelivered, is the only thing left to send it: it does, once, and a
-// later look finds it queued and sends no second one.
+// later look finds it queued and sends no second one. The lost attempt's
+// worker, cut off but alive, heartbeating meanwhile changes nothing.
 func TestLostAttemptsTimerSendsTheRetrysMissingItem(t *testing.T) {
 	tb := newTimerBench(t)
 	const id = "job-retry"
 	tb.retrying(t, id)
+	heartbeat, err := bus.NewMsg(tb.ctx, bus.SubjectExecution(id), &eventsv1.ExecutionUpdate{JobId: id, Attempt: 1, Service: "probe",
+		InstanceId: "probe-1", Status: jobsv1.JobStatus_JOB_STATUS_RUNNING, Message: record.HeartbeatMessage, Time: timestamppb.New(tb.p.cfg.Now())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tb.js.PublishMsg(tb.ctx, heartbeat); err != nil {
+		t.Fatal(err)
+	}
 	items := func() uint64 {
 		info, err := tb.p.work.Info(tb.ctx, jetstream.WithSubjectFilter(bus.SubjectWork("probe", id)))
 		if err != nil {
@@ -490,30 +500,42 @@ func TestLostAttemptsTimerSendsTheRetrysMissingItem(t *testing.T) {
 // A retry's item that is gone because its worker took it, ran it and
 // reported (a worker acks its item last) is not sent again while that
 // report waits to be applied: past the duplicate window it would run the
-// attempt twice. The timer looks again later instead.
+// attempt twice. The timer looks again later instead. So it does when the
+// lost attempt's worker, cut off but alive, heartbeats after that report.
 func TestLostAttemptsTimerSendsNoItemTheRetrysWorkerReportedOn(t *testing.T) {
-	tb := newTimerBench(t)
-	const id = "job-retry-done"
-	tb.retrying(t, id)
-	now := timestamppb.New(tb.p.cfg.Now())
-	report, err := bus.NewMsg(tb.ctx, bus.SubjectExecution(id), &eventsv1.ExecutionUpdate{JobId: id, Attempt: 2, Service: "probe",
-		InstanceId: "probe-1", Status: jobsv1.JobStatus_JOB_STATUS_COMPLETED, Time: now, StartTime: now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tb.js.PublishMsg(tb.ctx, report); err != nil {
-		t.Fatal(err)
-	}
-	// No processor has handled the report: the timer is to look again.
-	msg := tb.deliver(t, SubjectTimer(id), &eventsv1.ExecutionTimer{JobId: id, Attempt: 1})
-	if err := tb.p.checkTimer(tb.ctx, msg, &eventsv1.ExecutionTimer{JobId: id, Attempt: 1}); err == nil {
-		t.Fatal("timer check settled, want it retried until the report is applied")
-	}
-	info, err := tb.p.work.Info(tb.ctx, jetstream.WithSubjectFilter(bus.SubjectWork("probe", id)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.State.Msgs != 0 {
-		t.Fatalf("%d work items: the retry its worker reported on was sent again", info.State.Msgs)
+	for _, heartbeat := range []bool{false, true} {
+		t.Run(fmt.Sprintf("lost worker heartbeats after: %v", heartbeat), func(t *testing.T) {
+			tb := newTimerBench(t)
+			id := fmt.Sprintf("job-retry-done-%v", heartbeat)
+			tb.retrying(t, id)
+			now := timestamppb.New(tb.p.cfg.Now())
+			reports := []*eventsv1.ExecutionUpdate{{JobId: id, Attempt: 2, Service: "probe",
+				InstanceId: "probe-2", Status: jobsv1.JobStatus_JOB_STATUS_COMPLETED, Time: now, StartTime: now}}
+			if heartbeat {
+				reports = append(reports, &eventsv1.ExecutionUpdate{JobId: id, Attempt: 1, Service: "probe",
+					InstanceId: "probe-1", Status: jobsv1.JobStatus_JOB_STATUS_RUNNING, Message: record.HeartbeatMessage, Time: now})
+			}
+			for _, u := range reports {
+				report, err := bus.NewMsg(tb.ctx, bus.SubjectExecution(id), u)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := tb.js.PublishMsg(tb.ctx, report); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// No processor has handled the report: the timer is to look again.
+			msg := tb.deliver(t, SubjectTimer(id), &eventsv1.ExecutionTimer{JobId: id, Attempt: 1})
+			if err := tb.p.checkTimer(tb.ctx, msg, &eventsv1.ExecutionTimer{JobId: id, Attempt: 1}); err == nil {
+				t.Fatal("timer check settled, want it retried until the report is applied")
+			}
+			info, err := tb.p.work.Info(tb.ctx, jetstream.WithSubjectFilter(bus.SubjectWork("probe", id)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.State.Msgs != 0 {
+				t.Fatalf("%d work items: the retry its worker reported on was sent again", info.State.Msgs)
+			}
+		})
 	}
 }
