@@ -619,6 +619,34 @@ func TestLateCancelSparesTheRestartedRun(t *testing.T) {
 	})
 }
 
+// So does a late cancel of a job canceled before any dispatch (QUEUED, no
+// service): it names no attempt, and says so, so the restart's attempt 1
+// is newer news than it.
+func TestLateCancelOfAQueuedJobSparesTheRestartedRun(t *testing.T) {
+	reg := oneService()
+	instances := reg.instances
+	reg.set(nil, nil) // no service yet: the job waits QUEUED
+	b := setup(t, reg, time.Minute, fast(nil))
+	const id = "job-lq"
+	b.create(t, id)
+	b.waitStatuses(t, id, "QUEUED")
+	cancel := &eventsv1.JobCancelRequested{JobId: id, Tenant: "t1", Attempts: 0, AttemptsKnown: true}
+	b.publish(t, bus.SubjectJobCancel, "cancel-"+id+"-rev1", cancel)
+	b.waitStatuses(t, id, "QUEUED CANCELED")
+	reg.set(instances, nil)
+	b.restart(t, id, 0)
+	b.waitRecord(t, id, "the restart's attempt 1 scheduled", func(r *jobsv1.Job) bool {
+		return len(r.Executions) == 1 && r.Status == jobsv1.JobStatus_JOB_STATUS_SCHEDULED
+	})
+
+	// The cancel again (a redelivery: another message, same content).
+	b.publish(t, bus.SubjectJobCancel, "cancel-"+id+"-rev1-again", cancel)
+	b.settled(t, processor.DurableCancel)
+	if rec := b.record(t, id); rec.Status != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || len(rec.Executions) != 1 {
+		t.Fatalf("record after a late cancel of the queued run = %v, want attempt 1 still SCHEDULED", rec)
+	}
+}
+
 // leaveLostItem puts back the work item of job id's lost attempt, as a
 // failed purge at the loss leaves it: the worker holding it died, and
 // after its ack wait the item would go to another worker. There is no way

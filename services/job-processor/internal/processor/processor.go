@@ -590,7 +590,7 @@ func (p *Processor) HandleCancel(ctx context.Context, msg jetstream.Msg) error {
 		if jobstate.IsTerminal(rec.GetStatus()) && int32(len(rec.GetExecutions())) < ev.GetAttempts() {
 			return rec, record.Ignored, errRestartPending
 		}
-		if record.RestartedAfter(rec, ev.GetAttempts()) {
+		if record.RestartedAfter(rec, &ev) {
 			return rec, record.Ignored, errCancelSuperseded
 		}
 		return rec, record.Cancel(rec, p.cfg.Now()), nil

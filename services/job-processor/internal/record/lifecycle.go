@@ -223,16 +223,18 @@ func Restart(rec *jobsv1.Job, attempts int32, now time.Time) Outcome {
 	return Applied
 }
 
-// RestartedAfter reports whether rec was restarted after its attempt
-// attempts: an execution past it starts a run of its own. A cancel naming
-// attempts (the executions the mediator knew when it was asked for) was
-// then asked for before that restart, and the run it meant has ended
+// RestartedAfter reports whether rec was restarted after the attempts a
+// cancel names: an execution past them starts a run of its own. A cancel
+// naming attempts (the executions the mediator knew when it was asked for)
+// was then asked for before that restart, and the run it meant has ended
 // (only an ended job is restarted): redelivered late, it must not end the
-// new run. Executions past it added by retries (a lost worker) are the
-// same run, still the cancel's to end. 0, a cancel from an older mediator,
-// names no attempt.
-func RestartedAfter(rec *jobsv1.Job, attempts int32) bool {
-	if attempts <= 0 {
+// new run. Executions past it added by retries (a lost worker) are the same
+// run, still the cancel's to end. An unknown count of 0, a cancel from an
+// older mediator, names no attempt; a known 0 is a cancel asked before any
+// dispatch.
+func RestartedAfter(rec *jobsv1.Job, ev *eventsv1.JobCancelRequested) bool {
+	attempts := ev.GetAttempts()
+	if attempts <= 0 && !ev.GetAttemptsKnown() {
 		return false
 	}
 	for _, ex := range rec.GetExecutions() {

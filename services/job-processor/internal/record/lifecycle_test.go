@@ -361,18 +361,29 @@ func TestRestartedAfter(t *testing.T) {
 		return &jobsv1.Execution{Attempt: attempt, Status: failed, Restarted: restarted}
 	}
 	rec := &jobsv1.Job{Executions: []*jobsv1.Execution{ex(1, false), ex(2, false), ex(3, true), ex(4, false)}}
+	// Canceled while queued (no attempt), then restarted: the restart is
+	// attempt 1.
+	queuedThenRestarted := &jobsv1.Job{Executions: []*jobsv1.Execution{ex(1, true)}}
+	dispatched := &jobsv1.Job{Executions: []*jobsv1.Execution{ex(1, false)}}
 	for _, tt := range []struct {
+		rec      *jobsv1.Job
 		attempts int32
+		known    bool
 		want     bool
 	}{
-		{0, false}, // an older mediator's cancel names no attempt
-		{1, true},  // attempt 3 restarted the job after it
-		{2, true},
-		{3, false}, // attempt 4 is a retry of the run the cancel names
-		{4, false},
+		{rec, 0, false, false}, // an older mediator's cancel names no attempt
+		{rec, 0, true, true},   // asked before any dispatch: attempt 3 restarted the job after it
+		{rec, 1, true, true},   // attempt 3 restarted the job after it
+		{rec, 2, false, true},  // older mediators set a count above 0 all the same
+		{rec, 3, true, false},  // attempt 4 is a retry of the run the cancel names
+		{rec, 4, true, false},
+		{queuedThenRestarted, 0, true, true},
+		{queuedThenRestarted, 0, false, false},
+		{dispatched, 0, true, false}, // its first dispatch, not a restart: the cancel's run
 	} {
-		if got := RestartedAfter(rec, tt.attempts); got != tt.want {
-			t.Errorf("RestartedAfter(attempts %d) = %v, want %v", tt.attempts, got, tt.want)
+		ev := &eventsv1.JobCancelRequested{Attempts: tt.attempts, AttemptsKnown: tt.known}
+		if got := RestartedAfter(tt.rec, ev); got != tt.want {
+			t.Errorf("RestartedAfter(%d executions, attempts %d, known %v) = %v, want %v", len(tt.rec.GetExecutions()), tt.attempts, tt.known, got, tt.want)
 		}
 	}
 }

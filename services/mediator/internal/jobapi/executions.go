@@ -83,15 +83,15 @@ func (s *Server) eventsStream(ctx context.Context) (jetstream.Stream, error) {
 }
 
 // processorAttempts is the highest attempt the processor's record of job id
-// knows; 0 if it has none or cannot be read (a cancel is not refused for it:
-// it then names no attempt, as it would have before any).
-func (s *Server) processorAttempts(ctx context.Context, id string) int32 {
+// knows, 0 if it has none; false if the record cannot be read (a cancel is
+// not refused for it: it then names no attempt, as before any).
+func (s *Server) processorAttempts(ctx context.Context, id string) (int32, bool) {
 	ex, _, err := s.executions(ctx, id)
 	if err != nil {
 		slog.WarnContext(ctx, "read the processor's record for a cancel", "job", id, "err", err)
-		return 0
+		return 0, false
 	}
-	return jobstate.LatestAttempt(&jobsv1.Job{Executions: ex})
+	return jobstate.LatestAttempt(&jobsv1.Job{Executions: ex}), true
 }
 
 // ListJobExecutions implements jobsv1.JobServiceServer: one execution per

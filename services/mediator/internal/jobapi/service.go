@@ -546,13 +546,15 @@ func (s *Server) CancelJob(ctx context.Context, req *jobsv1.CancelJobRequest) (*
 	}
 	// The processor numbers executions as the record does, and reaches
 	// this count once it has applied every restart the record holds.
-	attempts := jobstate.LatestAttempt(job)
+	attempts, known := jobstate.LatestAttempt(job), true
 	if attempts == 0 {
 		// The processor may have dispatched the job without announcing it
 		// yet (it holds SCHEDULED back a while): its record knows.
-		attempts = s.processorAttempts(ctx, job.GetId())
+		attempts, known = s.processorAttempts(ctx, job.GetId())
 	}
-	ev := &eventsv1.JobCancelRequested{JobId: job.GetId(), Tenant: job.GetTenant(), Attempts: attempts}
+	// Known, 0 too: a job canceled before any dispatch, then restarted,
+	// must not have its restarted run ended by this cancel redelivered late.
+	ev := &eventsv1.JobCancelRequested{JobId: job.GetId(), Tenant: job.GetTenant(), Attempts: attempts, AttemptsKnown: known}
 	if err := bus.Publish(ctx, s.js, bus.SubjectJobCancel, cancelMsgID(job.GetId(), rev), ev); err != nil {
 		return nil, problem.Unavailable("cannot request cancellation now", err)
 	}

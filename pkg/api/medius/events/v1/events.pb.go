@@ -135,8 +135,14 @@ type JobCancelRequested struct {
 	// consumers, in no order between them): while its record is still ended,
 	// with fewer executions than this, the cancel waits for the restart
 	// instead of finding the job ended and doing nothing. 0 (not set, as
-	// from older mediators): cancel whatever the record holds.
-	Attempts      int32 `protobuf:"varint,3,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// from older mediators): cancel whatever the record holds, unless
+	// attempts_known.
+	Attempts int32 `protobuf:"varint,3,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// attempts is what the mediator knew, 0 included: a job canceled before
+	// any dispatch (QUEUED, no service) names no attempt, so a restart after
+	// it (attempt 1, marked restarted) is newer news than a late redelivery
+	// of this cancel, which must not end the restarted run.
+	AttemptsKnown bool `protobuf:"varint,4,opt,name=attempts_known,json=attemptsKnown,proto3" json:"attempts_known,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -190,6 +196,13 @@ func (x *JobCancelRequested) GetAttempts() int32 {
 		return x.Attempts
 	}
 	return 0
+}
+
+func (x *JobCancelRequested) GetAttemptsKnown() bool {
+	if x != nil {
+		return x.AttemptsKnown
+	}
+	return false
 }
 
 // WorkItem: processor -> worker, on the chosen service's work subject.
@@ -742,11 +755,12 @@ const file_medius_events_v1_events_proto_rawDesc = "" +
 	"\x1dmedius/events/v1/events.proto\x12\x10medius.events.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19medius/jobs/v1/jobs.proto\x1a!medius/registry/v1/registry.proto\"3\n" +
 	"\n" +
 	"JobCreated\x12%\n" +
-	"\x03job\x18\x01 \x01(\v2\x13.medius.jobs.v1.JobR\x03job\"_\n" +
+	"\x03job\x18\x01 \x01(\v2\x13.medius.jobs.v1.JobR\x03job\"\x86\x01\n" +
 	"\x12JobCancelRequested\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x1a\n" +
-	"\battempts\x18\x03 \x01(\x05R\battempts\"\x87\x02\n" +
+	"\battempts\x18\x03 \x01(\x05R\battempts\x12%\n" +
+	"\x0eattempts_known\x18\x04 \x01(\bR\rattemptsKnown\"\x87\x02\n" +
 	"\bWorkItem\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x18\n" +
