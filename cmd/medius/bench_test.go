@@ -320,6 +320,10 @@ type work struct {
 	// byClient is the messages each client (by connection name, its first
 	// word) sent into NATS.
 	byClient map[string]float64
+	// cpu is the CPU time (user and system, seconds) each process used:
+	// the services by name, and "bench" for the test's own process, which
+	// runs NATS, etcd and the benchmark's clients.
+	cpu map[string]float64
 }
 
 func (l *lab) work(b *testing.B) work {
@@ -327,7 +331,11 @@ func (l *lab) work(b *testing.B) work {
 	if err != nil {
 		b.Fatal(err)
 	}
-	w := work{natsIn: float64(v.InMsgs), natsOut: float64(v.OutMsgs), byClient: map[string]float64{}}
+	w := work{natsIn: float64(v.InMsgs), natsOut: float64(v.OutMsgs), byClient: map[string]float64{}, cpu: map[string]float64{}}
+	w.cpu["bench"] = cpuSeconds("self")
+	for _, p := range l.stack.Processes() {
+		w.cpu[p.Name] += cpuSeconds(strconv.Itoa(p.Pid()))
+	}
 	cz, err := l.stack.NATS.Server.Connz(&server.ConnzOptions{Limit: 1000})
 	if err != nil {
 		b.Fatal(err)
@@ -367,11 +375,34 @@ func (l *lab) quiet(b *testing.B, from work) work {
 		}
 		last = now
 	}
-	d := work{natsIn: last.natsIn - from.natsIn, natsOut: last.natsOut - from.natsOut, etcd: last.etcd - from.etcd, byClient: map[string]float64{}}
+	d := work{natsIn: last.natsIn - from.natsIn, natsOut: last.natsOut - from.natsOut, etcd: last.etcd - from.etcd, byClient: map[string]float64{}, cpu: map[string]float64{}}
 	for name, v := range last.byClient {
 		d.byClient[name] = v - from.byClient[name]
 	}
+	for name, v := range last.cpu {
+		d.cpu[name] = v - from.cpu[name]
+	}
 	return d
+}
+
+// cpuSeconds is the CPU time (user and system) process pid ("self": this
+// one) has used, from /proc/<pid>/stat; 0 when it cannot be read. Linux
+// counts it in clock ticks, 100 a second on every platform Go runs on.
+func cpuSeconds(pid string) float64 {
+	data, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which may hold spaces: state is
+	// the first, utime the 12th and stime the 13th.
+	_, rest, ok := strings.Cut(string(data), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100
 }
 
 // measure submits n jobs with submit (64 at a time unless told) and waits
@@ -436,8 +467,14 @@ func (l *lab) measureWith(b *testing.B, nc *nats.Conn, n int, submitAll func(rec
 	for _, name := range slices.Sorted(maps.Keys(w.byClient)) {
 		by = append(by, fmt.Sprintf("%s %.1f", name, w.byClient[name]/float64(n)))
 	}
-	res.ops = fmt.Sprintf("per job: %.1f NATS msgs in (%s), %.1f out, %.1f etcd KV requests",
-		w.natsIn/float64(n), strings.Join(by, ", "), w.natsOut/float64(n), w.etcd/float64(n))
+	var cpu []string
+	total := 0.0
+	for _, name := range slices.Sorted(maps.Keys(w.cpu)) {
+		total += w.cpu[name]
+		cpu = append(cpu, fmt.Sprintf("%s %.0f", name, w.cpu[name]/float64(n)*1e6))
+	}
+	res.ops = fmt.Sprintf("per job: %.1f NATS msgs in (%s), %.1f out, %.1f etcd KV requests, %.0f µs CPU (%s; bench: the test's process, NATS, etcd and the clients)",
+		w.natsIn/float64(n), strings.Join(by, ", "), w.natsOut/float64(n), w.etcd/float64(n), total/float64(n)*1e6, strings.Join(cpu, ", "))
 	return res
 }
 
