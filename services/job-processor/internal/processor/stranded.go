@@ -189,8 +189,8 @@ func (p *Processor) ensureWork(ctx context.Context, rec *jobsv1.Job) error {
 	if err == nil && seq > 0 && !ok {
 		// The last report is another attempt's: the worker of a lost one,
 		// cut off but alive, still heartbeats, and may have done so after
-		// this attempt's worker reported. So the reports since the
-		// dispatch are looked through.
+		// this attempt's worker reported. So all the job's reports are
+		// looked through.
 		seq, ok, err = p.lastReportOf(ctx, rec.GetId(), cur)
 	}
 	if err != nil {
@@ -228,31 +228,31 @@ func lastMsg(ctx context.Context, stream jetstream.Stream, subject string, m pro
 	return raw.Sequence, proto.Unmarshal(raw.Data, m) == nil, nil
 }
 
-// reportClockMargin is how long before an attempt's dispatch its reports
-// are looked for: the dispatch is dated by the processor's clock, a report
-// by the NATS server's.
-const reportClockMargin = time.Minute
-
 // lastReportOf returns the stream sequence of the last report of attempt cur
-// of job id among those stored since cur's dispatch; false if there is none.
-// It reads them through a short-lived consumer, so it costs a round trip per
-// 256 reports: only a job with a lost attempt whose worker still reports
-// gets here.
+// of job id; false if there is none. It reads all of the job's reports
+// through a consumer of its own, made and deleted for the purpose: a round
+// trip per 256 reports, and two more. Only a job with a lost attempt whose
+// worker still reports gets here. (Reading from cur's dispatch on would read
+// less, but the dispatch is dated by this process's clock and the reports
+// by the NATS server's: a clock ahead would miss the report, and sending
+// the item again runs the attempt twice.)
 func (p *Processor) lastReportOf(ctx context.Context, id string, cur *jobsv1.Execution) (uint64, bool, error) {
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.SubjectExecution(id)}, InactiveThreshold: 30 * time.Second}
-	if d := cur.GetDispatchTime(); d != nil {
-		since := d.AsTime().Add(-reportClockMargin)
-		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
-	}
-	c, err := p.events.OrderedConsumer(ctx, cfg)
+	c, err := p.events.CreateConsumer(ctx, jetstream.ConsumerConfig{FilterSubject: bus.SubjectExecution(id),
+		AckPolicy: jetstream.AckNonePolicy, MemoryStorage: true, InactiveThreshold: time.Minute})
 	if err != nil {
-		return 0, false, err
+		return 0, false, fmt.Errorf("read the reports of job %s: %w", id, err)
 	}
+	defer func() {
+		// Should this fail, the server deletes it once inactive.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = p.events.DeleteConsumer(dctx, c.CachedInfo().Name)
+	}()
 	var last uint64
 	for {
 		batch, err := c.FetchNoWait(256)
 		if err != nil {
-			return 0, false, err
+			return 0, false, fmt.Errorf("read the reports of job %s: %w", id, err)
 		}
 		n := 0
 		for msg := range batch.Messages() {
@@ -266,7 +266,7 @@ func (p *Processor) lastReportOf(ctx context.Context, id string, cur *jobsv1.Exe
 			}
 		}
 		if err := batch.Error(); err != nil {
-			return 0, false, err
+			return 0, false, fmt.Errorf("read the reports of job %s: %w", id, err)
 		}
 		if n == 0 {
 			return last, last > 0, nil

@@ -501,11 +501,17 @@ func TestLostAttemptsTimerSendsTheRetrysMissingItem(t *testing.T) {
 // reported (a worker acks its item last) is not sent again while that
 // report waits to be applied: past the duplicate window it would run the
 // attempt twice. The timer looks again later instead. So it does when the
-// lost attempt's worker, cut off but alive, heartbeats after that report.
+// lost attempt's worker, cut off but alive, heartbeats after that report,
+// whatever the processor's clock says.
 func TestLostAttemptsTimerSendsNoItemTheRetrysWorkerReportedOn(t *testing.T) {
-	for _, heartbeat := range []bool{false, true} {
-		t.Run(fmt.Sprintf("lost worker heartbeats after: %v", heartbeat), func(t *testing.T) {
+	for _, tt := range []struct {
+		heartbeat bool
+		ahead     time.Duration // the processor's clock, past the NATS server's
+	}{{false, 0}, {true, 0}, {true, 2 * time.Minute}} {
+		heartbeat := tt.heartbeat
+		t.Run(fmt.Sprintf("lost worker heartbeats after: %v, clock ahead %s", heartbeat, tt.ahead), func(t *testing.T) {
 			tb := newTimerBench(t)
+			tb.now.Store(int64(tt.ahead))
 			id := fmt.Sprintf("job-retry-done-%v", heartbeat)
 			tb.retrying(t, id)
 			now := timestamppb.New(tb.p.cfg.Now())
@@ -526,8 +532,12 @@ func TestLostAttemptsTimerSendsNoItemTheRetrysWorkerReportedOn(t *testing.T) {
 			}
 			// No processor has handled the report: the timer is to look again.
 			msg := tb.deliver(t, SubjectTimer(id), &eventsv1.ExecutionTimer{JobId: id, Attempt: 1})
+			consumers := tb.consumers(t)
 			if err := tb.p.checkTimer(tb.ctx, msg, &eventsv1.ExecutionTimer{JobId: id, Attempt: 1}); err == nil {
 				t.Fatal("timer check settled, want it retried until the report is applied")
+			}
+			if after := tb.consumers(t); after != consumers {
+				t.Errorf("%d consumers on the events stream after the look, %d before: the reader of the reports is left behind", after, consumers)
 			}
 			info, err := tb.p.work.Info(tb.ctx, jetstream.WithSubjectFilter(bus.SubjectWork("probe", id)))
 			if err != nil {
@@ -538,4 +548,22 @@ func TestLostAttemptsTimerSendsNoItemTheRetrysWorkerReportedOn(t *testing.T) {
 			}
 		})
 	}
+}
+
+// consumers counts the consumers of the events stream.
+func (tb *timerBench) consumers(t *testing.T) int {
+	t.Helper()
+	s, err := tb.js.Stream(tb.ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	names := s.ConsumerNames(tb.ctx)
+	for range names.Name() {
+		n++
+	}
+	if err := names.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
