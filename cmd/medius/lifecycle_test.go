@@ -98,15 +98,19 @@ func (l *lab) hangingProbe(t testing.TB, name string) (*jobsv1.Job, string) {
 }
 
 // toolRunning reports whether a process has arg on its command line.
-func toolRunning(arg string) bool {
+func toolRunning(arg string) bool { return tools(arg) > 0 }
+
+// tools counts the processes with arg on their command line.
+func tools(arg string) int {
+	n := 0
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
 		if err == nil && strings.Contains(string(b), arg) {
-			return true
+			n++
 		}
 	}
-	return false
+	return n
 }
 
 // waitJob polls job id until cond holds (at most within).
@@ -317,6 +321,48 @@ func TestJobLifecycle(t *testing.T) {
 		if ex[1].GetStatus() != jobsv1.JobStatus_JOB_STATUS_COMPLETED || ex[1].GetInstanceId() == first.GetInstanceId() || ex[1].GetInstanceId() == "" {
 			t.Errorf("attempt 2 = %v, want COMPLETED on another instance than %s", ex[1], first.GetInstanceId())
 		}
+	})
+
+	// A worker frozen past the heartbeat window (a long GC pause, a VM or
+	// network stall) is counted lost and its job runs again elsewhere; when
+	// it wakes, its run of the lost attempt is stopped, tool and all, and
+	// the retry goes on: never two runs of the job at once for long.
+	t.Run("a frozen worker's lost attempt is stopped when it wakes", func(t *testing.T) {
+		in, list := l.hangingProbe(t, "frozen")
+		job := l.create(t, in)
+		l.waitJob(t, job.GetId(), "RUNNING", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_RUNNING))
+		waitFor(t, "ffprobe started", func() bool { return tools(list) == 1 })
+		first := l.executions(t, job.GetId())[0]
+		frozen := l.stack.Process(strings.Replace(first.GetInstanceId(), "dev-worker-", "job-worker-", 1))
+		if frozen == nil {
+			t.Fatalf("no process runs instance %q", first.GetInstanceId())
+		}
+		if err := frozen.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = frozen.Signal(syscall.SIGCONT) })
+		l.waitJob(t, job.GetId(), "RUNNING as attempt 2", 30*time.Second, func(j *jobsv1.Job) bool {
+			ex := j.GetExecutions()
+			return j.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING && len(ex) > 0 && ex[len(ex)-1].GetAttempt() == 2
+		})
+		waitFor(t, "attempt 2's ffprobe started beside the frozen one", func() bool { return tools(list) == 2 })
+		woke := time.Now()
+		if err := frozen.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the woken worker's ffprobe stopped", func() bool { return tools(list) == 1 })
+		t.Logf("worker %s woke: its lost attempt's tool gone %s later", first.GetInstanceId(), time.Since(woke).Round(time.Millisecond))
+		if j, err := l.jobs.GetJob(ctx, &jobsv1.GetJobRequest{Id: job.GetId()}); err != nil || j.GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING {
+			t.Fatalf("job after the stop = %v (%v), want attempt 2 still RUNNING", j, err)
+		}
+		if ex := l.executions(t, job.GetId()); len(ex) != 2 || ex[1].GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING || ex[1].GetInstanceId() == first.GetInstanceId() {
+			t.Fatalf("executions = %v, want attempt 2 running on another instance", ex)
+		}
+		if _, err := l.jobs.CancelJob(ctx, &jobsv1.CancelJobRequest{Id: job.GetId()}); err != nil {
+			t.Fatal(err)
+		}
+		waitGone(t, list, 10*time.Second)
+		l.waitJob(t, job.GetId(), "CANCELED", 10*time.Second, is(jobsv1.JobStatus_JOB_STATUS_CANCELED))
 	})
 }
 

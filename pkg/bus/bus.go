@@ -46,6 +46,7 @@ const (
 	SubjectInstanceAll   = subjectInstance + "*"
 	subjectWork          = "medius.work."
 	subjectCancelControl = "medius.control.cancel."
+	subjectStopControl   = "medius.control.stop."
 )
 
 // SubjectJobStatus is where the processor reports changes of job id.
@@ -80,6 +81,14 @@ func WorkService(subject string) (string, bool) {
 // be told to stop it. Not persisted: a worker that misses it is stopped by the
 // processor's timeout or a later resend.
 func SubjectCancel(jobID string) string { return subjectCancelControl + jobID }
+
+// SubjectStopAttempt is the core-NATS subject a worker running job id listens
+// on to be told to stop the attempts a JobCancelRequested names (attempts and
+// earlier): the processor has ended them (a worker declared lost that was
+// only cut off, an item moved to another service) while their worker still
+// runs them. Unlike SubjectCancel, it leaves the job's later attempts alone,
+// and a worker that does not know it ignores it, as before.
+func SubjectStopAttempt(jobID string) string { return subjectStopControl + jobID }
 
 // Connect dials NATS and keeps reconnecting forever: a NATS restart must never
 // take a service down with it.

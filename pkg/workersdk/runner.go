@@ -77,10 +77,16 @@ type Runner struct {
 	tracer   trace.Tracer
 	inFlight atomic.Int32
 
-	// stops holds how to stop each running job, by job id, for the one
-	// cancel subscription of the runner.
+	// stops holds how to stop each running job, by job id, for the
+	// runner's one cancel and one stop subscription.
 	stopsMu sync.Mutex
-	stops   map[string][]*func()
+	stops   map[string][]*stopper
+}
+
+// stopper stops a run of a job: its attempt's.
+type stopper struct {
+	attempt int32
+	stop    func()
 }
 
 // Causes of a job context's end.
@@ -178,6 +184,11 @@ func (r *Runner) Run(ctx context.Context) error {
 		return fmt.Errorf("listen for cancels: %w", err)
 	}
 	defer func() { _ = cancels.Unsubscribe() }()
+	stops, err := r.cfg.NC.Subscribe(bus.SubjectStopAttempt("*"), r.onStopAttempt)
+	if err != nil {
+		return fmt.Errorf("listen for stops: %w", err)
+	}
+	defer func() { _ = stops.Unsubscribe() }()
 	if err := r.cfg.NC.FlushTimeout(5 * time.Second); err != nil {
 		return fmt.Errorf("listen for cancels: %w", err)
 	}
@@ -431,7 +442,7 @@ func (r *Runner) execute(ctx context.Context, log *slog.Logger, item *eventsv1.W
 	}
 	// Listen for cancel before announcing RUNNING: the processor may send a
 	// cancel as soon as it sees it.
-	defer r.onStop(item.GetJobId(), func() {
+	defer r.onStop(item.GetJobId(), item.GetAttempt(), func() {
 		log.InfoContext(ctx, "cancel requested")
 		cancel(errCancelRequested)
 	})()
@@ -508,19 +519,20 @@ func (r *Runner) execute(ctx context.Context, log *slog.Logger, item *eventsv1.W
 	}
 }
 
-// onStop registers stop for job id until the returned func is called.
-func (r *Runner) onStop(id string, stop func()) (remove func()) {
-	f := &stop
+// onStop registers stop for the run of attempt of job id until the returned
+// func is called.
+func (r *Runner) onStop(id string, attempt int32, stop func()) (remove func()) {
+	f := &stopper{attempt: attempt, stop: stop}
 	r.stopsMu.Lock()
 	if r.stops == nil {
-		r.stops = map[string][]*func(){}
+		r.stops = map[string][]*stopper{}
 	}
 	r.stops[id] = append(r.stops[id], f)
 	r.stopsMu.Unlock()
 	return func() {
 		r.stopsMu.Lock()
 		defer r.stopsMu.Unlock()
-		left := slices.DeleteFunc(r.stops[id], func(g *func()) bool { return g == f })
+		left := slices.DeleteFunc(r.stops[id], func(g *stopper) bool { return g == f })
 		if len(left) == 0 {
 			delete(r.stops, id)
 		} else {
@@ -529,14 +541,37 @@ func (r *Runner) onStop(id string, stop func()) (remove func()) {
 	}
 }
 
-// onCancel stops the running job a cancel request names, if it runs here.
+// onCancel stops the running job a cancel request names, if it runs here:
+// every run of it.
 func (r *Runner) onCancel(m *nats.Msg) {
-	id := strings.TrimPrefix(m.Subject, bus.SubjectCancel(""))
+	r.stopRuns(strings.TrimPrefix(m.Subject, bus.SubjectCancel("")), func(int32) bool { return true })
+}
+
+// onStopAttempt stops the runs of the attempts a stop names (its attempts
+// and earlier) of the job it names: the processor ended them while this
+// worker, cut off from it, ran on. A later attempt of the job, which may run
+// here too, goes on.
+func (r *Runner) onStopAttempt(m *nats.Msg) {
+	var ev eventsv1.JobCancelRequested
+	if err := bus.Decode(m.Data, &ev); err != nil {
+		r.log.Warn("undecodable stop request ignored", "subject", m.Subject, "err", err)
+		return
+	}
+	r.stopRuns(strings.TrimPrefix(m.Subject, bus.SubjectStopAttempt("")), func(attempt int32) bool { return attempt <= ev.GetAttempts() })
+}
+
+// stopRuns stops the runs of job id whose attempt matches.
+func (r *Runner) stopRuns(id string, match func(attempt int32) bool) {
 	r.stopsMu.Lock()
-	stops := slices.Clone(r.stops[id])
+	var stops []func()
+	for _, s := range r.stops[id] {
+		if match(s.attempt) {
+			stops = append(stops, s.stop)
+		}
+	}
 	r.stopsMu.Unlock()
 	for _, stop := range stops {
-		(*stop)()
+		stop()
 	}
 }
 

@@ -429,3 +429,64 @@ func TestRedeliveredReportedRunningAtOnce(t *testing.T) {
 		t.Errorf("item delivered once and done within the delay reported %v, want COMPLETED alone", got)
 	}
 }
+
+// A stop of an attempt (the processor ended it while this worker, cut off,
+// ran on) ends that attempt's run and leaves a later attempt of the same job
+// running, even on the same worker; a cancel ends every run of the job.
+func TestStopAttemptSparesLaterAttempts(t *testing.T) {
+	g := newRig(t)
+	updates := g.collect(t)
+	const job = "twice"
+	var mu sync.Mutex
+	started := map[int32]bool{}
+	blocking := workersdk.Profile{
+		Spec: &registryv1.JobProfile{Name: "NoOp", JobType: "QAJob"},
+		Handler: func(ctx context.Context, item *workersdk.WorkItem, _ func(int)) (*jobsv1.JobOutput, float64, error) {
+			mu.Lock()
+			started[item.GetAttempt()] = true
+			mu.Unlock()
+			<-ctx.Done()
+			return nil, 0, ctx.Err()
+		},
+	}
+	for attempt := int32(1); attempt <= 2; attempt++ {
+		item := workItem(job)
+		item.Attempt = attempt
+		if err := bus.Publish(t.Context(), g.tjs, bus.SubjectWork(rigService, job), fmt.Sprintf("work-%s-%d", job, attempt), item); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.run(t, workersdk.Config{Capacity: 2, FetchWait: 200 * time.Millisecond, Profiles: []workersdk.Profile{blocking}})
+	checkFor(t, 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return started[1] && started[2]
+	}, func() string { return "both attempts not started" })
+
+	ended := func(attempt int32) jobsv1.JobStatus {
+		for _, u := range updates.of(job) {
+			if u.GetAttempt() == attempt && u.GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING {
+				return u.GetStatus()
+			}
+		}
+		return jobsv1.JobStatus_JOB_STATUS_UNSPECIFIED
+	}
+	stop := func(subject string, ev *eventsv1.JobCancelRequested) {
+		t.Helper()
+		if err := bus.PublishCore(t.Context(), g.tnc, subject, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop(bus.SubjectStopAttempt(job), &eventsv1.JobCancelRequested{JobId: job, Tenant: "t1", Attempts: 1, AttemptsKnown: true})
+	checkFor(t, 10*time.Second, func() bool { return ended(1) == jobsv1.JobStatus_JOB_STATUS_CANCELED },
+		func() string { return fmt.Sprintf("attempt 1 not stopped: %v", updates.of(job)) })
+	// Attempt 2's end would have been reported with attempt 1's, had the
+	// stop reached it.
+	time.Sleep(300 * time.Millisecond)
+	if st := ended(2); st != jobsv1.JobStatus_JOB_STATUS_UNSPECIFIED {
+		t.Fatalf("attempt 2 ended %s by a stop of attempt 1", st)
+	}
+	stop(bus.SubjectCancel(job), &eventsv1.JobCancelRequested{JobId: job, Tenant: "t1"})
+	checkFor(t, 10*time.Second, func() bool { return ended(2) == jobsv1.JobStatus_JOB_STATUS_CANCELED },
+		func() string { return fmt.Sprintf("attempt 2 not canceled: %v", updates.of(job)) })
+}

@@ -507,6 +507,9 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 			// request had no one to hear it): tell the worker now.
 			return p.stopWorker(ctx, rec)
 		}
+		if u.GetAttempt() < jobstate.Current(rec).GetAttempt() {
+			return p.staleAttempt(ctx, rec, &u)
+		}
 		return nil
 	case outcome == record.Applied:
 		switch rec.GetStatus() {
@@ -650,6 +653,28 @@ func (p *Processor) stopWorker(ctx context.Context, rec *jobsv1.Job) error {
 		return fmt.Errorf("stop worker of job %s: %w", rec.GetId(), err)
 	}
 	return nil
+}
+
+// staleAttempt handles news of an attempt of rec before its current one,
+// which the processor has ended (its worker declared lost, its item moved to
+// another service, its run canceled or restarted) while a worker still runs
+// it: one cut off from NATS for longer than the heartbeat window, or one
+// that took a stale item. A running one is told to stop that attempt, and
+// only it (the current one may run on the same worker): two runs of a job
+// at once waste a slot and may write the same output. And its news means
+// the item was taken: if rec's current attempt waits SCHEDULED without its
+// item (a move whose send failed, then the old service came back and took
+// the stale one), the item goes now, else the job would wait for good.
+func (p *Processor) staleAttempt(ctx context.Context, rec *jobsv1.Job, u *eventsv1.ExecutionUpdate) error {
+	if u.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING {
+		slog.InfoContext(ctx, "stopping a run of an attempt that is over", "job_id", rec.GetId(), "attempt", u.GetAttempt(),
+			"instance_id", u.GetInstanceId(), "current_attempt", jobstate.Current(rec).GetAttempt())
+		req := &eventsv1.JobCancelRequested{JobId: rec.GetId(), Tenant: rec.GetTenant(), Attempts: u.GetAttempt(), AttemptsKnown: true}
+		if err := bus.PublishCore(ctx, p.cfg.NC, bus.SubjectStopAttempt(rec.GetId()), req); err != nil {
+			return fmt.Errorf("stop attempt %d of job %s: %w", u.GetAttempt(), rec.GetId(), err)
+		}
+	}
+	return p.ensureWork(ctx, rec)
 }
 
 // withdrawWork removes job id's work item from service's queue, whether it

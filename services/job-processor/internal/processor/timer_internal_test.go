@@ -16,6 +16,7 @@ import (
 	"github.com/medius-platform/medius/pkg/devenv"
 	"github.com/medius-platform/medius/services/job-processor/internal/record"
 	"github.com/medius-platform/medius/services/job-processor/internal/selection"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -547,6 +548,57 @@ func TestLostAttemptsTimerSendsNoItemTheRetrysWorkerReportedOn(t *testing.T) {
 				t.Fatalf("%d work items: the retry its worker reported on was sent again", info.State.Msgs)
 			}
 		})
+	}
+}
+
+// News of an attempt that is over, from a worker still running it (declared
+// lost while only cut off, or holding a stale item), has that worker told to
+// stop that attempt alone. And it means that attempt's item was taken: a
+// current attempt waiting SCHEDULED without its item (a move whose send
+// failed, then the old service came back for the stale item) gets it sent,
+// instead of waiting for good.
+func TestNewsOfAnEndedAttemptStopsItAndSendsTheCurrentItem(t *testing.T) {
+	tb := newTimerBench(t)
+	const id = "job-zombie"
+	tb.retrying(t, id) // attempt 1 lost, attempt 2 SCHEDULED on probe, its item never sent
+	stops := make(chan *eventsv1.JobCancelRequested, 4)
+	sub, err := tb.p.cfg.NC.Subscribe(bus.SubjectStopAttempt(id), func(m *nats.Msg) {
+		ev := &eventsv1.JobCancelRequested{}
+		if proto.Unmarshal(m.Data, ev) == nil {
+			stops <- ev
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := tb.p.cfg.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	heartbeat := &eventsv1.ExecutionUpdate{JobId: id, Attempt: 1, Service: "probe", InstanceId: "probe-1",
+		Status: jobsv1.JobStatus_JOB_STATUS_RUNNING, Message: record.HeartbeatMessage, Time: timestamppb.New(tb.p.cfg.Now())}
+	if err := tb.p.HandleExecution(tb.ctx, tb.deliver(t, bus.SubjectExecution(id), heartbeat)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-stops:
+		if ev.GetAttempts() != 1 || !ev.GetAttemptsKnown() || ev.GetJobId() != id {
+			t.Fatalf("stop %v, want attempt 1 of %s", ev, id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the worker running attempt 1 was not told to stop")
+	}
+	m, err := tb.p.work.GetLastMsgForSubject(tb.ctx, bus.SubjectWork("probe", id))
+	if err != nil {
+		t.Fatalf("attempt 2's item not sent: %v", err)
+	}
+	var item eventsv1.WorkItem
+	if err := proto.Unmarshal(m.Data, &item); err != nil || item.GetAttempt() != 2 {
+		t.Fatalf("work item %v (%v), want attempt 2's", &item, err)
+	}
+	if rec, _, err := tb.p.store.get(tb.ctx, id); err != nil || rec.GetStatus() != jobsv1.JobStatus_JOB_STATUS_SCHEDULED {
+		t.Fatalf("record %v (%v), want attempt 2 still SCHEDULED", rec, err)
 	}
 }
 
