@@ -284,6 +284,12 @@ type retryError struct {
 func (e retryError) Error() string { return e.err.Error() }
 func (e retryError) Unwrap() error { return e.err }
 
+// ErrKept is what a Handler returns for a message it keeps to settle itself
+// later (it acks it once done with it): the consumer leaves it unsettled. A
+// kept message never settled is redelivered after AckWait, as if its
+// handler had died. (Consume only: not for ConsumeBatches.)
+var ErrKept = errors.New("kept by its handler, to settle later")
+
 // RetryAfter wraps err so the consumer redelivers the message after d and
 // logs it at debug level only.
 func RetryAfter(d time.Duration, err error) error { return retryError{err: err, after: d} }
@@ -388,6 +394,8 @@ func consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ba
 		err := handler(mctx, msgs)
 		var retry retryError
 		switch {
+		case errors.Is(err, ErrKept):
+			// Its handler settles it.
 		case err == nil:
 			for _, msg := range msgs {
 				if err := msg.Ack(); err != nil {

@@ -25,11 +25,16 @@ import (
 // or held by a replica other than the one that announced the job's end, is
 // dropped there rather than sent after the news it is older than. A publish
 // that fails is held again and retried; a stopping processor publishes what
-// it holds. One killed holding announcements loses them: SCHEDULED is a
-// passing state, and the mediator shows such a job NEW until its next
-// announcement (RUNNING once its worker has run it for the worker's running
-// delay, or its end), while /executions, read from the processor's record,
-// shows it SCHEDULED.
+// it holds.
+//
+// The JobCreated that dispatched the job is acknowledged only once its held
+// SCHEDULED is settled: published, refused as no longer the first, or made
+// moot by a later announcement of the job's. So a replica killed holding
+// announcements loses none: their JobCreated go to another replica after
+// the ack wait, which finds the record SCHEDULED and announces it
+// (ensureWork). Meanwhile the mediator shows such a job NEW, unless its
+// worker reports first, while /executions, read from the processor's
+// record, shows it SCHEDULED.
 
 // DefaultScheduledDelay is how long SCHEDULED is held back by default.
 const DefaultScheduledDelay = 500 * time.Millisecond
@@ -53,16 +58,19 @@ type heldMsg struct {
 	job string
 	due time.Time
 	msg outMsg
+	// settle acknowledges the JobCreated that dispatched the job.
+	settle func()
 }
 
 func newHeld(delay time.Duration) *held {
 	return &held{delay: delay, byJob: map[string]*heldMsg{}, wake: make(chan struct{}, 1)}
 }
 
-// hold keeps msg, job's SCHEDULED, until the delay has passed. It reports
-// false when the caller is to announce it now: no delay, or too many held.
-// The announcement stays in the trace of ctx, the dispatch's.
-func (h *held) hold(ctx context.Context, job string, msg outMsg, now time.Time) bool {
+// hold keeps msg, job's SCHEDULED, until the delay has passed, and settle,
+// to call once it is settled. It reports false when the caller is to
+// announce it now: no delay, or too many held. The announcement stays in
+// the trace of ctx, the dispatch's.
+func (h *held) hold(ctx context.Context, job string, msg outMsg, now time.Time, settle func()) bool {
 	if h.delay <= 0 {
 		return false
 	}
@@ -81,7 +89,7 @@ func (h *held) hold(ctx context.Context, job string, msg outMsg, now time.Time) 
 	if len(h.queue) >= heldMax {
 		return false
 	}
-	e := &heldMsg{job: job, due: now.Add(h.delay), msg: msg}
+	e := &heldMsg{job: job, due: now.Add(h.delay), msg: msg, settle: settle}
 	h.byJob[job] = e
 	h.queue = append(h.queue, e)
 	if len(h.queue) == 1 {
@@ -93,25 +101,37 @@ func (h *held) hold(ctx context.Context, job string, msg outMsg, now time.Time) 
 	return true
 }
 
-// release drops job's held announcement: a later one of this replica's
-// says more. (One published by another replica does not release it; the
-// stream then refuses the held SCHEDULED, no longer the job's first.)
+// release drops job's held announcement and settles it: a later one of this
+// replica's says more. (One published by another replica does not release
+// it; the stream then refuses the held SCHEDULED, no longer the job's
+// first.)
 func (h *held) release(job string) {
+	if e := h.remove(job); e != nil {
+		e.settle()
+	}
+}
+
+// drop drops job's held announcement unsettled: the job was not dispatched
+// after all, and whatever does dispatch it announces it.
+func (h *held) drop(job string) { h.remove(job) }
+
+func (h *held) remove(job string) *heldMsg {
 	if h.delay <= 0 {
-		return
+		return nil
 	}
 	h.mu.Lock()
+	defer h.mu.Unlock()
+	e := h.byJob[job]
 	delete(h.byJob, job)
-	h.mu.Unlock()
+	return e
 }
 
 // take removes and returns the announcements due by now (all of them when
-// now is zero), with their jobs.
-func (h *held) take(now time.Time) ([]string, []outMsg) {
+// now is zero).
+func (h *held) take(now time.Time) []*heldMsg {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var jobs []string
-	var due []outMsg
+	var due []*heldMsg
 	n := 0
 	for _, e := range h.queue {
 		if !now.IsZero() && e.due.After(now) {
@@ -120,14 +140,13 @@ func (h *held) take(now time.Time) ([]string, []outMsg) {
 		n++
 		if h.byJob[e.job] == e {
 			delete(h.byJob, e.job)
-			jobs = append(jobs, e.job)
-			due = append(due, e.msg)
+			due = append(due, e)
 		}
 	}
 	// Dropping a prefix keeps the backing array; copying the rest down
 	// keeps it from growing with every entry ever held.
 	h.queue = h.queue[:copy(h.queue, h.queue[n:])]
-	return jobs, due
+	return due
 }
 
 // next is when the next held announcement falls due; zero if none is held.
@@ -146,8 +165,7 @@ func (p *Processor) announceHeld(ctx context.Context) {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
 	for {
-		jobs, msgs := p.held.take(p.cfg.Now())
-		p.publishHeld(ctx, jobs, msgs, true)
+		p.publishHeld(ctx, p.held.take(p.cfg.Now()), true)
 		var tick <-chan time.Time
 		if next := p.held.next(); !next.IsZero() {
 			t.Reset(max(next.Sub(p.cfg.Now()), time.Millisecond))
@@ -164,27 +182,34 @@ func (p *Processor) announceHeld(ctx context.Context) {
 
 // flushHeld announces every held SCHEDULED at once: the process stops.
 func (p *Processor) flushHeld(ctx context.Context) {
-	jobs, msgs := p.held.take(time.Time{})
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	p.publishHeld(ctx, jobs, msgs, false)
+	p.publishHeld(ctx, p.held.take(time.Time{}), false)
 }
 
-// publishHeld publishes msgs, the SCHEDULED of jobs, in one round trip. One
-// refused because its job has been announced since is dropped; one that
-// failed otherwise is held again, when retry allows and there is room.
-func (p *Processor) publishHeld(ctx context.Context, jobs []string, msgs []outMsg, retry bool) {
-	if len(msgs) == 0 {
+// publishHeld publishes the held announcements es in one round trip and
+// settles those published, or refused because their job has been announced
+// since. One that failed otherwise is held again, when retry allows and
+// there is room; else it is left unsettled, and its JobCreated, redelivered
+// after the ack wait, has it announced then.
+func (p *Processor) publishHeld(ctx context.Context, es []*heldMsg, retry bool) {
+	if len(es) == 0 {
 		return
+	}
+	msgs := make([]outMsg, len(es))
+	for i, e := range es {
+		msgs[i] = e.msg
 	}
 	_, errs := p.publishEach(ctx, msgs, false)
 	for i, err := range errs {
+		e := es[i]
 		switch {
 		case err == nil, errors.Is(err, errKeyExists):
-		case retry && p.held.hold(ctx, jobs[i], msgs[i], p.cfg.Now()):
-			slog.DebugContext(ctx, "announce SCHEDULED; retried after the delay", "job_id", jobs[i], "err", err)
+			e.settle()
+		case retry && p.held.hold(ctx, e.job, e.msg, p.cfg.Now(), e.settle):
+			slog.DebugContext(ctx, "announce SCHEDULED; retried after the delay", "job_id", e.job, "err", err)
 		default:
-			slog.WarnContext(ctx, "announce SCHEDULED", "job_id", jobs[i], "err", err)
+			slog.WarnContext(ctx, "announce SCHEDULED; left to the redelivery of its JobCreated", "job_id", e.job, "err", err)
 		}
 	}
 }

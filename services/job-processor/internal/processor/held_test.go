@@ -7,6 +7,7 @@ import (
 	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/services/job-processor/internal/processor"
+	"github.com/nats-io/nats.go"
 )
 
 func scheduledDelay(d time.Duration) func(*processor.Config) {
@@ -88,4 +89,29 @@ func TestHeldScheduledOvertakenElsewhereIsDropped(t *testing.T) {
 	b.waitStatuses(t, "job-1", "COMPLETED")
 	time.Sleep(delay + 500*time.Millisecond) // the held SCHEDULED falls due
 	b.waitStatuses(t, "job-1", "COMPLETED")
+}
+
+// A replica killed while it holds a job's SCHEDULED loses nothing: the
+// JobCreated that dispatched the job is acknowledged only once that
+// announcement is settled, so another replica gets it after the ack wait
+// and announces the job, instead of the mediator showing it NEW until its
+// worker reports (behind a long queue, hours).
+func TestHeldScheduledOfAKilledReplicaIsAnnouncedByAnother(t *testing.T) {
+	var doomed *nats.Conn
+	b := setup(t, oneService(), time.Minute, scheduledDelay(time.Hour), func(c *processor.Config) {
+		var err error
+		if doomed, c.JS, err = bus.Connect(c.NC.ConnectedUrl(), "doomed"); err != nil {
+			t.Fatal(err)
+		}
+		c.NC = doomed
+	})
+	b.create(t, "job-1")
+	b.workItem(t, "probe")
+	if got := b.statuses(t, "job-1"); len(got) != 0 {
+		t.Fatalf("announced %q within an hour's delay", names(got))
+	}
+	doomed.Close() // killed: nothing it holds goes out, nothing is acknowledged
+	b.stop()
+	b.run(t, oneService(), time.Minute)
+	b.waitStatuses(t, "job-1", "SCHEDULED")
 }

@@ -208,7 +208,11 @@ func (p *Processor) Run(ctx context.Context) error {
 		cfg     bus.ConsumerConfig
 		handler bus.Handler
 	}{
-		{bus.ConsumerConfig{AckWait: AckWait, Concurrency: concurrency, Stream: bus.StreamEvents, Durable: DurableCreated, Filter: []string{bus.SubjectJobCreated}}, p.HandleCreated},
+		// A JobCreated is acknowledged once the job's held SCHEDULED is
+		// settled (held.go): room for as many as are held, on top of those
+		// in hand.
+		{bus.ConsumerConfig{AckWait: AckWait, Concurrency: concurrency, Stream: bus.StreamEvents, Durable: DurableCreated, Filter: []string{bus.SubjectJobCreated},
+			MaxAckPending: heldMax + 2*concurrency}, p.HandleCreated},
 		{bus.ConsumerConfig{AckWait: AckWait, Concurrency: concurrency, Stream: bus.StreamEvents, Durable: DurableExec, Filter: []string{bus.SubjectExecutionAll}}, p.HandleExecution},
 		{bus.ConsumerConfig{AckWait: AckWait, Concurrency: concurrency, Stream: bus.StreamEvents, Durable: DurableCancel, Filter: []string{bus.SubjectJobCancel}}, p.HandleCancel},
 		{bus.ConsumerConfig{AckWait: AckWait, Concurrency: concurrency, Stream: bus.StreamEvents, Durable: DurableRestart, Filter: []string{bus.SubjectJobRestart}}, p.HandleRestart},
@@ -279,7 +283,12 @@ func (p *Processor) HandleCreated(ctx context.Context, msg jetstream.Msg) error 
 		// consumer made anew): its record, and work, may be long out.
 		young = p.cfg.Now().Sub(md.Timestamp) < firstMaxAge
 	}
-	if done, err := p.createScheduled(ctx, job, !reannounced && !redelivered && young); done || err != nil {
+	settle := func() {
+		if err := msg.Ack(); err != nil {
+			slog.WarnContext(ctx, "ack JobCreated", "job_id", job.GetId(), "err", err)
+		}
+	}
+	if done, err := p.createScheduled(ctx, job, !reannounced && !redelivered && young, settle); done || err != nil {
 		return err
 	}
 	rec, outcome, err := p.store.update(ctx, job.GetId(), func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
