@@ -10,6 +10,7 @@ import (
 
 	"github.com/medius-platform/medius/pkg/flagenv"
 	"github.com/medius-platform/medius/services/job-processor/internal/app"
+	"github.com/medius-platform/medius/services/job-processor/internal/processor"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
@@ -51,6 +52,10 @@ func parseConfig(args []string) (app.Config, error) {
 	}
 	if cfg.RetryBackoff <= 0 {
 		return cfg, errors.New("--retry-backoff must be positive")
+	}
+	if cfg.ScheduledDelay > processor.MaxScheduledDelay {
+		// A job's JobCreated is acknowledged once its SCHEDULED is out.
+		return cfg, fmt.Errorf("--scheduled-delay %s: at most %s (half the ack wait of a job's JobCreated, which waits for it)", cfg.ScheduledDelay, processor.MaxScheduledDelay)
 	}
 	return cfg, nil
 }

@@ -137,11 +137,11 @@ func (p *Processor) publishAsync(ctx context.Context, o outMsg) (jetstream.PubAc
 // rest only once it is: a redelivery or a re-announcement may find the job
 // handled long ago, and must not send its work again.
 //
-// settle acknowledges the JobCreated. A job dispatched with its SCHEDULED
-// held is reported done with bus.ErrKept: its JobCreated is settled with the
-// held announcement, so that a replica killed holding it leaves it to be
-// delivered again, and the job announced then.
-func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job, first bool, settle func()) (bool, error) {
+// kept acknowledges the JobCreated. A job dispatched with its SCHEDULED held
+// is reported done with bus.ErrKept: its JobCreated is acknowledged once the
+// held announcement is settled too (keptAck), so that a replica killed
+// holding it leaves it to be delivered again, and the job announced then.
+func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job, first bool, kept *keptAck) (bool, error) {
 	id := job.GetId()
 	if p.store.known(id) {
 		return false, nil // a redelivery: this replica has seen the record
@@ -174,11 +174,13 @@ func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job, first 
 	// soon as the record is stored, and must find it held to drop it. Should
 	// the job not be dispatched here after all, it is let go, and the path
 	// that dispatches it announces.
-	dispatched, kept := false, error(nil)
-	if scheduled := p.statusMsg(rec); p.held.hold(ctx, id, scheduled, p.cfg.Now(), settle) {
-		kept = bus.ErrKept
+	dispatched, keep := false, error(nil)
+	if scheduled := p.statusMsg(rec); p.held.hold(ctx, id, scheduled, p.cfg.Now(), kept.settle) {
+		keep = bus.ErrKept
 		defer func() {
-			if !dispatched {
+			if dispatched {
+				kept.dispatchDone()
+			} else {
 				p.held.drop(id)
 			}
 		}()
@@ -227,5 +229,5 @@ func (p *Processor) createScheduled(ctx context.Context, job *jobsv1.Job, first 
 	p.metrics.dispatched(ctx, rec.GetProfile(), cand.Service)
 	slog.DebugContext(ctx, "job dispatched", "job_id", id, "attempt", 1, "service", cand.Service, "cost", cand.Cost, "load", cand.Load)
 	dispatched = true
-	return true, kept
+	return true, keep
 }

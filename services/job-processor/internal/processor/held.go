@@ -36,6 +36,46 @@ import (
 // worker reports first, while /executions, read from the processor's
 // record, shows it SCHEDULED.
 
+// keptAck acknowledges a JobCreated kept by createScheduled once both its
+// job's held SCHEDULED is settled and its dispatch is known to have worked:
+// the announcement may fall due before the record's and the work item's
+// publishes are acknowledged, and a dispatch that then fails must leave the
+// JobCreated to be delivered again, not acknowledged by its announcement.
+// A dispatch that fails leaves it to its handler's result.
+type keptAck struct {
+	ack func()
+
+	mu                    sync.Mutex
+	announced, dispatched bool
+}
+
+// settle: the held SCHEDULED is settled (published, refused, or made moot).
+func (k *keptAck) settle() {
+	k.mu.Lock()
+	k.announced = true
+	ready := k.dispatched
+	k.mu.Unlock()
+	if ready {
+		k.ack()
+	}
+}
+
+// dispatchDone: the dispatch's publishes are acknowledged.
+func (k *keptAck) dispatchDone() {
+	k.mu.Lock()
+	k.dispatched = true
+	ready := k.announced
+	k.mu.Unlock()
+	if ready {
+		k.ack()
+	}
+}
+
+// MaxScheduledDelay bounds ScheduledDelay: a JobCreated waits for its job's
+// held SCHEDULED, and one held past the consumer's AckWait would be
+// delivered again meanwhile.
+const MaxScheduledDelay = AckWait / 2
+
 // DefaultScheduledDelay is how long SCHEDULED is held back by default.
 const DefaultScheduledDelay = 500 * time.Millisecond
 

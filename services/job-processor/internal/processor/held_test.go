@@ -1,6 +1,8 @@
 package processor_test
 
 import (
+	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -8,6 +10,7 @@ import (
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/services/job-processor/internal/processor"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 func scheduledDelay(d time.Duration) func(*processor.Config) {
@@ -114,4 +117,51 @@ func TestHeldScheduledOfAKilledReplicaIsAnnouncedByAnother(t *testing.T) {
 	b.stop()
 	b.run(t, oneService(), time.Minute)
 	b.waitStatuses(t, "job-1", "SCHEDULED")
+}
+
+// lateFailingWork fails the first work item published through it, late: its
+// ack comes back as an error after the delay, as the answer to a publish
+// lost in a NATS restart does. Failure injection over the real JetStream.
+type lateFailingWork struct {
+	jetstream.JetStream
+	after time.Duration
+	once  sync.Once
+}
+
+func (l *lateFailingWork) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	fail := false
+	if _, ok := bus.WorkService(m.Subject); ok {
+		l.once.Do(func() { fail = true })
+	}
+	if !fail {
+		return l.JetStream.PublishMsgAsync(m, opts...)
+	}
+	f := &failedAck{msg: m, ok: make(chan *jetstream.PubAck), err: make(chan error, 1)}
+	time.AfterFunc(l.after, func() { f.err <- errors.New("injected: the publish's answer was lost") })
+	return f, nil
+}
+
+type failedAck struct {
+	msg *nats.Msg
+	ok  chan *jetstream.PubAck
+	err chan error
+}
+
+func (f *failedAck) Ok() <-chan *jetstream.PubAck { return f.ok }
+func (f *failedAck) Err() <-chan error            { return f.err }
+func (f *failedAck) Msg() *nats.Msg               { return f.msg }
+
+// A held SCHEDULED that falls due before its dispatch's publishes are
+// answered does not acknowledge the JobCreated: should the work item turn
+// out not stored, the JobCreated is delivered again and the item sent then,
+// instead of the job waiting SCHEDULED for good with no item anywhere.
+func TestHeldScheduledDoesNotSettleAFailedDispatch(t *testing.T) {
+	b := setup(t, oneService(), time.Minute, scheduledDelay(200*time.Millisecond), func(c *processor.Config) {
+		c.JS = &lateFailingWork{JetStream: c.JS, after: time.Second}
+	})
+	b.create(t, "job-1")
+	b.waitStatuses(t, "job-1", "SCHEDULED") // announced while the item's answer was pending
+	if _, msgID := b.workItem(t, "probe"); msgID != "work-job-1-1" {
+		t.Fatalf("work item %q, want job-1's attempt 1", msgID)
+	}
 }

@@ -283,12 +283,12 @@ func (p *Processor) HandleCreated(ctx context.Context, msg jetstream.Msg) error 
 		// consumer made anew): its record, and work, may be long out.
 		young = p.cfg.Now().Sub(md.Timestamp) < firstMaxAge
 	}
-	settle := func() {
+	kept := &keptAck{ack: func() {
 		if err := msg.Ack(); err != nil {
 			slog.WarnContext(ctx, "ack JobCreated", "job_id", job.GetId(), "err", err)
 		}
-	}
-	if done, err := p.createScheduled(ctx, job, !reannounced && !redelivered && young, settle); done || err != nil {
+	}}
+	if done, err := p.createScheduled(ctx, job, !reannounced && !redelivered && young, kept); done || err != nil {
 		return err
 	}
 	rec, outcome, err := p.store.update(ctx, job.GetId(), func(rec *jobsv1.Job) (*jobsv1.Job, record.Outcome, error) {
