@@ -189,8 +189,8 @@ func (p *Processor) ensureWork(ctx context.Context, rec *jobsv1.Job) error {
 	if err == nil && seq > 0 && !ok {
 		// The last report is another attempt's: the worker of a lost one,
 		// cut off but alive, still heartbeats, and may have done so after
-		// this attempt's worker reported. So all the job's reports are
-		// looked through.
+		// this attempt's worker reported. So the job's reports are looked
+		// through.
 		seq, ok, err = p.lastReportOf(ctx, rec.GetId(), cur)
 	}
 	if err != nil {
@@ -228,17 +228,38 @@ func lastMsg(ctx context.Context, stream jetstream.Stream, subject string, m pro
 	return raw.Sequence, proto.Unmarshal(raw.Data, m) == nil, nil
 }
 
+// reportClockMargin is how long before an attempt's dispatch its reports are
+// first looked for: the dispatch is dated by this process's clock, a report
+// by the NATS server's.
+const reportClockMargin = time.Minute
+
 // lastReportOf returns the stream sequence of the last report of attempt cur
-// of job id; false if there is none. It reads all of the job's reports
-// through a consumer of its own, made and deleted for the purpose: a round
-// trip per 256 reports, and two more. Only a job with a lost attempt whose
-// worker still reports gets here. (Reading from cur's dispatch on would read
-// less, but the dispatch is dated by this process's clock and the reports
-// by the NATS server's: a clock ahead would miss the report, and sending
-// the item again runs the attempt twice.)
+// of job id; false if there is none. It looks at the reports stored since
+// cur's dispatch (less reportClockMargin) first, and, finding none of cur's
+// there, at all of the job's: a clock further ahead would miss the report,
+// and sending the item again on that runs the attempt twice. Only a job with
+// a lost attempt whose worker still reports gets here.
 func (p *Processor) lastReportOf(ctx context.Context, id string, cur *jobsv1.Execution) (uint64, bool, error) {
-	c, err := p.events.CreateConsumer(ctx, jetstream.ConsumerConfig{FilterSubject: bus.SubjectExecution(id),
-		AckPolicy: jetstream.AckNonePolicy, MemoryStorage: true, InactiveThreshold: time.Minute})
+	if d := cur.GetDispatchTime(); d != nil {
+		since := d.AsTime().Add(-reportClockMargin)
+		if seq, ok, err := p.scanReports(ctx, id, cur.GetAttempt(), &since); err != nil || ok {
+			return seq, ok, err
+		}
+	}
+	return p.scanReports(ctx, id, cur.GetAttempt(), nil)
+}
+
+// scanReports reads job id's reports stored since since (nil: all of them)
+// through a consumer of its own, made and deleted for the purpose (a round
+// trip per 256 reports, and two more), and returns the stream sequence of
+// the last of attempt's.
+func (p *Processor) scanReports(ctx context.Context, id string, attempt int32, since *time.Time) (uint64, bool, error) {
+	cfg := jetstream.ConsumerConfig{FilterSubject: bus.SubjectExecution(id),
+		AckPolicy: jetstream.AckNonePolicy, MemoryStorage: true, InactiveThreshold: time.Minute}
+	if since != nil {
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, since
+	}
+	c, err := p.events.CreateConsumer(ctx, cfg)
 	if err != nil {
 		return 0, false, fmt.Errorf("read the reports of job %s: %w", id, err)
 	}
@@ -258,7 +279,7 @@ func (p *Processor) lastReportOf(ctx context.Context, id string, cur *jobsv1.Exe
 		for msg := range batch.Messages() {
 			n++
 			var u eventsv1.ExecutionUpdate
-			if proto.Unmarshal(msg.Data(), &u) != nil || u.GetAttempt() != cur.GetAttempt() {
+			if proto.Unmarshal(msg.Data(), &u) != nil || u.GetAttempt() != attempt {
 				continue
 			}
 			if md, err := msg.Metadata(); err == nil {
