@@ -287,7 +287,8 @@ func (e retryError) Unwrap() error { return e.err }
 // ErrKept is what a Handler returns for a message it keeps to settle itself
 // later (it acks it once done with it): the consumer leaves it unsettled. A
 // kept message never settled is redelivered after AckWait, as if its
-// handler had died. (Consume only: not for ConsumeBatches.)
+// handler had died. (Consume only: a ConsumeBatches handler's group of
+// several is handed back, as its result must settle them all.)
 var ErrKept = errors.New("kept by its handler, to settle later")
 
 // RetryAfter wraps err so the consumer redelivers the message after d and
@@ -394,8 +395,14 @@ func consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ba
 		err := handler(mctx, msgs)
 		var retry retryError
 		switch {
-		case errors.Is(err, ErrKept):
+		case errors.Is(err, ErrKept) && len(msgs) == 1:
 			// Its handler settles it.
+		case errors.Is(err, ErrKept):
+			// A group is settled by its handler's result only (ConsumeBatches).
+			log.ErrorContext(mctx, "kept messages of a batch handed back", "subject", last.Subject(), "messages", len(msgs))
+			for _, msg := range msgs {
+				_ = msg.Nak()
+			}
 		case err == nil:
 			for _, msg := range msgs {
 				if err := msg.Ack(); err != nil {

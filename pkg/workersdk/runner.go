@@ -190,7 +190,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 	defer func() { _ = stops.Unsubscribe() }()
 	if err := r.cfg.NC.FlushTimeout(5 * time.Second); err != nil {
-		return fmt.Errorf("listen for cancels: %w", err)
+		return fmt.Errorf("listen for cancels and stops: %w", err)
 	}
 	r.log.InfoContext(ctx, "taking work", "subject", bus.WorkQueue(r.cfg.Service), "capacity", r.cfg.Capacity)
 
