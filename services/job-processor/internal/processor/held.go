@@ -50,21 +50,16 @@ type keptAck struct {
 }
 
 // settle: the held SCHEDULED is settled (published, refused, or made moot).
-func (k *keptAck) settle() {
-	k.mu.Lock()
-	k.announced = true
-	ready := k.dispatched
-	k.mu.Unlock()
-	if ready {
-		k.ack()
-	}
-}
+func (k *keptAck) settle() { k.note(&k.announced) }
 
 // dispatchDone: the dispatch's publishes are acknowledged.
-func (k *keptAck) dispatchDone() {
+func (k *keptAck) dispatchDone() { k.note(&k.dispatched) }
+
+// note sets one of the two conditions, and acknowledges once both hold.
+func (k *keptAck) note(cond *bool) {
 	k.mu.Lock()
-	k.dispatched = true
-	ready := k.announced
+	*cond = true
+	ready := k.announced && k.dispatched
 	k.mu.Unlock()
 	if ready {
 		k.ack()
