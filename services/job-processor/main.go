@@ -28,7 +28,7 @@ func parseConfig(args []string) (app.Config, error) {
 	fs.DurationVar(&cfg.QueueTimeout, "queue-timeout", cfg.QueueTimeout, "how long a job may wait for a service offering its profile before it fails")
 	fs.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", cfg.HeartbeatTimeout, "how long a running job's worker may stay silent before the attempt is lost and the job retried elsewhere")
 	fs.DurationVar(&cfg.RetryBackoff, "retry-backoff", cfg.RetryBackoff, "delay before retrying a lost attempt, doubling with each further loss")
-	fs.DurationVar(&cfg.ScheduledDelay, "scheduled-delay", cfg.ScheduledDelay, "how long a job dispatched at once is held back from being announced SCHEDULED, at most 5s; a job that ends sooner is announced once, at its end (negative: announce at once; 0: the default)")
+	fs.DurationVar(&cfg.ScheduledDelay, "scheduled-delay", cfg.ScheduledDelay, fmt.Sprintf("how long a job dispatched at once is held back from being announced SCHEDULED, at most %s; a job that ends sooner is announced once, at its end (negative: announce at once; 0: the default)", processor.MaxScheduledDelay))
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", cfg.AdminAddr, "admin HTTP listen address (/healthz, /readyz, /metrics)")
 	fs.StringVar(&cfg.PprofAddr, "pprof-addr", "", "serve net/http/pprof on this address (profiling; empty disables)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn, error")
@@ -55,7 +55,7 @@ func parseConfig(args []string) (app.Config, error) {
 	}
 	if cfg.ScheduledDelay > processor.MaxScheduledDelay {
 		// A job's JobCreated is acknowledged once its SCHEDULED is out.
-		return cfg, fmt.Errorf("--scheduled-delay %s: at most %s (half the ack wait of a job's JobCreated, which waits for it)", cfg.ScheduledDelay, processor.MaxScheduledDelay)
+		return cfg, fmt.Errorf("--scheduled-delay %s: at most %s (a quarter of the ack wait of a job's JobCreated, which waits for it)", cfg.ScheduledDelay, processor.MaxScheduledDelay)
 	}
 	return cfg, nil
 }

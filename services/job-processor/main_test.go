@@ -24,7 +24,7 @@ func TestParseConfig(t *testing.T) {
 	if cfg.AdminAddr != "127.0.0.1:9192" {
 		t.Errorf("admin addr default = %q", cfg.AdminAddr)
 	}
-	for _, args := range [][]string{{"--queue-timeout", "0s"}, {"--etcd-endpoints", ""}, {"extra"}, {"--scheduled-delay", "6s"}} {
+	for _, args := range [][]string{{"--queue-timeout", "0s"}, {"--etcd-endpoints", ""}, {"extra"}, {"--scheduled-delay", "3s"}} {
 		if _, err := parseConfig(args); err == nil {
 			t.Errorf("parseConfig(%q) accepted", args)
 		}

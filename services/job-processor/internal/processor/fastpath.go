@@ -64,13 +64,23 @@ var errNotSent = errors.New("not sent: an earlier message could not be")
 func (p *Processor) publishEach(ctx context.Context, msgs []outMsg, chained bool) ([]*jetstream.PubAck, []error) {
 	futs := make([]jetstream.PubAckFuture, len(msgs))
 	errs := make([]error, len(msgs))
+	// The held SCHEDULED an announcement makes moot: dropped as it is sent
+	// (it must not go out after it), settled once it is stored.
+	released := make([]*heldMsg, len(msgs))
+	defer func() {
+		for i, e := range released {
+			if e != nil && errs[i] == nil {
+				e.settle()
+			}
+		}
+	}()
 	for i, o := range msgs {
 		if chained && i > 0 && errs[i-1] != nil {
 			errs[i] = fmt.Errorf("publish %s: %w", o.subject, errNotSent)
 			continue
 		}
 		if o.announces != "" {
-			p.held.release(o.announces)
+			released[i] = p.held.release(o.announces)
 		}
 		futs[i], errs[i] = p.publishAsync(ctx, o)
 	}

@@ -68,8 +68,9 @@ func (k *keptAck) note(cond *bool) {
 
 // MaxScheduledDelay bounds ScheduledDelay: a JobCreated waits for its job's
 // held SCHEDULED, and one held past the consumer's AckWait would be
-// delivered again meanwhile.
-const MaxScheduledDelay = AckWait / 2
+// delivered again meanwhile; a quarter leaves room for a failed publish to
+// be held once more.
+const MaxScheduledDelay = AckWait / 4
 
 // DefaultScheduledDelay is how long SCHEDULED is held back by default.
 const DefaultScheduledDelay = 500 * time.Millisecond
@@ -136,15 +137,12 @@ func (h *held) hold(ctx context.Context, job string, msg outMsg, now time.Time, 
 	return true
 }
 
-// release drops job's held announcement and settles it: a later one of this
-// replica's says more. (One published by another replica does not release
-// it; the stream then refuses the held SCHEDULED, no longer the job's
-// first.)
-func (h *held) release(job string) {
-	if e := h.remove(job); e != nil {
-		e.settle()
-	}
-}
+// release drops job's held announcement, as a later one of this replica's
+// goes out and says more, and returns it, for the caller to settle once
+// that later one is stored (nil if none is held). (One published by another
+// replica does not release it; the stream then refuses the held SCHEDULED,
+// no longer the job's first.)
+func (h *held) release(job string) *heldMsg { return h.remove(job) }
 
 // drop drops job's held announcement unsettled: the job was not dispatched
 // after all, and whatever does dispatch it announces it.

@@ -26,10 +26,13 @@ func TestHeldFallsDueInOrderAndReleases(t *testing.T) {
 			t.Fatalf("hold %d refused", i)
 		}
 	}
-	h.release("job-1") // its later announcement went out
-	h.drop("job-3")    // not dispatched after all: its JobCreated is settled by its handler
+	h.release("job-1").settle() // its later announcement was stored
+	h.drop("job-3")             // not dispatched after all: its JobCreated is settled by its handler
 	if fmt.Sprint(settled) != "map[job-1:1]" {
-		t.Fatalf("settled %v, want job-1's JobCreated alone, at its release", settled)
+		t.Fatalf("settled %v, want job-1's JobCreated alone, by its release", settled)
+	}
+	if h.release("job-1") != nil || h.release("job-3") != nil {
+		t.Fatal("released twice")
 	}
 	if due := h.take(t0.Add(500 * time.Millisecond)); len(due) != 0 || !h.next().Equal(t0.Add(time.Second)) {
 		t.Fatalf("before the delay: took %v, next due %v", heldIDs(due), h.next())

@@ -619,3 +619,31 @@ func (tb *timerBench) consumers(t *testing.T) int {
 	}
 	return n
 }
+
+// A later announcement of a job makes its held SCHEDULED moot, but settles it
+// (acknowledging the JobCreated that holds it) only once it is stored: one
+// that fails leaves the JobCreated to be delivered again and the job to be
+// announced then, rather than acknowledged with nothing announced.
+func TestAnnouncementSettlesTheHeldScheduledOnlyOnceStored(t *testing.T) {
+	tb := newTimerBench(t)
+	settled := map[string]int{}
+	for _, job := range []string{"job-1", "job-2"} {
+		if !tb.p.held.hold(tb.ctx, job, outMsg{subject: bus.SubjectJobStatus(job)}, tb.p.cfg.Now(), func() { settled[job]++ }) {
+			t.Fatal("not held")
+		}
+	}
+	// No stream takes this subject: the announcement is not stored.
+	if _, err := tb.p.publishAll(tb.ctx, outMsg{subject: "nowhere.job-1", m: &eventsv1.JobStatusChanged{JobId: "job-1"}, announces: "job-1"}); err == nil {
+		t.Fatal("published where no stream is")
+	}
+	if _, err := tb.p.publishAll(tb.ctx, outMsg{subject: bus.SubjectJobStatus("job-2"), msgID: "status-job-2-1-RUNNING-0",
+		m: &eventsv1.JobStatusChanged{JobId: "job-2"}, announces: "job-2"}); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(settled) != "map[job-2:1]" {
+		t.Fatalf("settled %v, want job-2's alone: job-1's announcement was not stored", settled)
+	}
+	if due := tb.p.held.take(time.Time{}); len(due) != 0 {
+		t.Fatalf("%d held SCHEDULED left to go out after a later announcement", len(due))
+	}
+}
