@@ -287,8 +287,8 @@ func (e retryError) Unwrap() error { return e.err }
 // ErrKept is what a Handler returns for a message it keeps to settle itself
 // later (it acks it once done with it): the consumer leaves it unsettled. A
 // kept message never settled is redelivered after AckWait, as if its
-// handler had died. (Consume only: a ConsumeBatches handler's group of
-// several is handed back, as its result must settle them all.)
+// handler had died. (Consume only: what a ConsumeBatches handler keeps is
+// handed back, as its result must settle its whole group.)
 var ErrKept = errors.New("kept by its handler, to settle later")
 
 // RetryAfter wraps err so the consumer redelivers the message after d and
@@ -395,13 +395,17 @@ func consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, ba
 		err := handler(mctx, msgs)
 		var retry retryError
 		switch {
-		case errors.Is(err, ErrKept) && len(msgs) == 1:
+		case errors.Is(err, ErrKept) && !batches:
 			// Its handler settles it.
 		case errors.Is(err, ErrKept):
-			// A group is settled by its handler's result only (ConsumeBatches).
-			log.ErrorContext(mctx, "kept messages of a batch handed back", "subject", last.Subject(), "messages", len(msgs))
+			// A group is settled by its handler's result only.
+			log.ErrorContext(mctx, "a batch handler kept its messages: handed back", "subject", last.Subject(), "messages", len(msgs))
 			for _, msg := range msgs {
-				_ = msg.Nak()
+				delivered := uint64(1)
+				if md, mdErr := msg.Metadata(); mdErr == nil {
+					delivered = md.NumDelivered
+				}
+				_ = msg.NakWithDelay(backoff(delivered))
 			}
 		case err == nil:
 			for _, msg := range msgs {

@@ -481,3 +481,84 @@ func TestConsumeBatches(t *testing.T) {
 		t.Fatalf("failed call of %s had %d messages; then handled %v", failedSubject, len(failed), seen[failedSubject])
 	}
 }
+
+// A message its handler keeps (ErrKept) is left unsettled for the handler to
+// acknowledge later, and is not redelivered meanwhile; a batch handler
+// cannot keep its group: it is handed back and delivered again.
+func TestConsumeKeptMessages(t *testing.T) {
+	ctx, js := setup(t)
+	pending := func(durable string) int {
+		t.Helper()
+		cons, err := js.Consumer(ctx, StreamEvents, durable)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.NumAckPending
+	}
+	run := func(durable string, consume func(context.Context) error) {
+		t.Helper()
+		cctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- consume(cctx) }()
+		t.Cleanup(func() {
+			stop()
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		})
+	}
+
+	kept := make(chan jetstream.Msg, 4)
+	cfg := ConsumerConfig{Stream: StreamEvents, Durable: "t-kept", Filter: []string{SubjectJobCancel}, AckWait: 2 * time.Second}
+	run(cfg.Durable, func(ctx context.Context) error {
+		return Consume(ctx, js, cfg, func(_ context.Context, msg jetstream.Msg) error {
+			kept <- msg
+			return ErrKept
+		})
+	})
+	if err := Publish(ctx, js, SubjectJobCancel, "", &eventsv1.JobCancelRequested{JobId: "kept"}); err != nil {
+		t.Fatal(err)
+	}
+	msg := <-kept
+	time.Sleep(500 * time.Millisecond) // what the consumer would have settled, it has
+	if n := pending(cfg.Durable); n != 1 {
+		t.Fatalf("%d messages awaiting their ack, want the kept one", n)
+	}
+	if err := msg.Ack(); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 5*time.Second, func() error {
+		if n := pending(cfg.Durable); n != 0 {
+			return fmt.Errorf("%d messages awaiting their ack after the handler acked", n)
+		}
+		return nil
+	})
+	select {
+	case <-kept:
+		t.Fatal("a kept message acked by its handler was delivered again")
+	case <-time.After(3 * time.Second): // past its ack wait
+	}
+
+	batches := make(chan int, 8)
+	bcfg := ConsumerConfig{Stream: StreamEvents, Durable: "t-kept-batch", Filter: []string{SubjectJobStatusAll}}
+	run(bcfg.Durable, func(ctx context.Context) error {
+		return ConsumeBatches(ctx, js, bcfg, func(_ context.Context, msgs []jetstream.Msg) error {
+			batches <- len(msgs)
+			return ErrKept
+		})
+	})
+	if err := Publish(ctx, js, SubjectJobStatus("j1"), "", &eventsv1.JobStatusChanged{JobId: "j1"}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		select {
+		case <-batches:
+		case <-time.After(10 * time.Second):
+			t.Fatal("a batch handler's kept message was not handed back and delivered again")
+		}
+	}
+}

@@ -241,9 +241,11 @@ const reportClockMargin = time.Minute
 // a lost attempt whose worker still reports gets here.
 func (p *Processor) lastReportOf(ctx context.Context, id string, cur *jobsv1.Execution) (uint64, bool, error) {
 	if d := cur.GetDispatchTime(); d != nil {
+		// Should this read fail, the full one decides (a time the server
+		// cannot take fails it, while a NATS outage fails both).
 		since := d.AsTime().Add(-reportClockMargin)
-		if seq, ok, err := p.scanReports(ctx, id, cur.GetAttempt(), &since); err != nil || ok {
-			return seq, ok, err
+		if seq, ok, err := p.scanReports(ctx, id, cur.GetAttempt(), &since); err == nil && ok {
+			return seq, ok, nil
 		}
 	}
 	return p.scanReports(ctx, id, cur.GetAttempt(), nil)
