@@ -137,6 +137,24 @@ func is(st jobsv1.JobStatus) func(*jobsv1.Job) bool {
 	return func(j *jobsv1.Job) bool { return j.GetStatus() == st }
 }
 
+// runningAs: the job runs its attempt-th attempt.
+func runningAs(attempt int32) func(*jobsv1.Job) bool {
+	return func(j *jobsv1.Job) bool {
+		ex := j.GetExecutions()
+		return j.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING && len(ex) > 0 && ex[len(ex)-1].GetAttempt() == attempt
+	}
+}
+
+// workerOf is the worker process of the dev stack that runs instance.
+func (l *lab) workerOf(t testing.TB, instance string) *devstack.Process {
+	t.Helper()
+	p := l.stack.Process(strings.Replace(instance, "dev-worker-", "job-worker-", 1))
+	if p == nil {
+		t.Fatalf("no process runs instance %q", instance)
+	}
+	return p
+}
+
 func (l *lab) executions(t testing.TB, id string) []*jobsv1.Execution {
 	t.Helper()
 	resp, err := l.jobs.ListJobExecutions(authed(context.Background()), &jobsv1.ListJobExecutionsRequest{Id: id})
@@ -290,17 +308,11 @@ func TestJobLifecycle(t *testing.T) {
 		job := l.create(t, sleepJob(4))
 		l.waitJob(t, job.GetId(), "RUNNING", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_RUNNING))
 		first := l.executions(t, job.GetId())[0]
-		victim := l.stack.Process(strings.Replace(first.GetInstanceId(), "dev-worker-", "job-worker-", 1))
-		if victim == nil {
-			t.Fatalf("no process runs instance %q", first.GetInstanceId())
-		}
+		victim := l.workerOf(t, first.GetInstanceId())
 		killed := time.Now()
 		victim.Kill()
 		t.Cleanup(func() { _ = victim.Restart(context.Background()) })
-		l.waitJob(t, job.GetId(), "RUNNING as attempt 2", 30*time.Second, func(j *jobsv1.Job) bool {
-			ex := j.GetExecutions()
-			return j.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING && len(ex) > 0 && ex[len(ex)-1].GetAttempt() == 2
-		})
+		l.waitJob(t, job.GetId(), "RUNNING as attempt 2", 30*time.Second, runningAs(2))
 		rerun := time.Since(killed)
 		done := l.waitJob(t, job.GetId(), "COMPLETED", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_COMPLETED))
 		// The job record too, not only the processor's executions: the lost
@@ -333,18 +345,12 @@ func TestJobLifecycle(t *testing.T) {
 		l.waitJob(t, job.GetId(), "RUNNING", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_RUNNING))
 		waitFor(t, "ffprobe started", func() bool { return tools(list) == 1 })
 		first := l.executions(t, job.GetId())[0]
-		frozen := l.stack.Process(strings.Replace(first.GetInstanceId(), "dev-worker-", "job-worker-", 1))
-		if frozen == nil {
-			t.Fatalf("no process runs instance %q", first.GetInstanceId())
-		}
+		frozen := l.workerOf(t, first.GetInstanceId())
 		if err := frozen.Signal(syscall.SIGSTOP); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = frozen.Signal(syscall.SIGCONT) })
-		l.waitJob(t, job.GetId(), "RUNNING as attempt 2", 30*time.Second, func(j *jobsv1.Job) bool {
-			ex := j.GetExecutions()
-			return j.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING && len(ex) > 0 && ex[len(ex)-1].GetAttempt() == 2
-		})
+		l.waitJob(t, job.GetId(), "RUNNING as attempt 2", 30*time.Second, runningAs(2))
 		waitFor(t, "attempt 2's ffprobe started beside the frozen one", func() bool { return tools(list) == 2 })
 		woke := time.Now()
 		if err := frozen.Signal(syscall.SIGCONT); err != nil {
