@@ -34,8 +34,7 @@ func Requeued(rec *jobsv1.Job) bool {
 }
 
 // StatusEvent is the JobStatusChanged announcing rec's current state, rec
-// being the processor's record of a job: what the processor publishes, and
-// what the mediator applies itself when that announcement was lost.
+// being the processor's record of a job.
 func StatusEvent(rec *jobsv1.Job) *eventsv1.JobStatusChanged {
 	ev := &eventsv1.JobStatusChanged{
 		JobId:            rec.GetId(),

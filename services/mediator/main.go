@@ -36,7 +36,7 @@ func parseFlags(args []string) (app.Config, error) {
 	fs.BoolVar(&cfg.AllowPrivateWebhooks, "allow-private-webhooks", false, "allow notification endpoints on loopback and private addresses")
 	fs.DurationVar(&cfg.Retention.Period, "retention", jobapi.DefaultRetention, "how long terminal jobs without a ttl are kept")
 	fs.DurationVar(&cfg.Retention.Interval, "retention-interval", time.Hour, "time between passes deleting jobs past their retention")
-	fs.DurationVar(&cfg.Sweep.Interval, "sweep-interval", 5*time.Second, "time between sweeps re-announcing jobs left NEW (a mediator that died mid-submit) or applying the state a processor that died failed to announce")
+	fs.DurationVar(&cfg.Sweep.Interval, "sweep-interval", 5*time.Second, "time between sweeps re-announcing jobs left NEW (a mediator that died mid-submit)")
 	fs.DurationVar(&cfg.Sweep.Lookback, "sweep-lookback", 10*time.Minute, "how far back in the jobs bucket a starting sweep reads when etcd holds no cursor")
 	fs.IntVar(&cfg.Sweep.MaxPending, "sweep-max-pending", 1<<16, "most young jobs the sweep tracks at once (bounds its memory)")
 	fs.DurationVar(&cfg.TokenTTL, "token-ttl", cfg.TokenTTL, "lifetime of access tokens")

@@ -313,9 +313,6 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return err
 	})
 	consumer.OnChange(notifier.Enqueue)
-	// The sweep applies the state of a job whose announcement a processor
-	// lost as the announcement would have been: with the same hooks.
-	jobs.SetCatchUp(consumer.Apply)
 	g.Go(func() error { return registry.Run(workCtx) })
 	g.Go(func() error { return consumer.Run(workCtx, js) })
 	g.Go(func() error { return webhookSecrets.Run(workCtx) })

@@ -26,13 +26,6 @@ import (
 // The processor's record is the authority: the job record only learns of an
 // attempt through status events, and a lost attempt's end is not one.
 func (s *Server) executions(ctx context.Context, id string) ([]*jobsv1.Execution, bool, error) {
-	rec, ok, err := s.processorRecord(ctx, id)
-	return rec.GetExecutions(), ok, err
-}
-
-// processorRecord returns the processor's record of job id, false when it
-// has none yet.
-func (s *Server) processorRecord(ctx context.Context, id string) (*jobsv1.Job, bool, error) {
 	kv, err := s.executionsBucket(ctx)
 	if err != nil {
 		return nil, false, err
@@ -48,15 +41,15 @@ func (s *Server) processorRecord(ctx context.Context, id string) (*jobsv1.Job, b
 	if err := proto.Unmarshal(e.Value(), rec); err != nil {
 		return nil, false, fmt.Errorf("decode executions of job %s: %w", id, err)
 	}
-	return rec, true, nil
+	return rec.GetExecutions(), true, nil
 }
 
 // executionsBucket binds the processor's bucket once: binding costs a
 // stream info request, and the sweep may read thousands of records a round.
 // A failed bind is tried again on the next call.
 func (s *Server) executionsBucket(ctx context.Context) (jetstream.KeyValue, error) {
-	s.bindMu.Lock()
-	defer s.bindMu.Unlock()
+	s.execsMu.Lock()
+	defer s.execsMu.Unlock()
 	if s.execs == nil {
 		kv, err := s.js.KeyValue(ctx, bus.BucketExecutions)
 		if err != nil {
@@ -65,21 +58,6 @@ func (s *Server) executionsBucket(ctx context.Context) (jetstream.KeyValue, erro
 		s.execs = kv
 	}
 	return s.execs, nil
-}
-
-// eventsStream binds the events stream once, as executionsBucket binds the
-// processor's bucket.
-func (s *Server) eventsStream(ctx context.Context) (jetstream.Stream, error) {
-	s.bindMu.Lock()
-	defer s.bindMu.Unlock()
-	if s.events == nil {
-		st, err := s.js.Stream(ctx, bus.StreamEvents)
-		if err != nil {
-			return nil, fmt.Errorf("bind stream %s: %w", bus.StreamEvents, err)
-		}
-		s.events = st
-	}
-	return s.events, nil
 }
 
 // processorAttempts is the highest attempt the processor's record of job id

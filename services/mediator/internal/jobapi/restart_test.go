@@ -204,26 +204,20 @@ func TestCancelBeforeTheDispatchIsAnnouncedNamesTheProcessorsAttempt(t *testing.
 // counts them for a restart).
 func processorRecord(t *testing.T, f *fixture, id string, n int32) {
 	t.Helper()
-	rec := &jobsv1.Job{Id: id, Tenant: "acme", Status: jobsv1.JobStatus_JOB_STATUS_FAILED}
-	for a := range n {
-		rec.Executions = append(rec.Executions, &jobsv1.Execution{Attempt: a + 1, Service: "svc", Status: jobsv1.JobStatus_JOB_STATUS_FAILED})
-	}
-	putProcessorRecord(t, f, rec)
-}
-
-// putProcessorRecord stores rec as the processor's record of its job.
-func putProcessorRecord(t *testing.T, f *fixture, rec *jobsv1.Job) {
-	t.Helper()
 	ctx := context.Background()
 	kv, err := f.env.JS.KeyValue(ctx, bus.BucketExecutions)
 	if err != nil {
 		t.Fatal(err)
 	}
+	rec := &jobsv1.Job{Id: id, Tenant: "acme", Status: jobsv1.JobStatus_JOB_STATUS_FAILED}
+	for a := range n {
+		rec.Executions = append(rec.Executions, &jobsv1.Execution{Attempt: a + 1, Service: "svc", Status: jobsv1.JobStatus_JOB_STATUS_FAILED})
+	}
 	data, err := proto.Marshal(rec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.Put(ctx, rec.GetId(), data); err != nil {
+	if _, err := kv.Put(ctx, id, data); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -52,14 +52,9 @@ type Server struct {
 	// newID names new jobs (jobstore.NewID; tests choose ids).
 	newID func() (string, error)
 
-	// applyStatus applies a status event to the job record (SetCatchUp).
-	applyStatus func(ctx context.Context, evs ...*eventsv1.JobStatusChanged) error
-
-	// execs is the processor's bucket, events the events stream, once
-	// bound (see executionsBucket).
-	bindMu sync.Mutex
-	execs  jetstream.KeyValue
-	events jetstream.Stream
+	// execs is the processor's bucket once bound (see executionsBucket).
+	execsMu sync.Mutex
+	execs   jetstream.KeyValue
 }
 
 // SetIndex lists jobs through the index and keeps it (nil: listings scan
@@ -87,13 +82,6 @@ type Admission interface {
 // SetEndpointCheck checks every notification endpoint with check (the
 // network policy: loopback and private addresses).
 func (s *Server) SetEndpointCheck(check func(string) error) { s.checkEndpoint = check }
-
-// SetCatchUp lets the sweep apply, through apply (the status consumer's
-// Apply), the state of a job left NEW whose announcement the processor lost
-// (see catchUp); without it such a job waits for its next announcement.
-func (s *Server) SetCatchUp(apply func(ctx context.Context, evs ...*eventsv1.JobStatusChanged) error) {
-	s.applyStatus = apply
-}
 
 // SetAdmission checks every new job with a (nil: no quotas).
 func (s *Server) SetAdmission(a Admission) { s.admit = a }

@@ -11,7 +11,6 @@ import (
 	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
-	"github.com/medius-platform/medius/pkg/jobstate"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
 	"github.com/nats-io/nats.go/jetstream"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -288,51 +287,21 @@ func (s *Server) recover(ctx context.Context, job *jobsv1.Job) error {
 	}
 	// A job the processor has a record of was announced and is its to
 	// move on: it may look NEW here only because the processor holds its
-	// SCHEDULED back, or lost that announcement when it died (catchUp). A
-	// processor only announces where such a job is when it is announced
-	// again; one older than that would send its work item again, past the
-	// duplicate windows, while the first may still be queued: the job would
-	// run twice.
-	if rec, known, err := s.processorRecord(ctx, job.GetId()); err != nil {
+	// SCHEDULED back, or died holding it (its JobCreated, acknowledged only
+	// once that is out, then goes to another replica, which announces it).
+	// A processor older than this one would send its work item again when
+	// announced again, past the duplicate windows, while the first may
+	// still be queued: the job would run twice.
+	if _, known, err := s.executions(ctx, job.GetId()); err != nil {
 		return fmt.Errorf("republish job %s: %w", job.GetId(), err)
 	} else if known {
-		return s.catchUp(ctx, rec)
+		slog.DebugContext(ctx, "job left new is the processor's already", "job", job.GetId())
+		return nil
 	}
 	if err := s.reannounce(ctx, job); err != nil {
 		return fmt.Errorf("republish job %s: %w", job.GetId(), err)
 	}
 	slog.DebugContext(ctx, "re-published job left new", "job", job.GetId())
-	return nil
-}
-
-// catchUp brings a job left NEW up to rec, the processor's record of it,
-// when the processor announced none of the job's states: it died holding
-// the job's SCHEDULED back (it holds it --scheduled-delay), and without this
-// the job would show NEW until its next announcement, which for a job
-// waiting behind a long queue can be hours. An announcement stored is on its
-// way to the status consumer, which applies it: the job is left to it.
-//
-// The record's state is applied as its announcement would be (SetCatchUp),
-// so the usual rules hold: a job that moved on meanwhile is not moved back.
-func (s *Server) catchUp(ctx context.Context, rec *jobsv1.Job) error {
-	if s.applyStatus == nil {
-		return nil
-	}
-	id := rec.GetId()
-	events, err := s.eventsStream(ctx)
-	if err != nil {
-		return err
-	}
-	if _, err := events.GetLastMsgForSubject(ctx, bus.SubjectJobStatus(id)); err == nil {
-		slog.DebugContext(ctx, "job left new is announced already", "job", id)
-		return nil
-	} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
-		return fmt.Errorf("look for announcements of job %s: %w", id, err)
-	}
-	if err := s.applyStatus(ctx, jobstate.StatusEvent(rec)); err != nil {
-		return fmt.Errorf("catch job %s up with the processor's record: %w", id, err)
-	}
-	slog.InfoContext(ctx, "job left new caught up with the processor's record, whose announcement was lost", "job", id, "status", jobstate.Name(rec.GetStatus()))
 	return nil
 }
 

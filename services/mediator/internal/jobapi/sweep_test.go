@@ -11,7 +11,6 @@ import (
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
-	"github.com/medius-platform/medius/services/mediator/internal/statusconsumer"
 	"github.com/medius-platform/medius/services/mediator/internal/testsupport"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -164,52 +163,6 @@ func TestSweepLeavesJobsTheProcessorHas(t *testing.T) {
 	created.None(300 * time.Millisecond)
 	if len(w.born) != 0 {
 		t.Fatalf("%d jobs still remembered: the processor's is settled, not retried", len(w.born))
-	}
-}
-
-// A job the processor dispatched and died holding its SCHEDULED for is
-// brought up to the processor's record by the sweep, through the status
-// consumer, instead of showing NEW until its worker reports; one whose
-// announcement is stored is left to the status consumer.
-func TestSweepCatchesUpWithALostAnnouncement(t *testing.T) {
-	f := setup(t)
-	ctx := context.Background()
-	created := f.env.WatchEvents(t, bus.SubjectJobCreated)
-	f.srv.SetCatchUp(statusconsumer.New(f.store).Apply)
-	w := f.srv.newSweeper(SweepConfig{})
-
-	dispatch := timestamppb.New(time.Now().Add(-time.Second))
-	scheduled := func(id string) {
-		t.Helper()
-		putProcessorRecord(t, f, &jobsv1.Job{Id: id, Tenant: "acme", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED, UpdateTime: dispatch,
-			Executions: []*jobsv1.Execution{{Attempt: 1, Service: "svc", Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED, DispatchTime: dispatch}}})
-	}
-	held := storeNew(t, f, "")
-	scheduled(held.Id)
-	inFlight := storeNew(t, f, "")
-	scheduled(inFlight.Id)
-	// Its SCHEDULED is stored: the status consumer, not the sweep, applies it.
-	if err := bus.Publish(ctx, f.env.JS, bus.SubjectJobStatus(inFlight.Id), "status-"+inFlight.Id+"-1-SCHEDULED",
-		&eventsv1.JobStatusChanged{JobId: inFlight.Id, Status: jobsv1.JobStatus_JOB_STATUS_SCHEDULED}); err != nil {
-		t.Fatal(err)
-	}
-
-	later(f, time.Minute)
-	round(t, w)
-	got, _, err := f.store.Get(ctx, held.Id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ex := got.GetExecutions()
-	if got.GetStatus() != jobsv1.JobStatus_JOB_STATUS_SCHEDULED || len(ex) != 1 || ex[0].GetService() != "svc" || !ex[0].GetDispatchTime().AsTime().Equal(dispatch.AsTime()) {
-		t.Fatalf("job whose SCHEDULED was lost = %s %v, want SCHEDULED with attempt 1 dispatched to svc", got.GetStatus(), ex)
-	}
-	if got, _, err := f.store.Get(ctx, inFlight.Id); err != nil || got.GetStatus() != jobsv1.JobStatus_JOB_STATUS_NEW {
-		t.Fatalf("job whose SCHEDULED is on its way = %v, %v; want it left NEW for the status consumer", got.GetStatus(), err)
-	}
-	created.None(300 * time.Millisecond)
-	if len(w.born) != 0 {
-		t.Fatalf("%d jobs still remembered, want both settled", len(w.born))
 	}
 }
 
