@@ -66,7 +66,7 @@ func (p *Processor) publishEach(ctx context.Context, msgs []outMsg, chained bool
 	errs := make([]error, len(msgs))
 	// The held SCHEDULED an announcement makes moot: dropped as it is sent
 	// (it must not go out after it), settled once it is stored.
-	released := make([]*heldMsg, len(msgs))
+	var released []*heldMsg // made for the first that releases one
 	defer func() {
 		for i, e := range released {
 			if e != nil && errs[i] == nil {
@@ -79,8 +79,11 @@ func (p *Processor) publishEach(ctx context.Context, msgs []outMsg, chained bool
 			errs[i] = fmt.Errorf("publish %s: %w", o.subject, errNotSent)
 			continue
 		}
-		if o.announces != "" {
-			released[i] = p.held.release(o.announces)
+		if e := p.released(o); e != nil {
+			if released == nil {
+				released = make([]*heldMsg, len(msgs))
+			}
+			released[i] = e
 		}
 		futs[i], errs[i] = p.publishAsync(ctx, o)
 	}
@@ -102,6 +105,15 @@ func (p *Processor) publishEach(ctx context.Context, msgs []outMsg, chained bool
 		}
 	}
 	return acks, errs
+}
+
+// released takes the held SCHEDULED o makes moot off the held ones, if o is
+// an announcement and there is one.
+func (p *Processor) released(o outMsg) *heldMsg {
+	if o.announces == "" {
+		return nil
+	}
+	return p.held.release(o.announces)
 }
 
 // publishAsync sends o, for publishEach to wait for its ack.
