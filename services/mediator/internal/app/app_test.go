@@ -198,6 +198,29 @@ func TestMediator(t *testing.T) {
 		}
 	})
 
+	t.Run("batch create over rest", func(t *testing.T) {
+		// The second request repeats the first subtest's request id: its
+		// result is that job, not a new one.
+		batch := `{"requests":[{"job":` + validJob + `},{"job":` + validJob + `,"requestId":"abc"}]}`
+		resp, body := do("POST", "/v1/jobs:batchCreate", apiKey, strings.NewReader(batch))
+		var got struct {
+			Results []struct {
+				Job   map[string]any `json:"job"`
+				Error map[string]any `json:"error"`
+			} `json:"results"`
+		}
+		if err := json.Unmarshal(body, &got); err != nil || resp.StatusCode != 200 || len(got.Results) != 2 {
+			t.Fatalf("batch: %d %s", resp.StatusCode, body)
+		}
+		first, repeat := got.Results[0].Job, got.Results[1].Job
+		if first["id"] == nil || first["id"] == jobID || first["tenant"] != "acme" || first["status"] != "JOB_STATUS_NEW" || repeat["id"] != jobID {
+			t.Fatalf("batch results %s, want a new job then %s", body, jobID)
+		}
+		bad := `{"requests":[{"job":` + validJob + `},{"job":{"profile":"Nope"}}]}`
+		resp, body = do("POST", "/v1/jobs:batchCreate", apiKey, strings.NewReader(bad))
+		wantProblem("batch with an unknown profile", resp, body, 400, "invalid-argument", "requests[1].job.profile")
+	})
+
 	t.Run("openapi", func(t *testing.T) {
 		resp, body := do("GET", "/v1/openapi.json", "", nil)
 		if resp.StatusCode != 200 || !json.Valid(body) || !bytes.Contains(body, []byte("/v1/jobs")) {

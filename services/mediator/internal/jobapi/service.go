@@ -16,6 +16,7 @@ import (
 
 	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/jobstate"
 	"github.com/medius-platform/medius/pkg/problem"
@@ -122,35 +123,58 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	in := req.GetJob()
-	if err := validateJob(in); err != nil {
+	c, err := s.checkCreate(ctx, req)
+	if err != nil {
 		return nil, err
 	}
+	return s.create(ctx, tenant, c)
+}
+
+// checked is a create request that passed checkCreate.
+type checked struct {
+	in        *jobsv1.Job
+	requestID string
+	profile   *registryv1.JobProfile
+}
+
+// checkCreate refuses a request CreateJob would refuse as invalid (its
+// fields, its profile), before anything is written.
+func (s *Server) checkCreate(ctx context.Context, req *jobsv1.CreateJobRequest) (checked, error) {
+	in := req.GetJob()
+	if err := validateJob(in); err != nil {
+		return checked{}, err
+	}
 	if ttl := in.GetTtl(); ttl != nil && (ttl.CheckValid() != nil || ttl.AsDuration() < 0) {
-		return nil, problem.InvalidArgument("job.ttl", "ttl must be a non-negative duration")
+		return checked{}, problem.InvalidArgument("job.ttl", "ttl must be a non-negative duration")
 	}
 	if ep := in.GetNotificationEndpoint(); ep != "" && s.checkEndpoint != nil {
 		if err := s.checkEndpoint(ep); err != nil {
-			return nil, err
+			return checked{}, err
 		}
 	}
 	requestID := req.GetRequestId()
 	if requestID == "" {
 		requestID = in.GetRequestId()
 	} else if in.GetRequestId() != "" && in.GetRequestId() != requestID {
-		return nil, problem.InvalidArgument("request_id", "request_id and job.request_id differ")
+		return checked{}, problem.InvalidArgument("request_id", "request_id and job.request_id differ")
 	}
 	if len(requestID) > maxRequestIDLen {
-		return nil, problem.InvalidArgument("request_id", "request id longer than %d bytes", maxRequestIDLen)
+		return checked{}, problem.InvalidArgument("request_id", "request id longer than %d bytes", maxRequestIDLen)
 	}
 	profile, err := s.profiles.GetJobProfile(ctx, in.GetProfile())
 	if err != nil {
-		return nil, profileError(in.GetProfile(), err)
+		return checked{}, profileError(in.GetProfile(), err)
 	}
 	if err := validateAgainstProfile(in, profile); err != nil {
-		return nil, err
+		return checked{}, err
 	}
+	return checked{in: in, requestID: requestID, profile: profile}, nil
+}
 
+// create creates the job of a checked request for tenant: admitted by the
+// quota, stored, announced and indexed.
+func (s *Server) create(ctx context.Context, tenant string, c checked) (*jobsv1.Job, error) {
+	in, requestID, profile := c.in, c.requestID, c.profile
 	// A retried submit is answered before the quota is asked, so a client
 	// at its limit still gets the job it already created.
 	if requestID != "" {

@@ -732,6 +732,182 @@ func (x *CreateJobRequest) GetRequestId() string {
 	return ""
 }
 
+type BatchCreateJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 to 1000 jobs.
+	Requests      []*CreateJobRequest `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCreateJobsRequest) Reset() {
+	*x = BatchCreateJobsRequest{}
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCreateJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCreateJobsRequest) ProtoMessage() {}
+
+func (x *BatchCreateJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCreateJobsRequest.ProtoReflect.Descriptor instead.
+func (*BatchCreateJobsRequest) Descriptor() ([]byte, []int) {
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *BatchCreateJobsRequest) GetRequests() []*CreateJobRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+type BatchCreateJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per request, in the requests' order.
+	Results       []*BatchCreateJobsResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCreateJobsResponse) Reset() {
+	*x = BatchCreateJobsResponse{}
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCreateJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCreateJobsResponse) ProtoMessage() {}
+
+func (x *BatchCreateJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCreateJobsResponse.ProtoReflect.Descriptor instead.
+func (*BatchCreateJobsResponse) Descriptor() ([]byte, []int) {
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *BatchCreateJobsResponse) GetResults() []*BatchCreateJobsResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// BatchCreateJobsResult is the outcome of one request of a batch.
+type BatchCreateJobsResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*BatchCreateJobsResult_Job
+	//	*BatchCreateJobsResult_Error
+	Result        isBatchCreateJobsResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCreateJobsResult) Reset() {
+	*x = BatchCreateJobsResult{}
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCreateJobsResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCreateJobsResult) ProtoMessage() {}
+
+func (x *BatchCreateJobsResult) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCreateJobsResult.ProtoReflect.Descriptor instead.
+func (*BatchCreateJobsResult) Descriptor() ([]byte, []int) {
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *BatchCreateJobsResult) GetResult() isBatchCreateJobsResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *BatchCreateJobsResult) GetJob() *Job {
+	if x != nil {
+		if x, ok := x.Result.(*BatchCreateJobsResult_Job); ok {
+			return x.Job
+		}
+	}
+	return nil
+}
+
+func (x *BatchCreateJobsResult) GetError() *Problem {
+	if x != nil {
+		if x, ok := x.Result.(*BatchCreateJobsResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isBatchCreateJobsResult_Result interface {
+	isBatchCreateJobsResult_Result()
+}
+
+type BatchCreateJobsResult_Job struct {
+	// The job created (or, for a repeated request_id, created the first time).
+	Job *Job `protobuf:"bytes,1,opt,name=job,proto3,oneof"`
+}
+
+type BatchCreateJobsResult_Error struct {
+	// Why the job was not created; status is the HTTP code CreateJob would
+	// have answered.
+	Error *Problem `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
+}
+
+func (*BatchCreateJobsResult_Job) isBatchCreateJobsResult_Result() {}
+
+func (*BatchCreateJobsResult_Error) isBatchCreateJobsResult_Result() {}
+
 type GetJobRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -741,7 +917,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[7]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -753,7 +929,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[7]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -766,7 +942,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{7}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetJobRequest) GetId() string {
@@ -795,7 +971,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[8]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +983,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[8]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +996,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{8}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListJobsRequest) GetPageSize() int32 {
@@ -882,7 +1058,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[9]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +1070,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[9]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +1083,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{9}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -933,7 +1109,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[10]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1121,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[10]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1134,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{10}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CancelJobRequest) GetId() string {
@@ -977,7 +1153,7 @@ type ListJobExecutionsRequest struct {
 
 func (x *ListJobExecutionsRequest) Reset() {
 	*x = ListJobExecutionsRequest{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[11]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +1165,7 @@ func (x *ListJobExecutionsRequest) String() string {
 func (*ListJobExecutionsRequest) ProtoMessage() {}
 
 func (x *ListJobExecutionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[11]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +1178,7 @@ func (x *ListJobExecutionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobExecutionsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobExecutionsRequest) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{11}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListJobExecutionsRequest) GetId() string {
@@ -1021,7 +1197,7 @@ type ListJobExecutionsResponse struct {
 
 func (x *ListJobExecutionsResponse) Reset() {
 	*x = ListJobExecutionsResponse{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[12]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1209,7 @@ func (x *ListJobExecutionsResponse) String() string {
 func (*ListJobExecutionsResponse) ProtoMessage() {}
 
 func (x *ListJobExecutionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[12]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1222,7 @@ func (x *ListJobExecutionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobExecutionsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobExecutionsResponse) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{12}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListJobExecutionsResponse) GetExecutions() []*Execution {
@@ -1065,7 +1241,7 @@ type RestartJobRequest struct {
 
 func (x *RestartJobRequest) Reset() {
 	*x = RestartJobRequest{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[13]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1077,7 +1253,7 @@ func (x *RestartJobRequest) String() string {
 func (*RestartJobRequest) ProtoMessage() {}
 
 func (x *RestartJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[13]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1090,7 +1266,7 @@ func (x *RestartJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartJobRequest.ProtoReflect.Descriptor instead.
 func (*RestartJobRequest) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{13}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RestartJobRequest) GetId() string {
@@ -1109,7 +1285,7 @@ type WatchJobRequest struct {
 
 func (x *WatchJobRequest) Reset() {
 	*x = WatchJobRequest{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[14]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +1297,7 @@ func (x *WatchJobRequest) String() string {
 func (*WatchJobRequest) ProtoMessage() {}
 
 func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[14]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +1310,7 @@ func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
 func (*WatchJobRequest) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{14}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchJobRequest) GetId() string {
@@ -1153,7 +1329,7 @@ type DeleteJobRequest struct {
 
 func (x *DeleteJobRequest) Reset() {
 	*x = DeleteJobRequest{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[15]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1341,7 @@ func (x *DeleteJobRequest) String() string {
 func (*DeleteJobRequest) ProtoMessage() {}
 
 func (x *DeleteJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[15]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1354,7 @@ func (x *DeleteJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteJobRequest.ProtoReflect.Descriptor instead.
 func (*DeleteJobRequest) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{15}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DeleteJobRequest) GetId() string {
@@ -1196,7 +1372,7 @@ type DeleteJobResponse struct {
 
 func (x *DeleteJobResponse) Reset() {
 	*x = DeleteJobResponse{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[16]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1384,7 @@ func (x *DeleteJobResponse) String() string {
 func (*DeleteJobResponse) ProtoMessage() {}
 
 func (x *DeleteJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[16]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1397,7 @@ func (x *DeleteJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteJobResponse.ProtoReflect.Descriptor instead.
 func (*DeleteJobResponse) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{16}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{19}
 }
 
 var File_medius_jobs_v1_jobs_proto protoreflect.FileDescriptor
@@ -1301,7 +1477,15 @@ const file_medius_jobs_v1_jobs_proto_rawDesc = "" +
 	"\x10CreateJobRequest\x12%\n" +
 	"\x03job\x18\x01 \x01(\v2\x13.medius.jobs.v1.JobR\x03job\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"\x1f\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"V\n" +
+	"\x16BatchCreateJobsRequest\x12<\n" +
+	"\brequests\x18\x01 \x03(\v2 .medius.jobs.v1.CreateJobRequestR\brequests\"Z\n" +
+	"\x17BatchCreateJobsResponse\x12?\n" +
+	"\aresults\x18\x01 \x03(\v2%.medius.jobs.v1.BatchCreateJobsResultR\aresults\"{\n" +
+	"\x15BatchCreateJobsResult\x12'\n" +
+	"\x03job\x18\x01 \x01(\v2\x13.medius.jobs.v1.JobH\x00R\x03job\x12/\n" +
+	"\x05error\x18\x02 \x01(\v2\x17.medius.jobs.v1.ProblemH\x00R\x05errorB\b\n" +
+	"\x06result\"\x1f\n" +
 	"\rGetJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\xbe\x02\n" +
 	"\x0fListJobsRequest\x12\x1b\n" +
@@ -1339,10 +1523,11 @@ const file_medius_jobs_v1_jobs_proto_rawDesc = "" +
 	"\x12JOB_STATUS_RUNNING\x10\x04\x12\x18\n" +
 	"\x14JOB_STATUS_COMPLETED\x10\x05\x12\x15\n" +
 	"\x11JOB_STATUS_FAILED\x10\x06\x12\x17\n" +
-	"\x13JOB_STATUS_CANCELED\x10\a2\xa4\x06\n" +
+	"\x13JOB_STATUS_CANCELED\x10\a2\xaa\a\n" +
 	"\n" +
 	"JobService\x12Y\n" +
-	"\tCreateJob\x12 .medius.jobs.v1.CreateJobRequest\x1a\x13.medius.jobs.v1.Job\"\x15\x82\xd3\xe4\x93\x02\x0f:\x03job\"\b/v1/jobs\x12S\n" +
+	"\tCreateJob\x12 .medius.jobs.v1.CreateJobRequest\x1a\x13.medius.jobs.v1.Job\"\x15\x82\xd3\xe4\x93\x02\x0f:\x03job\"\b/v1/jobs\x12\x83\x01\n" +
+	"\x0fBatchCreateJobs\x12&.medius.jobs.v1.BatchCreateJobsRequest\x1a'.medius.jobs.v1.BatchCreateJobsResponse\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/jobs:batchCreate\x12S\n" +
 	"\x06GetJob\x12\x1d.medius.jobs.v1.GetJobRequest\x1a\x13.medius.jobs.v1.Job\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/jobs/{id}\x12_\n" +
 	"\bListJobs\x12\x1f.medius.jobs.v1.ListJobsRequest\x1a .medius.jobs.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n" +
 	"\x12\b/v1/jobs\x12c\n" +
@@ -1366,7 +1551,7 @@ func file_medius_jobs_v1_jobs_proto_rawDescGZIP() []byte {
 }
 
 var file_medius_jobs_v1_jobs_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_medius_jobs_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_medius_jobs_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_medius_jobs_v1_jobs_proto_goTypes = []any{
 	(JobStatus)(0),                    // 0: medius.jobs.v1.JobStatus
 	(*Problem)(nil),                   // 1: medius.jobs.v1.Problem
@@ -1376,76 +1561,85 @@ var file_medius_jobs_v1_jobs_proto_goTypes = []any{
 	(*Execution)(nil),                 // 5: medius.jobs.v1.Execution
 	(*Job)(nil),                       // 6: medius.jobs.v1.Job
 	(*CreateJobRequest)(nil),          // 7: medius.jobs.v1.CreateJobRequest
-	(*GetJobRequest)(nil),             // 8: medius.jobs.v1.GetJobRequest
-	(*ListJobsRequest)(nil),           // 9: medius.jobs.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),          // 10: medius.jobs.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),          // 11: medius.jobs.v1.CancelJobRequest
-	(*ListJobExecutionsRequest)(nil),  // 12: medius.jobs.v1.ListJobExecutionsRequest
-	(*ListJobExecutionsResponse)(nil), // 13: medius.jobs.v1.ListJobExecutionsResponse
-	(*RestartJobRequest)(nil),         // 14: medius.jobs.v1.RestartJobRequest
-	(*WatchJobRequest)(nil),           // 15: medius.jobs.v1.WatchJobRequest
-	(*DeleteJobRequest)(nil),          // 16: medius.jobs.v1.DeleteJobRequest
-	(*DeleteJobResponse)(nil),         // 17: medius.jobs.v1.DeleteJobResponse
-	nil,                               // 18: medius.jobs.v1.JobInput.LocatorsEntry
-	nil,                               // 19: medius.jobs.v1.JobOutput.LocatorsEntry
-	nil,                               // 20: medius.jobs.v1.Job.TagsEntry
-	(*structpb.Struct)(nil),           // 21: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil),     // 22: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 23: google.protobuf.Duration
-	(*structpb.Value)(nil),            // 24: google.protobuf.Value
+	(*BatchCreateJobsRequest)(nil),    // 8: medius.jobs.v1.BatchCreateJobsRequest
+	(*BatchCreateJobsResponse)(nil),   // 9: medius.jobs.v1.BatchCreateJobsResponse
+	(*BatchCreateJobsResult)(nil),     // 10: medius.jobs.v1.BatchCreateJobsResult
+	(*GetJobRequest)(nil),             // 11: medius.jobs.v1.GetJobRequest
+	(*ListJobsRequest)(nil),           // 12: medius.jobs.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),          // 13: medius.jobs.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),          // 14: medius.jobs.v1.CancelJobRequest
+	(*ListJobExecutionsRequest)(nil),  // 15: medius.jobs.v1.ListJobExecutionsRequest
+	(*ListJobExecutionsResponse)(nil), // 16: medius.jobs.v1.ListJobExecutionsResponse
+	(*RestartJobRequest)(nil),         // 17: medius.jobs.v1.RestartJobRequest
+	(*WatchJobRequest)(nil),           // 18: medius.jobs.v1.WatchJobRequest
+	(*DeleteJobRequest)(nil),          // 19: medius.jobs.v1.DeleteJobRequest
+	(*DeleteJobResponse)(nil),         // 20: medius.jobs.v1.DeleteJobResponse
+	nil,                               // 21: medius.jobs.v1.JobInput.LocatorsEntry
+	nil,                               // 22: medius.jobs.v1.JobOutput.LocatorsEntry
+	nil,                               // 23: medius.jobs.v1.Job.TagsEntry
+	(*structpb.Struct)(nil),           // 24: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),     // 25: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 26: google.protobuf.Duration
+	(*structpb.Value)(nil),            // 27: google.protobuf.Value
 }
 var file_medius_jobs_v1_jobs_proto_depIdxs = []int32{
-	18, // 0: medius.jobs.v1.JobInput.locators:type_name -> medius.jobs.v1.JobInput.LocatorsEntry
-	21, // 1: medius.jobs.v1.JobInput.parameters:type_name -> google.protobuf.Struct
-	19, // 2: medius.jobs.v1.JobOutput.locators:type_name -> medius.jobs.v1.JobOutput.LocatorsEntry
-	21, // 3: medius.jobs.v1.JobOutput.data:type_name -> google.protobuf.Struct
+	21, // 0: medius.jobs.v1.JobInput.locators:type_name -> medius.jobs.v1.JobInput.LocatorsEntry
+	24, // 1: medius.jobs.v1.JobInput.parameters:type_name -> google.protobuf.Struct
+	22, // 2: medius.jobs.v1.JobOutput.locators:type_name -> medius.jobs.v1.JobOutput.LocatorsEntry
+	24, // 3: medius.jobs.v1.JobOutput.data:type_name -> google.protobuf.Struct
 	0,  // 4: medius.jobs.v1.Execution.status:type_name -> medius.jobs.v1.JobStatus
-	22, // 5: medius.jobs.v1.Execution.dispatch_time:type_name -> google.protobuf.Timestamp
-	22, // 6: medius.jobs.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
-	22, // 7: medius.jobs.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
+	25, // 5: medius.jobs.v1.Execution.dispatch_time:type_name -> google.protobuf.Timestamp
+	25, // 6: medius.jobs.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
+	25, // 7: medius.jobs.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
 	1,  // 8: medius.jobs.v1.Execution.error:type_name -> medius.jobs.v1.Problem
 	3,  // 9: medius.jobs.v1.Job.input:type_name -> medius.jobs.v1.JobInput
 	4,  // 10: medius.jobs.v1.Job.output:type_name -> medius.jobs.v1.JobOutput
 	0,  // 11: medius.jobs.v1.Job.status:type_name -> medius.jobs.v1.JobStatus
 	1,  // 12: medius.jobs.v1.Job.error:type_name -> medius.jobs.v1.Problem
-	23, // 13: medius.jobs.v1.Job.timeout:type_name -> google.protobuf.Duration
-	22, // 14: medius.jobs.v1.Job.deadline:type_name -> google.protobuf.Timestamp
-	20, // 15: medius.jobs.v1.Job.tags:type_name -> medius.jobs.v1.Job.TagsEntry
-	24, // 16: medius.jobs.v1.Job.tracking:type_name -> google.protobuf.Value
-	22, // 17: medius.jobs.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	22, // 18: medius.jobs.v1.Job.update_time:type_name -> google.protobuf.Timestamp
-	22, // 19: medius.jobs.v1.Job.end_time:type_name -> google.protobuf.Timestamp
+	26, // 13: medius.jobs.v1.Job.timeout:type_name -> google.protobuf.Duration
+	25, // 14: medius.jobs.v1.Job.deadline:type_name -> google.protobuf.Timestamp
+	23, // 15: medius.jobs.v1.Job.tags:type_name -> medius.jobs.v1.Job.TagsEntry
+	27, // 16: medius.jobs.v1.Job.tracking:type_name -> google.protobuf.Value
+	25, // 17: medius.jobs.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	25, // 18: medius.jobs.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	25, // 19: medius.jobs.v1.Job.end_time:type_name -> google.protobuf.Timestamp
 	5,  // 20: medius.jobs.v1.Job.executions:type_name -> medius.jobs.v1.Execution
-	23, // 21: medius.jobs.v1.Job.ttl:type_name -> google.protobuf.Duration
+	26, // 21: medius.jobs.v1.Job.ttl:type_name -> google.protobuf.Duration
 	6,  // 22: medius.jobs.v1.CreateJobRequest.job:type_name -> medius.jobs.v1.Job
-	0,  // 23: medius.jobs.v1.ListJobsRequest.status:type_name -> medius.jobs.v1.JobStatus
-	22, // 24: medius.jobs.v1.ListJobsRequest.create_time_after:type_name -> google.protobuf.Timestamp
-	22, // 25: medius.jobs.v1.ListJobsRequest.create_time_before:type_name -> google.protobuf.Timestamp
-	6,  // 26: medius.jobs.v1.ListJobsResponse.jobs:type_name -> medius.jobs.v1.Job
-	5,  // 27: medius.jobs.v1.ListJobExecutionsResponse.executions:type_name -> medius.jobs.v1.Execution
-	2,  // 28: medius.jobs.v1.JobInput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
-	2,  // 29: medius.jobs.v1.JobOutput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
-	7,  // 30: medius.jobs.v1.JobService.CreateJob:input_type -> medius.jobs.v1.CreateJobRequest
-	8,  // 31: medius.jobs.v1.JobService.GetJob:input_type -> medius.jobs.v1.GetJobRequest
-	9,  // 32: medius.jobs.v1.JobService.ListJobs:input_type -> medius.jobs.v1.ListJobsRequest
-	11, // 33: medius.jobs.v1.JobService.CancelJob:input_type -> medius.jobs.v1.CancelJobRequest
-	12, // 34: medius.jobs.v1.JobService.ListJobExecutions:input_type -> medius.jobs.v1.ListJobExecutionsRequest
-	14, // 35: medius.jobs.v1.JobService.RestartJob:input_type -> medius.jobs.v1.RestartJobRequest
-	15, // 36: medius.jobs.v1.JobService.WatchJob:input_type -> medius.jobs.v1.WatchJobRequest
-	16, // 37: medius.jobs.v1.JobService.DeleteJob:input_type -> medius.jobs.v1.DeleteJobRequest
-	6,  // 38: medius.jobs.v1.JobService.CreateJob:output_type -> medius.jobs.v1.Job
-	6,  // 39: medius.jobs.v1.JobService.GetJob:output_type -> medius.jobs.v1.Job
-	10, // 40: medius.jobs.v1.JobService.ListJobs:output_type -> medius.jobs.v1.ListJobsResponse
-	6,  // 41: medius.jobs.v1.JobService.CancelJob:output_type -> medius.jobs.v1.Job
-	13, // 42: medius.jobs.v1.JobService.ListJobExecutions:output_type -> medius.jobs.v1.ListJobExecutionsResponse
-	6,  // 43: medius.jobs.v1.JobService.RestartJob:output_type -> medius.jobs.v1.Job
-	6,  // 44: medius.jobs.v1.JobService.WatchJob:output_type -> medius.jobs.v1.Job
-	17, // 45: medius.jobs.v1.JobService.DeleteJob:output_type -> medius.jobs.v1.DeleteJobResponse
-	38, // [38:46] is the sub-list for method output_type
-	30, // [30:38] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	7,  // 23: medius.jobs.v1.BatchCreateJobsRequest.requests:type_name -> medius.jobs.v1.CreateJobRequest
+	10, // 24: medius.jobs.v1.BatchCreateJobsResponse.results:type_name -> medius.jobs.v1.BatchCreateJobsResult
+	6,  // 25: medius.jobs.v1.BatchCreateJobsResult.job:type_name -> medius.jobs.v1.Job
+	1,  // 26: medius.jobs.v1.BatchCreateJobsResult.error:type_name -> medius.jobs.v1.Problem
+	0,  // 27: medius.jobs.v1.ListJobsRequest.status:type_name -> medius.jobs.v1.JobStatus
+	25, // 28: medius.jobs.v1.ListJobsRequest.create_time_after:type_name -> google.protobuf.Timestamp
+	25, // 29: medius.jobs.v1.ListJobsRequest.create_time_before:type_name -> google.protobuf.Timestamp
+	6,  // 30: medius.jobs.v1.ListJobsResponse.jobs:type_name -> medius.jobs.v1.Job
+	5,  // 31: medius.jobs.v1.ListJobExecutionsResponse.executions:type_name -> medius.jobs.v1.Execution
+	2,  // 32: medius.jobs.v1.JobInput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
+	2,  // 33: medius.jobs.v1.JobOutput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
+	7,  // 34: medius.jobs.v1.JobService.CreateJob:input_type -> medius.jobs.v1.CreateJobRequest
+	8,  // 35: medius.jobs.v1.JobService.BatchCreateJobs:input_type -> medius.jobs.v1.BatchCreateJobsRequest
+	11, // 36: medius.jobs.v1.JobService.GetJob:input_type -> medius.jobs.v1.GetJobRequest
+	12, // 37: medius.jobs.v1.JobService.ListJobs:input_type -> medius.jobs.v1.ListJobsRequest
+	14, // 38: medius.jobs.v1.JobService.CancelJob:input_type -> medius.jobs.v1.CancelJobRequest
+	15, // 39: medius.jobs.v1.JobService.ListJobExecutions:input_type -> medius.jobs.v1.ListJobExecutionsRequest
+	17, // 40: medius.jobs.v1.JobService.RestartJob:input_type -> medius.jobs.v1.RestartJobRequest
+	18, // 41: medius.jobs.v1.JobService.WatchJob:input_type -> medius.jobs.v1.WatchJobRequest
+	19, // 42: medius.jobs.v1.JobService.DeleteJob:input_type -> medius.jobs.v1.DeleteJobRequest
+	6,  // 43: medius.jobs.v1.JobService.CreateJob:output_type -> medius.jobs.v1.Job
+	9,  // 44: medius.jobs.v1.JobService.BatchCreateJobs:output_type -> medius.jobs.v1.BatchCreateJobsResponse
+	6,  // 45: medius.jobs.v1.JobService.GetJob:output_type -> medius.jobs.v1.Job
+	13, // 46: medius.jobs.v1.JobService.ListJobs:output_type -> medius.jobs.v1.ListJobsResponse
+	6,  // 47: medius.jobs.v1.JobService.CancelJob:output_type -> medius.jobs.v1.Job
+	16, // 48: medius.jobs.v1.JobService.ListJobExecutions:output_type -> medius.jobs.v1.ListJobExecutionsResponse
+	6,  // 49: medius.jobs.v1.JobService.RestartJob:output_type -> medius.jobs.v1.Job
+	6,  // 50: medius.jobs.v1.JobService.WatchJob:output_type -> medius.jobs.v1.Job
+	20, // 51: medius.jobs.v1.JobService.DeleteJob:output_type -> medius.jobs.v1.DeleteJobResponse
+	43, // [43:52] is the sub-list for method output_type
+	34, // [34:43] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_medius_jobs_v1_jobs_proto_init() }
@@ -1453,13 +1647,17 @@ func file_medius_jobs_v1_jobs_proto_init() {
 	if File_medius_jobs_v1_jobs_proto != nil {
 		return
 	}
+	file_medius_jobs_v1_jobs_proto_msgTypes[9].OneofWrappers = []any{
+		(*BatchCreateJobsResult_Job)(nil),
+		(*BatchCreateJobsResult_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_medius_jobs_v1_jobs_proto_rawDesc), len(file_medius_jobs_v1_jobs_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

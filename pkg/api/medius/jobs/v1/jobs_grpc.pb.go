@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	JobService_CreateJob_FullMethodName         = "/medius.jobs.v1.JobService/CreateJob"
+	JobService_BatchCreateJobs_FullMethodName   = "/medius.jobs.v1.JobService/BatchCreateJobs"
 	JobService_GetJob_FullMethodName            = "/medius.jobs.v1.JobService/GetJob"
 	JobService_ListJobs_FullMethodName          = "/medius.jobs.v1.JobService/ListJobs"
 	JobService_CancelJob_FullMethodName         = "/medius.jobs.v1.JobService/CancelJob"
@@ -39,6 +40,15 @@ type JobServiceClient interface {
 	// CreateJob accepts a job against a job profile. A repeated request_id
 	// returns the job created the first time.
 	CreateJob(ctx context.Context, in *CreateJobRequest, opts ...grpc.CallOption) (*Job, error)
+	// BatchCreateJobs accepts up to 1000 jobs in one call, each as CreateJob
+	// would. Every request is checked first: one that CreateJob would refuse
+	// as invalid fails the whole call (InvalidArgument, its field named
+	// requests[i].<field>) and nothing is created. Then each job is created on
+	// its own: results[i] holds requests[i]'s job, or the problem that kept it
+	// from being created (the tenant's quota reached, the store unavailable),
+	// while the others are created. A request_id makes a retry of the whole
+	// batch safe: each repeated request returns the job created the first time.
+	BatchCreateJobs(ctx context.Context, in *BatchCreateJobsRequest, opts ...grpc.CallOption) (*BatchCreateJobsResponse, error)
 	GetJob(ctx context.Context, in *GetJobRequest, opts ...grpc.CallOption) (*Job, error)
 	// ListJobs lists the caller's jobs, newest first.
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
@@ -69,6 +79,16 @@ func (c *jobServiceClient) CreateJob(ctx context.Context, in *CreateJobRequest, 
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Job)
 	err := c.cc.Invoke(ctx, JobService_CreateJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobServiceClient) BatchCreateJobs(ctx context.Context, in *BatchCreateJobsRequest, opts ...grpc.CallOption) (*BatchCreateJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchCreateJobsResponse)
+	err := c.cc.Invoke(ctx, JobService_BatchCreateJobs_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -164,6 +184,15 @@ type JobServiceServer interface {
 	// CreateJob accepts a job against a job profile. A repeated request_id
 	// returns the job created the first time.
 	CreateJob(context.Context, *CreateJobRequest) (*Job, error)
+	// BatchCreateJobs accepts up to 1000 jobs in one call, each as CreateJob
+	// would. Every request is checked first: one that CreateJob would refuse
+	// as invalid fails the whole call (InvalidArgument, its field named
+	// requests[i].<field>) and nothing is created. Then each job is created on
+	// its own: results[i] holds requests[i]'s job, or the problem that kept it
+	// from being created (the tenant's quota reached, the store unavailable),
+	// while the others are created. A request_id makes a retry of the whole
+	// batch safe: each repeated request returns the job created the first time.
+	BatchCreateJobs(context.Context, *BatchCreateJobsRequest) (*BatchCreateJobsResponse, error)
 	GetJob(context.Context, *GetJobRequest) (*Job, error)
 	// ListJobs lists the caller's jobs, newest first.
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
@@ -192,6 +221,9 @@ type UnimplementedJobServiceServer struct{}
 
 func (UnimplementedJobServiceServer) CreateJob(context.Context, *CreateJobRequest) (*Job, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateJob not implemented")
+}
+func (UnimplementedJobServiceServer) BatchCreateJobs(context.Context, *BatchCreateJobsRequest) (*BatchCreateJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchCreateJobs not implemented")
 }
 func (UnimplementedJobServiceServer) GetJob(context.Context, *GetJobRequest) (*Job, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetJob not implemented")
@@ -249,6 +281,24 @@ func _JobService_CreateJob_Handler(srv interface{}, ctx context.Context, dec fun
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(JobServiceServer).CreateJob(ctx, req.(*CreateJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobService_BatchCreateJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchCreateJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).BatchCreateJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_BatchCreateJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).BatchCreateJobs(ctx, req.(*BatchCreateJobsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -382,6 +432,10 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateJob",
 			Handler:    _JobService_CreateJob_Handler,
+		},
+		{
+			MethodName: "BatchCreateJobs",
+			Handler:    _JobService_BatchCreateJobs_Handler,
 		},
 		{
 			MethodName: "GetJob",
