@@ -2,7 +2,6 @@ package main_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -16,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
@@ -28,7 +26,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // platformResult is what one run of BenchmarkPlatform measured.
@@ -264,14 +261,9 @@ func runPlatform(b *testing.B) platformResult {
 	b.Logf("full load via CreateJob: %d NoOp jobs submitted at %.0f jobs/s (64 concurrent calls), %.0f jobs/s end to end; submit -> worker start p50 %s p99 %s; %s",
 		api, run.submitRate, run.e2e, run.p50, run.p99, run.ops)
 
-	// Full load, batch submit: the jobs are stored and announced as
-	// CreateJob does after its checks (auth, validation, quota), a window
-	// at a time (batchSubmit), so the rest of the platform is what is
-	// measured.
-	kv, err := js.KeyValue(context.Background(), bus.BucketJobs)
-	if err != nil {
-		b.Fatal(err)
-	}
+	// Full load, batch submit: BatchCreateJobs, the API a client with many
+	// jobs to submit uses (batchSubmit).
+	//
 	// MEDIUS_BENCH_PPROF=<prefix> keeps a 10 s CPU profile of the mediator,
 	// the processor and the worker under this load, in
 	// <prefix>-<service>.pprof (the test's own process, which runs NATS and
@@ -287,12 +279,12 @@ func runPlatform(b *testing.B) platformResult {
 		}
 	}
 	run = l.measureWith(b, nc, n, func(record func(string, time.Time)) error {
-		return batchSubmit(js, kv.Bucket(), n, record)
+		return batchSubmit(authed(context.Background()), l.jobs, n, record)
 	})
 	profiles.Wait()
 	r.e2e, r.fullP50, r.fullP99 = run.e2e, run.p50, run.p99
-	b.Logf("full load, batch submit (windows of 256, one worker of capacity %s): %d NoOp jobs stored and announced at %.0f jobs/s, %.0f jobs/s end to end; submit -> worker start p50 %s p99 %s; %s",
-		capacity, n, run.submitRate, run.e2e, run.p50, run.p99, run.ops)
+	b.Logf("full load, batch submit (BatchCreateJobs, %d jobs a call, %d calls at a time; one worker of capacity %s): %d NoOp jobs created at %.0f jobs/s, %.0f jobs/s end to end; submit -> worker start p50 %s p99 %s; %s",
+		batchSize, batchCalls, capacity, n, run.submitRate, run.e2e, run.p50, run.p99, run.ops)
 	// The burst queued n jobs faster than the worker's capacity takes them:
 	// what each process's memory peaked at shows whether it grew with the
 	// backlog (MEDIUS_BENCH_JOBS=100000 for the 100k burst).
@@ -621,72 +613,40 @@ func saveProfile(addr, out string) error {
 	return f.Close()
 }
 
-// batchSubmit stores and announces n NoOp jobs as CreateJob does after its
-// checks (auth, validation, quota): each job's record is created (a KV
-// create: a publish expecting no earlier revision) before its JobCreated is
-// published. A window of jobs goes out at once and is acknowledged together,
-// as a batch submit API would do it, instead of two round trips per job.
-func batchSubmit(js jetstream.JetStream, bucket string, n int, record func(string, time.Time)) error {
-	const window = 256
-	wait := func(futs []jetstream.PubAckFuture) error {
-		for _, f := range futs {
-			select {
-			case <-f.Ok():
-			case err := <-f.Err():
-				return err
-			case <-time.After(time.Minute):
-				return errors.New("no publish ack in 1 min")
-			}
+// Batches of batchSubmit: batchCalls calls of batchSize jobs each in
+// flight, so the mediator creates the next jobs while the platform runs the
+// ones before.
+const (
+	batchSize  = 500
+	batchCalls = 2
+)
+
+// batchSubmit creates n NoOp jobs with BatchCreateJobs, recording each job
+// with the time its call began.
+func batchSubmit(ctx context.Context, jobs jobsv1.JobServiceClient, n int, record func(string, time.Time)) error {
+	var g errgroup.Group
+	g.SetLimit(batchCalls)
+	for from := 0; from < n; from += batchSize {
+		reqs := make([]*jobsv1.CreateJobRequest, min(batchSize, n-from))
+		for i := range reqs {
+			reqs[i] = &jobsv1.CreateJobRequest{Job: &jobsv1.Job{Profile: "NoOp"}}
 		}
-		return nil
+		g.Go(func() error {
+			t := time.Now()
+			resp, err := jobs.BatchCreateJobs(ctx, &jobsv1.BatchCreateJobsRequest{Requests: reqs})
+			if err != nil {
+				return fmt.Errorf("batch create: %w", err)
+			}
+			for i, r := range resp.GetResults() {
+				if r.GetJob() == nil {
+					return fmt.Errorf("requests[%d] of a batch not created: %v", i, r.GetError())
+				}
+				record(r.GetJob().GetId(), t)
+			}
+			return nil
+		})
 	}
-	for done := 0; done < n; {
-		t := time.Now()
-		jobs := make([]*jobsv1.Job, 0, window)
-		var futs []jetstream.PubAckFuture
-		for len(jobs) < window && done+len(jobs) < n {
-			id, err := uuid.NewV7()
-			if err != nil {
-				return err
-			}
-			now := timestamppb.Now()
-			job := &jobsv1.Job{Id: id.String(), Tenant: "bench", Profile: "NoOp", JobType: "QAJob", Input: &jobsv1.JobInput{},
-				Status: jobsv1.JobStatus_JOB_STATUS_NEW, CreateTime: now, UpdateTime: now}
-			data, err := proto.Marshal(job)
-			if err != nil {
-				return err
-			}
-			f, err := js.PublishMsgAsync(&nats.Msg{Subject: bus.KVSubject(bucket, job.GetId()), Data: data},
-				jetstream.WithExpectLastSequencePerSubject(0))
-			if err != nil {
-				return err
-			}
-			jobs, futs = append(jobs, job), append(futs, f)
-		}
-		if err := wait(futs); err != nil {
-			return fmt.Errorf("store jobs: %w", err)
-		}
-		futs = futs[:0]
-		for _, job := range jobs {
-			m, err := bus.NewMsg(context.Background(), bus.SubjectJobCreated, &eventsv1.JobCreated{Job: job})
-			if err != nil {
-				return err
-			}
-			f, err := js.PublishMsgAsync(m, jetstream.WithMsgID("created-"+job.GetId()))
-			if err != nil {
-				return err
-			}
-			futs = append(futs, f)
-		}
-		if err := wait(futs); err != nil {
-			return fmt.Errorf("announce jobs: %w", err)
-		}
-		for _, job := range jobs {
-			record(job.GetId(), t)
-		}
-		done += len(jobs)
-	}
-	return nil
+	return g.Wait()
 }
 
 // peakRSS lists each service process's peak resident memory (VmHWM).
