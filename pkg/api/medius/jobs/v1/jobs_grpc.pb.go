@@ -46,8 +46,10 @@ type JobServiceClient interface {
 	// requests[i].<field>) and nothing is created. Then each job is created on
 	// its own: results[i] holds requests[i]'s job, or the problem that kept it
 	// from being created (the tenant's quota reached, the store unavailable),
-	// while the others are created. A request_id makes a retry of the whole
-	// batch safe: each repeated request returns the job created the first time.
+	// while the others are created. The jobs are created side by side: when
+	// the quota admits only some of them, which ones is not tied to their
+	// order. A request_id makes a retry of the whole batch safe: each repeated
+	// request returns the job created the first time.
 	BatchCreateJobs(ctx context.Context, in *BatchCreateJobsRequest, opts ...grpc.CallOption) (*BatchCreateJobsResponse, error)
 	GetJob(ctx context.Context, in *GetJobRequest, opts ...grpc.CallOption) (*Job, error)
 	// ListJobs lists the caller's jobs, newest first.
@@ -190,8 +192,10 @@ type JobServiceServer interface {
 	// requests[i].<field>) and nothing is created. Then each job is created on
 	// its own: results[i] holds requests[i]'s job, or the problem that kept it
 	// from being created (the tenant's quota reached, the store unavailable),
-	// while the others are created. A request_id makes a retry of the whole
-	// batch safe: each repeated request returns the job created the first time.
+	// while the others are created. The jobs are created side by side: when
+	// the quota admits only some of them, which ones is not tied to their
+	// order. A request_id makes a retry of the whole batch safe: each repeated
+	// request returns the job created the first time.
 	BatchCreateJobs(context.Context, *BatchCreateJobsRequest) (*BatchCreateJobsResponse, error)
 	GetJob(context.Context, *GetJobRequest) (*Job, error)
 	// ListJobs lists the caller's jobs, newest first.
