@@ -67,7 +67,8 @@ func newJobsCmd() *cobra.Command {
 	// What -o json writes differs by command; scripts need to know which
 	// shape to parse.
 	cmd.PersistentFlags().Lookup("output").Usage = "output: table or json (json: each job one indented JSON object, " +
-		"several one after another for list, not an array; executions: one JSON array)"
+		"several one after another for list, not an array; executions: one JSON array; " +
+		"submit-batch: one object per line of its file, {\"line\": N, \"job\"|\"error\": ...})"
 
 	var profile, requestID, jobType string
 	var inputs, params []string
@@ -260,7 +261,7 @@ jq reads it as is (medius jobs list -o json | jq -r .id); jq -s makes it an arra
 			return printExecutions(cmd.OutOrStdout(), resp.GetExecutions())
 		},
 	}
-	cmd.AddCommand(submit, get, waitCmd, list, cancel, restart, executions, newWatchCmd(&c))
+	cmd.AddCommand(submit, newSubmitBatchCmd(&c), get, waitCmd, list, cancel, restart, executions, newWatchCmd(&c))
 	return cmd
 }
 

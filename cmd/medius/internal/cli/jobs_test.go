@@ -53,6 +53,8 @@ func TestJobs(t *testing.T) {
 	t.Run("cancel --wait", func(t *testing.T) { testCancelWait(ctx, t, run) })
 	t.Run("restart --wait", func(t *testing.T) { testRestartWait(t, media, run) })
 	t.Run("list -o json pages", func(t *testing.T) { testListJSONPages(t, runErr) })
+	t.Run("submit-batch", func(t *testing.T) { testSubmitBatch(ctx, t, stack.GRPCAddr) })
+	t.Run("submit-batch refused", func(t *testing.T) { testSubmitBatchRefused(ctx, t, stack.GRPCAddr) })
 }
 
 // testListJSONPages pages through the tenant's jobs (two of its own and any
