@@ -88,11 +88,28 @@ func (x *Index) commit(ctx context.Context, onlyMissing bool, ops []clientv3.Op)
 			return errs
 		}
 	}
-	if _, err := x.cli.Txn(ctx).Then(unique...).Commit(); err != nil {
-		return fail(err)
+	// Entries are small, but a job's tags may make one 25 KB: a batch of
+	// those is written in several transactions, each within etcd's request
+	// limit (1.5 MiB by default).
+	for len(unique) > 0 {
+		n, size := 0, 0
+		for n < len(unique) && (n == 0 || size+opSize(unique[n]) <= maxTxnBytes) {
+			size += opSize(unique[n])
+			n++
+		}
+		if _, err := x.cli.Txn(ctx).Then(unique[:n]...).Commit(); err != nil {
+			return fail(err)
+		}
+		unique = unique[n:]
 	}
 	return errs
 }
+
+// maxTxnBytes bounds the keys and values one index transaction writes,
+// well within etcd's default request limit of 1.5 MiB.
+const maxTxnBytes = 1 << 20
+
+func opSize(op clientv3.Op) int { return len(op.KeyBytes()) + len(op.ValueBytes()) }
 
 // invert maps each hex digit d of id to f-d, keeping dashes, so ordering
 // inverted ids ascending orders ids descending.

@@ -3,6 +3,7 @@ package jobindex_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -143,6 +144,35 @@ func TestConcurrentPuts(t *testing.T) {
 	}
 	if len(got) != len(ids) {
 		t.Fatalf("%d jobs indexed, want %d", len(got), len(ids))
+	}
+}
+
+// Jobs with the most tags CreateJob allows (64 of 128 + 256 bytes, 25 KB
+// an entry) indexed at once are all written, though together they are over
+// etcd's request limit.
+func TestConcurrentPutsOfLargeEntries(t *testing.T) {
+	env := testsupport.Start(t)
+	x := jobindex.New(env.EtcdCli)
+	tags := map[string]string{}
+	for i := range 64 {
+		tags[fmt.Sprintf("%0128d", i)] = strings.Repeat("v", 256)
+	}
+	var wg sync.WaitGroup
+	for range 150 {
+		wg.Go(func() {
+			u, _ := uuid.NewV7()
+			if err := x.Put(context.Background(), "acme", jobindex.Entry{ID: u.String(), Profile: "P", Tags: tags}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	n := 0
+	if err := x.Scan(context.Background(), jobindex.Query{Tenant: "acme"}, 100, func(jobindex.Entry) (bool, error) {
+		n++
+		return true, nil
+	}); err != nil || n != 150 {
+		t.Fatalf("%d jobs indexed (%v), want 150", n, err)
 	}
 }
 
