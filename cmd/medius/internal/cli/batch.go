@@ -31,10 +31,10 @@ import (
 // a copy, not an import: the CLI knows the mediator only by its API.
 const maxBatchJobs = 1000
 
-// maxBatchBytes bounds the encoded requests of one call: the mediator
-// refuses a message over grpcx.MaxMessageBytes whole, so a file of large
-// jobs is sent in smaller calls than maxBatchJobs.
-const maxBatchBytes = grpcx.MaxMessageBytes
+// maxBatchBytes bounds the encoded requests of one call: the mediator's
+// jobapi.MaxBatchBytes, over which it refuses a batch whole, so a file of
+// large jobs is sent in smaller calls than maxBatchJobs.
+const maxBatchBytes = 3 << 20
 
 // maxBatchAnswerBytes bounds the answer to one call the CLI reads. It is
 // well above gRPC's default 4 MiB: a request that fits maxBatchBytes can

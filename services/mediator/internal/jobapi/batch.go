@@ -10,11 +10,21 @@ import (
 	"github.com/medius-platform/medius/services/mediator/internal/auth"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
-// MaxBatchJobs bounds a BatchCreateJobs call, as Google's AIP-233 suggests:
-// a call's jobs are held in memory until all are answered.
-const MaxBatchJobs = 1000
+// Bounds of a BatchCreateJobs call.
+const (
+	// MaxBatchJobs bounds its jobs, as Google's AIP-233 suggests: a call's
+	// jobs are held in memory until all are answered.
+	MaxBatchJobs = 1000
+	// MaxBatchBytes bounds its encoded requests, below the 4 MiB a gRPC
+	// client (the REST gateway's too) takes by default: the answer repeats
+	// every job with what the mediator adds (about 100 bytes each), and
+	// jobs created but answered in a message the client refuses would be
+	// submitted again.
+	MaxBatchBytes = 3 << 20
+)
 
 // batchCreators is how many jobs of a batch are created at once. Each
 // creation waits on round trips (the record and its announcement, the
@@ -22,6 +32,11 @@ const MaxBatchJobs = 1000
 // shared commits), so creating them side by side is what makes a batch
 // cheaper than as many CreateJob calls.
 const batchCreators = 256
+
+// maxCreating bounds the jobs of all batches being created at once: each
+// has up to two publishes awaiting their answers, and the NATS connection,
+// shared with every CreateJob call, refuses more than 4,000.
+const maxCreating = 512
 
 // BatchCreateJobs implements jobsv1.JobServiceServer: every request is
 // checked as CreateJob checks it before any job is created, so an invalid
@@ -40,10 +55,22 @@ func (s *Server) BatchCreateJobs(ctx context.Context, req *jobsv1.BatchCreateJob
 	case len(reqs) > MaxBatchJobs:
 		return nil, problem.InvalidArgument("requests", "a batch holds at most %d jobs, not %d", MaxBatchJobs, len(reqs))
 	}
+	if n := proto.Size(req); n > MaxBatchBytes {
+		return nil, problem.InvalidArgument("requests", "a batch of %d bytes; at most %d, so that its answer fits what a client takes", n, MaxBatchBytes)
+	}
 	checks := make([]checked, len(reqs))
+	// Two jobs of one batch under one request id would each take a quota
+	// slot and be answered with one job: a client's mistake, said as such.
+	first := map[string]int{}
 	for i, r := range reqs {
 		if checks[i], err = s.checkCreate(ctx, r); err != nil {
 			return nil, inRequest(i, err)
+		}
+		if id := checks[i].requestID; id != "" {
+			if j, ok := first[id]; ok {
+				return nil, problem.InvalidArgument(fmt.Sprintf("requests[%d].request_id", i), "requests[%d] repeats the request id of requests[%d]", i, j)
+			}
+			first[id] = i
 		}
 	}
 
@@ -52,7 +79,7 @@ func (s *Server) BatchCreateJobs(ctx context.Context, req *jobsv1.BatchCreateJob
 	g.SetLimit(batchCreators)
 	for i, c := range checks {
 		g.Go(func() error {
-			job, err := s.create(ctx, tenant, c)
+			job, err := s.createInBatch(ctx, tenant, c)
 			if err != nil {
 				results[i] = &jobsv1.BatchCreateJobsResult{Result: &jobsv1.BatchCreateJobsResult_Error{
 					Error: problem.FromStatus(status.Convert(problem.ToStatus(ctx, fmt.Errorf("create job of requests[%d]: %w", i, err))))}}
@@ -64,6 +91,20 @@ func (s *Server) BatchCreateJobs(ctx context.Context, req *jobsv1.BatchCreateJob
 	}
 	_ = g.Wait() // every creation reports in its result
 	return &jobsv1.BatchCreateJobsResponse{Results: results}, nil
+}
+
+// createInBatch creates one job of a batch, unless the client has given up
+// on the call first: nobody would learn of a job created then. A creation
+// under way goes to its end, as CreateJob's does.
+func (s *Server) createInBatch(ctx context.Context, tenant string, c checked) (*jobsv1.Job, error) {
+	if err := s.creating.Acquire(ctx, 1); err != nil {
+		return nil, err
+	}
+	defer s.creating.Release(1)
+	if err := ctx.Err(); err != nil {
+		return nil, err // Acquire may succeed on an ended ctx
+	}
+	return s.create(ctx, tenant, c)
 }
 
 // inRequest names request i of a batch in err's field and detail, so a

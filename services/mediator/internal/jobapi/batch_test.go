@@ -2,7 +2,10 @@ package jobapi
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,5 +135,117 @@ func TestBatchCreateJobsQuotaRefusesSome(t *testing.T) {
 	if jobs != 2 || refused != 3 {
 		t.Fatalf("%d jobs created, %d refused; want 2 and 3", jobs, refused)
 	}
+	created.None(300 * time.Millisecond)
+}
+
+// batchOf makes n requests of ameJob; with a prefix, each has its own
+// request id.
+func batchOf(n int, requestIDs string) *jobsv1.BatchCreateJobsRequest {
+	reqs := make([]*jobsv1.CreateJobRequest, n)
+	for i := range reqs {
+		reqs[i] = &jobsv1.CreateJobRequest{Job: ameJob()}
+		if requestIDs != "" {
+			reqs[i].RequestId = fmt.Sprintf("%s-%d", requestIDs, i)
+		}
+	}
+	return &jobsv1.BatchCreateJobsRequest{Requests: reqs}
+}
+
+// A batch whose client gives up creates no job it has not started: a
+// client gone before the call creates none, and one gone half way leaves
+// every quota slot and every job counted of the period to a stored job.
+func TestBatchCreateJobsClientGone(t *testing.T) {
+	f := setup(t)
+	gone, cancel := context.WithCancel(as("acme"))
+	cancel()
+	resp, err := f.srv.BatchCreateJobs(gone, batchOf(100, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range resp.GetResults() {
+		if r.GetError().GetStatus() != 499 {
+			t.Fatalf("results[%d] of a call whose client had gone = %v, want Canceled (499)", i, r)
+		}
+	}
+	if ids, err := f.store.IDs(context.Background()); err != nil || len(ids) != 0 {
+		t.Fatalf("%d jobs created for a client gone before the call (%v)", len(ids), err)
+	}
+
+	for _, requestIDs := range []string{"", "r"} {
+		t.Run("request ids "+requestIDs, func(t *testing.T) {
+			f := setup(t)
+			adm := quota.New(f.env.EtcdCli)
+			q := tenants.Quota{MaxConcurrentJobs: 100000, MaxJobsPerPeriod: 100000, Period: tenants.PeriodDay}
+			f.srv.SetAdmission(onlyQuota{adm, q})
+			created := f.env.WatchEvents(t, bus.SubjectJobCreated)
+			ctx, cancel := context.WithCancel(as("acme"))
+			done := make(chan error, 1)
+			go func() {
+				_, err := f.srv.BatchCreateJobs(ctx, batchOf(1000, requestIDs))
+				done <- err
+			}()
+			created.Next(&eventsv1.JobCreated{})
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			bg := context.Background()
+			ids, err := f.store.IDs(bg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ids) == 1000 {
+				t.Fatal("every job created though the client had gone")
+			}
+			stored := map[string]bool{}
+			for _, id := range ids {
+				stored[id] = true
+			}
+			markers, err := adm.Markers(bg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range markers {
+				if !stored[m.Job] {
+					t.Errorf("quota slot held by job %s, never stored", m.Job)
+				}
+			}
+			active, err := adm.Active(bg, "acme")
+			if err != nil {
+				t.Fatal(err)
+			}
+			g, err := f.env.EtcdCli.Get(bg, quota.JobsKey("acme", quota.PeriodID(q.Period, time.Now())))
+			if err != nil || len(g.Kvs) != 1 {
+				t.Fatalf("period count: %v, %v", g, err)
+			}
+			if counted, _ := strconv.Atoi(string(g.Kvs[0].Value)); int(active) != len(ids) || counted != len(ids) {
+				t.Fatalf("%d jobs stored, %d slots held, %d counted of the period; want them equal", len(ids), active, counted)
+			}
+		})
+	}
+}
+
+// Two requests of one batch under one request id are refused, before
+// anything is created; so is a batch whose answer would be larger than a
+// client takes.
+func TestBatchCreateJobsRefusedWhole(t *testing.T) {
+	f := setup(t)
+	created := f.env.WatchEvents(t, bus.SubjectJobCreated)
+	ctx := as("acme")
+	twice := batchOf(3, "r")
+	twice.Requests[2].RequestId = "r-0"
+	_, err := f.srv.BatchCreateJobs(ctx, twice)
+	wantProblem(t, err, codes.InvalidArgument, "requests[2].request_id")
+
+	big := batchOf(MaxBatchJobs, "")
+	for _, r := range big.GetRequests() {
+		r.Job.Tags = map[string]string{"note": strings.Repeat("x", 250), "more": strings.Repeat("y", 250), "again": strings.Repeat("z", 250),
+			"last": strings.Repeat("w", 250), "one": strings.Repeat("v", 250), "two": strings.Repeat("u", 250),
+			"three": strings.Repeat("t", 250), "four": strings.Repeat("s", 250), "five": strings.Repeat("r", 250),
+			"six": strings.Repeat("q", 250), "seven": strings.Repeat("p", 250), "eight": strings.Repeat("o", 250),
+			"nine": strings.Repeat("n", 250)}
+	}
+	_, err = f.srv.BatchCreateJobs(ctx, big)
+	wantProblem(t, err, codes.InvalidArgument, "requests")
 	created.None(300 * time.Millisecond)
 }

@@ -28,6 +28,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"golang.org/x/sync/semaphore"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -56,6 +57,9 @@ type Server struct {
 	// execs is the processor's bucket once bound (see executionsBucket).
 	execsMu sync.Mutex
 	execs   jetstream.KeyValue
+
+	// creating bounds the jobs BatchCreateJobs calls create at once.
+	creating *semaphore.Weighted
 }
 
 // SetIndex lists jobs through the index and keeps it (nil: listings scan
@@ -114,7 +118,8 @@ func New(store *jobstore.Store, js jetstream.JetStream, profiles Profiles) (*Ser
 	if err != nil {
 		return nil, fmt.Errorf("jobs admitted counter: %w", err)
 	}
-	return &Server{store: store, js: js, profiles: profiles, now: time.Now, admitted: admitted, newID: jobstore.NewID}, nil
+	return &Server{store: store, js: js, profiles: profiles, now: time.Now, admitted: admitted, newID: jobstore.NewID,
+		creating: semaphore.NewWeighted(maxCreating)}, nil
 }
 
 // CreateJob implements jobsv1.JobServiceServer.
@@ -187,6 +192,12 @@ func (s *Server) create(ctx context.Context, tenant string, c checked) (*jobsv1.
 	if err != nil {
 		return nil, err
 	}
+	// From the admission on, the job is created to its end whatever the
+	// client does: an admission may be committed (with others, in one
+	// transaction) and still answer the end of ctx, and a job admitted but
+	// not created would hold a slot until the reconciliation and count
+	// against the period for good.
+	ctx = context.WithoutCancel(ctx)
 	if s.admit != nil {
 		if err := s.admit.Admit(ctx, tenant, id); err != nil {
 			return nil, admitError(ctx, id, err)
