@@ -144,14 +144,7 @@ func testSubmitBatchRefused(ctx context.Context, t *testing.T, addr string) {
 		if err != nil {
 			t.Fatalf("list: %v", err)
 		}
-		n := 0
-		for dec := json.NewDecoder(strings.NewReader(out)); dec.More(); n++ {
-			var j json.RawMessage
-			if err := dec.Decode(&j); err != nil {
-				t.Fatalf("list -o json: %v\n%s", err, out)
-			}
-		}
-		return n
+		return countObjects(t, out)
 	}
 	before := count()
 

@@ -261,15 +261,7 @@ func testCancelWait(ctx context.Context, t *testing.T, run func(...string) (stri
 		if err != nil {
 			t.Fatalf("list: %v", err)
 		}
-		// -o json is a stream of objects, one per job.
-		n := 0
-		for dec := json.NewDecoder(strings.NewReader(out)); dec.More(); n++ {
-			var j json.RawMessage
-			if err := dec.Decode(&j); err != nil {
-				t.Fatalf("list -o json: %v\n%s", err, out)
-			}
-		}
-		return n
+		return countObjects(t, out)
 	}
 	// A typo in -o is refused before anything is asked of the mediator,
 	// not after the job was submitted (its id then never shown).
@@ -365,4 +357,18 @@ func TestCanceledTooLate(t *testing.T) {
 			t.Errorf("%s: %v, want %q", tc.status, err, tc.want)
 		}
 	}
+}
+
+// countObjects counts the jobs of list -o json, a stream of objects, one
+// per job.
+func countObjects(t *testing.T, out string) int {
+	t.Helper()
+	n := 0
+	for dec := json.NewDecoder(strings.NewReader(out)); dec.More(); n++ {
+		var j json.RawMessage
+		if err := dec.Decode(&j); err != nil {
+			t.Fatalf("list -o json: %v\n%s", err, out)
+		}
+	}
+	return n
 }
