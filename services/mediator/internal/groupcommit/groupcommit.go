@@ -40,8 +40,11 @@ func New[K comparable, T any](maxBatch int, timeout time.Duration, commit Commit
 		queued: map[K][]*call[T]{}, leading: map[K]bool{}}
 }
 
-// Do commits item under key and returns its outcome. When ctx ends first it
-// returns ctx's error, and the item may still be committed.
+// Do commits item under key and returns its outcome. When ctx ends while
+// the item waits for a batch, it is withdrawn and ctx's error returned: it
+// is never committed. Once its batch is being committed, the batch's
+// outcome for it is returned, whatever ctx does (the batch's timeout bounds
+// the wait): a caller told its item failed can rely on it.
 //
 // The call that finds no commit under way leads: it commits a batch (its
 // own item first) and hands the lead to the oldest call still queued, so
@@ -66,15 +69,19 @@ func (g *Group[K, T]) Do(ctx context.Context, key K, item T) error {
 		case <-ctx.Done():
 			g.mu.Lock()
 			promoted := c.lead != nil && closed(c.lead)
-			if !promoted {
-				g.withdraw(key, c)
-			}
+			withdrawn := !promoted && g.withdraw(key, c)
 			g.mu.Unlock()
+			if withdrawn {
+				return ctx.Err() // never committed
+			}
 			if promoted {
-				// Handed the lead as it gave up: the others still need it.
+				// Handed the lead as it gave up: the others still need it,
+				// and its own item, the oldest, is in the batch.
 				g.commitBatch(ctx, key)
 			}
-			return ctx.Err()
+			// Its batch is being committed: what happened to the item is
+			// the answer, within the batch's timeout.
+			return <-c.done
 		}
 	}
 }
@@ -89,15 +96,16 @@ func closed(ch chan struct{}) bool {
 }
 
 // withdraw takes c out of key's queue if it is still there (not yet in a
-// batch). g.mu is held.
-func (g *Group[K, T]) withdraw(key K, c *call[T]) {
+// batch), reporting whether it was. g.mu is held.
+func (g *Group[K, T]) withdraw(key K, c *call[T]) bool {
 	q := g.queued[key]
 	for i, x := range q {
 		if x == c {
 			g.queued[key] = append(q[:i:i], q[i+1:]...)
-			return
+			return true
 		}
 	}
+	return false
 }
 
 // commitBatch commits the oldest batch of key's queue, then hands the lead

@@ -80,3 +80,58 @@ func TestLeaderCancelDoesNotFailOthers(t *testing.T) {
 		t.Fatalf("other call failed with the leader's cancellation: %v", err)
 	}
 }
+
+// A caller that gives up learns what happened to its item: withdrawn while
+// it waited (never committed), or, once its batch is being committed, that
+// batch's outcome.
+func TestCancelAnswersWhatHappened(t *testing.T) {
+	var mu sync.Mutex
+	var committed []int
+	commits := make(chan chan struct{}) // each commit waits for a release
+	g := groupcommit.New(100, time.Minute, func(_ context.Context, _ string, batch []int) []error {
+		release := make(chan struct{})
+		commits <- release
+		<-release
+		mu.Lock()
+		committed = append(committed, batch...)
+		mu.Unlock()
+		return make([]error, len(batch))
+	})
+	do := func(ctx context.Context, item int) chan error {
+		done := make(chan error, 1)
+		go func() { done <- g.Do(ctx, "k", item) }()
+		return done
+	}
+	first := do(context.Background(), 1)
+	releaseFirst := <-commits // 1 is being committed alone
+	queuedCtx, giveUpQueued := context.WithCancel(context.Background())
+	queued := do(queuedCtx, 2)
+	inBatchCtx, giveUpInBatch := context.WithCancel(context.Background())
+	inBatch := do(inBatchCtx, 3)
+	time.Sleep(100 * time.Millisecond) // let 2 and 3 queue behind 1
+
+	giveUpQueued() // 2 waits for a batch: withdrawn
+	if err := <-queued; !errors.Is(err, context.Canceled) {
+		t.Fatalf("a call given up while queued: %v, want canceled", err)
+	}
+	close(releaseFirst)
+	releaseSecond := <-commits // 3's batch is being committed
+	giveUpInBatch()
+	select {
+	case err := <-inBatch:
+		t.Fatalf("a call given up while its batch commits answered %v before the commit did", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(releaseSecond)
+	if err := <-inBatch; err != nil {
+		t.Fatalf("a call given up while its batch committed it: %v, want its outcome (nil)", err)
+	}
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(committed) != "[1 3]" {
+		t.Fatalf("committed %v, want [1 3]: the withdrawn item never", committed)
+	}
+}

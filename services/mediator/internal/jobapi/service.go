@@ -192,17 +192,21 @@ func (s *Server) create(ctx context.Context, tenant string, c checked) (*jobsv1.
 	if err != nil {
 		return nil, err
 	}
-	// From the admission on, the job is created to its end whatever the
-	// client does: an admission may be committed (with others, in one
-	// transaction) and still answer the end of ctx, and a job admitted but
-	// not created would hold a slot until the reconciliation and count
-	// against the period for good.
-	ctx = context.WithoutCancel(ctx)
 	if s.admit != nil {
+		// On the client's ctx: an admission the client gives up on while
+		// it waits for its turn is withdrawn, never made; one being
+		// committed answers what happened to it (groupcommit.Do).
 		if err := s.admit.Admit(ctx, tenant, id); err != nil {
 			return nil, admitError(ctx, id, err)
 		}
 	}
+	// From the admission on, the job is created to its end whatever the
+	// client does: a job admitted but not created would hold a slot until
+	// the reconciliation and count against the period for good. What it
+	// waits for now are NATS requests, each bounded by the client's
+	// default timeout, and the index write, on the client's ctx.
+	clientCtx := ctx
+	ctx = context.WithoutCancel(ctx)
 	now := timestamppb.New(s.now())
 	job := &jobsv1.Job{
 		Id:                   id,
@@ -262,7 +266,9 @@ func (s *Server) create(ctx context.Context, tenant string, c checked) (*jobsv1.
 	// returns only once the job is listed. Should this write fail or the
 	// process die first, the index consumer writes it from the JobCreated.
 	if s.index != nil {
-		if err := s.index.Put(ctx, tenant, indexEntry(job)); err != nil {
+		// A client gone leaves the entry to the index consumer rather than
+		// waiting for etcd.
+		if err := s.index.Put(clientCtx, tenant, indexEntry(job)); err != nil {
 			slog.WarnContext(ctx, "job stored, index deferred to its consumer", "job", id, "err", err)
 		}
 	}
