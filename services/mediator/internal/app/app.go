@@ -48,6 +48,10 @@ import (
 // ServiceName names the process in telemetry and NATS.
 const ServiceName = "mediator"
 
+// gatewayMaxAnswerBytes bounds an answer the REST gateway takes from the
+// gRPC server (see selfConn).
+const gatewayMaxAnswerBytes = 64 << 20
+
 // Config is the mediator's configuration; main fills it from flags and
 // MEDIUS_* variables.
 type Config struct {
@@ -229,8 +233,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer grpcLn.Close()
 
 	// The gateway calls our own gRPC server, so REST requests pass the same
-	// interceptors (auth, error mapping, tracing) as gRPC ones.
-	selfConn, err := grpcx.Dial(grpcLn.Addr().String())
+	// interceptors (auth, error mapping, tracing) as gRPC ones. It takes
+	// answers past gRPC's default 4 MiB: a batch retried with request ids
+	// is answered with those jobs as they are now, outputs included, and
+	// refusing the answer would tell a REST client its created jobs failed.
+	selfConn, err := grpcx.Dial(grpcLn.Addr().String(), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(gatewayMaxAnswerBytes)))
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
