@@ -90,7 +90,12 @@ func (x *Index) commit(ctx context.Context, onlyMissing bool, ops []clientv3.Op)
 	}
 	// Entries are small, but a job's tags may make one 25 KB: a batch of
 	// those is written in several transactions, each within etcd's request
-	// limit (1.5 MiB by default).
+	// limit (1.5 MiB by default). A failed one fails its entries and those
+	// after it, not those already written.
+	unwritten := make(map[string]bool, len(unique))
+	for _, op := range unique {
+		unwritten[string(op.KeyBytes())] = true
+	}
 	for len(unique) > 0 {
 		n, size := 0, 0
 		for n < len(unique) && (n == 0 || size+opSize(unique[n]) <= maxTxnBytes) {
@@ -98,7 +103,15 @@ func (x *Index) commit(ctx context.Context, onlyMissing bool, ops []clientv3.Op)
 			n++
 		}
 		if _, err := x.cli.Txn(ctx).Then(unique[:n]...).Commit(); err != nil {
-			return fail(err)
+			for i, op := range ops {
+				if unwritten[string(op.KeyBytes())] {
+					errs[i] = err
+				}
+			}
+			return errs
+		}
+		for _, op := range unique[:n] {
+			delete(unwritten, string(op.KeyBytes()))
 		}
 		unique = unique[n:]
 	}

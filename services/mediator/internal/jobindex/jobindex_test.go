@@ -176,6 +176,44 @@ func TestConcurrentPutsOfLargeEntries(t *testing.T) {
 	}
 }
 
+// An index write that fails in a group split over several transactions
+// (here: one entry larger than etcd takes) fails only the entries not
+// written: a Put that fails left its job unlisted, one that succeeds listed
+// it.
+func TestSplitWriteFailsOnlyWhatItDidNotWrite(t *testing.T) {
+	env := testsupport.Start(t)
+	x := jobindex.New(env.EtcdCli)
+	huge := map[string]string{"x": strings.Repeat("v", 2<<20)}
+	for round := range 10 {
+		tenant := fmt.Sprintf("t%d", round)
+		ids := make([]string, 31)
+		errs := make([]error, len(ids))
+		var wg sync.WaitGroup
+		for i := range ids {
+			u, _ := uuid.NewV7()
+			ids[i] = u.String()
+			e := jobindex.Entry{ID: ids[i], Profile: "P", Tags: map[string]string{"k": strings.Repeat("v", 30<<10)}}
+			if i == len(ids)/2 {
+				e.Tags = huge
+			}
+			wg.Go(func() { errs[i] = x.Put(context.Background(), tenant, e) })
+		}
+		wg.Wait()
+		listed := map[string]bool{}
+		if err := x.Scan(context.Background(), jobindex.Query{Tenant: tenant}, 100, func(e jobindex.Entry) (bool, error) {
+			listed[e.ID] = true
+			return true, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for i, id := range ids {
+			if (errs[i] == nil) != listed[id] {
+				t.Fatalf("round %d: Put of job %d answered %v, listed %v", round, i, errs[i], listed[id])
+			}
+		}
+	}
+}
+
 // Ensure writes a missing entry and leaves an existing one alone (no new
 // revision).
 func TestEnsure(t *testing.T) {
