@@ -65,7 +65,8 @@ POST /v1/jobs takes it:
   {"profile":"ExtractTechnicalMetadata","input":{"locators":{"inputFile":{"url":"file:///media/a.wav"}}},"requestId":"a-1"}
 
 Blank lines are skipped. The whole file is read first: if a line is not a job
-(bad JSON, an unknown field), its number is reported and nothing is submitted.
+(bad JSON, an unknown field, a requestId an earlier line has), its number is
+reported and nothing is submitted.
 The jobs are then sent in calls of up to 1000 (BatchCreateJobs). A job the
 mediator finds invalid (an unknown profile, say) fails its call whole, the
 error naming its line; the jobs of earlier calls stay created. With a
@@ -143,6 +144,7 @@ func readBatch(r io.Reader, name string) ([]batchLine, error) {
 	var lines []batchLine
 	var first error
 	bad, n := 0, 0
+	requestIDs := map[string]int{} // line of each request id
 	for sc.Scan() {
 		n++
 		text := bytes.TrimSpace(sc.Bytes())
@@ -155,6 +157,18 @@ func readBatch(r io.Reader, name string) ([]batchLine, error) {
 				first = fmt.Errorf("%s line %d: %s", name, n, jsonError(err))
 			}
 			continue
+		}
+		// The mediator refuses one request id twice in a call; across calls
+		// the second would be answered with the first's job. Either way a
+		// line would not be the job it says: refused before anything is sent.
+		if id := job.GetRequestId(); id != "" {
+			if at, ok := requestIDs[id]; ok {
+				if bad++; first == nil {
+					first = fmt.Errorf("%s line %d: requestId %q repeats line %d's", name, n, id, at)
+				}
+				continue
+			}
+			requestIDs[id] = n
 		}
 		req := &jobsv1.CreateJobRequest{Job: job}
 		size := protowire.SizeTag(1) + protowire.SizeBytes(proto.Size(req))

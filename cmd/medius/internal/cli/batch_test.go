@@ -256,4 +256,8 @@ func TestReadBatchNamesLine(t *testing.T) {
 	if err != nil || len(lines) != 1 || lines[0].line != 2 || lines[0].req.GetJob().GetRequestId() != "r" || lines[0].size <= 0 {
 		t.Errorf("one job on line 2: %+v, %v", lines, err)
 	}
+	twice := "{\"profile\":\"NoOp\",\"requestId\":\"r\"}\n{\"profile\":\"NoOp\"}\n{\"profile\":\"NoOp\",\"requestId\":\"r\"}\n"
+	if _, err := readBatch(strings.NewReader(twice), "f"); err == nil || !strings.HasPrefix(err.Error(), `f line 3: requestId "r" repeats line 1's`) {
+		t.Errorf("a request id on lines 1 and 3: %v, want line 3 refused", err)
+	}
 }
