@@ -40,16 +40,19 @@ type JobServiceClient interface {
 	// CreateJob accepts a job against a job profile. A repeated request_id
 	// returns the job created the first time.
 	CreateJob(ctx context.Context, in *CreateJobRequest, opts ...grpc.CallOption) (*Job, error)
-	// BatchCreateJobs accepts up to 1000 jobs in one call, each as CreateJob
-	// would. Every request is checked first: one that CreateJob would refuse
-	// as invalid fails the whole call (InvalidArgument, its field named
-	// requests[i].<field>) and nothing is created. Then each job is created on
-	// its own: results[i] holds requests[i]'s job, or the problem that kept it
-	// from being created (the tenant's quota reached, the store unavailable),
-	// while the others are created. The jobs are created side by side: when
-	// the quota admits only some of them, which ones is not tied to their
-	// order. A request_id makes a retry of the whole batch safe: each repeated
-	// request returns the job created the first time.
+	// BatchCreateJobs accepts up to 1000 jobs (3 MiB encoded) in one call,
+	// each as CreateJob would. Every request is checked first: one that
+	// CreateJob would refuse as invalid, or a request_id given twice, fails
+	// the whole call (InvalidArgument, its field named requests[i].<field>)
+	// and nothing is created. Then each job is created on its own:
+	// results[i] holds requests[i]'s job, or the problem that kept it from
+	// being created (the tenant's quota reached, the store unavailable, the
+	// client gone before its turn: 499), while the others are created. The
+	// jobs are created side by side: when the quota admits only some of
+	// them, which ones is not tied to their order. A request_id makes a retry
+	// of the whole batch safe: each repeated request returns the job created
+	// the first time, as it is now (its output too), so the answer to a retry
+	// may be larger than gRPC's default 4 MiB.
 	BatchCreateJobs(ctx context.Context, in *BatchCreateJobsRequest, opts ...grpc.CallOption) (*BatchCreateJobsResponse, error)
 	GetJob(ctx context.Context, in *GetJobRequest, opts ...grpc.CallOption) (*Job, error)
 	// ListJobs lists the caller's jobs, newest first.
@@ -186,16 +189,19 @@ type JobServiceServer interface {
 	// CreateJob accepts a job against a job profile. A repeated request_id
 	// returns the job created the first time.
 	CreateJob(context.Context, *CreateJobRequest) (*Job, error)
-	// BatchCreateJobs accepts up to 1000 jobs in one call, each as CreateJob
-	// would. Every request is checked first: one that CreateJob would refuse
-	// as invalid fails the whole call (InvalidArgument, its field named
-	// requests[i].<field>) and nothing is created. Then each job is created on
-	// its own: results[i] holds requests[i]'s job, or the problem that kept it
-	// from being created (the tenant's quota reached, the store unavailable),
-	// while the others are created. The jobs are created side by side: when
-	// the quota admits only some of them, which ones is not tied to their
-	// order. A request_id makes a retry of the whole batch safe: each repeated
-	// request returns the job created the first time.
+	// BatchCreateJobs accepts up to 1000 jobs (3 MiB encoded) in one call,
+	// each as CreateJob would. Every request is checked first: one that
+	// CreateJob would refuse as invalid, or a request_id given twice, fails
+	// the whole call (InvalidArgument, its field named requests[i].<field>)
+	// and nothing is created. Then each job is created on its own:
+	// results[i] holds requests[i]'s job, or the problem that kept it from
+	// being created (the tenant's quota reached, the store unavailable, the
+	// client gone before its turn: 499), while the others are created. The
+	// jobs are created side by side: when the quota admits only some of
+	// them, which ones is not tied to their order. A request_id makes a retry
+	// of the whole batch safe: each repeated request returns the job created
+	// the first time, as it is now (its output too), so the answer to a retry
+	// may be larger than gRPC's default 4 MiB.
 	BatchCreateJobs(context.Context, *BatchCreateJobsRequest) (*BatchCreateJobsResponse, error)
 	GetJob(context.Context, *GetJobRequest) (*Job, error)
 	// ListJobs lists the caller's jobs, newest first.
