@@ -28,6 +28,9 @@ type Group[K comparable, T any] struct {
 
 type call[T any] struct {
 	item T
+	// ctx is the caller's: an item whose caller has given up by the time
+	// its batch is taken is left out of it.
+	ctx  context.Context
 	done chan error
 	// lead is closed when the call is to commit the next batch.
 	lead chan struct{}
@@ -40,18 +43,21 @@ func New[K comparable, T any](maxBatch int, timeout time.Duration, commit Commit
 		queued: map[K][]*call[T]{}, leading: map[K]bool{}}
 }
 
-// Do commits item under key and returns its outcome. When ctx ends while
-// the item waits for a batch, it is withdrawn and ctx's error returned: it
+// Do commits item under key and returns its outcome. When ctx has ended
+// before the item's batch is taken, ctx's error is returned and the item
 // is never committed. Once its batch is being committed, the batch's
 // outcome for it is returned, whatever ctx does (the batch's timeout bounds
-// the wait): a caller told its item failed can rely on it.
+// the wait).
 //
 // The call that finds no commit under way leads: it commits a batch (its
 // own item first) and hands the lead to the oldest call still queued, so
 // under steady load each call leads at most one batch and no caller waits
 // for others' batches beyond its own.
 func (g *Group[K, T]) Do(ctx context.Context, key K, item T) error {
-	c := &call[T]{item: item, done: make(chan error, 1), lead: make(chan struct{})}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c := &call[T]{item: item, ctx: ctx, done: make(chan error, 1), lead: make(chan struct{})}
 	g.mu.Lock()
 	g.queued[key] = append(g.queued[key], c)
 	if !g.leading[key] {
@@ -75,8 +81,9 @@ func (g *Group[K, T]) Do(ctx context.Context, key K, item T) error {
 				return ctx.Err() // never committed
 			}
 			if promoted {
-				// Handed the lead as it gave up: the others still need it,
-				// and its own item, the oldest, is in the batch.
+				// Handed the lead as it gave up: the others still need it.
+				// Its own item, taken with them, is left out and answered
+				// with ctx's error.
 				g.commitBatch(ctx, key)
 			}
 			// Its batch is being committed: what happened to the item is
@@ -114,11 +121,21 @@ func (g *Group[K, T]) commitBatch(ctx context.Context, key K) {
 	g.mu.Lock()
 	queue := g.queued[key]
 	n := min(len(queue), g.maxBatch)
-	batch := queue[:n:n]
+	taken := queue[:n:n]
 	g.queued[key] = queue[n:]
 	g.mu.Unlock()
 
-	if n > 0 {
+	// Callers that gave up before their batch was taken are answered so,
+	// their items never committed, the leader's own included.
+	batch := taken[:0:0]
+	for _, c := range taken {
+		if err := c.ctx.Err(); err != nil {
+			c.done <- err
+			continue
+		}
+		batch = append(batch, c)
+	}
+	if n = len(batch); n > 0 {
 		// The leader's own cancellation must not fail the others' items.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.timeout)
 		items := make([]T, n)
