@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -78,6 +79,10 @@ type onlyQuota struct {
 
 func (o onlyQuota) Admit(ctx context.Context, tenant, job string) error {
 	return o.Admitter.Admit(ctx, tenant, job, o.q)
+}
+
+func (o onlyQuota) Unadmit(ctx context.Context, tenant, job string) error {
+	return o.Admitter.Unadmit(ctx, tenant, job, o.q.Period)
 }
 
 func (o onlyQuota) AdmitRestart(ctx context.Context, ended *jobsv1.Job, run int32) (bool, error) {
@@ -218,5 +223,42 @@ func BenchmarkCreateJob(b *testing.B) {
 			b.ReportMetric(float64(took[len(took)/2].Microseconds()), "p50-µs")
 			b.ReportMetric(float64(took[len(took)*9/10].Microseconds()), "p90-µs")
 		})
+	}
+}
+
+// Calls repeating a request id while the first is still under way (a
+// client retrying on its own timeout) make one job, and count one job of
+// the tenant's period: the admissions of the repeats are undone, not only
+// their slots given back.
+func TestRepeatedRequestCountsOneJobOfThePeriod(t *testing.T) {
+	f := setup(t)
+	adm := quota.New(f.env.EtcdCli)
+	q := tenants.Quota{MaxConcurrentJobs: 100, MaxJobsPerPeriod: 100, Period: tenants.PeriodDay}
+	f.srv.SetAdmission(onlyQuota{adm, q})
+	var wg sync.WaitGroup
+	ids := make([]string, 8)
+	for i := range ids {
+		wg.Go(func() {
+			job, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob(), RequestId: "retried"})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ids[i] = job.GetId()
+		})
+	}
+	wg.Wait()
+	for _, id := range ids {
+		if id != ids[0] {
+			t.Fatalf("jobs answered %v, want one", ids)
+		}
+	}
+	ctx := context.Background()
+	if active, err := adm.Active(ctx, "acme"); err != nil || active != 1 {
+		t.Fatalf("active = %d, %v; want 1", active, err)
+	}
+	g, err := f.env.EtcdCli.Get(ctx, quota.JobsKey("acme", quota.PeriodID(q.Period, time.Now())))
+	if err != nil || len(g.Kvs) != 1 || string(g.Kvs[0].Value) != "1" {
+		t.Fatalf("jobs counted of the period: %v, %v; want 1", g.Kvs, err)
 	}
 }

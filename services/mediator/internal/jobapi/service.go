@@ -23,7 +23,6 @@ import (
 	"github.com/medius-platform/medius/services/mediator/internal/auth"
 	"github.com/medius-platform/medius/services/mediator/internal/jobindex"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
-	"github.com/medius-platform/medius/services/mediator/internal/quota"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -82,6 +81,9 @@ type Admission interface {
 	// ReleaseRun gives the slot of run of a job back (0: the job's slot
 	// of the older layout, which names no run); idempotent.
 	ReleaseRun(ctx context.Context, tenant, job string, run int32) error
+	// Unadmit undoes Admit for a job not created after all: its slot, and
+	// the job it counted of the period; idempotent.
+	Unadmit(ctx context.Context, tenant, job string) error
 }
 
 // SetEndpointCheck checks every notification endpoint with check (the
@@ -91,10 +93,23 @@ func (s *Server) SetEndpointCheck(check func(string) error) { s.checkEndpoint = 
 // SetAdmission checks every new job with a (nil: no quotas).
 func (s *Server) SetAdmission(a Admission) { s.admit = a }
 
-// release gives back the slot of job's first run, the one CreateJob took,
-// for a job that is not to run.
+// unadmitWait bounds release.
+const unadmitWait = 15 * time.Second
+
+// release undoes the admission of a job that is not to run after all: the
+// slot CreateJob took and the job it counted of the period.
 func (s *Server) release(ctx context.Context, tenant, job string) {
-	s.releaseRun(ctx, tenant, job, quota.FirstRun)
+	if s.admit == nil {
+		return
+	}
+	// Bounded as a group commit's release was: etcd may be down.
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), unadmitWait)
+	defer cancel()
+	if err := s.admit.Unadmit(uctx, tenant, job); err != nil {
+		// The quota reconciliation frees the slot later; the period
+		// keeps the count.
+		slog.WarnContext(ctx, "undo quota admission", "job", job, "err", err)
+	}
 }
 
 func (s *Server) releaseRun(ctx context.Context, tenant, job string, run int32) {

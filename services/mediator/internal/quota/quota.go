@@ -392,6 +392,49 @@ func (a *Admitter) ReleaseEnded(ctx context.Context, job *jobsv1.Job) error {
 	return a.releases.Do(ctx, job.GetTenant(), release{job: job.GetId(), run: max(last, FirstRun), ended: true, firstOnly: last == 0})
 }
 
+// Unadmit undoes Admit for a job that is not created after all (its
+// record not stored, a repeat of a request whose first job won): its slot
+// is freed and, unlike a release, the job it counted of its period is
+// taken off again, so a tenant's retries do not use up its period. period
+// is the tenant's (tenants.Quota.Period), as Admit counted; the count taken
+// off is that of the period holding the admission. Only the call that
+// deletes the marker gives the count back: Unadmit is idempotent.
+func (a *Admitter) Unadmit(ctx context.Context, tenant, job, period string) error {
+	marker := MarkerKey(tenant, job, FirstRun)
+	for {
+		got, err := a.cli.Get(ctx, marker)
+		if err != nil {
+			return fmt.Errorf("undo admission of job %s: %w", job, err)
+		}
+		if len(got.Kvs) == 0 || strings.HasSuffix(string(got.Kvs[0].Value), restartTag) {
+			return nil // never admitted, undone already, or a restart's
+		}
+		held := got.Kvs[0]
+		at, err := time.Parse(time.RFC3339, string(held.Value))
+		if err != nil {
+			at = a.now()
+		}
+		cs, err := a.read(ctx, ActiveKey(tenant), JobsKey(tenant, PeriodID(period, at)))
+		if err != nil {
+			return fmt.Errorf("undo admission of job %s: %w", job, err)
+		}
+		active, jobs := cs[0], cs[1]
+		tr, err := a.cli.Txn(ctx).
+			If(unchanged(active), unchanged(jobs), clientv3.Compare(clientv3.ModRevision(marker), "=", held.ModRevision)).
+			Then(clientv3.OpDelete(marker), clientv3.OpPut(active.key, itoa(max(active.val-1, 0))), clientv3.OpPut(jobs.key, itoa(max(jobs.val-1, 0)))).
+			Commit()
+		if err != nil {
+			return fmt.Errorf("undo admission of job %s: %w", job, err)
+		}
+		if tr.Succeeded {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+}
+
 // ReleaseRun frees the slot of run of job (0: its marker of the older
 // layout) alone, if it holds one: an admission whose job or restart did
 // not happen, or a marker the reconciliation found over (Marker.Ended).
@@ -604,6 +647,16 @@ func (t TenantAdmitter) Admit(ctx context.Context, tenant, job string) error {
 		return err
 	}
 	return t.Admitter.Admit(ctx, tenant, job, q)
+}
+
+// Unadmit implements jobapi.Admission: Admitter.Unadmit with the tenant's
+// period.
+func (t TenantAdmitter) Unadmit(ctx context.Context, tenant, job string) error {
+	q, err := t.Tenants.Quota(ctx, tenant)
+	if err != nil && !errors.Is(err, tenants.ErrTenantNotFound) {
+		return err
+	}
+	return t.Admitter.Unadmit(ctx, tenant, job, q.Period)
 }
 
 // AdmitRestart implements jobapi.Admission, as Admit does for new jobs.

@@ -103,6 +103,54 @@ func TestJobsPerPeriod(t *testing.T) {
 	}
 }
 
+// A job admitted but not created gives back its slot and its count of
+// the period, once however often it is undone; a restart's slot is not
+// undone that way.
+func TestUnadmit(t *testing.T) {
+	env := testsupport.Start(t)
+	a := quota.New(env.EtcdCli)
+	ctx := context.Background()
+	q := tenants.Quota{MaxConcurrentJobs: 5, MaxJobsPerPeriod: 2, Period: tenants.PeriodDay}
+	for _, job := range []string{"kept", "undone"} {
+		if err := a.Admit(ctx, "acme", job, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 2 {
+		if err := a.Unadmit(ctx, "acme", "undone", q.Period); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Unadmit(ctx, "acme", "never-admitted", q.Period); err != nil {
+		t.Fatal(err)
+	}
+	if active, err := a.Active(ctx, "acme"); err != nil || active != 1 {
+		t.Fatalf("active = %d, %v; want 1 (the job kept)", active, err)
+	}
+	// The period counts one job: a second is admitted, a third refused.
+	if err := a.Admit(ctx, "acme", "second", q); err != nil {
+		t.Fatalf("second job of the day after one undone: %v", err)
+	}
+	var pe *problem.Error
+	if err := a.Admit(ctx, "acme", "third", q); !errors.As(err, &pe) || pe.Type != quota.TypeJobs {
+		t.Fatalf("third job of the day: %v, want %s", err, quota.TypeJobs)
+	}
+
+	// A restart's slot is a release's to free, not Unadmit's.
+	if err := a.Release(ctx, "acme", "kept"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.AdmitRestart(ctx, ended("kept", 1, 1), 2, q); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Unadmit(ctx, "acme", "kept", q.Period); err != nil {
+		t.Fatal(err)
+	}
+	if active, err := a.Active(ctx, "acme"); err != nil || active != 2 {
+		t.Fatalf("active = %d, %v; want 2 (second, and kept's restart)", active, err)
+	}
+}
+
 // ended is job's record, FAILED after attempts 1..last; attempt from is
 // the first of the run it is in (a restart's, marked).
 func ended(job string, from, last int32) *jobsv1.Job {
