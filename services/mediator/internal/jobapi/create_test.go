@@ -262,3 +262,37 @@ func TestRepeatedRequestCountsOneJobOfThePeriod(t *testing.T) {
 		t.Fatalf("jobs counted of the period: %v, %v; want 1", g.Kvs, err)
 	}
 }
+
+// A job whose record's create gets no answer may have been stored (the
+// sweep then announces it): its admission is kept, not undone, so the job
+// never runs outside the tenant's quota. (The stream takes the record but
+// answers nothing; the announcement is refused.)
+func TestCreateJobUnansweredKeepsItsAdmission(t *testing.T) {
+	f := setup(t)
+	adm := quota.New(f.env.EtcdCli)
+	q := tenants.Quota{MaxConcurrentJobs: 1, MaxJobsPerPeriod: 1, Period: tenants.PeriodDay}
+	f.srv.SetAdmission(onlyQuota{adm, q})
+	ctx := context.Background()
+	info, err := f.env.JS.Stream(ctx, "KV_"+bus.BucketJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := info.CachedInfo().Config
+	cfg.NoAck = true
+	if _, err := f.env.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.env.JS.DeleteStream(ctx, bus.StreamEvents); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()}); err == nil {
+		t.Fatal("create with its record unanswered succeeded")
+	}
+	ids, err := f.store.IDs(ctx)
+	if err != nil || len(ids) != 1 {
+		t.Fatalf("records = %v, %v; want the one stored unanswered", ids, err)
+	}
+	if active, err := adm.Active(ctx, "acme"); err != nil || active != 1 {
+		t.Fatalf("active = %d, %v; want the stored job's slot kept", active, err)
+	}
+}

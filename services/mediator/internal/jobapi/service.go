@@ -112,6 +112,19 @@ func (s *Server) release(ctx context.Context, tenant, job string) {
 	}
 }
 
+// releaseIfNotStored releases the admission of a job whose record's create
+// failed with err, if the record is known not to be stored. A create not
+// answered may have landed: the sweep then announces the job, which must
+// keep its slot and its count of the period; should it never appear, the
+// quota reconciliation frees the slot.
+func (s *Server) releaseIfNotStored(ctx context.Context, tenant, job string, err error) {
+	if refused(err) {
+		s.release(ctx, tenant, job)
+		return
+	}
+	slog.WarnContext(ctx, "job record's create unanswered: its quota admission is kept", "job", job, "err", err)
+}
+
 func (s *Server) releaseRun(ctx context.Context, tenant, job string, run int32) {
 	if s.admit == nil {
 		return
@@ -259,7 +272,7 @@ func (s *Server) create(ctx context.Context, tenant string, c checked) (*jobsv1.
 		// deletes the job). And the job is announced only once its claim
 		// is won, so a repeat never runs.
 		if _, err := s.store.Create(ctx, job); err != nil {
-			s.release(ctx, tenant, id)
+			s.releaseIfNotStored(ctx, tenant, id, err)
 			return nil, storeError(ctx, fmt.Errorf("create job %s: %w", id, err))
 		}
 		owner, err := s.store.ClaimRequest(ctx, tenant, requestID, id)
@@ -415,7 +428,7 @@ func (s *Server) storeAndAnnounce(ctx context.Context, job *jobsv1.Job) error {
 		}
 	}
 	if stored != nil {
-		s.release(ctx, tenant, id)
+		s.releaseIfNotStored(ctx, tenant, id, stored)
 		return storeError(ctx, stored)
 	}
 	if announced != nil {

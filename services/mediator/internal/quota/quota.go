@@ -267,8 +267,6 @@ func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) [
 	if k.restart {
 		check.MaxJobsPerPeriod = 0
 	}
-	pid := PeriodID(q.Period, a.now())
-	keys := append([]string{ActiveKey(tenant), JobsKey(tenant, pid), QuantityKey(tenant, pid)}, batch...)
 	errs := make([]error, len(batch))
 	fail := func(err error) []error {
 		for i := range errs {
@@ -280,6 +278,12 @@ func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) [
 	}
 	for {
 		clear(errs)
+		// One clock read per try: the period counted and the markers'
+		// time (which Unadmit counts back from) must agree, across a
+		// midnight too.
+		now := a.now()
+		pid := PeriodID(q.Period, now)
+		keys := append([]string{ActiveKey(tenant), JobsKey(tenant, pid), QuantityKey(tenant, pid)}, batch...)
 		cs, err := a.read(ctx, keys...)
 		if err != nil {
 			return fail(err)
@@ -290,7 +294,7 @@ func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) [
 			cmps = append(cmps, unchanged(jobs))
 		}
 		var ops []clientv3.Op
-		value := a.now().UTC().Format(time.RFC3339)
+		value := now.UTC().Format(time.RFC3339)
 		if k.restart {
 			value += restartTag
 		}
