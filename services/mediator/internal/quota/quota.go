@@ -24,7 +24,7 @@
 // etcd keys (counters are decimal text):
 //
 //	/medius/quota/active/<tenant>                  non-terminal runs (both marker layouts)
-//	/medius/quota/active-runs/<tenant>/<job>/<run> marker of an admitted run (value: when; a restart's: "<when> restart")
+//	/medius/quota/active-runs/<tenant>/<job>/<run> marker of an admitted run (value: "<when> <period counted>", e.g. "... day-20261202"; a restart's: "<when> restart")
 //	/medius/quota/active-jobs/<tenant>/<job>       marker of an admitted job, older layout
 //	/medius/quota/jobs/<tenant>/<period start>     jobs admitted in the period
 //	/medius/quota/quantity/<tenant>/<period>       verified quantity used (package usage adds)
@@ -276,6 +276,7 @@ func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) [
 		}
 		return errs
 	}
+	retried := false
 	for {
 		clear(errs)
 		// One clock read per try: the period counted and the markers'
@@ -294,9 +295,12 @@ func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) [
 			cmps = append(cmps, unchanged(jobs))
 		}
 		var ops []clientv3.Op
-		value := now.UTC().Format(time.RFC3339)
+		// A new job's marker names the period it is counted in, which
+		// Unadmit takes it off again, whatever the tenant's period is by
+		// then.
+		value := now.UTC().Format(time.RFC3339) + " " + pid
 		if k.restart {
-			value += restartTag
+			value = now.UTC().Format(time.RFC3339) + restartTag
 		}
 		first := map[string]int{} // a run asked twice in one batch takes one slot
 		admitted := 0.0
@@ -328,7 +332,23 @@ func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) [
 		}
 		resp, err := a.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
-			return fail(fmt.Errorf("admit %d runs of tenant %s: %w", int(admitted), tenant, err))
+			// No answer is not no admission: the transaction may have
+			// been applied (a reset connection, an answer past the
+			// batch's timeout). Taken for a failure, its jobs would not
+			// be created while their slots and period counts stayed
+			// taken; so its markers are read back.
+			applied, rerr := a.applied(ctx, ops[:int(admitted)])
+			switch {
+			case rerr != nil:
+				return fail(fmt.Errorf("admit %d runs of tenant %s: %w (and reading it back: %w)", int(admitted), tenant, err, rerr))
+			case applied:
+				return errs
+			}
+			if retried || ctx.Err() != nil {
+				return fail(fmt.Errorf("admit %d runs of tenant %s: %w", int(admitted), tenant, err))
+			}
+			retried = true // not applied: try again, once (an error may be for good)
+			continue
 		}
 		if resp.Succeeded {
 			return errs
@@ -337,6 +357,36 @@ func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) [
 			return fail(err)
 		}
 	}
+}
+
+// readBackWait bounds the read of an admission whose answer was lost: the
+// batch's own timeout may be what ended it.
+const readBackWait = 5 * time.Second
+
+// applied reads back the marker puts of an admission transaction whose
+// answer was lost, and reports whether it was applied: all its markers
+// there, holding the values it wrote, from one revision (one transaction
+// wrote them all, or none).
+func (a *Admitter) applied(ctx context.Context, puts []clientv3.Op) (bool, error) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), readBackWait)
+	defer cancel()
+	gets := make([]clientv3.Op, len(puts))
+	for i, op := range puts {
+		gets[i] = clientv3.OpGet(string(op.KeyBytes()))
+	}
+	resp, err := a.cli.Txn(rctx).Then(gets...).Commit()
+	if err != nil {
+		return false, err
+	}
+	var rev int64
+	for i, r := range resp.Responses {
+		kvs := r.GetResponseRange().GetKvs()
+		if len(kvs) == 0 || string(kvs[0].Value) != string(puts[i].ValueBytes()) || (rev != 0 && kvs[0].ModRevision != rev) {
+			return false, nil
+		}
+		rev = kvs[0].ModRevision
+	}
+	return true, nil
 }
 
 // refusal names the quota one more job would exceed, or is nil.
@@ -399,10 +449,11 @@ func (a *Admitter) ReleaseEnded(ctx context.Context, job *jobsv1.Job) error {
 // Unadmit undoes Admit for a job that is not created after all (its
 // record not stored, a repeat of a request whose first job won): its slot
 // is freed and, unlike a release, the job it counted of its period is
-// taken off again, so a tenant's retries do not use up its period. period
-// is the tenant's (tenants.Quota.Period), as Admit counted; the count taken
-// off is that of the period holding the admission. Only the call that
-// deletes the marker gives the count back: Unadmit is idempotent.
+// taken off again, so a tenant's retries do not use up its period. The
+// count taken off is that of the period the marker names; a marker written
+// before markers named one is counted back in period (the tenant's,
+// tenants.Quota.Period) holding its admission. Only the call that deletes
+// the marker gives the count back: Unadmit is idempotent.
 func (a *Admitter) Unadmit(ctx context.Context, tenant, job, period string) error {
 	marker := MarkerKey(tenant, job, FirstRun)
 	for {
@@ -414,11 +465,7 @@ func (a *Admitter) Unadmit(ctx context.Context, tenant, job, period string) erro
 			return nil // never admitted, undone already, or a restart's
 		}
 		held := got.Kvs[0]
-		at, err := time.Parse(time.RFC3339, string(held.Value))
-		if err != nil {
-			at = a.now()
-		}
-		cs, err := a.read(ctx, ActiveKey(tenant), JobsKey(tenant, PeriodID(period, at)))
+		cs, err := a.read(ctx, ActiveKey(tenant), JobsKey(tenant, a.countedIn(string(held.Value), period)))
 		if err != nil {
 			return fmt.Errorf("undo admission of job %s: %w", job, err)
 		}
@@ -437,6 +484,21 @@ func (a *Admitter) Unadmit(ctx context.Context, tenant, job, period string) erro
 			return err
 		}
 	}
+}
+
+// countedIn is the period a new job's marker value (see admitBatch) counted
+// its job in; for a marker that names none, the one of period holding
+// the marker's time.
+func (a *Admitter) countedIn(value, period string) string {
+	when, pid, _ := strings.Cut(value, " ")
+	if strings.HasPrefix(pid, "day-") || strings.HasPrefix(pid, "month-") {
+		return pid
+	}
+	at, err := time.Parse(time.RFC3339, when)
+	if err != nil {
+		at = a.now()
+	}
+	return PeriodID(period, at)
 }
 
 // ReleaseRun frees the slot of run of job (0: its marker of the older

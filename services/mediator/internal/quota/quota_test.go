@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,8 +16,11 @@ import (
 	"github.com/medius-platform/medius/services/mediator/internal/quota"
 	"github.com/medius-platform/medius/services/mediator/internal/tenants"
 	"github.com/medius-platform/medius/services/mediator/internal/testsupport"
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func TestAdmitIsAtomic(t *testing.T) {
@@ -149,6 +153,97 @@ func TestUnadmit(t *testing.T) {
 	if active, err := a.Active(ctx, "acme"); err != nil || active != 2 {
 		t.Fatalf("active = %d, %v; want 2 (second, and kept's restart)", active, err)
 	}
+}
+
+// A tenant whose period changes from day to month between a job's
+// admission and its undo has the day counted back, where the job was
+// counted, not the month.
+func TestUnadmitCountsBackThePeriodAdmitted(t *testing.T) {
+	env := testsupport.Start(t)
+	a := quota.New(env.EtcdCli)
+	ctx := context.Background()
+	day := tenants.Quota{MaxJobsPerPeriod: 5, Period: tenants.PeriodDay}
+	for _, job := range []string{"kept", "undone"} {
+		if err := a.Admit(ctx, "acme", job, day); err != nil {
+			t.Fatal(err)
+		}
+	}
+	month := tenants.Quota{MaxJobsPerPeriod: 5, Period: tenants.PeriodMonth}
+	if err := a.Admit(ctx, "acme", "monthly", month); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Unadmit(ctx, "acme", "undone", month.Period); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for period, want := range map[string]string{tenants.PeriodDay: "1", tenants.PeriodMonth: "1"} {
+		got, err := env.EtcdCli.Get(ctx, quota.JobsKey("acme", quota.PeriodID(period, now)))
+		if err != nil || len(got.Kvs) != 1 || string(got.Kvs[0].Value) != want {
+			t.Fatalf("jobs counted this %s: %v, %v; want %s", period, got.Kvs, err, want)
+		}
+	}
+}
+
+// An admission whose answer was lost (here dropped by the client's
+// transport, as a reset connection would) is read back: applied by etcd,
+// it is an admission and the job goes ahead, holding the one slot and the
+// one count of the period it took, rather than failing with them kept;
+// never sent, it is tried again.
+func TestAdmitWhoseAnswerIsLost(t *testing.T) {
+	env := testsupport.Start(t)
+	for _, sent := range []bool{true, false} {
+		t.Run(fmt.Sprintf("applied %v", sent), func(t *testing.T) {
+			var dropped atomic.Int32
+			dropAnswer := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+				if txn, ok := req.(*etcdserverpb.TxnRequest); ok && writesMarker(txn) && dropped.Add(1) == 1 {
+					if sent {
+						if err := invoker(ctx, method, req, reply, cc, opts...); err != nil {
+							return err
+						}
+					}
+					return status.Error(codes.Unavailable, "connection reset by peer (answer dropped by the test)")
+				}
+				return invoker(ctx, method, req, reply, cc, opts...)
+			}
+			cli, err := clientv3.New(clientv3.Config{Endpoints: env.Etcd.Endpoints, DialTimeout: 5 * time.Second,
+				DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(dropAnswer)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cli.Close()
+			a := quota.New(cli)
+			ctx := context.Background()
+			tenant := fmt.Sprintf("tenant-%v", sent)
+			q := tenants.Quota{MaxConcurrentJobs: 1, MaxJobsPerPeriod: 1, Period: tenants.PeriodDay}
+			if err := a.Admit(ctx, tenant, "job-1", q); err != nil {
+				t.Fatalf("admission with its answer lost: %v", err)
+			}
+			if dropped.Load() == 0 {
+				t.Fatal("no admission answer was dropped")
+			}
+			if active, err := a.Active(ctx, tenant); err != nil || active != 1 {
+				t.Fatalf("active = %d, %v; want 1", active, err)
+			}
+			got, err := cli.Get(ctx, quota.JobsKey(tenant, quota.PeriodID(q.Period, time.Now())))
+			if err != nil || len(got.Kvs) != 1 || string(got.Kvs[0].Value) != "1" {
+				t.Fatalf("jobs counted of the day: %v, %v; want 1", got.Kvs, err)
+			}
+			// Admitted once: the same job again takes nothing more.
+			if err := a.Admit(ctx, tenant, "job-1", q); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// writesMarker tells an admission's transaction: it puts a run marker.
+func writesMarker(txn *etcdserverpb.TxnRequest) bool {
+	for _, op := range txn.GetSuccess() {
+		if put := op.GetRequestPut(); put != nil && strings.HasPrefix(string(put.GetKey()), "/medius/quota/active-runs/") {
+			return true
+		}
+	}
+	return false
 }
 
 // ended is job's record, FAILED after attempts 1..last; attempt from is
