@@ -196,8 +196,8 @@ func (c *Consumer) Apply(ctx context.Context, evs ...*eventsv1.JobStatusChanged)
 		if err != nil {
 			return fmt.Errorf("apply status to job %s: %w", id, err)
 		}
-		states := c.applyAll(job, evs)
-		if states == nil {
+		states, filled := c.applyAll(job, evs)
+		if states == nil && !filled {
 			if cached {
 				// Nothing verifies a decision not to write: the job may
 				// have moved on elsewhere (a retry started by another
@@ -224,7 +224,8 @@ func (c *Consumer) Apply(ctx context.Context, evs ...*eventsv1.JobStatusChanged)
 			return fmt.Errorf("apply status to job %s: %w", id, err)
 		}
 		slog.DebugContext(ctx, "job status applied", "job", id, "status", jobstate.Name(job.GetStatus()),
-			"progress", job.GetProgress(), "events", len(evs))
+			"progress", job.GetProgress(), "events", len(evs), "start_taken", filled)
+		// A start taken alone changed no state: nothing to tell.
 		var told error
 		for i, state := range states {
 			if err := c.tell(ctx, state, i == len(states)-1); err != nil {
@@ -261,11 +262,16 @@ func endedBy(job *jobsv1.Job, ev *eventsv1.JobStatusChanged) bool {
 }
 
 // applyAll applies evs in turn to job and returns the state after each one
-// that applied (the last is job itself), nil if none did.
-func (c *Consumer) applyAll(job *jobsv1.Job, evs []*eventsv1.JobStatusChanged) []*jobsv1.Job {
+// that applied (the last is job itself), nil if none did; and whether one
+// gave job's ended execution its start without changing its state
+// (takeStart).
+func (c *Consumer) applyAll(job *jobsv1.Job, evs []*eventsv1.JobStatusChanged) (states []*jobsv1.Job, filled bool) {
 	now := c.now()
-	var states []*jobsv1.Job
 	for _, ev := range evs {
+		if takeStart(job, ev) {
+			filled = true
+			continue
+		}
 		// apply changes job only when it applies, so the state the last
 		// applied event left is what job is before the next one; kept
 		// aside for the change hooks, if there are any.
@@ -281,7 +287,40 @@ func (c *Consumer) applyAll(job *jobsv1.Job, evs []*eventsv1.JobStatusChanged) [
 		}
 		states = append(states, job)
 	}
-	return states
+	return states, filled
+}
+
+// takeStart gives job, ended, the start and instance its latest execution
+// lacks from ev, the announcement of that same end whose execution has
+// them; it reports whether it did. Nothing else of job changes: a terminal
+// job never moves.
+//
+// A worker reports a job RUNNING only once it has run for its running
+// delay (100ms), so a job canceled or past its deadline within it is
+// ended by the processor with its execution SCHEDULED, without a start,
+// and announced so. The worker's report that follows gives the
+// processor's record the start, and the processor announces the end again
+// with it, once (see the processor's announceStart).
+func takeStart(job *jobsv1.Job, ev *eventsv1.JobStatusChanged) bool {
+	ex := ev.GetExecution()
+	if !jobstate.IsTerminal(job.GetStatus()) || ev.GetStatus() != job.GetStatus() || ex.GetAttempt() == 0 ||
+		ex.GetAttempt() != jobstate.LatestAttempt(job) || !ex.GetStartTime().IsValid() {
+		return false
+	}
+	for _, old := range job.GetExecutions() {
+		if old.GetAttempt() != ex.GetAttempt() {
+			continue
+		}
+		if old.GetStartTime() != nil || old.GetStatus() != ex.GetStatus() || !jobstate.IsTerminal(old.GetStatus()) {
+			return false
+		}
+		old.StartTime = ex.GetStartTime()
+		if old.GetInstanceId() == "" {
+			old.InstanceId = ex.GetInstanceId()
+		}
+		return true
+	}
+	return false
 }
 
 // apply changes job as ev says, if ev may move it; it reports whether it did.

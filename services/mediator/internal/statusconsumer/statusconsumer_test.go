@@ -24,6 +24,7 @@ const (
 	statusRunning   = jobsv1.JobStatus_JOB_STATUS_RUNNING
 	statusCompleted = jobsv1.JobStatus_JOB_STATUS_COMPLETED
 	statusFailed    = jobsv1.JobStatus_JOB_STATUS_FAILED
+	statusCanceled  = jobsv1.JobStatus_JOB_STATUS_CANCELED
 )
 
 func ev(status jobsv1.JobStatus, attempt, progress int32) *eventsv1.JobStatusChanged {
@@ -547,5 +548,87 @@ func TestEndToldAgainOnRedelivery(t *testing.T) {
 	want := []jobsv1.JobStatus{statusRunning, statusCompleted, statusCompleted}
 	if !slices.Equal(told, want) {
 		t.Fatalf("change hook told %v, want %v", told, want)
+	}
+}
+
+// A job canceled within its worker's running delay is announced CANCELED
+// with its execution not started (the worker reports RUNNING only past the
+// delay); the processor then learns from the worker's report when and
+// where it started, and announces the end again with them. The ended
+// record takes them, and nothing else: its state does not move, and the
+// change hooks (notifications) are not told again, as no state changed.
+// An end naming another status, or an execution that has its start, fills
+// in nothing.
+func TestEndedJobTakesTheStartAnnouncedAfter(t *testing.T) {
+	env := testsupport.Start(t)
+	ctx := context.Background()
+	store := jobstore.New(env.Jobs)
+	id, _ := jobstore.NewID()
+	if _, err := store.Create(ctx, &jobsv1.Job{Id: id, Tenant: "acme", Status: statusNew}); err != nil {
+		t.Fatal(err)
+	}
+	var h hooks
+	c := h.consumer(store)
+	now := time.Now()
+	end := func(start *timestamppb.Timestamp, instance string) *eventsv1.JobStatusChanged {
+		return &eventsv1.JobStatusChanged{JobId: id, Status: statusCanceled, StatusMessage: "canceled by request", Time: timestamppb.New(now),
+			Execution: &jobsv1.Execution{Attempt: 1, Service: "svc", Status: statusCanceled, InstanceId: instance,
+				DispatchTime: timestamppb.New(now.Add(-time.Second)), StartTime: start, EndTime: timestamppb.New(now)}}
+	}
+	record := func() (*jobsv1.Job, uint64) {
+		t.Helper()
+		job, rev, err := store.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return job, rev
+	}
+	for _, e := range []*eventsv1.JobStatusChanged{ev(statusScheduled, 1, 0), end(nil, "")} {
+		e.JobId = id
+		if err := c.Apply(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	canceled, _ := record()
+	if ex := canceled.GetExecutions()[0]; canceled.GetStatus() != statusCanceled || ex.GetStartTime() != nil {
+		t.Fatalf("record %v, want CANCELED, its execution not started", canceled)
+	}
+	told := len(h.changed)
+
+	// Another end of the attempt (a late FAILED) gives no start.
+	failed := end(timestamppb.New(now.Add(-900*time.Millisecond)), "w-2")
+	failed.Status, failed.Execution.Status = statusFailed, statusFailed
+	if err := c.Apply(ctx, failed); err != nil {
+		t.Fatal(err)
+	}
+	if job, _ := record(); !proto.Equal(job, canceled) {
+		t.Fatalf("an end of another status changed the record: %v", job)
+	}
+
+	start := timestamppb.New(now.Add(-800 * time.Millisecond))
+	if err := c.Apply(ctx, end(start, "w-1")); err != nil {
+		t.Fatal(err)
+	}
+	job, rev := record()
+	ex := job.GetExecutions()[0]
+	if !proto.Equal(ex.GetStartTime(), start) || ex.GetInstanceId() != "w-1" {
+		t.Fatalf("execution %v, want started at %v on w-1", ex, start.AsTime())
+	}
+	ex.StartTime, ex.InstanceId = nil, ""
+	if !proto.Equal(job, canceled) {
+		t.Fatalf("record %v\nwant only the start and instance added to %v", job, canceled)
+	}
+	if len(h.changed) != told {
+		t.Fatalf("change hooks told %v for the start", h.changed[told:])
+	}
+
+	// Again (a redelivery), or with another start: nothing more.
+	for _, e := range []*eventsv1.JobStatusChanged{end(start, "w-1"), end(timestamppb.New(now.Add(-700*time.Millisecond)), "w-3")} {
+		if err := c.Apply(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		if again, againRev := record(); againRev != rev || !proto.Equal(again.GetExecutions()[0].GetStartTime(), start) {
+			t.Fatalf("record rewritten (revision %d, was %d): %v", againRev, rev, again)
+		}
 	}
 }
