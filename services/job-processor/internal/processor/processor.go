@@ -495,6 +495,19 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 		p.metrics.ran(ctx, rec)
 		outcome = applied
 	}
+	// The mediator's record of the ended job has the execution as its end
+	// was announced, without the start: tell it (see announceStart). A
+	// redelivered report may have given the start before that announcement
+	// failed, or its process died: it tells again (so does the redelivered
+	// report of a job canceled while RUNNING, which looks the same: one
+	// message more, on a redelivery only).
+	// A job ended by its worker's report never gets here, so nor does one
+	// that is not canceled or expired.
+	startNews := tookStart
+	if !startNews && rec != nil && outcome != record.Applied && record.StartTakenFrom(rec, &u) {
+		md, err := msg.Metadata()
+		startNews = err == nil && md.NumDelivered > 1
+	}
 	log := slog.With("job_id", id, "attempt", u.GetAttempt(), "status", jobstate.Name(u.GetStatus()), "progress", u.GetProgress())
 	switch {
 	case rec == nil:
@@ -514,7 +527,12 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 			u.GetStatus() == jobsv1.JobStatus_JOB_STATUS_RUNNING && u.GetAttempt() == jobstate.Current(rec).GetAttempt() {
 			// Canceled or expired before the worker took it (the first stop
 			// request had no one to hear it): tell the worker now.
-			return p.stopWorker(ctx, rec)
+			if err := p.stopWorker(ctx, rec); err != nil {
+				return err
+			}
+		}
+		if startNews {
+			return p.announceStart(ctx, rec)
 		}
 		if u.GetAttempt() < jobstate.Current(rec).GetAttempt() {
 			return p.staleAttempt(ctx, rec, &u)
@@ -532,6 +550,11 @@ func (p *Processor) HandleExecution(ctx context.Context, msg jetstream.Msg) erro
 		if jobstate.IsTerminal(rec.GetStatus()) {
 			log.InfoContext(ctx, "job ended", "instance_id", jobstate.Current(rec).GetInstanceId())
 		}
+	}
+	if startNews {
+		// In place of the announcement of the end again, which the stream
+		// would drop as a duplicate: this one carries the end too.
+		return p.announceStart(ctx, rec)
 	}
 	if !news {
 		// The report that made the job what the heartbeat confirms did the
@@ -743,6 +766,21 @@ func (p *Processor) withdrawLost(ctx context.Context, rec *jobsv1.Job, attempt i
 func (p *Processor) announce(ctx context.Context, rec *jobsv1.Job) error {
 	if _, err := p.publishAll(ctx, p.statusMsg(rec)); err != nil {
 		return fmt.Errorf("announce job %s %s: %w", rec.GetId(), jobstate.Name(rec.GetStatus()), err)
+	}
+	return nil
+}
+
+// announceStart announces rec's end again, now that its execution shows
+// the start (and instance) a worker's report gave it after the end
+// (record.TakeStart). The announcement of the end went out without them,
+// and the mediator applies an end once: it takes from this one, under an
+// id of its own (record.StartMsgID), the start its ended execution lacks,
+// and nothing else. One with no end yet takes it from this one whole.
+func (p *Processor) announceStart(ctx context.Context, rec *jobsv1.Job) error {
+	m := p.statusMsg(rec)
+	m.msgID = record.StartMsgID(rec)
+	if _, err := p.publishAll(ctx, m); err != nil {
+		return fmt.Errorf("announce the start of job %s's ended attempt %d: %w", rec.GetId(), jobstate.Current(rec).GetAttempt(), err)
 	}
 	return nil
 }

@@ -538,27 +538,62 @@ func TestCancelWithdrawsQueuedItem(t *testing.T) {
 // A cancel within the worker's running delay finds the job SCHEDULED, its
 // execution without a start: the worker, which reports RUNNING only past
 // the delay, had taken it already. Its report that follows (CANCELED, told
-// to stop) changes nothing but says that the attempt ran, since when and
-// where, which the execution then shows.
+// to stop; COMPLETED, done before the stop came; RUNNING, had it missed the
+// stop) changes nothing but says that the attempt ran, since when and
+// where, which the execution then shows. The mediator, whose record took
+// the end as announced, without them, is told too: the end is announced
+// once more, with them, and only once (the report again is a duplicate).
 func TestCancelWithinRunningDelayKeepsStart(t *testing.T) {
-	b := setup(t, oneService(), time.Minute)
-	b.create(t, "job-d")
-	b.waitStatuses(t, "job-d", "SCHEDULED")
-	start := time.Now().Truncate(time.Millisecond) // the worker takes the item
-	b.publish(t, bus.SubjectJobCancel, "cancel-job-d", &eventsv1.JobCancelRequested{JobId: "job-d", Tenant: "t1"})
-	b.waitStatuses(t, "job-d", "SCHEDULED CANCELED")
-	if ex := b.record(t, "job-d").GetExecutions()[0]; ex.GetStartTime() != nil {
-		t.Fatalf("execution canceled before any report has a start: %v", ex)
-	}
-	u := update("job-d", 1, canceled, 0)
-	u.StartTime = timestamppb.New(start)
-	b.exec(t, u)
-	b.settled(t, processor.DurableExec)
-	b.waitStatuses(t, "job-d", "SCHEDULED CANCELED")
-	rec := b.record(t, "job-d")
-	if ex := rec.GetExecutions()[0]; rec.Status != canceled || ex.GetStatus() != canceled || !ex.GetStartTime().AsTime().Equal(start) ||
-		ex.GetInstanceId() != "probe-1" || ex.GetEndTime() == nil {
-		t.Errorf("record %v: execution %v, want CANCELED, started at %v on probe-1", jobstate.Name(rec.Status), ex, start)
+	for _, report := range []jobsv1.JobStatus{canceled, completed, running} {
+		t.Run(jobstate.Name(report), func(t *testing.T) {
+			b := setup(t, oneService(), time.Minute)
+			const id = "job-d"
+			b.create(t, id)
+			b.waitStatuses(t, id, "SCHEDULED")
+			stops := b.stopRequests(t, id)
+			start := time.Now().Truncate(time.Millisecond) // the worker takes the item
+			b.publish(t, bus.SubjectJobCancel, "cancel-"+id, &eventsv1.JobCancelRequested{JobId: id, Tenant: "t1"})
+			b.waitStatuses(t, id, "SCHEDULED CANCELED")
+			if ex := b.record(t, id).GetExecutions()[0]; ex.GetStartTime() != nil {
+				t.Fatalf("execution canceled before any report has a start: %v", ex)
+			}
+			<-stops // the cancel's
+			u := update(id, 1, report, 0)
+			u.StartTime = timestamppb.New(start)
+			if report == completed {
+				u.Progress, u.VerifiedQuantity = 100, 7
+				u.Output = &jobsv1.JobOutput{Data: &structpb.Struct{}}
+			}
+			for range 2 {
+				b.exec(t, u)
+			}
+			b.settled(t, processor.DurableExec)
+			evs := b.waitStatuses(t, id, "SCHEDULED CANCELED CANCELED")
+			if ex := evs[1].GetExecution(); ex.GetStartTime() != nil || ex.GetInstanceId() != "" {
+				t.Errorf("the cancel's announcement: execution %v, want no start yet", ex)
+			}
+			last := evs[2]
+			if ex := last.GetExecution(); ex.GetAttempt() != 1 || ex.GetStatus() != canceled || !ex.GetStartTime().AsTime().Equal(start) ||
+				ex.GetInstanceId() != "probe-1" || ex.GetEndTime() == nil {
+				t.Errorf("announcement after the report: execution %v, want attempt 1 CANCELED, started at %v on probe-1", ex, start)
+			}
+			if last.GetOutput() != nil || last.GetVerifiedQuantity() != 0 || last.GetProgress() != 0 {
+				t.Errorf("announcement after the report took more than the start: %v", last)
+			}
+			rec := b.record(t, id)
+			if ex := rec.GetExecutions()[0]; rec.Status != canceled || ex.GetStatus() != canceled || !ex.GetStartTime().AsTime().Equal(start) ||
+				ex.GetInstanceId() != "probe-1" || ex.GetEndTime() == nil || rec.GetOutput() != nil || rec.GetVerifiedQuantity() != 0 {
+				t.Errorf("record %v: %v, want CANCELED, execution started at %v on probe-1", jobstate.Name(rec.Status), rec, start)
+			}
+			if report == running {
+				// A worker that missed the stop is told again.
+				select {
+				case <-stops:
+				case <-time.After(5 * time.Second):
+					t.Error("the worker reporting RUNNING after the cancel was not told to stop")
+				}
+			}
+		})
 	}
 }
 

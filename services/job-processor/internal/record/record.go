@@ -306,6 +306,20 @@ func TakeStart(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate) Outcome {
 	return Applied
 }
 
+// StartTakenFrom reports whether u may be the report that gave rec's
+// current execution, ended, its start by TakeStart: a report of that
+// attempt carrying the start the execution has, which is not the report
+// that ended it (a worker's end gives the execution its own time as its
+// end).
+func StartTakenFrom(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate) bool {
+	cur := jobstate.Current(rec)
+	if cur == nil || u.GetAttempt() != cur.GetAttempt() || !jobstate.IsTerminal(cur.GetStatus()) ||
+		!u.GetStartTime().IsValid() || !proto.Equal(cur.GetStartTime(), u.GetStartTime()) {
+		return false
+	}
+	return u.GetStatus() != cur.GetStatus() || !proto.Equal(cur.GetEndTime(), u.GetTime())
+}
+
 // StatusAttempt is the attempt a status of rec belongs to: the attempt it is
 // queued for while QUEUED, and when it ended so, else the current one (0 if
 // it never ran).
@@ -347,6 +361,14 @@ func StatusMsgID(rec *jobsv1.Job) string {
 		id += "-requeued"
 	}
 	return id
+}
+
+// StartMsgID is the msg id of the announcement of rec's end once its
+// execution has taken the start a worker's report gave after that end
+// (TakeStart): StatusMsgID's, which the end's own announcement has, then
+// "-started". An execution takes a start once, so it is announced once.
+func StartMsgID(rec *jobsv1.Job) string {
+	return StatusMsgID(rec) + "-started"
 }
 
 // WorkItem is what the worker of rec's current execution is handed.

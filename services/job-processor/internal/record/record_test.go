@@ -264,6 +264,50 @@ func TestTakeStart(t *testing.T) {
 	}
 }
 
+// StartTakenFrom tells a report that may have given an ended execution its
+// start after its end (TakeStart) from the report that ended it, or one of
+// an execution not ended.
+func TestStartTakenFrom(t *testing.T) {
+	start := t0.Add(10 * time.Second)
+	report := func(attempt int32, st jobsv1.JobStatus, at time.Time) *eventsv1.ExecutionUpdate {
+		u := update(attempt, st, 0)
+		u.StartTime, u.Time = timestamppb.New(start), timestamppb.New(at)
+		return u
+	}
+	canceledEarly := func() *jobsv1.Job { // canceled, then its worker's CANCELED gave the start
+		r := recordIn(scheduled, 0)
+		Cancel(r, now)
+		TakeStart(r, report(2, canceled, now.Add(time.Second)))
+		return r
+	}
+	completedAlone := func() *jobsv1.Job { // its worker's COMPLETED alone ended it
+		r := recordIn(scheduled, 0)
+		Apply(r, report(2, completed, now), now)
+		return r
+	}
+	otherStart := report(2, canceled, now.Add(time.Second))
+	otherStart.StartTime = timestamppb.New(start.Add(time.Millisecond))
+	notEnded := recordIn(scheduled, 0)
+	Apply(notEnded, report(2, running, start), now)
+	for name, c := range map[string]struct {
+		rec  *jobsv1.Job
+		u    *eventsv1.ExecutionUpdate
+		want bool
+	}{
+		"the report that gave the start": {canceledEarly(), report(2, canceled, now.Add(time.Second)), true},
+		"a COMPLETED after the cancel":   {canceledEarly(), report(2, completed, now.Add(time.Second)), true},
+		"the report that ended it":       {completedAlone(), report(2, completed, now), false},
+		"another start":                  {canceledEarly(), otherStart, false},
+		"an earlier attempt":             {canceledEarly(), report(1, canceled, now.Add(time.Second)), false},
+		"not ended":                      {notEnded, report(2, running, now), false},
+		"a report without a start":       {canceledEarly(), update(2, canceled, 0), false},
+	} {
+		if got := StartTakenFrom(c.rec, c.u); got != c.want {
+			t.Errorf("%s: %v, want %v", name, got, c.want)
+		}
+	}
+}
+
 func TestNew(t *testing.T) {
 	job := &jobsv1.Job{Id: "j1", Tenant: "t", Profile: "P", Status: jobsv1.JobStatus_JOB_STATUS_NEW, CreateTime: timestamppb.New(t0)}
 	rec := New(job, now)
