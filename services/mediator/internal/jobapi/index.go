@@ -3,8 +3,6 @@ package jobapi
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"time"
 
 	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
@@ -45,42 +43,4 @@ func (s *Server) IndexCreated(ctx context.Context, js jetstream.JetStream) error
 		}
 		return s.index.Ensure(ctx, job.GetTenant(), indexEntry(job))
 	})
-}
-
-// indexWrite is a job's index entry being written (nil: no index).
-type indexWrite chan error
-
-// startIndex writes job's index entry on ctx while the caller goes on; the
-// caller always ends it with finishIndex.
-func (s *Server) startIndex(ctx context.Context, job *jobsv1.Job) indexWrite {
-	if s.index == nil {
-		return nil
-	}
-	w := make(indexWrite, 1)
-	go func() { w <- s.index.Put(ctx, job.GetTenant(), indexEntry(job)) }()
-	return w
-}
-
-// unindexWait bounds the removal of an entry whose job was not created.
-const unindexWait = 5 * time.Second
-
-// finishIndex waits for w. created tells whether job is, or may be, stored:
-// a failed write is then left to the index consumer (the JobCreated is
-// durable); else the entry written is removed, best effort, since the
-// listing skips an entry whose job does not exist.
-func (s *Server) finishIndex(ctx context.Context, w indexWrite, job *jobsv1.Job, created bool) {
-	if w == nil {
-		return
-	}
-	err := <-w
-	switch {
-	case created && err != nil:
-		slog.WarnContext(ctx, "job stored, index deferred to its consumer", "job", job.GetId(), "err", err)
-	case !created && err == nil:
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), unindexWait)
-		defer cancel()
-		if err := s.index.Delete(dctx, job.GetTenant(), job.GetId()); err != nil {
-			slog.WarnContext(ctx, "unindex job not created", "job", job.GetId(), "err", err)
-		}
-	}
 }

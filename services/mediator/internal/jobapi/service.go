@@ -261,17 +261,8 @@ func (s *Server) create(ctx context.Context, tenant string, c checked) (*jobsv1.
 		job.Input = &jobsv1.JobInput{}
 	}
 
-	// The index write (an etcd fsync, the slowest of the job's writes)
-	// runs alongside the record's and the announcement's: the call returns
-	// once the job is stored, announced and listed, after the slower of
-	// them rather than both in turn. A client gone leaves the entry to the
-	// index consumer rather than waiting for etcd.
-	indexed := s.startIndex(clientCtx, job)
 	if requestID == "" {
 		if err := s.storeAndAnnounce(ctx, job); err != nil {
-			// The record may have landed (the sweep then announces the
-			// job): the entry stays, and the listing skips it otherwise.
-			s.finishIndex(ctx, indexed, job, true)
 			return nil, err
 		}
 	} else {
@@ -282,26 +273,33 @@ func (s *Server) create(ctx context.Context, tenant string, c checked) (*jobsv1.
 		// is won, so a repeat never runs.
 		if _, err := s.store.Create(ctx, job); err != nil {
 			s.releaseIfNotStored(ctx, tenant, id, err)
-			s.finishIndex(ctx, indexed, job, !refused(err))
 			return nil, storeError(ctx, fmt.Errorf("create job %s: %w", id, err))
 		}
 		owner, err := s.store.ClaimRequest(ctx, tenant, requestID, id)
 		if err != nil {
 			// Left NEW, the sweep completes the claim and publishes the
 			// job, so a retry with the same request id finds it.
-			s.finishIndex(ctx, indexed, job, true)
 			return nil, storeError(ctx, fmt.Errorf("create job %s: %w", id, err))
 		}
 		if owner != id {
-			s.finishIndex(ctx, indexed, job, !s.withdrawRepeat(ctx, job))
-			return s.loadFirst(ctx, owner)
+			return s.answerRepeat(ctx, job, owner)
 		}
 		if err := s.publishCreated(ctx, job); err != nil {
 			// The job is stored; the sweep publishes it.
 			slog.WarnContext(ctx, "job stored, publish deferred to sweep", "job", id, "err", err)
 		}
 	}
-	s.finishIndex(ctx, indexed, job, true)
+	// Indexed after the announcement, so the job is on its way to a worker
+	// while the index write (an etcd fsync) completes; the call still
+	// returns only once the job is listed. Should this write fail or the
+	// process die first, the index consumer writes it from the JobCreated.
+	if s.index != nil {
+		// A client gone leaves the entry to the index consumer rather than
+		// waiting for etcd.
+		if err := s.index.Put(clientCtx, tenant, indexEntry(job)); err != nil {
+			slog.WarnContext(ctx, "job stored, index deferred to its consumer", "job", id, "err", err)
+		}
+	}
 	s.admitted.Add(ctx, 1, metric.WithAttributes(attribute.String("profile", job.Profile), attribute.String("tenant", tenant), attribute.Bool("restarted", false)))
 	slog.InfoContext(ctx, "job created", "job", id, "tenant", tenant, "profile", job.Profile)
 	return job, nil
@@ -318,21 +316,15 @@ func admitError(ctx context.Context, id string, err error) error {
 	return storeError(ctx, fmt.Errorf("admit job %s: %w", id, err))
 }
 
-// withdrawRepeat withdraws the record made for a repeated request, and
-// reports whether it is gone.
-func (s *Server) withdrawRepeat(ctx context.Context, mine *jobsv1.Job) bool {
+// answerRepeat withdraws the record made for a repeated request and answers
+// with the job the first request created.
+func (s *Server) answerRepeat(ctx context.Context, mine *jobsv1.Job, owner string) (*jobsv1.Job, error) {
 	if err := s.store.Delete(ctx, mine.GetId()); err != nil {
 		// Left NEW, the sweep finds it is not the claim's job and deletes it.
 		slog.WarnContext(ctx, "withdraw duplicate job record", "job", mine.GetId(), "err", err)
-		return false
+	} else {
+		s.release(ctx, mine.GetTenant(), mine.GetId())
 	}
-	s.release(ctx, mine.GetTenant(), mine.GetId())
-	return true
-}
-
-// loadFirst answers a repeated request with the job the first request
-// created, owner.
-func (s *Server) loadFirst(ctx context.Context, owner string) (*jobsv1.Job, error) {
 	first, _, err := s.store.Get(ctx, owner)
 	if err != nil {
 		return nil, storeError(ctx, fmt.Errorf("load job %s of request id: %w", owner, err))
