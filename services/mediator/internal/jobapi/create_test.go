@@ -13,6 +13,7 @@ import (
 	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/services/mediator/internal/jobindex"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
 	"github.com/medius-platform/medius/services/mediator/internal/quota"
 	"github.com/medius-platform/medius/services/mediator/internal/tenants"
@@ -185,6 +186,7 @@ func BenchmarkCreateJob(b *testing.B) {
 	defer slog.SetDefault(slog.Default())
 	slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	f := setup(b)
+	f.srv.SetIndex(jobindex.New(f.env.EtcdCli)) // as the mediator runs
 	ctx := as("acme")
 	create := func(b *testing.B, requestID string) {
 		if _, err := f.srv.CreateJob(ctx, &jobsv1.CreateJobRequest{Job: ameJob(), RequestId: requestID}); err != nil {
