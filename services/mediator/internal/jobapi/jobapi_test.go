@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -169,11 +171,25 @@ func TestCreateJobValidation(t *testing.T) {
 				j.Tags[fmt.Sprint(i)] = "v"
 			}
 		}), "job.tags"},
+		// Past NATS's message limit a job would be stored and never
+		// announced: refused, naming what takes the room.
+		{"tracking too large", with(func(j *jobsv1.Job) { j.Tracking = structpb.NewStringValue(strings.Repeat("x", maxJobBytes)) }), "job.tracking"},
+		{"parameters too large", with(func(j *jobsv1.Job) {
+			j.Input.Parameters, _ = structpb.NewStruct(map[string]any{"notes": strings.Repeat("x", maxJobBytes)})
+		}), "job.input.parameters"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: tc.job})
 			wantProblem(t, err, codes.InvalidArgument, tc.field)
 		})
+	}
+	if ids, err := f.store.IDs(context.Background()); err != nil || len(ids) != 0 {
+		t.Fatalf("invalid jobs stored: %v, %v", ids, err)
+	}
+	// Large, within the bound: created.
+	big := with(func(j *jobsv1.Job) { j.Tracking = structpb.NewStringValue(strings.Repeat("x", maxJobBytes*3/4)) })
+	if _, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: big}); err != nil {
+		t.Fatalf("job of %d bytes refused: %v", proto.Size(big), err)
 	}
 
 	// A required parameter may come as a parameter instead of a locator.

@@ -10,6 +10,7 @@ import (
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/problem"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -23,6 +24,13 @@ const (
 	maxLocators      = 256
 	maxRequestIDLen  = 256
 	maxShortFieldLen = 128
+	// maxJobBytes bounds a job as submitted, encoded: its record, its
+	// announcement, the processor's record and the work item each carry
+	// it, and NATS refuses a message over its max_payload (1 MiB by
+	// default). A job past that would be stored and never announced: it
+	// would stay NEW for good. A quarter of it leaves room for the
+	// executions and output the records gain.
+	maxJobBytes = 256 << 10
 )
 
 // locatorSchemes are the locator kinds workers understand (docs/internals.md).
@@ -35,6 +43,9 @@ func validateJob(job *jobsv1.Job) error {
 	}
 	if strings.TrimSpace(job.GetProfile()) == "" {
 		return problem.InvalidArgument("job.profile", "profile is required")
+	}
+	if n := proto.Size(job); n > maxJobBytes {
+		return problem.InvalidArgument(largestPart(job), "job is %d bytes encoded, over the limit of %d: jobs carry references to media (locators), not media or documents", n, maxJobBytes)
 	}
 	if len(job.GetProfile()) > maxShortFieldLen {
 		return problem.InvalidArgument("job.profile", "profile name longer than %d bytes", maxShortFieldLen)
@@ -84,6 +95,23 @@ func validateJob(job *jobsv1.Job) error {
 		}
 	}
 	return nil
+}
+
+// largestPart names the field of job taking the most room, for the
+// refusal of a job too large.
+func largestPart(job *jobsv1.Job) string {
+	field, most := "job", 0
+	for name, n := range map[string]int{
+		"job.input.parameters": proto.Size(job.GetInput().GetParameters()),
+		"job.input.locators":   proto.Size(&jobsv1.JobInput{Locators: job.GetInput().GetLocators()}),
+		"job.tracking":         proto.Size(job.GetTracking()),
+		"job.tags":             proto.Size(&jobsv1.Job{Tags: job.GetTags()}),
+	} {
+		if n > most {
+			field, most = name, n
+		}
+	}
+	return field
 }
 
 func validateLocator(name string, loc *jobsv1.Locator) error {

@@ -681,7 +681,10 @@ func (x *Job) GetTtl() *durationpb.Duration {
 
 type CreateJobRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Job   *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// At most 256 KiB encoded: a job refers to its media by locators, and a
+	// larger one is refused (InvalidArgument naming the field taking the
+	// room), since every message about it must fit NATS's payload limit.
+	Job *Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
 	// Idempotency key; also accepted as job.request_id.
 	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
