@@ -63,6 +63,13 @@ type QuotaMarkers interface {
 // older-layout markers): the job is gone or ended, or runs as another run
 // (quota.Marker.Ended). Slots younger than minAge are left alone: their
 // job may be in its CreateJob or RestartJob call.
+//
+// A first run's slot whose job does not exist is an admission whose job
+// was never created (its mediator died first, or the admission landed
+// after its call had given up): it is undone, which also gives back the
+// job it counted of its period. (A job that ran, lost its release and was
+// deleted within minAge would get its count back too: rare, and to the
+// tenant's favour.)
 func (s *Server) ReconcileQuota(ctx context.Context, markers QuotaMarkers, minAge time.Duration) (int, error) {
 	if s.admit == nil {
 		return 0, nil
@@ -85,6 +92,12 @@ func (s *Server) ReconcileQuota(ctx context.Context, markers QuotaMarkers, minAg
 		}
 		if !m.Ended(job) {
 			continue
+		}
+		if job == nil && m.Run == quota.FirstRun {
+			// A restart's marker of run 1 is left to ReleaseRun.
+			if err := s.admit.Unadmit(ctx, m.Tenant, m.Job); err != nil {
+				return freed, err
+			}
 		}
 		if err := s.admit.ReleaseRun(ctx, m.Tenant, m.Job, m.Run); err != nil {
 			return freed, err

@@ -40,7 +40,8 @@ func TestBackfill(t *testing.T) {
 func TestReconcileQuota(t *testing.T) {
 	f := setup(t)
 	ts := tenants.New(f.env.EtcdCli)
-	if _, err := ts.CreateTenant(context.Background(), tenants.Tenant{ID: "acme", Quota: tenants.Quota{MaxConcurrentJobs: 5}}); err != nil {
+	q := tenants.Quota{MaxConcurrentJobs: 5, MaxJobsPerPeriod: 10, Period: tenants.PeriodDay}
+	if _, err := ts.CreateTenant(context.Background(), tenants.Tenant{ID: "acme", Quota: q}); err != nil {
 		t.Fatal(err)
 	}
 	adm := quota.New(f.env.EtcdCli)
@@ -59,8 +60,10 @@ func TestReconcileQuota(t *testing.T) {
 	if _, err := f.store.Update(ctx, job, rev); err != nil {
 		t.Fatal(err)
 	}
-	// A slot taken by a mediator that died before storing its job.
-	if err := adm.Admit(context.Background(), "acme", "0190b6f1-0000-7000-8000-000000000000", tenants.Quota{MaxConcurrentJobs: 5}); err != nil {
+	// A slot taken by a mediator that died before storing its job (or
+	// an admission that landed after its call gave up): it also counted
+	// a job of the day, which is given back.
+	if err := adm.Admit(context.Background(), "acme", "0190b6f1-0000-7000-8000-000000000000", q); err != nil {
 		t.Fatal(err)
 	}
 	// Markers of an older mediator (one per job, naming no run), of a
@@ -85,6 +88,10 @@ func TestReconcileQuota(t *testing.T) {
 	}
 	if n, _ := adm.Active(context.Background(), "acme"); n != 2 {
 		t.Fatalf("active %d after reconciliation, want 2 (%s, its run and its older marker)", n, running.Id)
+	}
+	day, err := f.env.EtcdCli.Get(context.Background(), quota.JobsKey("acme", quota.PeriodID(q.Period, time.Now())))
+	if err != nil || len(day.Kvs) != 1 || string(day.Kvs[0].Value) != "2" {
+		t.Fatalf("jobs counted of the day after reconciliation: %v, %v; want 2 (the jobs created)", day.Kvs, err)
 	}
 	ms, err := adm.Markers(context.Background())
 	if err != nil || len(ms) != 2 || ms[0].Job != running.Id || ms[0].Run != 1 || ms[1].Job != running.Id || ms[1].Run != 0 {

@@ -276,7 +276,7 @@ func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) [
 		}
 		return errs
 	}
-	retried := false
+	lost := false // an admission's answer was lost: read back next
 	for {
 		clear(errs)
 		// One clock read per try: the period counted and the markers'
@@ -285,7 +285,13 @@ func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) [
 		now := a.now()
 		pid := PeriodID(q.Period, now)
 		keys := append([]string{ActiveKey(tenant), JobsKey(tenant, pid), QuantityKey(tenant, pid)}, batch...)
-		cs, err := a.read(ctx, keys...)
+		var cs []counter
+		var err error
+		if lost {
+			cs, err = a.readBack(ctx, keys)
+		} else {
+			cs, err = a.read(ctx, keys...)
+		}
 		if err != nil {
 			return fail(err)
 		}
@@ -336,18 +342,14 @@ func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) [
 			// been applied (a reset connection, an answer past the
 			// batch's timeout). Taken for a failure, its jobs would not
 			// be created while their slots and period counts stayed
-			// taken; so its markers are read back.
-			applied, rerr := a.applied(ctx, ops[:int(admitted)])
-			switch {
-			case rerr != nil:
-				return fail(fmt.Errorf("admit %d runs of tenant %s: %w (and reading it back: %w)", int(admitted), tenant, err, rerr))
-			case applied:
-				return errs
-			}
-			if retried || ctx.Err() != nil {
+			// taken. So it is read again, once: markers there are
+			// admitted (new jobs' ids are this call's alone; a
+			// restart's run holds its slot, whoever took it: errHeld),
+			// and markers absent are tried again.
+			if lost {
 				return fail(fmt.Errorf("admit %d runs of tenant %s: %w", int(admitted), tenant, err))
 			}
-			retried = true // not applied: try again, once (an error may be for good)
+			lost = true
 			continue
 		}
 		if resp.Succeeded {
@@ -359,35 +361,32 @@ func (a *Admitter) admitBatch(ctx context.Context, k batchKey, batch []string) [
 	}
 }
 
-// readBackWait bounds the read of an admission whose answer was lost: the
-// batch's own timeout may be what ended it.
+// readBackWait bounds the read after an admission whose answer was lost:
+// the batch's own timeout may be what ended it.
 const readBackWait = 5 * time.Second
 
-// applied reads back the marker puts of an admission transaction whose
-// answer was lost, and reports whether it was applied: all its markers
-// there, holding the values it wrote, from one revision (one transaction
-// wrote them all, or none).
-func (a *Admitter) applied(ctx context.Context, puts []clientv3.Op) (bool, error) {
+// readBack reads keys after an admission whose answer was lost, trying
+// again until readBackWait has passed: the etcd client retries no
+// transaction, and the connection that lost the answer may be coming
+// back.
+func (a *Admitter) readBack(ctx context.Context, keys []string) ([]counter, error) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), readBackWait)
 	defer cancel()
-	gets := make([]clientv3.Op, len(puts))
-	for i, op := range puts {
-		gets[i] = clientv3.OpGet(string(op.KeyBytes()))
-	}
-	resp, err := a.cli.Txn(rctx).Then(gets...).Commit()
-	if err != nil {
-		return false, err
-	}
-	var rev int64
-	for i, r := range resp.Responses {
-		kvs := r.GetResponseRange().GetKvs()
-		if len(kvs) == 0 || string(kvs[0].Value) != string(puts[i].ValueBytes()) || (rev != 0 && kvs[0].ModRevision != rev) {
-			return false, nil
+	for {
+		cs, err := a.read(rctx, keys...)
+		if err == nil {
+			return cs, nil
 		}
-		rev = kvs[0].ModRevision
+		select {
+		case <-rctx.Done():
+			return nil, err
+		case <-time.After(readBackPause):
+		}
 	}
-	return true, nil
 }
+
+// readBackPause spaces readBack's tries.
+const readBackPause = 100 * time.Millisecond
 
 // refusal names the quota one more job would exceed, or is nil.
 func refusal(tenant string, q tenants.Quota, active, jobs, quantity float64) error {

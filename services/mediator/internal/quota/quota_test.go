@@ -185,23 +185,29 @@ func TestUnadmitCountsBackThePeriodAdmitted(t *testing.T) {
 }
 
 // An admission whose answer was lost (here dropped by the client's
-// transport, as a reset connection would) is read back: applied by etcd,
-// it is an admission and the job goes ahead, holding the one slot and the
-// one count of the period it took, rather than failing with them kept;
-// never sent, it is tried again.
+// transport, as a reset connection would, the next reads failing too
+// while it comes back) is read back: applied by etcd, it is an admission
+// and the job goes ahead, holding the one slot and the one count of the
+// period it took, rather than failing with them kept; never sent, it is
+// tried again.
 func TestAdmitWhoseAnswerIsLost(t *testing.T) {
 	env := testsupport.Start(t)
 	for _, sent := range []bool{true, false} {
 		t.Run(fmt.Sprintf("applied %v", sent), func(t *testing.T) {
-			var dropped atomic.Int32
+			var dropped, failReads atomic.Int32
 			dropAnswer := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-				if txn, ok := req.(*etcdserverpb.TxnRequest); ok && writesMarker(txn) && dropped.Add(1) == 1 {
+				txn, ok := req.(*etcdserverpb.TxnRequest)
+				switch {
+				case ok && writesMarker(txn) && dropped.Add(1) == 1:
 					if sent {
 						if err := invoker(ctx, method, req, reply, cc, opts...); err != nil {
 							return err
 						}
 					}
+					failReads.Store(2)
 					return status.Error(codes.Unavailable, "connection reset by peer (answer dropped by the test)")
+				case ok && failReads.Add(-1) >= 0:
+					return status.Error(codes.Unavailable, "connection reset by peer (read failed by the test)")
 				}
 				return invoker(ctx, method, req, reply, cc, opts...)
 			}
