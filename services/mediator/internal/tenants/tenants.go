@@ -7,7 +7,7 @@
 //
 // etcd keys:
 //
-//	/medius/tenants/<id>     Tenant (JSON)
+//	/medius/tenants/<id>     Tenant (JSON): quota, webhook secret, locator roots
 //	/medius/clients/<id>     Client (JSON)
 //	/medius/apikeys/<hex>    auth.Record (JSON)
 package tenants
@@ -86,8 +86,12 @@ type Tenant struct {
 	Quota       Quota  `json:"quota"`
 	// WebhookSecret signs the tenant's notifications. It is kept in clear
 	// because the mediator needs it to sign; it is shown to admins only.
-	WebhookSecret string    `json:"webhookSecret,omitempty"`
-	CreateTime    time.Time `json:"createTime"`
+	WebhookSecret string `json:"webhookSecret,omitempty"`
+	// LocatorRoots are the URL prefixes the tenant's file:// and s3://
+	// locators must fall under (see NormalizeLocatorRoots); none: the
+	// tenant may name no such locator. Always a list, empty when none.
+	LocatorRoots []string  `json:"locatorRoots"`
+	CreateTime   time.Time `json:"createTime"`
 }
 
 // Client is an API key without its secret.
@@ -117,23 +121,26 @@ type Store struct {
 	cli *clientv3.Client
 	now func() time.Time
 
-	mu     sync.Mutex
-	quotas map[string]cachedQuota
+	mu      sync.Mutex
+	records map[string]cachedRecord
 	// gen counts changes made through this Store, so that a read begun
 	// before one is not cached after it.
 	gen uint64
 }
 
-// QuotaTTL is how long Quota serves a tenant's quota as read: a limit
-// changed through another Store (another mediator replica) applies to
-// admissions within it; one changed through the same Store, at once.
+// QuotaTTL is how long Quota and LocatorRoots serve a tenant's quota and
+// roots as read: a change made through another Store (another mediator
+// replica) applies to admissions within it; one made through the same
+// Store, at once.
 const QuotaTTL = 2 * time.Second
 
-// maxCachedQuotas bounds the cache; it is cleared when full.
-const maxCachedQuotas = 4096
+// maxCachedRecords bounds the cache; it is cleared when full.
+const maxCachedRecords = 4096
 
-type cachedQuota struct {
+// cachedRecord is what job creation reads of a tenant on every submit.
+type cachedRecord struct {
 	q       Quota
+	roots   Roots
 	found   bool
 	expires time.Time
 }
@@ -160,6 +167,11 @@ func (s *Store) CreateTenant(ctx context.Context, t Tenant) (Tenant, error) {
 	if err := t.Quota.Validate(); err != nil {
 		return Tenant{}, err
 	}
+	roots, err := NormalizeLocatorRoots(t.LocatorRoots)
+	if err != nil {
+		return Tenant{}, err
+	}
+	t.LocatorRoots = roots
 	if t.WebhookSecret == "" {
 		sec, err := newWebhookSecret()
 		if err != nil {
@@ -206,9 +218,22 @@ func (s *Store) Tenant(ctx context.Context, id string) (Tenant, error) {
 	if len(resp.Kvs) == 0 {
 		return Tenant{}, fmt.Errorf("tenant %s: %w", id, ErrTenantNotFound)
 	}
-	var t Tenant
-	if err := json.Unmarshal(resp.Kvs[0].Value, &t); err != nil {
+	t, err := decodeTenant(resp.Kvs[0].Value)
+	if err != nil {
 		return Tenant{}, fmt.Errorf("decode tenant %s: %w", id, err)
+	}
+	return t, nil
+}
+
+// decodeTenant reads a stored record; one stored before roots existed has
+// none.
+func decodeTenant(data []byte) (Tenant, error) {
+	var t Tenant
+	if err := json.Unmarshal(data, &t); err != nil {
+		return Tenant{}, err
+	}
+	if t.LocatorRoots == nil {
+		t.LocatorRoots = []string{}
 	}
 	return t, nil
 }
@@ -218,39 +243,56 @@ func (s *Store) Tenant(ctx context.Context, id string) (Tenant, error) {
 // up to QuotaTTL stale when changed through another Store. A tenant without
 // a record is ErrTenantNotFound, cached the same way.
 func (s *Store) Quota(ctx context.Context, id string) (Quota, error) {
+	e, err := s.cached(ctx, id)
+	return e.q, err
+}
+
+// LocatorRoots returns the tenant's locator roots for job creation, which
+// asks for them on every submit naming a file:// or s3:// locator: read
+// with the quota, from the same cache (QuotaTTL), so a job costs no etcd
+// read of its own. A tenant without a record is ErrTenantNotFound.
+func (s *Store) LocatorRoots(ctx context.Context, id string) (Roots, error) {
+	e, err := s.cached(ctx, id)
+	return e.roots, err
+}
+
+// cached returns what job creation reads of tenant id, from etcd at most
+// once per QuotaTTL.
+func (s *Store) cached(ctx context.Context, id string) (cachedRecord, error) {
 	now := s.now()
 	s.mu.Lock()
-	e, ok := s.quotas[id]
+	e, ok := s.records[id]
 	gen := s.gen
 	s.mu.Unlock()
 	if ok && now.Before(e.expires) {
 		if !e.found {
-			return Quota{}, fmt.Errorf("tenant %s: %w", id, ErrTenantNotFound)
+			return cachedRecord{}, fmt.Errorf("tenant %s: %w", id, ErrTenantNotFound)
 		}
-		return e.q, nil
+		return e, nil
 	}
 	t, err := s.Tenant(ctx, id)
 	if err != nil && !errors.Is(err, ErrTenantNotFound) {
-		return Quota{}, err
+		return cachedRecord{}, err
 	}
+	// Expiry counts from before the read: never serve longer than QuotaTTL.
+	e = cachedRecord{q: t.Quota, roots: ParseRoots(t.LocatorRoots), found: err == nil, expires: now.Add(QuotaTTL)}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.gen == gen {
-		if s.quotas == nil || len(s.quotas) >= maxCachedQuotas {
-			s.quotas = map[string]cachedQuota{}
+		if s.records == nil || len(s.records) >= maxCachedRecords {
+			s.records = map[string]cachedRecord{}
 		}
-		// Expiry counts from before the read: never serve longer than QuotaTTL.
-		s.quotas[id] = cachedQuota{q: t.Quota, found: err == nil, expires: now.Add(QuotaTTL)}
+		s.records[id] = e
 	}
-	return t.Quota, err
+	return e, err
 }
 
-// forget drops the cached quota of id after a change through this Store.
+// forget drops the cached record of id after a change through this Store.
 func (s *Store) forget(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.gen++
-	delete(s.quotas, id)
+	delete(s.records, id)
 }
 
 // Tenants lists every tenant, by id.
@@ -261,8 +303,7 @@ func (s *Store) Tenants(ctx context.Context) ([]Tenant, error) {
 	}
 	out := make([]Tenant, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		var t Tenant
-		if err := json.Unmarshal(kv.Value, &t); err == nil {
+		if t, err := decodeTenant(kv.Value); err == nil {
 			out = append(out, t)
 		}
 	}
@@ -275,6 +316,17 @@ func (s *Store) SetQuota(ctx context.Context, id string, q Quota) (Tenant, error
 		return Tenant{}, err
 	}
 	return s.update(ctx, id, "set quota of", func(t *Tenant) { t.Quota = q })
+}
+
+// SetLocatorRoots replaces the tenant's locator roots (none: the tenant
+// may name no file:// or s3:// locator), normalised. Job creation through
+// this Store applies them at once, through another within QuotaTTL.
+func (s *Store) SetLocatorRoots(ctx context.Context, id string, roots []string) (Tenant, error) {
+	norm, err := NormalizeLocatorRoots(roots)
+	if err != nil {
+		return Tenant{}, err
+	}
+	return s.update(ctx, id, "set locator roots of", func(t *Tenant) { t.LocatorRoots = norm })
 }
 
 // RotateWebhookSecret gives the tenant a new random webhook secret and
@@ -307,8 +359,8 @@ func (s *Store) update(ctx context.Context, id, what string, change func(*Tenant
 		if len(resp.Kvs) == 0 {
 			return Tenant{}, fmt.Errorf("tenant %s: %w", id, ErrTenantNotFound)
 		}
-		var t Tenant
-		if err := json.Unmarshal(resp.Kvs[0].Value, &t); err != nil {
+		t, err := decodeTenant(resp.Kvs[0].Value)
+		if err != nil {
 			return Tenant{}, fmt.Errorf("decode tenant %s: %w", id, err)
 		}
 		change(&t)
