@@ -152,6 +152,8 @@ func newJobsCmd() *cobra.Command {
 			return c.show(ctx, cmd, cl, &jobsv1.Job{Id: args[0]}, true, 0, endedBadly)
 		},
 	}
+	// maxListCalls bounds the calls jobs list makes to fill one page.
+	const maxListCalls = 20
 	var pageSize int32
 	var pageToken, status string
 	list := &cobra.Command{
@@ -177,11 +179,23 @@ jq reads it as is (medius jobs list -o json | jq -r .id); jq -s makes it an arra
 				return err
 			}
 			defer closeFn()
-			resp, err := cl.ListJobs(ctx, req)
-			if err != nil {
-				return err
+			// A call looks at a bounded number of jobs, so a filter
+			// matching few may answer a short page with a token: fill
+			// the page from the calls after it, a bounded number of them.
+			var jobs []*jobsv1.Job
+			var resp *jobsv1.ListJobsResponse
+			for calls := 0; ; calls++ {
+				if resp, err = cl.ListJobs(ctx, req); err != nil {
+					return err
+				}
+				jobs = append(jobs, resp.Jobs...)
+				if resp.NextPageToken == "" || int32(len(jobs)) >= pageSize || calls == maxListCalls-1 {
+					break
+				}
+				req.PageToken = resp.NextPageToken
+				req.PageSize = pageSize - int32(len(jobs))
 			}
-			if err := printJobs(cmd.OutOrStdout(), c.output, resp.Jobs...); err != nil {
+			if err := printJobs(cmd.OutOrStdout(), c.output, jobs...); err != nil {
 				return err
 			}
 			// On stderr even with -o json: stdout stays pure JSON, and a

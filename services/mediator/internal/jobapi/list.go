@@ -9,11 +9,17 @@ import (
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
 )
 
+// maxListExamined bounds the index entries one ListJobs call looks at. A
+// filter matching few of a tenant's many jobs would otherwise read them
+// all in one call (a job record each for a status filter): past the
+// bound the page ends short, possibly empty, with a token to go on from.
+const maxListExamined = 2000
+
 // listIndexed answers ListJobs from the tenant's index: one range read from
 // the page token on, the job records read only for entries whose immutable
 // attributes (profile, tags, creation time) match.
 func (s *Server) listIndexed(ctx context.Context, tenant string, req *jobsv1.ListJobsRequest, size int, after string) (*jobsv1.ListJobsResponse, error) {
-	q := jobindex.Query{Tenant: tenant, After: after}
+	q := jobindex.Query{Tenant: tenant, After: after, Limit: maxListExamined}
 	if t := req.GetCreateTimeAfter(); t != nil {
 		q.CreatedAfter = t.AsTime()
 	}
@@ -47,6 +53,10 @@ func (s *Server) listIndexed(ctx context.Context, tenant string, req *jobsv1.Lis
 		resp.Jobs = append(resp.Jobs, job)
 		return true, nil
 	})
+	if limit := (*jobindex.LimitError)(nil); errors.As(err, &limit) {
+		resp.NextPageToken = encodePageToken(limit.Last)
+		err = nil
+	}
 	if err != nil {
 		return nil, storeError(ctx, err)
 	}

@@ -1,13 +1,17 @@
 package jobapi
 
 import (
+	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/services/mediator/internal/jobindex"
+	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -123,5 +127,62 @@ func TestListIndexedPagination(t *testing.T) {
 	}
 	if got := count(&jobsv1.ListJobsRequest{}); got != n-1 {
 		t.Fatalf("after delete: %d", got)
+	}
+}
+
+// A filter matching few of a tenant's many jobs costs a bounded amount
+// per call: past maxListExamined entries the page ends short (here empty)
+// with a token, and following the tokens finds every match once.
+func TestListJobsExaminesABoundedNumberPerCall(t *testing.T) {
+	f := setup(t)
+	idx := jobindex.New(f.env.EtcdCli)
+	f.srv.SetIndex(idx)
+	var want []string
+	for range 3 {
+		j, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append([]string{j.GetId()}, want...) // newest first
+	}
+	// Newer entries whose jobs are gone (deleted, their entries kept):
+	// examined, never listed.
+	ctx := context.Background()
+	var ops []clientv3.Op
+	for range maxListExamined + 100 {
+		id, err := jobstore.NewID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ops = append(ops, jobindex.PutOp("acme", jobindex.Entry{ID: id, Profile: "ExtractTechnicalMetadata"})); len(ops) == 100 {
+			if _, err := f.env.EtcdCli.Txn(ctx).Then(ops...).Commit(); err != nil {
+				t.Fatal(err)
+			}
+			ops = ops[:0]
+		}
+	}
+	var got []string
+	token, calls := "", 0
+	for {
+		resp, err := f.srv.ListJobs(as("acme"), &jobsv1.ListJobsRequest{PageSize: 10, PageToken: token, Status: jobsv1.JobStatus_JOB_STATUS_NEW})
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls++
+		if calls == 1 && (len(resp.GetJobs()) != 0 || resp.GetNextPageToken() == "") {
+			t.Fatalf("first call listed %d jobs, token %q; want none and a token (the bound reached)", len(resp.GetJobs()), resp.GetNextPageToken())
+		}
+		for _, j := range resp.GetJobs() {
+			got = append(got, j.GetId())
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+		if calls > 5 {
+			t.Fatalf("still going after %d calls", calls)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("listed %v, want %v", got, want)
 	}
 }

@@ -203,10 +203,26 @@ type Query struct {
 	CreatedAfter, CreatedBefore time.Time
 	// Match filters entries (nil: all).
 	Match func(Entry) bool
+	// Limit bounds the entries one Scan examines, selected or not (0: no
+	// bound), so that a query selecting few of many entries costs a
+	// bounded amount per call: past it, Scan stops with a *LimitError.
+	Limit int
+}
+
+// LimitError is Scan stopped at its Query.Limit. A later Scan goes on
+// from Last (Query.After).
+type LimitError struct {
+	// Last is the id of the last entry examined.
+	Last string
+}
+
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("job index scan stopped at its limit, after job %s", e.Last)
 }
 
 // Scan calls fn with each entry the query selects, newest first, reading
-// etcd in batches, until fn returns false or the entries end.
+// etcd in batches, until fn returns false, the entries end, or Limit
+// entries were examined (a *LimitError).
 func (x *Index) Scan(ctx context.Context, q Query, batch int, fn func(Entry) (bool, error)) error {
 	if batch <= 0 {
 		batch = 500
@@ -226,7 +242,11 @@ func (x *Index) Scan(ctx context.Context, q Query, batch int, fn func(Entry) (bo
 	if !q.CreatedAfter.IsZero() {
 		stop = key(q.Tenant, timeID(q.CreatedAfter))
 	}
+	examined := 0
 	for {
+		if q.Limit > 0 {
+			batch = min(batch, q.Limit-examined)
+		}
 		resp, err := x.cli.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(int64(batch)))
 		if err != nil {
 			return fmt.Errorf("read job index of %s: %w", q.Tenant, err)
@@ -236,23 +256,27 @@ func (x *Index) Scan(ctx context.Context, q Query, batch int, fn func(Entry) (bo
 			if stop != "" && k > stop {
 				return nil
 			}
+			examined++
 			var e Entry
 			if json.Unmarshal(kv.Value, &e) != nil {
 				continue
 			}
 			e.ID = invert(strings.TrimPrefix(k, tenantPrefix(q.Tenant)))
-			if q.Match != nil && !q.Match(e) {
-				continue
-			}
-			more, err := fn(e)
-			if err != nil || !more {
-				return err
+			if q.Match == nil || q.Match(e) {
+				more, err := fn(e)
+				if err != nil || !more {
+					return err
+				}
 			}
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
 			return nil
 		}
-		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		last := string(resp.Kvs[len(resp.Kvs)-1].Key)
+		if q.Limit > 0 && examined >= q.Limit {
+			return &LimitError{Last: invert(strings.TrimPrefix(last, tenantPrefix(q.Tenant)))}
+		}
+		start = last + "\x00"
 	}
 }
 
