@@ -63,7 +63,7 @@ func (s *Server) BatchCreateJobs(ctx context.Context, req *jobsv1.BatchCreateJob
 	// slot and be answered with one job: a client's mistake, said as such.
 	first := map[string]int{}
 	for i, r := range reqs {
-		if checks[i], err = s.checkCreate(ctx, r); err != nil {
+		if checks[i], err = s.checkCreate(ctx, tenant, r); err != nil {
 			return nil, inRequest(i, err)
 		}
 		if id := checks[i].requestID; id != "" {

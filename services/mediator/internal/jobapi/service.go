@@ -49,7 +49,10 @@ type Server struct {
 	admit    Admission
 
 	checkEndpoint func(string) error
-	index         *jobindex.Index
+	// roots scopes each tenant's file:// and s3:// locators (nil: not
+	// checked; see SetLocatorRoots).
+	roots LocatorRoots
+	index *jobindex.Index
 	// newID names new jobs (jobstore.NewID; tests choose ids).
 	newID func() (string, error)
 
@@ -156,7 +159,7 @@ func (s *Server) CreateJob(ctx context.Context, req *jobsv1.CreateJobRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	c, err := s.checkCreate(ctx, req)
+	c, err := s.checkCreate(ctx, tenant, req)
 	if err != nil {
 		return nil, err
 	}
@@ -170,9 +173,10 @@ type checked struct {
 	profile   *registryv1.JobProfile
 }
 
-// checkCreate refuses a request CreateJob would refuse as invalid (its
-// fields, its profile), before anything is written.
-func (s *Server) checkCreate(ctx context.Context, req *jobsv1.CreateJobRequest) (checked, error) {
+// checkCreate refuses a request of tenant CreateJob would refuse as invalid
+// (its fields, its profile) or as naming a locator the tenant may not (its
+// locator roots), before anything is written.
+func (s *Server) checkCreate(ctx context.Context, tenant string, req *jobsv1.CreateJobRequest) (checked, error) {
 	in := req.GetJob()
 	if err := validateJob(in); err != nil {
 		return checked{}, err
@@ -198,7 +202,16 @@ func (s *Server) checkCreate(ctx context.Context, req *jobsv1.CreateJobRequest) 
 	if err != nil {
 		return checked{}, profileError(in.GetProfile(), err)
 	}
+	var before map[string]bool
+	if s.roots != nil {
+		before = locatorNames(in.GetInput())
+	}
 	if err := validateAgainstProfile(in, profile); err != nil {
+		return checked{}, err
+	}
+	// After the profile check, which turns URL string parameters into
+	// locators: those are read and written by the worker as any other.
+	if err := s.checkLocatorRoots(ctx, tenant, in.GetInput(), movedLocators(in.GetInput(), before)); err != nil {
 		return checked{}, err
 	}
 	return checked{in: in, requestID: requestID, profile: profile}, nil
