@@ -16,6 +16,24 @@
 //
 // Receivers recompute the HMAC over the timestamp, a dot and the raw body,
 // compare in constant time, and refuse timestamps older than a few minutes.
+//
+// A job's notifications are posted one at a time, in the order of its
+// changes (by one mediator: replicas sharing the consumer each post what
+// they were handed); a change whose POST failed waits for its retry
+// without holding the job's later changes back, so those may arrive before
+// it. Different jobs' notifications are posted in parallel: at most
+// Config.Concurrency at once per mediator, of which at most
+// Config.PerTenant for one tenant and Config.PerEndpoint for one tenant's
+// endpoint host. An endpoint that answers slowly or not at all (each POST
+// may take Config.Timeout, each change is tried up to Config.MaxAttempts
+// times) so delays the notifications waiting for it; its tenant's other
+// endpoints only once that tenant's slow endpoints take all its PerTenant
+// slots; another tenant's only once Concurrency/PerTenant tenants are that
+// slow at once. Beyond those, Config.MaxPending bounds the notifications
+// delivered and not yet settled (waiting for their turn or for their
+// retry) across the mediators: a tenant with that many slow or failing
+// notifications queued ahead of others' still delays theirs until its
+// backlog falls below it.
 package webhook
 
 import (
@@ -70,6 +88,18 @@ type Config struct {
 	Timeout time.Duration
 	// AllowPrivate lets endpoints be loopback or private addresses.
 	AllowPrivate bool
+	// Concurrency bounds the POSTs in flight in this mediator (default 64),
+	// PerTenant those of one tenant (default 8), PerEndpoint those of one
+	// tenant to one endpoint host and port (default 4). A tenant's slow
+	// endpoints take at most PerTenant of the Concurrency slots; the lower
+	// PerTenant, the more slow tenants it takes to delay the others, and
+	// the longer a tenant's own burst waits.
+	Concurrency, PerTenant, PerEndpoint int
+	// MaxPending bounds the notifications delivered and not yet settled,
+	// across the mediators (the consumer's MaxAckPending, default 1024):
+	// those waiting for their turn (held in memory, one goroutine per job)
+	// and those waiting for their retry (on the server only).
+	MaxPending int
 }
 
 func (c *Config) defaults() {
@@ -84,6 +114,18 @@ func (c *Config) defaults() {
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = 10 * time.Second
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 64
+	}
+	if c.PerTenant <= 0 {
+		c.PerTenant = 8
+	}
+	if c.PerEndpoint <= 0 {
+		c.PerEndpoint = 4
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = 1024
 	}
 }
 
@@ -194,45 +236,64 @@ func msgID(job *jobsv1.Job) string {
 	return id
 }
 
-// Run delivers until ctx ends.
+// Run delivers until ctx ends, then lets the POSTs in flight finish and
+// hands the notifications still waiting back to the stream.
 func (n *Notifier) Run(ctx context.Context) error {
-	return bus.Consume(ctx, n.js, bus.ConsumerConfig{
+	// The dispatcher stops once the consumer did: what it hands back then
+	// goes to the other mediators, not to this one's draining consumer
+	// (which would hand it back again, out of its job's order).
+	stop := make(chan struct{})
+	d := newDispatcher(ctx, n, stop)
+	err := bus.Consume(ctx, n.js, bus.ConsumerConfig{
 		Stream: bus.StreamEvents, Durable: Durable, Filter: []string{subjectPrefix + "*"},
-		// Longer than one POST, so a slow endpoint is not raced by a
-		// redelivery.
-		AckWait: n.cfg.Timeout + 20*time.Second,
-	}, n.handle)
+		AckWait: n.ackWait(),
+		// Every message delivered and unsettled is held by a dispatcher
+		// (or waits on the server for its retry): this bounds their memory.
+		MaxAckPending: n.cfg.MaxPending,
+	}, d.accept)
+	close(stop)
+	d.wait()
+	return err
 }
 
-func (n *Notifier) handle(ctx context.Context, msg jetstream.Msg) error {
-	job := &jobsv1.Job{}
-	if err := bus.Decode(msg.Data(), job); err != nil {
-		return err
-	}
+// ackWait is longer than one POST, so a slow endpoint is not raced by a
+// redelivery; messages waiting for their turn are kept alive meanwhile.
+func (n *Notifier) ackWait() time.Duration { return n.cfg.Timeout + 20*time.Second }
+
+// handle posts the notification msg carries (job) and settles msg: acked
+// once the endpoint took it, handed back to be retried after its backoff,
+// terminated when it can never be posted or its attempts are spent.
+func (n *Notifier) handle(ctx context.Context, msg jetstream.Msg, job *jobsv1.Job) {
 	attempt := uint64(1)
 	if md, err := msg.Metadata(); err == nil {
 		attempt = md.NumDelivered
 	}
 	eventID := msg.Headers().Get(jetstream.MsgIDHeader)
 	err := n.Deliver(ctx, job, eventID)
-	if err == nil {
+	var settleErr error
+	switch {
+	case err == nil:
 		n.metrics.Delivered(ctx, job.GetTenant())
 		slog.DebugContext(ctx, "notification delivered", "job", job.GetId(), "attempt", attempt)
-		return nil
-	}
-	if attempt >= uint64(n.cfg.MaxAttempts) {
+		settleErr = msg.Ack()
+	case bus.IsPermanent(err) || attempt >= uint64(n.cfg.MaxAttempts):
 		n.metrics.Failed(ctx, job.GetTenant(), "abandoned")
 		slog.WarnContext(ctx, "notification abandoned", "job", job.GetId(), "endpoint", locator.Redact(job.GetNotificationEndpoint()),
 			"attempts", attempt, "err", err)
-		return bus.Permanent(err)
+		settleErr = msg.Term()
+	default:
+		delay := n.cfg.BaseDelay << min(attempt-1, 30)
+		if delay <= 0 || delay > n.cfg.MaxDelay {
+			delay = n.cfg.MaxDelay
+		}
+		n.metrics.Failed(ctx, job.GetTenant(), "retrying")
+		slog.InfoContext(ctx, "notification will be retried", "job", job.GetId(), "attempt", attempt, "after", delay, "err", err)
+		settleErr = msg.NakWithDelay(delay)
 	}
-	delay := n.cfg.BaseDelay << min(attempt-1, 30)
-	if delay <= 0 || delay > n.cfg.MaxDelay {
-		delay = n.cfg.MaxDelay
+	if settleErr != nil {
+		// Unsettled, it comes back after AckWait: at least once still.
+		slog.WarnContext(ctx, "settle notification", "job", job.GetId(), "err", settleErr)
 	}
-	n.metrics.Failed(ctx, job.GetTenant(), "retrying")
-	slog.InfoContext(ctx, "notification will be retried", "job", job.GetId(), "attempt", attempt, "after", delay, "err", err)
-	return bus.RetryAfter(delay, err)
 }
 
 // Sign returns the Medius-Signature value of body signed at ts.

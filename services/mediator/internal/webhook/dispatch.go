@@ -1,0 +1,254 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// dispatcher holds the notifications the consumer hands over and posts
+// them: a job's one after the other in the order they came, different
+// jobs' in parallel within the limits of Config (Concurrency, PerTenant,
+// PerEndpoint), so a slow endpoint holds up only what waits for it.
+//
+// The consumer hands each message over at once (bus.ErrKept) instead of
+// posting it on its own goroutine: bus's lanes (a subject hash per lane)
+// would put a fast endpoint's job behind a slow one sharing its lane, and a
+// full lane stops the consumer for every lane. A held message stays
+// unacked; keepAlive tells the server it is in progress so that it is not
+// redelivered while it waits, and a mediator that dies stops telling, so
+// another one gets it after AckWait (at least once).
+type dispatcher struct {
+	n *Notifier
+	// stop closes once the consumer stopped (no message comes after it):
+	// no POST starts after it, the messages still waiting are handed back
+	// (to the other mediators, or this one restarted), each job's in order.
+	// POSTs in flight finish.
+	stop <-chan struct{}
+	// base is the context of the POSTs: it outlives stop, bound is their
+	// limit (below AckWait, so one in flight is not redelivered).
+	base  context.Context
+	bound time.Duration
+
+	mu     sync.Mutex
+	queues map[string]*queue // by subject (job), while it holds messages
+	held   int               // messages in queues, at most max
+	max    int
+	limits map[string]*limit // per tenant and per tenant's endpoint host, while in use
+	global chan struct{}
+
+	wg sync.WaitGroup
+}
+
+// queue is one job's held messages, oldest first; its goroutine posts the
+// head.
+type queue struct {
+	items   []item
+	posting bool // the head's POST is in flight (it is not kept alive)
+}
+
+type item struct {
+	msg jetstream.Msg
+	job *jobsv1.Job
+}
+
+// limit is a counting semaphore that lives while a goroutine waits for or
+// holds one of its slots, so the map of them stays as small as the jobs held.
+type limit struct {
+	slots chan struct{}
+	users int
+}
+
+func newDispatcher(ctx context.Context, n *Notifier, stop <-chan struct{}) *dispatcher {
+	d := &dispatcher{
+		n: n, stop: stop,
+		base:   context.WithoutCancel(ctx),
+		bound:  n.cfg.Timeout + 10*time.Second, // the secret's lookup, then the POST
+		queues: map[string]*queue{},
+		max:    n.cfg.MaxPending,
+		limits: map[string]*limit{},
+		global: make(chan struct{}, n.cfg.Concurrency),
+	}
+	d.wg.Go(func() { d.keepAlive(n.ackWait() / 3) })
+	return d
+}
+
+// accept is the consumer's handler: it holds msg behind its job's earlier
+// messages and returns at once.
+func (d *dispatcher) accept(_ context.Context, msg jetstream.Msg) error {
+	job := &jobsv1.Job{}
+	if err := bus.Decode(msg.Data(), job); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.held >= d.max {
+		// MaxAckPending is max, so only a message redelivered while held
+		// (its keep-alive lost on a reconnect) gets here: its first copy
+		// is still on its way.
+		return bus.RetryAfter(time.Second, errors.New("too many notifications held"))
+	}
+	d.held++
+	key := msg.Subject()
+	q, ok := d.queues[key]
+	if !ok {
+		q = &queue{}
+		d.queues[key] = q
+		d.wg.Go(func() { d.run(key, q) })
+	}
+	q.items = append(q.items, item{msg: msg, job: job})
+	return bus.ErrKept
+}
+
+// run posts q's messages one after the other until none is left.
+func (d *dispatcher) run(key string, q *queue) {
+	for {
+		d.mu.Lock()
+		if len(q.items) == 0 {
+			delete(d.queues, key)
+			d.mu.Unlock()
+			return
+		}
+		it := q.items[0]
+		d.mu.Unlock()
+
+		d.post(q, it)
+
+		d.mu.Lock()
+		q.items[0] = item{}
+		q.items = q.items[1:]
+		q.posting = false
+		d.held--
+		d.mu.Unlock()
+	}
+}
+
+// post waits for a slot for it, posts it and settles it; once stopped it
+// hands it back for another mediator (or this one restarted) to post.
+func (d *dispatcher) post(q *queue, it item) {
+	release, ok := d.acquire(it.job)
+	if !ok {
+		_ = it.msg.Nak()
+		return
+	}
+	defer release()
+	d.mu.Lock()
+	q.posting = true
+	d.mu.Unlock()
+	// Its AckWait starts again: the POST ends before it does.
+	_ = it.msg.InProgress()
+	ctx, cancel := context.WithTimeout(bus.ContextFromHeader(d.base, it.msg.Headers()), d.bound)
+	defer cancel()
+	d.n.handle(ctx, it.msg, it.job)
+}
+
+// acquire takes a slot of job's tenant and endpoint host, of its tenant, and
+// of the mediator, in that order (always the same: no deadlock), waiting
+// for each. A job waiting for its endpoint's slot holds no other, so a slow
+// endpoint does not take its tenant's slots from its tenant's other
+// endpoints. It fails once stopped.
+func (d *dispatcher) acquire(job *jobsv1.Job) (release func(), ok bool) {
+	select {
+	case <-d.stop:
+		return nil, false
+	default:
+	}
+	tenant := job.GetTenant()
+	keys := []string{"endpoint\x00" + tenant + "\x00" + endpointHost(job.GetNotificationEndpoint()), "tenant\x00" + tenant}
+	d.mu.Lock()
+	sems := []chan struct{}{d.use(keys[0], d.n.cfg.PerEndpoint), d.use(keys[1], d.n.cfg.PerTenant), d.global}
+	d.mu.Unlock()
+	taken := 0
+	release = func() {
+		for _, s := range sems[:taken] {
+			<-s
+		}
+		d.mu.Lock()
+		for _, k := range keys {
+			d.unuse(k)
+		}
+		d.mu.Unlock()
+	}
+	for _, s := range sems {
+		select {
+		case s <- struct{}{}:
+			taken++
+		case <-d.stop:
+			release()
+			return nil, false
+		}
+	}
+	return release, true
+}
+
+// use returns the slots of key (n of them), counting one more user. d.mu held.
+func (d *dispatcher) use(key string, n int) chan struct{} {
+	l, ok := d.limits[key]
+	if !ok {
+		l = &limit{slots: make(chan struct{}, n)}
+		d.limits[key] = l
+	}
+	l.users++
+	return l.slots
+}
+
+// unuse counts one user of key fewer, forgetting it after the last. d.mu held.
+func (d *dispatcher) unuse(key string) {
+	if l := d.limits[key]; l != nil {
+		if l.users--; l.users <= 0 {
+			delete(d.limits, key)
+		}
+	}
+}
+
+// endpointHost is what PerEndpoint counts by: host and port, so one
+// receiver is not sent more than PerEndpoint POSTs at once by one tenant.
+func endpointHost(endpoint string) string {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return endpoint
+	}
+	return strings.ToLower(u.Host)
+}
+
+// keepAlive tells the server, every period, that the messages waiting for
+// their turn are in progress, until stopped.
+func (d *dispatcher) keepAlive(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var waiting []jetstream.Msg
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-t.C:
+		}
+		waiting = waiting[:0]
+		d.mu.Lock()
+		for _, q := range d.queues {
+			items := q.items
+			if q.posting {
+				items = items[1:]
+			}
+			for _, it := range items {
+				waiting = append(waiting, it.msg)
+			}
+		}
+		d.mu.Unlock()
+		for _, m := range waiting {
+			_ = m.InProgress()
+		}
+		clear(waiting) // holds no settled message until the next round
+	}
+}
+
+// wait returns once every goroutine is done: after stop, and after the
+// consumer handed its last message over.
+func (d *dispatcher) wait() { d.wg.Wait() }

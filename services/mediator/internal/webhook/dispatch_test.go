@@ -1,0 +1,338 @@
+package webhook_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/services/mediator/internal/testsupport"
+	"github.com/medius-platform/medius/services/mediator/internal/webhook"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// hooks are notification endpoints, each an httptest server (so a host of
+// its own), recording every POST and how many are open at once, by
+// endpoint and by tenant.
+type hooks struct {
+	t       *testing.T
+	mu      sync.Mutex
+	posts   []hookPost // in order of arrival
+	open    map[string]int
+	maxOpen map[string]int
+	gates   []func()
+}
+
+type hookPost struct {
+	endpoint string
+	job      *jobsv1.Job
+	answered bool // the notifier was still waiting for the answer
+}
+
+func newHooks(t *testing.T) *hooks {
+	h := &hooks{t: t, open: map[string]int{}, maxOpen: map[string]int{}}
+	// Before the servers close (they wait for their open POSTs).
+	t.Cleanup(h.releaseAll)
+	return h
+}
+
+// endpoint starts an endpoint whose POSTs answer 200 once hold returns (nil:
+// at once) and returns its URL.
+func (h *hooks) endpoint(name string, hold func(*jobsv1.Job)) string {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		job := &jobsv1.Job{}
+		if err := protojson.Unmarshal(body, job); err != nil {
+			h.t.Errorf("%s: notification %s: %v", name, body, err)
+			http.Error(w, "bad body", http.StatusBadRequest)
+			return
+		}
+		keys := []string{"endpoint " + name, "tenant " + job.GetTenant()}
+		h.mu.Lock()
+		i := len(h.posts)
+		h.posts = append(h.posts, hookPost{endpoint: name, job: job})
+		for _, k := range keys {
+			h.open[k]++
+			h.maxOpen[k] = max(h.maxOpen[k], h.open[k])
+		}
+		h.mu.Unlock()
+		if hold != nil {
+			hold(job)
+		}
+		h.mu.Lock()
+		for _, k := range keys {
+			h.open[k]--
+		}
+		h.posts[i].answered = r.Context().Err() == nil
+		h.mu.Unlock()
+	}))
+	h.t.Cleanup(srv.Close)
+	return srv.URL + "/hook"
+}
+
+// gated starts an endpoint whose POSTs stay open until release is called
+// (or the test ends).
+func (h *hooks) gated(name string) (url string, release func()) {
+	gate := make(chan struct{})
+	release = sync.OnceFunc(func() { close(gate) })
+	h.mu.Lock()
+	h.gates = append(h.gates, release)
+	h.mu.Unlock()
+	return h.endpoint(name, func(*jobsv1.Job) { <-gate }), release
+}
+
+func (h *hooks) releaseAll() {
+	h.mu.Lock()
+	gates := h.gates
+	h.mu.Unlock()
+	for _, release := range gates {
+		release()
+	}
+}
+
+// arrived returns the POSTs to endpoint so far.
+func (h *hooks) arrived(endpoint string) []hookPost {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var got []hookPost
+	for _, p := range h.posts {
+		if p.endpoint == endpoint {
+			got = append(got, p)
+		}
+	}
+	return got
+}
+
+func (h *hooks) openNow(key string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.open[key]
+}
+
+func (h *hooks) mostOpen(key string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.maxOpen[key]
+}
+
+// checkOrder fails t unless every job's notifications to endpoint arrived
+// in the order of their progress (the order they were enqueued), n of them.
+func (h *hooks) checkOrder(endpoint string, n int) {
+	h.t.Helper()
+	got := h.arrived(endpoint)
+	if len(got) != n {
+		h.t.Fatalf("%d notifications to %s, want %d", len(got), endpoint, n)
+	}
+	last := map[string]int32{}
+	for _, p := range got {
+		id := p.job.GetId()
+		if prev, ok := last[id]; ok && p.job.GetProgress() <= prev {
+			h.t.Fatalf("job %s: notification at %d%% arrived after the one at %d%%", id, p.job.GetProgress(), prev)
+		}
+		last[id] = p.job.GetProgress()
+	}
+}
+
+func secret(context.Context, string) (string, error) { return "whsec", nil }
+
+// enqueue enqueues notifications of job at each progress, in that order.
+func enqueue(t *testing.T, n *webhook.Notifier, tenant, id, endpoint string, progress ...int32) {
+	t.Helper()
+	for _, p := range progress {
+		job := &jobsv1.Job{Id: id, Tenant: tenant, NotificationEndpoint: endpoint, Status: jobsv1.JobStatus_JOB_STATUS_RUNNING, Progress: p}
+		if err := n.Enqueue(context.Background(), job); err != nil {
+			t.Fatalf("enqueue %s at %d%%: %v", id, p, err)
+		}
+	}
+}
+
+// start runs n until stop, which returns once Run has (hooks' gates
+// opened first when the test ends, so that Run's POSTs can end).
+func start(t *testing.T, n *webhook.Notifier, h *hooks) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	stop = sync.OnceFunc(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	t.Cleanup(func() {
+		h.releaseAll()
+		stop()
+	})
+	return stop
+}
+
+// An endpoint that takes long to answer delays only the notifications
+// posted to it: another tenant's notifications, and its own tenant's to
+// another endpoint, arrive while it holds every POST sent to it, although
+// they were enqueued after all of its own; and it never has more than
+// PerEndpoint POSTs open at once. (The mediator posted one notification at
+// a time: they waited for all of the slow endpoint's.)
+func TestSlowEndpointDelaysOnlyItsOwnNotifications(t *testing.T) {
+	env := testsupport.Start(t)
+	h := newHooks(t)
+	slow, release := h.gated("slow")
+	fast := h.endpoint("fast", nil)
+	cfg := webhook.Config{AllowPrivate: true, Timeout: time.Minute, Concurrency: 4, PerTenant: 3, PerEndpoint: 2}
+	n := webhook.New(env.JS, cfg, secret, nil)
+
+	for i := range 4 {
+		enqueue(t, n, "slowpoke", fmt.Sprintf("slow-%d", i), slow, 10, 20)
+	}
+	enqueue(t, n, "slowpoke", "slowpoke-fast", fast, 10)
+	enqueue(t, n, "acme", "acme-fast", fast, 10)
+	start(t, n, h)
+
+	testsupport.Eventually(t, 20*time.Second, "both fast notifications, while the slow endpoint holds PerEndpoint POSTs", func() bool {
+		return len(h.arrived("fast")) == 2 && h.openNow("endpoint slow") == cfg.PerEndpoint
+	})
+	for _, p := range h.arrived("slow") {
+		if p.answered {
+			t.Fatalf("slow endpoint answered %s before the test let it", p.job.GetId())
+		}
+	}
+	release()
+	testsupport.Eventually(t, 20*time.Second, "every slow notification", func() bool {
+		return len(h.arrived("slow")) == 8 && h.openNow("endpoint slow") == 0
+	})
+	h.checkOrder("slow", 8)
+	if got := h.mostOpen("endpoint slow"); got > cfg.PerEndpoint {
+		t.Fatalf("%d POSTs open at once at the slow endpoint, want at most %d", got, cfg.PerEndpoint)
+	}
+}
+
+// A tenant whose slow endpoints are on many hosts takes at most PerTenant
+// of the mediator's POSTs: another tenant's notification arrives while
+// every one of them is held open.
+func TestSlowTenantTakesAtMostPerTenantSlots(t *testing.T) {
+	env := testsupport.Start(t)
+	h := newHooks(t)
+	cfg := webhook.Config{AllowPrivate: true, Timeout: time.Minute, Concurrency: 4, PerTenant: 3, PerEndpoint: 2}
+	n := webhook.New(env.JS, cfg, secret, nil)
+	// Endpoint slots for 6: the tenant's own cap must stop it at 3.
+	for e := range 3 {
+		url, _ := h.gated(fmt.Sprintf("slow-%d", e))
+		for j := range 2 {
+			enqueue(t, n, "slowpoke", fmt.Sprintf("slow-%d-%d", e, j), url, 10)
+		}
+	}
+	fast := h.endpoint("fast", nil)
+	enqueue(t, n, "acme", "acme-fast", fast, 10)
+	start(t, n, h)
+
+	testsupport.Eventually(t, 20*time.Second, "acme's notification while slowpoke holds PerTenant POSTs", func() bool {
+		return len(h.arrived("fast")) == 1 && h.openNow("tenant slowpoke") == cfg.PerTenant
+	})
+	h.releaseAll()
+	testsupport.Eventually(t, 20*time.Second, "every slow notification", func() bool {
+		return h.openNow("tenant slowpoke") == 0 &&
+			len(h.arrived("slow-0"))+len(h.arrived("slow-1"))+len(h.arrived("slow-2")) == 6
+	})
+	if got := h.mostOpen("tenant slowpoke"); got > cfg.PerTenant {
+		t.Fatalf("slowpoke had %d POSTs open at once, want at most %d", got, cfg.PerTenant)
+	}
+}
+
+// A job's notifications arrive one after the other in the order of its
+// changes, while different jobs' are posted in parallel: each job's first
+// is held open until all three jobs' first ones arrived, leaving time for a
+// later one to overtake it.
+func TestJobsNotificationsArriveInOrder(t *testing.T) {
+	env := testsupport.Start(t)
+	h := newHooks(t)
+	const jobs = 3
+	var mu sync.Mutex
+	firsts := 0
+	allFirsts := make(chan struct{})
+	url := h.endpoint("ordered", func(job *jobsv1.Job) {
+		if job.GetProgress() != 10 {
+			return
+		}
+		mu.Lock()
+		if firsts++; firsts == jobs {
+			close(allFirsts)
+		}
+		mu.Unlock()
+		select {
+		case <-allFirsts:
+		case <-time.After(20 * time.Second):
+			t.Errorf("job %s: the other jobs' first notifications did not arrive while it was open", job.GetId())
+		}
+	})
+	n := webhook.New(env.JS, webhook.Config{AllowPrivate: true}, secret, nil)
+	for j := range jobs {
+		enqueue(t, n, "acme", fmt.Sprintf("job-%d", j), url, 10, 20, 30, 40, 50)
+	}
+	start(t, n, h)
+
+	testsupport.Eventually(t, 20*time.Second, "every notification", func() bool {
+		return len(h.arrived("ordered")) == jobs*5
+	})
+	h.checkOrder("ordered", jobs*5)
+}
+
+// A mediator that stops lets the POST in flight finish (it is not posted
+// again) and hands the notifications still waiting back: another job's at
+// once, so another mediator posts it while the first one's POST is still
+// open (not after AckWait), and the job's own later one once its POST was
+// answered, so it still arrives after it.
+func TestStopHandsBackWaitingNotifications(t *testing.T) {
+	env := testsupport.Start(t)
+	h := newHooks(t)
+	slow, release := h.gated("slow")
+	cfg := webhook.Config{AllowPrivate: true, Timeout: time.Minute, PerEndpoint: 1}
+	first := webhook.New(env.JS, cfg, secret, nil)
+	enqueue(t, first, "acme", "job-a", slow, 10, 20)
+	stopFirst := start(t, first, h)
+	testsupport.Eventually(t, 20*time.Second, "job-a's first notification open", func() bool {
+		return h.openNow("endpoint slow") == 1
+	})
+	// It waits in the first mediator for the endpoint's one slot, held by
+	// job-a's.
+	enqueue(t, first, "acme", "job-b", slow, 10)
+	cons, err := env.JS.Consumer(context.Background(), bus.StreamEvents, webhook.Durable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testsupport.Eventually(t, 20*time.Second, "all three notifications handed to the first mediator", func() bool {
+		info, err := cons.Info(context.Background())
+		return err == nil && info.NumAckPending == 3 && info.NumPending == 0
+	})
+
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		stopFirst()
+	}()
+	start(t, webhook.New(env.JS, cfg, secret, nil), h)
+	testsupport.Eventually(t, 20*time.Second, "job-b's notification posted by the other mediator", func() bool {
+		return len(h.arrived("slow")) == 2
+	})
+	select {
+	case <-stopped:
+		t.Fatal("the stopped mediator returned before its POST in flight was answered")
+	default:
+	}
+	release()
+	<-stopped
+	testsupport.Eventually(t, 20*time.Second, "job-a's second notification, posted by the other mediator", func() bool {
+		return len(h.arrived("slow")) == 3 && h.openNow("endpoint slow") == 0
+	})
+	var got []string
+	for _, p := range h.arrived("slow") {
+		got = append(got, fmt.Sprintf("%s@%d answered=%v", p.job.GetId(), p.job.GetProgress(), p.answered))
+	}
+	want := []string{"job-a@10 answered=true", "job-b@10 answered=true", "job-a@20 answered=true"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("posts %v, want %v", got, want)
+	}
+}
