@@ -54,7 +54,7 @@ func Document(generated []byte, version string) ([]byte, error) {
 		[]map[string]any{bodyParam("{\"clientId\": ..., \"clientSecret\": ...}")}, "200", "{access_token, token_type, expires_in}")}
 	paths["/v1/tenants"] = map[string]any{
 		"get":  op("List tenants (admin)", nil, "200", "{tenants: [...]}"),
-		"post": op("Create a tenant (admin)", []map[string]any{bodyParam("{id, displayName, quota}")}, "201", "the tenant, with its webhook secret"),
+		"post": op("Create a tenant (admin)", []map[string]any{bodyParam("{id, displayName, quota, locatorRoots: [file:///dir/ or s3://bucket/prefix/, ...]}")}, "201", "the tenant, with its webhook secret"),
 	}
 	paths["/v1/tenants/{tenant}"] = map[string]any{
 		"get":    op("Get a tenant (admin)", []map[string]any{tenant}, "200", "the tenant"),
@@ -62,6 +62,10 @@ func Document(generated []byte, version string) ([]byte, error) {
 	}
 	paths["/v1/tenants/{tenant}/quota"] = map[string]any{"put": op("Replace a tenant's quota (admin)",
 		[]map[string]any{tenant, bodyParam("{maxConcurrentJobs, maxJobsPerPeriod, maxQuantityPerPeriod, period: day|month}")}, "200", "the tenant")}
+	paths["/v1/tenants/{tenant}/locator-roots"] = map[string]any{"put": op("Replace a tenant's locator roots (admin): the URL prefixes "+
+		"its jobs' file:// and s3:// locators must lie under (file:///dir/, s3://bucket/ or s3://bucket/prefix/; at most 64, stored normalised); "+
+		"an empty list clears them, and a tenant without roots may name no file:// or s3:// locator (403 locator-not-allowed)",
+		[]map[string]any{tenant, bodyParam("{roots: [...]}")}, "200", "the tenant")}
 	paths["/v1/tenants/{tenant}/webhook-secret:rotate"] = map[string]any{"post": op("Give a tenant a new random webhook secret (admin); "+
 		"notifications are signed with it from now on, the old one no longer (receivers switch at once)",
 		[]map[string]any{tenant}, "200", "the tenant, with its new webhook secret")}

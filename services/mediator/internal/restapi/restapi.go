@@ -46,6 +46,7 @@ func (a *API) Mount(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/tenants/{tenant}", a.admin(a.getTenant))
 	mux.HandleFunc("DELETE /v1/tenants/{tenant}", a.admin(a.deleteTenant))
 	mux.HandleFunc("PUT /v1/tenants/{tenant}/quota", a.admin(a.setQuota))
+	mux.HandleFunc("PUT /v1/tenants/{tenant}/locator-roots", a.admin(a.setLocatorRoots))
 	// A custom method on the tenant's webhook secret, in the AIP form the
 	// job API uses (:cancel); the last segment is a literal, so a ServeMux
 	// pattern expresses it.
@@ -263,6 +264,29 @@ func (a *API) setQuota(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	t, err := a.Tenants.SetQuota(r.Context(), r.PathValue("tenant"), q)
+	if err != nil {
+		problem.WriteError(r.Context(), w, requestStoreError(r, err))
+		return
+	}
+	WriteJSON(w, http.StatusOK, t)
+}
+
+// LocatorRootsRequest is the body of PUT /v1/tenants/{tenant}/locator-roots.
+type LocatorRootsRequest struct {
+	// Roots replace the tenant's; none (or an empty list) clears them.
+	Roots []string `json:"roots"`
+}
+
+// setLocatorRoots replaces the tenant's locator roots and answers the
+// tenant. Job creation on this replica applies them at once, on others
+// within tenants.QuotaTTL.
+func (a *API) setLocatorRoots(w http.ResponseWriter, r *http.Request) {
+	var body LocatorRootsRequest
+	if err := decode(r, &body); err != nil {
+		problem.WriteError(r.Context(), w, err)
+		return
+	}
+	t, err := a.Tenants.SetLocatorRoots(r.Context(), r.PathValue("tenant"), body.Roots)
 	if err != nil {
 		problem.WriteError(r.Context(), w, requestStoreError(r, err))
 		return

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -96,7 +97,7 @@ func TestRotateWebhookSecret(t *testing.T) {
 			t.Fatalf("rotation %d changed the creation time: %v, want %v", i+1, got.CreateTime, want.CreateTime)
 		}
 		got.CreateTime = want.CreateTime
-		if got != want {
+		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("rotation %d answered %+v, want the tenant with only its secret changed: %+v", i+1, got, want)
 		}
 		var stored tenants.Tenant
