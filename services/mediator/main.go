@@ -11,6 +11,7 @@ import (
 	"github.com/medius-platform/medius/pkg/flagenv"
 	"github.com/medius-platform/medius/services/mediator/internal/app"
 	"github.com/medius-platform/medius/services/mediator/internal/jobapi"
+	"github.com/medius-platform/medius/services/mediator/internal/tenants"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
@@ -31,6 +32,7 @@ func parseFlags(args []string) (app.Config, error) {
 	fs.StringVar(&cfg.BootstrapTenant, "bootstrap-tenant", cfg.BootstrapTenant, "tenant of the bootstrap API key")
 	fs.StringVar(&cfg.BootstrapClientID, "bootstrap-client-id", "", "client id registered for the bootstrap tenant on start (with --bootstrap-client-secret)")
 	fs.StringVar(&cfg.BootstrapClientSecret, "bootstrap-client-secret", "", "client secret of --bootstrap-client-id (prefer MEDIUS_BOOTSTRAP_CLIENT_SECRET)")
+	bootstrapRoots := fs.String("bootstrap-locator-roots", "", "locator roots (comma list: file:///dir/, s3://bucket/prefix/) set on the bootstrap tenant on every start; its file:// and s3:// locators must lie under them (empty: left as an admin set them)")
 	fs.StringVar(&cfg.AdminAPIKey, "admin-api-key", "", "operator credential managing tenants, keys and quotas (prefer MEDIUS_ADMIN_API_KEY)")
 	fs.StringVar(&cfg.TokenSigningKey, "token-signing-key", "", "HS256 key signing access tokens; empty keeps a random one in etcd (prefer MEDIUS_TOKEN_SIGNING_KEY)")
 	fs.BoolVar(&cfg.AllowPrivateWebhooks, "allow-private-webhooks", false, "allow notification endpoints on loopback and private addresses")
@@ -68,6 +70,14 @@ func parseFlags(args []string) (app.Config, error) {
 	}
 	if cfg.Sweep.MaxPending <= 0 {
 		return app.Config{}, fmt.Errorf("--sweep-max-pending: %d is not a positive count", cfg.Sweep.MaxPending)
+	}
+	if roots := flagenv.List(*bootstrapRoots); len(roots) > 0 {
+		// Checked here so that a bad root stops the start with the flag
+		// named, before any connection is made.
+		if _, err := tenants.NormalizeLocatorRoots(roots); err != nil {
+			return app.Config{}, fmt.Errorf("--bootstrap-locator-roots: %w", err)
+		}
+		cfg.BootstrapLocatorRoots = roots
 	}
 	cfg.EtcdEndpoints = flagenv.List(*etcd)
 	return cfg, nil

@@ -37,3 +37,24 @@ func TestParseFlagsSweepAndRetention(t *testing.T) {
 		}
 	}
 }
+
+// The bootstrap tenant's roots come as a comma list, from the flag or its
+// variable; a bad one stops the start naming the flag.
+func TestParseFlagsBootstrapLocatorRoots(t *testing.T) {
+	t.Setenv("MEDIUS_BOOTSTRAP_LOCATOR_ROOTS", "file:///media/, s3://media-bucket/default/")
+	cfg, err := parseFlags(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(cfg.BootstrapLocatorRoots, []string{"file:///media/", "s3://media-bucket/default/"}) {
+		t.Fatalf("roots %q", cfg.BootstrapLocatorRoots)
+	}
+	if _, err := parseFlags([]string{"--bootstrap-locator-roots", "file:///media/,https://cdn.example.com/"}); err == nil ||
+		!strings.Contains(err.Error(), "--bootstrap-locator-roots") || !strings.Contains(err.Error(), `"https://cdn.example.com/"`) {
+		t.Fatalf("an http root: %v, want refused naming the flag and the root", err)
+	}
+	t.Setenv("MEDIUS_BOOTSTRAP_LOCATOR_ROOTS", "")
+	if cfg, err := parseFlags(nil); err != nil || cfg.BootstrapLocatorRoots != nil {
+		t.Fatalf("no roots: %q, %v, want none (left as an admin set them)", cfg.BootstrapLocatorRoots, err)
+	}
+}

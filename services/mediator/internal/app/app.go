@@ -78,6 +78,11 @@ type Config struct {
 	// exchange (POST /v1/auth/token, /cortex/auth/access-token).
 	BootstrapClientID     string
 	BootstrapClientSecret string
+	// BootstrapLocatorRoots, when set, replace BootstrapTenant's locator
+	// roots on every start (file:///dir/, s3://bucket/prefix/): without
+	// roots a tenant may name no file:// or s3:// locator. Unset, the
+	// roots are left as an admin set them.
+	BootstrapLocatorRoots []string
 	// AdminAPIKey is the operator credential managing tenants and keys
 	// (empty: no admin access through the API).
 	AdminAPIKey string
@@ -204,6 +209,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	jobs.SetAdmission(quota.TenantAdmitter{Admitter: admitter, Tenants: tenantStore})
 	jobs.SetIndex(jobindex.New(etcd))
 	jobs.SetEndpointCheck(func(ep string) error { return webhook.CheckEndpoint(ep, cfg.AllowPrivateWebhooks) })
+	// Workers read file:// and s3:// locators with rights every tenant
+	// shares: a job's must lie under its tenant's roots.
+	jobs.SetLocatorRoots(tenantStore)
 	// Every status change of a job with an endpoint is signed: its tenant's
 	// secret comes from a cache kept current by an etcd watch (Run below).
 	webhookSecrets := tenants.NewWebhookSecrets(etcd, 0)
@@ -419,9 +427,16 @@ func bootstrap(ctx context.Context, keys *auth.EtcdKeys, ts *tenants.Store, cfg 
 		if err == nil && cfg.BootstrapClientID != "" {
 			_, err = ts.PutKey(actx, tenant, cfg.BootstrapClientID, cfg.BootstrapClientSecret, "bootstrap")
 		}
+		var roots []string
+		if err == nil && len(cfg.BootstrapLocatorRoots) > 0 {
+			var t tenants.Tenant
+			t, err = ts.SetLocatorRoots(actx, tenant, cfg.BootstrapLocatorRoots)
+			roots = t.LocatorRoots
+		}
 		cancel()
 		if err == nil {
-			slog.InfoContext(ctx, "bootstrap tenant ready", "tenant", tenant, "api_key", cfg.BootstrapAPIKey != "", "client_id", cfg.BootstrapClientID)
+			slog.InfoContext(ctx, "bootstrap tenant ready", "tenant", tenant, "api_key", cfg.BootstrapAPIKey != "", "client_id", cfg.BootstrapClientID,
+				"locator_roots", roots)
 			return nil
 		}
 		var pe *problem.Error

@@ -72,6 +72,7 @@ func TestMediator(t *testing.T) {
 	cfg.GRPCAddr, cfg.HTTPAddr, cfg.AdminAddr = freeAddr(t), freeAddr(t), freeAddr(t)
 	cfg.RegistryAddr = startStandInRegistry(t)
 	cfg.BootstrapAPIKey, cfg.BootstrapTenant = apiKey, "acme"
+	cfg.BootstrapLocatorRoots = []string{"file:///media/"} // the jobs below read file:///media/a.mp4
 	cfg.LogLevel = "warn"
 	cfg.Version = "1.4.2"
 

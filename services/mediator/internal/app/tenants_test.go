@@ -35,6 +35,7 @@ func startMediator(t *testing.T, mutate func(*Config)) *mediator {
 	cfg.GRPCAddr, cfg.HTTPAddr, cfg.AdminAddr = freeAddr(t), freeAddr(t), freeAddr(t)
 	cfg.RegistryAddr = startStandInRegistry(t)
 	cfg.BootstrapAPIKey = apiKey
+	cfg.BootstrapLocatorRoots = []string{"file:///media/"} // jobBody reads file:///media/a.mp4
 	cfg.LogLevel = "warn"
 	if mutate != nil {
 		mutate(&cfg)
@@ -130,7 +131,7 @@ func TestTenantsKeysAndTokens(t *testing.T) {
 	code, b = m.do("GET", "/v1/jobs", adminKey, "", nil)
 	m.wantProblem("admin lists jobs", 403, b, "admin-not-tenant")
 	var acme map[string]any
-	if code, b := m.do("POST", "/v1/tenants", adminKey, `{"id":"acme","displayName":"Acme"}`, &acme); code != 201 || acme["webhookSecret"] == "" {
+	if code, b := m.do("POST", "/v1/tenants", adminKey, `{"id":"acme","displayName":"Acme","locatorRoots":["file:///media/"]}`, &acme); code != 201 || acme["webhookSecret"] == "" {
 		t.Fatalf("create tenant: %d %s", code, b)
 	}
 	code, b = m.do("POST", "/v1/tenants", adminKey, `{"id":"acme"}`, nil)
