@@ -262,10 +262,43 @@ func (h *Handler) createJob(w http.ResponseWriter, r *http.Request) {
 	}
 	created, err := h.Jobs.CreateJob(ctx, &jobsv1.CreateJobRequest{Job: job, RequestId: requestID(&in)})
 	if err != nil {
-		h.writeError(w, r, err)
+		h.writeError(w, r, inCortexTerms(in.Job.JobProfile, err))
 		return
 	}
 	writeJSON(w, http.StatusCreated, toMediatorJob(created))
+}
+
+// inCortexTerms names the Cortex field a locator refusal of the job API is
+// about (job.input.locators[inputFile] is job.jobInput.inputFile), and makes
+// a locator outside the project's roots (403 elsewhere) a 400: the spec
+// answers POST /jobs with 201, 400, 401 or 502 only.
+func inCortexTerms(profile string, err error) error {
+	var pe *problem.Error
+	if !errors.As(err, &pe) {
+		return err
+	}
+	name, ok := strings.CutPrefix(pe.Field, "job.input.locators[")
+	if !ok {
+		return err
+	}
+	name = strings.TrimSuffix(name, "]")
+	out := *pe
+	switch {
+	case name == "inputFile":
+		out.Field = "job.jobInput.inputFile"
+	case profile == ProfileVideoAnalysis && name == videoOutput.medius:
+		out.Field = "job.jobInput.outputLocation"
+	default:
+		for _, o := range outputsOf(profile) {
+			if o.medius == name {
+				out.Field = "job.jobInput.outputLocation." + o.cortex
+			}
+		}
+	}
+	if out.Code == codes.PermissionDenied {
+		out.Code = codes.InvalidArgument
+	}
+	return &out
 }
 
 // requestID makes a Cortex tracking object the idempotency key: the spec

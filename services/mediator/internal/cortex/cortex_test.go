@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -157,6 +158,12 @@ func setupWith(t *testing.T, configure func(*cortex.Handler)) *fixture {
 		t.Fatal(err)
 	}
 	jobs.SetAdmission(quota.TenantAdmitter{Admitter: quota.New(env.EtcdCli), Tenants: ts})
+	// As the mediator: s3:// locators (--cortex-s3) lie under the
+	// project's roots; default's are in bucket b, other has none.
+	jobs.SetLocatorRoots(ts)
+	if _, err := ts.SetLocatorRoots(ctx, "default", []string{"s3://b/"}); err != nil {
+		t.Fatal(err)
+	}
 	tokens := auth.NewTokens([]byte("test-signing-key-0123456789"), time.Hour)
 	authn := auth.NewAuthenticator(auth.NewEtcdKeys(env.EtcdCli), auth.WithTokens(tokens, ts))
 	rest := &restapi.API{Authn: authn, Tokens: tokens, Tenants: ts}
@@ -546,5 +553,45 @@ func TestCortexSpeechOutputs(t *testing.T) {
 	for _, out := range []string{`{}`, `{"webVttFormat": {"httpEndpoint": "https://media.example.com/x.vtt"}}`, `"https://media.example.com/"`} {
 		code, b := f.do("POST", "/jobs", authz, speechJob(out))
 		wantProblem(t, "outputLocation "+out, code, b, 400, "job.jobInput.outputLocation")
+	}
+}
+
+// With --cortex-s3, a locator given as awsS3Bucket/awsS3Key must lie under
+// the project's locator roots, as any s3:// locator: else 400 (the spec's
+// refusals of POST /jobs) of type locator-not-allowed, naming the Cortex
+// field.
+func TestCortexLocatorRoots(t *testing.T) {
+	f := setupWith(t, func(h *cortex.Handler) { h.S3 = true })
+	s3Only := func(body, field, bucket, key string) string {
+		t.Helper()
+		re := regexp.MustCompile(`"` + field + `": \{[^}]*\}`)
+		if !re.MatchString(body) {
+			t.Fatalf("no %s in %s", field, body)
+		}
+		return re.ReplaceAllString(body, fmt.Sprintf(`"%s": {"awsS3Bucket": %q, "awsS3Key": %q}`, field, bucket, key))
+	}
+	for _, c := range []struct {
+		name, client, body, field string
+	}{
+		{"a project without roots", "other", s3Only(videoJob("other", "{}"), "inputFile", "b", "00000132.mp4"), "job.jobInput.inputFile"},
+		{"an input in another bucket", "default", s3Only(videoJob("default", "{}"), "inputFile", "c", "00000132.mp4"), "job.jobInput.inputFile"},
+		{"an input key leaving its prefix", "default", s3Only(videoJob("default", "{}"), "inputFile", "b", "x/../y.mp4"), "job.jobInput.inputFile"},
+		{"an output in another bucket", "default", s3Only(videoJob("default", "{}"), "outputLocation", "c", "out.json"), "job.jobInput.outputLocation"},
+		{"a speech format in another bucket", "default", speechJob(`{"srtFormat": {"awsS3Bucket": "c", "awsS3Key": "o.srt"}}`), "job.jobInput.outputLocation.srtFormat"},
+	} {
+		authz := map[string]string{"Authorization": f.token(c.client+"-client", c.client+"-secret-0123456789")}
+		code, b := f.do("POST", "/jobs", authz, c.body)
+		wantProblem(t, c.name, code, b, 400, c.field)
+		f.spec.check("post", "/jobs", code, b)
+		if !strings.Contains(string(b), "locator-not-allowed") {
+			t.Fatalf("%s: %s, want type locator-not-allowed", c.name, b)
+		}
+	}
+	if ids, err := f.store.IDs(context.Background()); err != nil || len(ids) != 0 {
+		t.Fatalf("refused jobs stored: %v, %v", ids, err)
+	}
+	authz := map[string]string{"Authorization": f.token("default-client", "default-secret-0123456789")}
+	if code, b := f.do("POST", "/jobs", authz, s3Only(s3Only(videoJob("default", "{}"), "inputFile", "b", "in/x.mp4"), "outputLocation", "b", "out/x.json")); code != 201 {
+		t.Fatalf("s3 locators under the project's roots: %d %s", code, b)
 	}
 }
