@@ -48,7 +48,16 @@ const (
 	TypeUnsupportedProfile = "unsupported-profile"
 	TypeTimeout            = "timeout"
 	TypeExecutionFailed    = "execution-failed"
+	TypeOutputTooLarge     = "output-too-large"
 )
+
+// MaxOutputBytes bounds a job's output, encoded. The output travels in the
+// worker's report and in the job's records and announcements, which also
+// carry its input (up to 256 KiB), and NATS refuses a message over its
+// max_payload (1 MiB by default): a job past it would be taken for lost and
+// run again. Larger results belong in an output locator; a handler's
+// output over the bound fails the job (TypeOutputTooLarge).
+const MaxOutputBytes = 512 << 10
 
 // LocatorField is the job field of input locator param, as problems name it.
 func LocatorField(param string) string { return "input.locators." + param }

@@ -25,6 +25,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	grpccodes "google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -488,6 +489,10 @@ func (r *Runner) execute(ctx context.Context, log *slog.Logger, item *eventsv1.W
 		return upd
 	}
 
+	if n := proto.Size(out); herr == nil && n > MaxOutputBytes {
+		herr = &problem.Error{Code: grpccodes.ResourceExhausted, Type: TypeOutputTooLarge, Title: "Output too large",
+			Detail: fmt.Sprintf("the job's output is %d bytes encoded, over the limit of %d: write large results to an output locator", n, MaxOutputBytes)}
+	}
 	switch cause := context.Cause(jobCtx); {
 	case herr == nil:
 		upd := final(jobsv1.JobStatus_JOB_STATUS_COMPLETED)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,11 +17,13 @@ import (
 	registryv1 "github.com/medius-platform/medius/pkg/api/medius/registry/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/devenv"
+	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/medius-platform/medius/pkg/workersdk"
 	"github.com/medius-platform/medius/pkg/workersdk/workersdktest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 const rigService = "sdk"
@@ -489,4 +492,41 @@ func TestStopAttemptSparesLaterAttempts(t *testing.T) {
 	stop(bus.SubjectCancel(job), &eventsv1.JobCancelRequested{JobId: job, Tenant: "t1"})
 	checkFor(t, 10*time.Second, func() bool { return ended(2) == jobsv1.JobStatus_JOB_STATUS_CANCELED },
 		func() string { return fmt.Sprintf("attempt 2 not canceled: %v", updates.of(job)) })
+}
+
+// A handler's output too large to travel in the job's messages fails the
+// job, once, naming why, instead of a report NATS refuses (the job then
+// taken for lost and run again).
+func TestOutputTooLargeFailsTheJob(t *testing.T) {
+	g := newRig(t)
+	updates := g.collect(t)
+	big, err := structpb.NewStruct(map[string]any{"text": strings.Repeat("x", workersdk.MaxOutputBytes)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.run(t, workersdk.Config{Capacity: 1, Profiles: []workersdk.Profile{{
+		Spec: &registryv1.JobProfile{Name: "NoOp", JobType: "QAJob"},
+		Handler: func(context.Context, *workersdk.WorkItem, func(int)) (*jobsv1.JobOutput, float64, error) {
+			return &jobsv1.JobOutput{Data: big}, 0, nil
+		},
+	}}})
+	g.submit(t, "wordy")
+	checkFor(t, 10*time.Second, func() bool {
+		u := updates.of("wordy")
+		return len(u) > 0 && u[len(u)-1].GetStatus() == jobsv1.JobStatus_JOB_STATUS_FAILED
+	}, func() string { return fmt.Sprintf("updates %v, want FAILED", statuses(updates.of("wordy"))) })
+	u := updates.of("wordy")
+	last := u[len(u)-1]
+	if last.GetError().GetType() != problem.TypePrefix+workersdk.TypeOutputTooLarge || last.GetOutput() != nil {
+		t.Fatalf("report %s %v (output %d bytes), want FAILED %s without the output", last.GetStatus(), last.GetError(), proto.Size(last.GetOutput()), workersdk.TypeOutputTooLarge)
+	}
+}
+
+// statuses are updates' statuses, for messages.
+func statuses(updates []*eventsv1.ExecutionUpdate) []jobsv1.JobStatus {
+	out := make([]jobsv1.JobStatus, len(updates))
+	for i, u := range updates {
+		out[i] = u.GetStatus()
+	}
+	return out
 }
