@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,7 +49,9 @@ type Config struct {
 	ClientID     string
 	ClientSecret string
 	AdminKey     string
-	// FileRoots are the directories file:// locators may name.
+	// FileRoots are the directories file:// locators may name: the
+	// workers' --file-roots, and the bootstrap tenant's locator roots
+	// (LocatorRoots).
 	FileRoots []string
 	// Workers is the number of job-worker processes (default 1).
 	Workers int
@@ -74,6 +77,9 @@ type Stack struct {
 	ClientID     string
 	ClientSecret string
 	AdminKey     string
+	// LocatorRoots are the bootstrap tenant's: file://<root>/ for each of
+	// Config.FileRoots.
+	LocatorRoots []string
 
 	mu    sync.Mutex
 	procs []*Process
@@ -126,6 +132,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		}
 	}
 	s := &Stack{cfg: cfg, RESTAddr: cfg.RESTAddr, GRPCAddr: cfg.GRPCAddr}
+	if s.LocatorRoots, err = LocatorRoots(cfg.FileRoots); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			s.Stop()
@@ -182,6 +191,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			case "mediator":
 				args = append(args, "--registry-addr", s.RegistryAddr, "--grpc-addr", cfg.GRPCAddr,
 					"--http-addr", cfg.RESTAddr, "--bootstrap-client-id", s.ClientID, "--allow-private-webhooks=true")
+				// The default tenant may name what the workers may read;
+				// other tenants get roots of their own from an admin.
+				if len(s.LocatorRoots) > 0 {
+					args = append(args, "--bootstrap-locator-roots", strings.Join(s.LocatorRoots, ","))
+				}
 				// Secrets go in the environment, not the command line that
 				// any local user can read with ps.
 				env = []string{"MEDIUS_BOOTSTRAP_API_KEY=" + s.APIKey,
@@ -202,6 +216,25 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		}
 	}
 	return s, nil
+}
+
+// LocatorRoots are the locator roots naming the directories fileRoots:
+// file://<absolute dir>/ each (a comma escaped, as they travel as a comma
+// list).
+func LocatorRoots(fileRoots []string) ([]string, error) {
+	var out []string
+	for _, dir := range fileRoots {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return nil, fmt.Errorf("file root %q: %w", dir, err)
+		}
+		p := filepath.ToSlash(abs)
+		if !strings.HasSuffix(p, "/") {
+			p += "/"
+		}
+		out = append(out, strings.ReplaceAll((&url.URL{Scheme: "file", Path: p}).String(), ",", "%2C"))
+	}
+	return out, nil
 }
 
 func (s *Stack) start(ctx context.Context, label, bin string, args, env []string) (*Process, error) {

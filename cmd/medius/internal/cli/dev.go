@@ -27,7 +27,12 @@ The key is MEDIUS_BOOTSTRAP_API_KEY when set, else generated once and kept in
 --dir/bootstrap-api-key. Likewise the default tenant's client id and secret
 (token exchange, Cortex access-token) come from MEDIUS_BOOTSTRAP_CLIENT_ID and
 MEDIUS_BOOTSTRAP_CLIENT_SECRET, and the admin credential managing tenants
-from MEDIUS_ADMIN_API_KEY, else they are generated and kept in --dir.`,
+from MEDIUS_ADMIN_API_KEY, else they are generated and kept in --dir.
+
+The default tenant's locator roots are the --file-roots (file://<root>/ each),
+set on every start: its jobs may name files under them. Other tenants may
+name no file:// or s3:// locator until an admin grants them roots of their
+own (medius tenants set-locator-roots).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			if cfg.APIKey == "" {
@@ -65,7 +70,8 @@ from MEDIUS_ADMIN_API_KEY, else they are generated and kept in --dir.`,
 			fmt.Fprintf(out, "  client id   %s\n", stack.ClientID)
 			fmt.Fprintf(out, "  secret      %s\n", stack.ClientSecret)
 			fmt.Fprintf(out, "  admin key   %s\n", stack.AdminKey)
-			fmt.Fprintf(out, "  file roots  %v\n\n", cfg.FileRoots)
+			fmt.Fprintf(out, "  file roots  %v\n", cfg.FileRoots)
+			fmt.Fprintf(out, "  locator roots of default  %v   (other tenants: medius tenants set-locator-roots ID ROOT...)\n\n", stack.LocatorRoots)
 			fmt.Fprintf(out, "Try:\n  curl -s -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' \\\n"+
 				"    -d '{\"profile\":\"ExtractTechnicalMetadata\",\"input\":{\"locators\":{\"inputFile\":{\"url\":\"file:///path/to/media.mp4\"}}}}' \\\n"+
 				"    http://%s/v1/jobs\n\nCtrl-C to stop.\n", stack.APIKey, stack.RESTAddr)

@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"net/url"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -14,7 +15,16 @@ type tenant struct {
 	DisplayName   string    `json:"displayName,omitempty"`
 	Quota         quota     `json:"quota"`
 	WebhookSecret string    `json:"webhookSecret,omitempty"`
+	LocatorRoots  []string  `json:"locatorRoots,omitempty"`
 	CreateTime    time.Time `json:"createTime"`
+}
+
+// roots shows a tenant's locator roots in a table cell.
+func (t tenant) roots() string {
+	if len(t.LocatorRoots) == 0 {
+		return "-"
+	}
+	return strings.Join(t.LocatorRoots, ",")
 }
 
 type quota struct {
@@ -40,7 +50,7 @@ func (q quota) String() string {
 
 func newTenantsCmd() *cobra.Command {
 	var c restClient
-	cmd := &cobra.Command{Use: "tenants", Short: "Manage tenants and their quotas (admin credential)"}
+	cmd := &cobra.Command{Use: "tenants", Short: "Manage tenants, their quotas and locator roots (admin credential)"}
 	c.register(cmd, "admin-key", "MEDIUS_ADMIN_API_KEY", "admin credential")
 
 	print := func(cmd *cobra.Command, ts ...tenant) error {
@@ -51,9 +61,9 @@ func newTenantsCmd() *cobra.Command {
 			return printJSON(cmd.OutOrStdout(), ts)
 		}
 		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tNAME\tQUOTA\tCREATED")
+		fmt.Fprintln(tw, "ID\tNAME\tQUOTA\tLOCATOR ROOTS\tCREATED")
 		for _, t := range ts {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.ID, t.DisplayName, t.Quota, t.CreateTime.Format(time.RFC3339))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.DisplayName, t.Quota, t.roots(), t.CreateTime.Format(time.RFC3339))
 		}
 		return tw.Flush()
 	}
@@ -68,6 +78,7 @@ func newTenantsCmd() *cobra.Command {
 		return err
 	}
 	var name string
+	var roots []string
 	var q quota
 	quotaFlags := func(cmd *cobra.Command) {
 		cmd.Flags().Int64Var(&q.MaxConcurrentJobs, "max-concurrent", 0, "maximum non-terminal jobs (0: unlimited)")
@@ -77,16 +88,17 @@ func newTenantsCmd() *cobra.Command {
 	}
 	create := &cobra.Command{
 		Use: "create ID", Short: "Create a tenant (prints its webhook secret)", Args: cobra.ExactArgs(1),
-		Example: "  medius tenants create acme --name 'Acme Corp' --max-concurrent 10",
+		Example: "  medius tenants create acme --name 'Acme Corp' --max-concurrent 10 --locator-root file:///srv/media/acme/",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var t tenant
-			if err := c.do(cmd.Context(), "POST", "/v1/tenants", tenant{ID: args[0], DisplayName: name, Quota: q}, &t); err != nil {
+			if err := c.do(cmd.Context(), "POST", "/v1/tenants", tenant{ID: args[0], DisplayName: name, Quota: q, LocatorRoots: roots}, &t); err != nil {
 				return err
 			}
 			return printOne(cmd, t)
 		},
 	}
 	create.Flags().StringVar(&name, "name", "", "display name")
+	create.Flags().StringArrayVar(&roots, "locator-root", nil, "a URL prefix the tenant's file:// and s3:// locators may lie under (file:///dir/, s3://bucket/prefix/); repeatable; none: no such locators")
 	quotaFlags(create)
 
 	list := &cobra.Command{
@@ -138,6 +150,26 @@ verification to the new secret when you rotate.`,
 		},
 	}
 	quotaFlags(setQuota)
+	setRoots := &cobra.Command{
+		Use:   "set-locator-roots ID [ROOT...]",
+		Short: "Replace a tenant's locator roots (none clears them)",
+		Long: `Replace the URL prefixes a tenant's file:// and s3:// locators must lie
+under: file:///dir/ (a directory of the workers' --file-roots), s3://bucket/ or
+s3://bucket/prefix/. Workers read and write such locators with rights every
+tenant shares, so a tenant may name only what lies under its roots; a tenant
+without roots may name none (http(s) locators are not concerned). Jobs
+created from now on are checked (on other mediator replicas within 2 s).`,
+		Example: "  medius tenants set-locator-roots acme file:///srv/media/acme/ s3://media/acme/\n  medius tenants set-locator-roots acme   # clears them",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var t tenant
+			body := map[string][]string{"roots": append([]string{}, args[1:]...)}
+			if err := c.do(cmd.Context(), "PUT", "/v1/tenants/"+url.PathEscape(args[0])+"/locator-roots", body, &t); err != nil {
+				return err
+			}
+			return print(cmd, t)
+		},
+	}
 	del := &cobra.Command{
 		Use: "delete ID", Short: "Delete a tenant and revoke its keys", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -148,6 +180,6 @@ verification to the new secret when you rotate.`,
 			return nil
 		},
 	}
-	cmd.AddCommand(create, list, get, rotate, setQuota, del)
+	cmd.AddCommand(create, list, get, rotate, setQuota, setRoots, del)
 	return cmd
 }
