@@ -153,12 +153,39 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
-	t.Run("file path escaping the root is refused", func(t *testing.T) {
-		for _, url := range []string{"file:///etc/passwd", "file://" + p.mediaDir + "/../../../etc/passwd"} {
-			job := p.submitGRPC(t, url)
-			if job.Status != jobsv1.JobStatus_JOB_STATUS_FAILED || job.Error == nil || !strings.Contains(job.Error.Type, "locator-forbidden") {
-				t.Errorf("%s: job ended %s, error %+v; want FAILED locator-forbidden", url, jobstate.Name(job.Status), job.Error)
+	t.Run("file path outside the tenant's roots is refused", func(t *testing.T) {
+		// The mediator refuses a locator outside the tenant's locator roots
+		// (the dev stack gives the default tenant its file roots) before
+		// creating anything.
+		for _, url := range []string{"file:///etc/passwd", "file://" + p.mediaDir + "/../../../etc/passwd", "file://" + p.mediaDir + "2/clip.mp4"} {
+			code, body := p.rest(t, "POST", "/v1/jobs", apiKey, fmt.Sprintf(`{"profile":"ExtractTechnicalMetadata","input":{"locators":{"inputFile":{"url":%q}}}}`, url))
+			prob := checkProblem(t, code, body, http.StatusForbidden)
+			if prob["type"] != "urn:medius:problem:locator-not-allowed" || prob["field"] != "job.input.locators[inputFile]" ||
+				!strings.Contains(fmt.Sprint(prob["detail"]), `tenant "default"`) {
+				t.Errorf("%s: %s, want locator-not-allowed naming the field and the tenant", url, body)
 			}
+			_, err := p.grpc.CreateJob(p.authed(context.Background(), apiKey), &jobsv1.CreateJobRequest{Job: &jobsv1.Job{
+				Profile: "ExtractTechnicalMetadata",
+				Input:   &jobsv1.JobInput{Locators: map[string]*jobsv1.Locator{"inputFile": {Url: url}}},
+			}})
+			if status.Code(err) != codes.PermissionDenied {
+				t.Errorf("%s over gRPC: %v, want PermissionDenied", url, err)
+			}
+		}
+		// The worker still confines file:// to its --file-roots whatever
+		// roots an admin grants: a tenant granted file:/// has its job fail.
+		code, body := p.rest(t, "POST", "/v1/tenants", p.stack.AdminKey, `{"id":"wide","locatorRoots":["file:///"]}`)
+		if code != http.StatusCreated {
+			t.Fatalf("create tenant: %d %s", code, body)
+		}
+		code, body = p.rest(t, "POST", "/v1/tenants/wide/keys", p.stack.AdminKey, "")
+		var key struct{ ClientSecret string }
+		if code != http.StatusCreated || json.Unmarshal(body, &key) != nil {
+			t.Fatalf("create key: %d %s", code, body)
+		}
+		job := p.submitGRPCAs(t, key.ClientSecret, "file:///etc/passwd")
+		if job.Status != jobsv1.JobStatus_JOB_STATUS_FAILED || job.Error == nil || !strings.Contains(job.Error.Type, "locator-forbidden") {
+			t.Errorf("job ended %s, error %+v; want FAILED locator-forbidden", jobstate.Name(job.Status), job.Error)
 		}
 	})
 
@@ -181,9 +208,13 @@ func TestEndToEnd(t *testing.T) {
 		} else {
 			t.Errorf("no technicalMetadata in %s", out)
 		}
-		out, err = run("jobs", "submit", "--profile", "ExtractTechnicalMetadata", "--input", "inputFile=file:///etc/passwd", "--wait")
+		out, err = run("jobs", "submit", "--profile", "ExtractTechnicalMetadata", "--input", "inputFile=file://"+p.mediaDir+"/nope.mp4", "--wait")
 		if err == nil || !strings.Contains(out, "FAILED") {
 			t.Errorf("failed job: err %v, output %s; want an error and FAILED", err, out)
+		}
+		if _, err = run("jobs", "submit", "--profile", "ExtractTechnicalMetadata", "--input", "inputFile=file:///etc/passwd"); err == nil ||
+			!strings.Contains(cli.Describe(err), "(locator-not-allowed)") || !strings.Contains(cli.Describe(err), "(field job.input.locators[inputFile])") {
+			t.Errorf("a file outside the roots: %v, want locator-not-allowed naming the field", err)
 		}
 		if _, err = run("jobs", "submit", "--profile", "NoSuchProfile"); err == nil || !strings.Contains(cli.Describe(err), "(field job.profile)") {
 			t.Errorf("unknown profile: %v", err)
@@ -217,21 +248,33 @@ func (p *platform) authed(ctx context.Context, key string) context.Context {
 
 func (p *platform) submitGRPC(t testing.TB, url string) *jobsv1.Job {
 	t.Helper()
-	job, err := p.grpc.CreateJob(p.authed(context.Background(), apiKey), &jobsv1.CreateJobRequest{Job: &jobsv1.Job{
+	return p.submitGRPCAs(t, apiKey, url)
+}
+
+// submitGRPCAs submits an ExtractTechnicalMetadata job of url with key and
+// waits for its end.
+func (p *platform) submitGRPCAs(t testing.TB, key, url string) *jobsv1.Job {
+	t.Helper()
+	job, err := p.grpc.CreateJob(p.authed(context.Background(), key), &jobsv1.CreateJobRequest{Job: &jobsv1.Job{
 		Profile: "ExtractTechnicalMetadata",
 		Input:   &jobsv1.JobInput{Locators: map[string]*jobsv1.Locator{"inputFile": {Url: url}}},
 	}})
 	if err != nil {
 		t.Fatalf("create job for %s: %v", url, err)
 	}
-	return p.waitGRPC(t, job.Id)
+	return p.waitGRPCAs(t, key, job.Id)
 }
 
 func (p *platform) waitGRPC(t testing.TB, id string) *jobsv1.Job {
 	t.Helper()
+	return p.waitGRPCAs(t, apiKey, id)
+}
+
+func (p *platform) waitGRPCAs(t testing.TB, key, id string) *jobsv1.Job {
+	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		job, err := p.grpc.GetJob(p.authed(context.Background(), apiKey), &jobsv1.GetJobRequest{Id: id})
+		job, err := p.grpc.GetJob(p.authed(context.Background(), key), &jobsv1.GetJobRequest{Id: id})
 		if err != nil {
 			t.Fatalf("get job %s: %v", id, err)
 		}
