@@ -9,6 +9,7 @@ import (
 	"github.com/medius-platform/medius/services/mediator/internal/jobindex"
 	"github.com/medius-platform/medius/services/mediator/internal/quota"
 	"github.com/medius-platform/medius/services/mediator/internal/tenants"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 func TestBackfill(t *testing.T) {
@@ -96,5 +97,48 @@ func TestReconcileQuota(t *testing.T) {
 	ms, err := adm.Markers(context.Background())
 	if err != nil || len(ms) != 2 || ms[0].Job != running.Id || ms[0].Run != 1 || ms[1].Job != running.Id || ms[1].Run != 0 {
 		t.Fatalf("markers after reconciliation = %+v, %v; want %s's first run and older marker", ms, err, running.Id)
+	}
+}
+
+// A job deleted (by its client, or by retention) while its slot's release
+// was lost gives the slot back as it goes, so the reconciliation never
+// takes its marker for an admission whose job never came: the job it
+// counted of the day stays counted.
+func TestDeletedJobKeepsItsCountOfThePeriod(t *testing.T) {
+	f := setup(t)
+	q := tenants.Quota{MaxJobsPerPeriod: 10, Period: tenants.PeriodDay}
+	adm := quota.New(f.env.EtcdCli)
+	f.srv.SetAdmission(onlyQuota{adm, q})
+	ctx := as("acme")
+	end := func() string {
+		created, err := f.srv.CreateJob(ctx, &jobsv1.CreateJobRequest{Job: ameJob()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		job, rev, _ := f.store.Get(ctx, created.Id)
+		job.Status = jobsv1.JobStatus_JOB_STATUS_COMPLETED // its release lost
+		job.EndTime = timestamppb.New(time.Now().Add(-2 * DefaultRetention))
+		if _, err := f.store.Update(ctx, job, rev); err != nil {
+			t.Fatal(err)
+		}
+		return created.Id
+	}
+	deleted := end()
+	if _, err := f.srv.DeleteJob(ctx, &jobsv1.DeleteJobRequest{Id: deleted}); err != nil {
+		t.Fatal(err)
+	}
+	end() // past retention
+	if n, err := f.srv.RetainOnce(context.Background(), DefaultRetention); err != nil || n != 1 {
+		t.Fatalf("retention deleted %d, %v; want 1", n, err)
+	}
+	if active, err := adm.Active(context.Background(), "acme"); err != nil || active != 0 {
+		t.Fatalf("active = %d, %v; want 0", active, err)
+	}
+	if _, err := f.srv.ReconcileQuota(context.Background(), adm, 0); err != nil {
+		t.Fatal(err)
+	}
+	day, err := f.env.EtcdCli.Get(context.Background(), quota.JobsKey("acme", quota.PeriodID(q.Period, time.Now())))
+	if err != nil || len(day.Kvs) != 1 || string(day.Kvs[0].Value) != "2" {
+		t.Fatalf("jobs counted of the day: %v, %v; want 2", day.Kvs, err)
 	}
 }

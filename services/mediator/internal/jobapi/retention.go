@@ -70,6 +70,9 @@ func (s *Server) RetainOnce(ctx context.Context, period time.Duration) (int, err
 		if !expired(job, now, period) {
 			continue
 		}
+		if err := s.releaseEnded(ctx, job); err != nil {
+			return deleted, err
+		}
 		if err := s.store.Delete(ctx, id); err != nil {
 			return deleted, err
 		}
@@ -101,4 +104,18 @@ func expired(job *jobsv1.Job, now time.Time, period time.Duration) bool {
 		keep = ttl.AsDuration()
 	}
 	return now.Sub(end.AsTime()) >= keep
+}
+
+// releaseEnded frees the quota slots job, ended, may still hold (its
+// release lost) before its record goes: a marker without its job is taken
+// for an admission whose job never came, which the quota reconciliation
+// undoes, giving the job's count of its period back.
+func (s *Server) releaseEnded(ctx context.Context, job *jobsv1.Job) error {
+	if s.admit == nil {
+		return nil
+	}
+	if err := s.admit.ReleaseEnded(ctx, job); err != nil {
+		return fmt.Errorf("release the quota slots of job %s: %w", job.GetId(), err)
+	}
+	return nil
 }

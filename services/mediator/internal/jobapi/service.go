@@ -87,6 +87,9 @@ type Admission interface {
 	// Unadmit undoes Admit for a job not created after all: its slot, and
 	// the job it counted of the period; idempotent.
 	Unadmit(ctx context.Context, tenant, job string) error
+	// ReleaseEnded gives back the slots of the runs job, ended, is over
+	// (the status consumer's terminal hook); idempotent.
+	ReleaseEnded(ctx context.Context, job *jobsv1.Job) error
 }
 
 // SetEndpointCheck checks every notification endpoint with check (the

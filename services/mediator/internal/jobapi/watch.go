@@ -91,6 +91,9 @@ func (s *Server) DeleteJob(ctx context.Context, req *jobsv1.DeleteJobRequest) (*
 		return nil, problem.FailedPrecondition("job-not-terminal",
 			fmt.Sprintf("job %s is %s: cancel it and wait for it to end before deleting it", job.GetId(), jobstate.Name(job.GetStatus())))
 	}
+	if err := s.releaseEnded(ctx, job); err != nil {
+		return nil, storeError(ctx, err)
+	}
 	if err := s.store.Delete(ctx, job.GetId()); err != nil {
 		return nil, storeError(ctx, err)
 	}
