@@ -28,19 +28,30 @@ func HTTPStatus(c codes.Code) int {
 
 // Write writes p as application/problem+json with its status.
 func Write(w http.ResponseWriter, p *jobsv1.Problem) {
+	w.Header().Set("Content-Type", ContentType)
+	w.WriteHeader(int(p.Status))
+	_, _ = w.Write(append(JSON(p), '\n'))
+}
+
+// JSON is p's problem JSON body (RFC 7807).
+func JSON(p *jobsv1.Problem) []byte {
 	body := map[string]any{"type": p.Type, "title": p.Title, "status": p.Status, "detail": p.Detail}
 	if p.Field != "" {
 		body["field"] = p.Field
 	}
-	w.Header().Set("Content-Type", ContentType)
-	w.WriteHeader(int(p.Status))
-	_ = json.NewEncoder(w).Encode(body)
+	b, _ := json.Marshal(body) // strings and a number: cannot fail
+	return b
+}
+
+// FromError is err (mapped through ToStatus) as a problem detail.
+func FromError(ctx context.Context, err error) *jobsv1.Problem {
+	st, _ := status.FromError(ToStatus(ctx, err))
+	return FromStatus(st)
 }
 
 // WriteError writes err (mapped through ToStatus) as problem JSON.
 func WriteError(ctx context.Context, w http.ResponseWriter, err error) {
-	st, _ := status.FromError(ToStatus(ctx, err))
-	Write(w, FromStatus(st))
+	Write(w, FromError(ctx, err))
 }
 
 // GatewayErrorHandler is a grpc-gateway error handler answering with problem

@@ -79,8 +79,7 @@ func (a *API) watch(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			if err != nil && ctx.Err() == nil {
-				st := problem.ToStatus(ctx, err)
-				fmt.Fprintf(w, "event: error\ndata: {\"detail\":%q}\n\n", st.Error())
+				fmt.Fprintf(w, "event: error\ndata: %s\n\n", problem.JSON(problem.FromError(ctx, err)))
 			} else {
 				fmt.Fprint(w, "event: end\ndata: {}\n\n")
 			}
