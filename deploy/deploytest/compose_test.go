@@ -51,6 +51,8 @@ func TestComposeFile(t *testing.T) {
 		t.Fatalf("docker-compose.yml does not load: %v", err)
 	}
 	root := repoRoot(t)
+	envs := map[string]map[string]string{}
+	defer func() { checkLocatorRoots(t, "docker-compose.yml", envs) }()
 
 	// The four services, each built from a Dockerfile that exists, under
 	// the image name the table (and the Kubernetes manifests) use, with every
@@ -99,6 +101,7 @@ func TestComposeFile(t *testing.T) {
 			}
 		}
 		checkSettings(t, "docker-compose.yml", img.service, env)
+		envs[img.service] = env
 
 		if svc.HealthCheck == nil || svc.HealthCheck.Disable || !slices.Contains(svc.HealthCheck.Test, "/usr/local/bin/healthcheck") {
 			t.Errorf("%s: no healthcheck running the image's healthcheck binary", svc.Name)

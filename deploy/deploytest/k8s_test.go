@@ -115,6 +115,8 @@ func TestKustomizeOverlays(t *testing.T) {
 // checkServices checks the four Medius Deployments of an overlay.
 func checkServices(t *testing.T, m *manifests, overlay string, bootstrapLocal bool) {
 	seen := map[string]bool{}
+	envs := map[string]map[string]string{}
+	defer func() { checkLocatorRoots(t, overlay, envs) }()
 	for _, d := range m.deployments {
 		pod := d.Spec.Template
 		if len(pod.Spec.Containers) != 1 {
@@ -163,6 +165,7 @@ func checkServices(t *testing.T, m *manifests, overlay string, bootstrapLocal bo
 			}
 		}
 		checkSettings(t, where, img.service, env)
+		envs[img.service] = env
 		checkDependencies(t, m, where, env)
 
 		// Probes on the admin port, at the paths adminserver serves.
