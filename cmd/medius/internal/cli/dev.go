@@ -72,9 +72,15 @@ own (medius tenants set-locator-roots).`,
 			fmt.Fprintf(out, "  admin key   %s\n", stack.AdminKey)
 			fmt.Fprintf(out, "  file roots  %v\n", cfg.FileRoots)
 			fmt.Fprintf(out, "  locator roots of default  %v   (other tenants: medius tenants set-locator-roots ID ROOT...)\n\n", stack.LocatorRoots)
+			// The example names a file under the default tenant's roots:
+			// anything else is refused (locator-not-allowed).
+			example := "file:///path/to/media.mp4"
+			if len(stack.LocatorRoots) > 0 {
+				example = stack.LocatorRoots[0] + "media.mp4"
+			}
 			fmt.Fprintf(out, "Try:\n  curl -s -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' \\\n"+
-				"    -d '{\"profile\":\"ExtractTechnicalMetadata\",\"input\":{\"locators\":{\"inputFile\":{\"url\":\"file:///path/to/media.mp4\"}}}}' \\\n"+
-				"    http://%s/v1/jobs\n\nCtrl-C to stop.\n", stack.APIKey, stack.RESTAddr)
+				"    -d '{\"profile\":\"ExtractTechnicalMetadata\",\"input\":{\"locators\":{\"inputFile\":{\"url\":\"%s\"}}}}' \\\n"+
+				"    http://%s/v1/jobs\n\nCtrl-C to stop.\n", stack.APIKey, example, stack.RESTAddr)
 			watchChildren(ctx, out, stack)
 			fmt.Fprintln(out, "\nstopping...")
 			stack.Stop()
