@@ -39,7 +39,7 @@ type dispatcher struct {
 
 	mu     sync.Mutex
 	queues map[string]*queue // by subject (job), while it holds messages
-	held   int               // messages in queues, at most max
+	held   int               // messages in queues and not yet being settled, at most max
 	max    int
 	limits map[string]*limit // per tenant and per tenant's endpoint host, while in use
 	global chan struct{}
@@ -125,7 +125,6 @@ func (d *dispatcher) run(key string, q *queue) {
 		q.items[0] = item{}
 		q.items = q.items[1:]
 		q.posting = false
-		d.held--
 		d.mu.Unlock()
 	}
 }
@@ -135,6 +134,7 @@ func (d *dispatcher) run(key string, q *queue) {
 func (d *dispatcher) post(q *queue, it item) {
 	release, ok := d.acquire(it.job)
 	if !ok {
+		d.settling()
 		_ = it.msg.Nak()
 		return
 	}
@@ -146,7 +146,19 @@ func (d *dispatcher) post(q *queue, it item) {
 	_ = it.msg.InProgress()
 	ctx, cancel := context.WithTimeout(bus.ContextFromHeader(d.base, it.msg.Headers()), d.bound)
 	defer cancel()
-	d.n.handle(ctx, it.msg, it.job)
+	settle := d.n.handle(ctx, it.msg, it.job)
+	d.settling()
+	settle()
+}
+
+// settling counts one held message fewer, before it is settled: settling
+// it frees its slot on the server, which may deliver the next message at
+// once, and that one must find room here (held never exceeds what the
+// server counts as unsettled).
+func (d *dispatcher) settling() {
+	d.mu.Lock()
+	d.held--
+	d.mu.Unlock()
 }
 
 // acquire takes a slot of job's tenant and endpoint host, of its tenant, and

@@ -336,3 +336,27 @@ func TestStopHandsBackWaitingNotifications(t *testing.T) {
 		t.Fatalf("posts %v, want %v", got, want)
 	}
 }
+
+// A mediator holding every notification the consumer lets it have
+// (MaxPending) takes the next one as soon as it settles one: each job's
+// notifications arrive once each, in order. (The mediator counted the
+// settled one as held until after its ack, which already freed the
+// server's slot: the next one, delivered at once, was refused as "too many
+// held" and came back a second later, behind the job's later ones.)
+func TestAtMaxPendingTheNextNotificationIsTakenInOrder(t *testing.T) {
+	env := testsupport.Start(t)
+	h := newHooks(t)
+	url := h.endpoint("fast", nil)
+	n := webhook.New(env.JS, webhook.Config{AllowPrivate: true, MaxPending: 2}, secret, nil)
+	const jobs, each = 3, 200
+	for i := range each {
+		for j := range jobs {
+			enqueue(t, n, "acme", fmt.Sprintf("job-%d", j), url, int32(i+1))
+		}
+	}
+	start(t, n, h)
+	testsupport.Eventually(t, 60*time.Second, "every notification", func() bool {
+		return len(h.arrived("fast")) >= jobs*each
+	})
+	h.checkOrder("fast", jobs*each)
+}

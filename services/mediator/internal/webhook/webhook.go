@@ -260,27 +260,30 @@ func (n *Notifier) Run(ctx context.Context) error {
 // redelivery; messages waiting for their turn are kept alive meanwhile.
 func (n *Notifier) ackWait() time.Duration { return n.cfg.Timeout + 20*time.Second }
 
-// handle posts the notification msg carries (job) and settles msg: acked
-// once the endpoint took it, handed back to be retried after its backoff,
-// terminated when it can never be posted or its attempts are spent.
-func (n *Notifier) handle(ctx context.Context, msg jetstream.Msg, job *jobsv1.Job) {
+// handle posts the notification msg carries (job) and returns how to
+// settle msg: ack once the endpoint took it, hand it back to be retried
+// after its backoff, terminate it when it can never be posted or its
+// attempts are spent. The caller settles it once it stopped counting it as
+// held: the settlement frees its slot on the server, which may deliver the
+// next message at once.
+func (n *Notifier) handle(ctx context.Context, msg jetstream.Msg, job *jobsv1.Job) (settle func()) {
 	attempt := uint64(1)
 	if md, err := msg.Metadata(); err == nil {
 		attempt = md.NumDelivered
 	}
 	eventID := msg.Headers().Get(jetstream.MsgIDHeader)
 	err := n.Deliver(ctx, job, eventID)
-	var settleErr error
+	var do func() error
 	switch {
 	case err == nil:
 		n.metrics.Delivered(ctx, job.GetTenant())
 		slog.DebugContext(ctx, "notification delivered", "job", job.GetId(), "attempt", attempt)
-		settleErr = msg.Ack()
+		do = msg.Ack
 	case bus.IsPermanent(err) || attempt >= uint64(n.cfg.MaxAttempts):
 		n.metrics.Failed(ctx, job.GetTenant(), "abandoned")
 		slog.WarnContext(ctx, "notification abandoned", "job", job.GetId(), "endpoint", locator.Redact(job.GetNotificationEndpoint()),
 			"attempts", attempt, "err", err)
-		settleErr = msg.Term()
+		do = msg.Term
 	default:
 		delay := n.cfg.BaseDelay << min(attempt-1, 30)
 		if delay <= 0 || delay > n.cfg.MaxDelay {
@@ -288,11 +291,13 @@ func (n *Notifier) handle(ctx context.Context, msg jetstream.Msg, job *jobsv1.Jo
 		}
 		n.metrics.Failed(ctx, job.GetTenant(), "retrying")
 		slog.InfoContext(ctx, "notification will be retried", "job", job.GetId(), "attempt", attempt, "after", delay, "err", err)
-		settleErr = msg.NakWithDelay(delay)
+		do = func() error { return msg.NakWithDelay(delay) }
 	}
-	if settleErr != nil {
-		// Unsettled, it comes back after AckWait: at least once still.
-		slog.WarnContext(ctx, "settle notification", "job", job.GetId(), "err", settleErr)
+	return func() {
+		if err := do(); err != nil {
+			// Unsettled, it comes back after AckWait: at least once still.
+			slog.WarnContext(ctx, "settle notification", "job", job.GetId(), "err", err)
+		}
 	}
 }
 
