@@ -62,6 +62,9 @@ type Server struct {
 
 	// creating bounds the jobs BatchCreateJobs calls create at once.
 	creating *semaphore.Weighted
+
+	// watches counts each tenant's watches open on this process.
+	watches watchCounts
 }
 
 // SetIndex lists jobs through the index and keeps it (nil: listings scan

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/jobstate"
@@ -14,14 +15,52 @@ import (
 	"google.golang.org/grpc"
 )
 
+// MaxWatchesPerTenant bounds the watches a tenant has open on one mediator
+// process at once: each holds a stream (SSE or gRPC) and a NATS watcher.
+const MaxWatchesPerTenant = 64
+
+// watchCounts counts open watches per tenant.
+type watchCounts struct {
+	mu   sync.Mutex
+	open map[string]int
+}
+
+// take counts one more watch of tenant, refusing it past
+// MaxWatchesPerTenant; done counts it off.
+func (w *watchCounts) take(tenant string) (done func(), err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.open[tenant] >= MaxWatchesPerTenant {
+		return nil, problem.ResourceExhausted("too-many-watches",
+			fmt.Sprintf("tenant %s has %d watches open on this mediator, the limit: end one, or poll GET /v1/jobs/{id}", tenant, MaxWatchesPerTenant))
+	}
+	if w.open == nil {
+		w.open = map[string]int{}
+	}
+	w.open[tenant]++
+	return func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.open[tenant]--; w.open[tenant] <= 0 {
+			delete(w.open, tenant)
+		}
+	}, nil
+}
+
 // Watch calls send with the caller's job id as it is now, then after every
 // change, in order, and returns after a terminal state was sent (or when ctx
-// ends, or send fails). Another tenant's job is NotFound.
+// ends, or send fails). Another tenant's job is NotFound. A tenant has at
+// most MaxWatchesPerTenant open at once (ResourceExhausted).
 func (s *Server) Watch(ctx context.Context, id string, send func(*jobsv1.Job) error) error {
 	tenant, err := auth.TenantFrom(ctx)
 	if err != nil {
 		return err
 	}
+	done, err := s.watches.take(tenant)
+	if err != nil {
+		return err
+	}
+	defer done()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ch, err := s.store.Watch(ctx, id)

@@ -65,7 +65,9 @@ type JobServiceClient interface {
 	RestartJob(ctx context.Context, in *RestartJobRequest, opts ...grpc.CallOption) (*Job, error)
 	// WatchJob streams the job as it changes: its current state first, then
 	// every change, in order, ending after a terminal state. REST clients use
-	// Server-Sent Events at GET /v1/jobs/{id}:watch instead.
+	// Server-Sent Events at GET /v1/jobs/{id}:watch instead. A tenant has at
+	// most 64 watches open on one mediator at once; one more is refused
+	// (ResourceExhausted / 429, too-many-watches).
 	WatchJob(ctx context.Context, in *WatchJobRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Job], error)
 	// DeleteJob removes a terminal job from the repository; a job that has not
 	// ended is refused (FailedPrecondition).
@@ -214,7 +216,9 @@ type JobServiceServer interface {
 	RestartJob(context.Context, *RestartJobRequest) (*Job, error)
 	// WatchJob streams the job as it changes: its current state first, then
 	// every change, in order, ending after a terminal state. REST clients use
-	// Server-Sent Events at GET /v1/jobs/{id}:watch instead.
+	// Server-Sent Events at GET /v1/jobs/{id}:watch instead. A tenant has at
+	// most 64 watches open on one mediator at once; one more is refused
+	// (ResourceExhausted / 429, too-many-watches).
 	WatchJob(*WatchJobRequest, grpc.ServerStreamingServer[Job]) error
 	// DeleteJob removes a terminal job from the repository; a job that has not
 	// ended is refused (FailedPrecondition).
