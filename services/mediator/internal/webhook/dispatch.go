@@ -51,12 +51,13 @@ type dispatcher struct {
 // head.
 type queue struct {
 	items   []item
-	posting bool // the head's POST is in flight (it is not kept alive)
+	posting bool // the head's POST is in flight or it is being settled (it is not kept alive)
 }
 
 type item struct {
 	msg jetstream.Msg
 	job *jobsv1.Job
+	seq uint64 // stream sequence: a redelivered copy has the same
 }
 
 // limit is a counting semaphore that lives while a goroutine waits for or
@@ -87,24 +88,54 @@ func (d *dispatcher) accept(_ context.Context, msg jetstream.Msg) error {
 	if err := bus.Decode(msg.Data(), job); err != nil {
 		return err
 	}
+	var seq uint64
+	redelivered := false
+	if md, err := msg.Metadata(); err == nil {
+		seq, redelivered = md.Sequence.Stream, md.NumDelivered > 1
+	}
+	key := msg.Subject()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	q, ok := d.queues[key]
+	if ok && redelivered && q.redelivery(seq, msg) {
+		return bus.ErrKept
+	}
 	if d.held >= d.max {
-		// MaxAckPending is max, so only a message redelivered while held
-		// (its keep-alive lost on a reconnect) gets here: its first copy
-		// is still on its way.
+		// MaxAckPending is max, and held never exceeds what the server
+		// counts as unsettled, so only a message redelivered after this
+		// mediator settled it, or to another one that settled it (its
+		// keep-alive lost), gets here.
 		return bus.RetryAfter(time.Second, errors.New("too many notifications held"))
 	}
 	d.held++
-	key := msg.Subject()
-	q, ok := d.queues[key]
 	if !ok {
 		q = &queue{}
 		d.queues[key] = q
 		d.wg.Go(func() { d.run(key, q) })
 	}
-	q.items = append(q.items, item{msg: msg, job: job})
+	q.items = append(q.items, item{msg: msg, job: job, seq: seq})
 	return bus.ErrKept
+}
+
+// redelivery takes msg, a redelivered copy of a message, in place of the
+// copy q holds, if it holds one (its keep-alive was lost, say on a NATS
+// outage longer than AckWait): queued again, it would be posted twice, the
+// second time after its job's later notifications. A waiting copy is
+// replaced by the new one; a copy whose POST is in flight, or being
+// settled, settles the message (the server settles a stream sequence
+// whichever of its deliveries settles it), so the new one is dropped
+// unsettled. d.mu held.
+func (q *queue) redelivery(seq uint64, msg jetstream.Msg) bool {
+	for i := range q.items {
+		if q.items[i].seq != seq {
+			continue
+		}
+		if i > 0 || !q.posting {
+			q.items[i].msg = msg
+		}
+		return true
+	}
+	return false
 }
 
 // run posts q's messages one after the other until none is left.

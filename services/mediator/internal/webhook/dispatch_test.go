@@ -360,3 +360,59 @@ func TestAtMaxPendingTheNextNotificationIsTakenInOrder(t *testing.T) {
 	})
 	h.checkOrder("fast", jobs*each)
 }
+
+// A notification redelivered while the mediator still holds it (its
+// keep-alive lost, as on a NATS outage longer than AckWait; here AckWait is
+// shortened under the running mediator) is posted once, in its job's order:
+// a copy waiting for its turn is replaced by the new delivery, one whose
+// POST is in flight settles the message for both. (Each copy was queued
+// again: posted twice, old states after newer ones.)
+func TestRedeliveredWhileHeldIsPostedOnce(t *testing.T) {
+	env := testsupport.Start(t)
+	ctx := context.Background()
+	h := newHooks(t)
+	slow, release := h.gated("slow")
+	n := webhook.New(env.JS, webhook.Config{AllowPrivate: true, Timeout: time.Minute}, secret, nil)
+	enqueue(t, n, "acme", "job-x", slow, 10, 20, 30)
+	start(t, n, h)
+	testsupport.Eventually(t, 20*time.Second, "job-x's first notification open", func() bool {
+		return h.openNow("endpoint slow") == 1
+	})
+
+	cons, err := env.JS.Consumer(ctx, bus.StreamEvents, webhook.Durable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setAckWait := func(d time.Duration) {
+		t.Helper()
+		cfg := info.Config
+		cfg.AckWait = d
+		if _, err := env.JS.UpdateConsumer(ctx, bus.StreamEvents, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setAckWait(time.Second)
+	testsupport.Eventually(t, 20*time.Second, "all three notifications redelivered while held", func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumRedelivered == 3 && info.NumAckPending == 3
+	})
+	// Redeliveries racing the settlements would only test at-least-once.
+	setAckWait(info.Config.AckWait)
+	release()
+
+	testsupport.Eventually(t, 20*time.Second, "every notification settled", func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumAckPending == 0 && info.NumPending == 0 && info.NumRedelivered == 0
+	})
+	var got []string
+	for _, p := range h.arrived("slow") {
+		got = append(got, fmt.Sprintf("%s@%d", p.job.GetId(), p.job.GetProgress()))
+	}
+	if want := []string{"job-x@10", "job-x@20", "job-x@30"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("posts %v, want %v", got, want)
+	}
+}
