@@ -122,6 +122,12 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 		return nil, problem.FailedPrecondition("job-deadline-passed",
 			fmt.Sprintf("job %s cannot be restarted: its deadline %s has passed", job.GetId(), dl.AsTime().UTC().Format(time.RFC3339)))
 	}
+	// The new run reads and writes the job's locators now: they must lie
+	// under the tenant's locator roots as they are now (the job may predate
+	// them, or its roots have been withdrawn since).
+	if err := s.checkLocatorRoots(ctx, job.GetTenant(), job.GetInput(), nil); err != nil {
+		return nil, err
+	}
 	ex, ok, err := s.executions(ctx, job.GetId())
 	if err != nil {
 		return nil, storeError(ctx, err)

@@ -151,3 +151,40 @@ func TestLocatorRootsScopeBatches(t *testing.T) {
 		t.Fatalf("batch under the roots: %v, %v", resp, err)
 	}
 }
+
+// A restart runs the job's locators again: they must lie under the
+// tenant's roots as they are now (roots withdrawn since, or a job older
+// than them, are refused).
+func TestLocatorRootsScopeRestarts(t *testing.T) {
+	f, ts := rootsFixture(t)
+	ctx := context.Background()
+	if err := ts.EnsureTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.SetLocatorRoots(ctx, "acme", []string{"file:///srv/media/acme/"}); err != nil {
+		t.Fatal(err)
+	}
+	created, err := f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: proxyJob("file:///srv/media/acme/clip.mp4", "file:///srv/media/acme/out/")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job, rev, err := f.store.Get(ctx, created.GetId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	job.Status = jobsv1.JobStatus_JOB_STATUS_FAILED
+	if _, err := f.store.Update(ctx, job, rev); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.SetLocatorRoots(ctx, "acme", nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: job.GetId()})
+	wantNotAllowed(t, "restart after the roots were withdrawn", err, "acme", "job.input.locators[inputFile]")
+	if _, err := ts.SetLocatorRoots(ctx, "acme", []string{"file:///srv/media/acme/"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: job.GetId()}); err != nil {
+		t.Fatalf("restart under the roots again: %v", err)
+	}
+}
