@@ -58,7 +58,7 @@ func Document(generated []byte, version string) ([]byte, error) {
 	}
 	paths["/v1/tenants/{tenant}"] = map[string]any{
 		"get":    op("Get a tenant (admin)", []map[string]any{tenant}, "200", "the tenant"),
-		"delete": op("Delete a tenant and revoke its keys (admin)", []map[string]any{tenant}, "204", "deleted"),
+		"delete": op("Delete a tenant and revoke its keys (admin); its jobs and usage stay, so its id is retired: creating a tenant under it is 409 tenant-id-retired", []map[string]any{tenant}, "204", "deleted"),
 	}
 	paths["/v1/tenants/{tenant}/quota"] = map[string]any{"put": op("Replace a tenant's quota (admin)",
 		[]map[string]any{tenant, bodyParam("{maxConcurrentJobs, maxJobsPerPeriod, maxQuantityPerPeriod, period: day|month}")}, "200", "the tenant")}

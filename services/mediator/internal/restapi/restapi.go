@@ -157,6 +157,9 @@ func storeError(ctx context.Context, err error) error {
 		return problem.NotFound("api-key", "")
 	case errors.Is(err, tenants.ErrTenantExists):
 		return problem.New(codes.AlreadyExists, "tenant-exists", "Conflict", "a tenant with that id exists")
+	case errors.Is(err, tenants.ErrTenantRetired):
+		return problem.New(codes.AlreadyExists, "tenant-id-retired", "Conflict",
+			"a deleted tenant had that id, and its jobs and usage are kept under it: choose another id")
 	}
 	return problem.Unavailable("tenant store unavailable", err)
 }

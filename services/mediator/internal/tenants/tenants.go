@@ -34,6 +34,10 @@ import (
 const (
 	TenantPrefix = "/medius/tenants/"
 	ClientPrefix = "/medius/clients/"
+	// RetiredPrefix marks the ids of deleted tenants: their jobs, usage
+	// and counters are keyed by the id and stay, so a new tenant under
+	// it would see them.
+	RetiredPrefix = "/medius/tenants-retired/"
 )
 
 // Periods a per-period quota can count over.
@@ -107,6 +111,7 @@ type Client struct {
 var (
 	ErrTenantNotFound = errors.New("tenant not found")
 	ErrTenantExists   = errors.New("tenant already exists")
+	ErrTenantRetired  = errors.New("tenant id retired: a deleted tenant's jobs and usage are kept under it")
 	ErrClientNotFound = errors.New("api key not found")
 )
 
@@ -161,6 +166,12 @@ func newWebhookSecret() (string, error) { return randomToken("whsec_", 24) }
 // CreateTenant stores t; ErrTenantExists if the id is taken. It fills
 // CreateTime and a webhook secret when none is given.
 func (s *Store) CreateTenant(ctx context.Context, t Tenant) (Tenant, error) {
+	return s.createTenant(ctx, t, false)
+}
+
+// createTenant creates t; reuse lets it take the id of a deleted tenant
+// (the bootstrap tenant, which the configuration names).
+func (s *Store) createTenant(ctx context.Context, t Tenant, reuse bool) (Tenant, error) {
 	if !ValidTenantID(t.ID) {
 		return Tenant{}, problem.InvalidArgument("id", "tenant id must be 1-63 lowercase letters, digits or dashes")
 	}
@@ -184,22 +195,32 @@ func (s *Store) CreateTenant(ctx context.Context, t Tenant) (Tenant, error) {
 	if err != nil {
 		return Tenant{}, fmt.Errorf("encode tenant %s: %w", t.ID, err)
 	}
-	key := TenantPrefix + t.ID
-	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(data))).Commit()
+	key, retired := TenantPrefix+t.ID, RetiredPrefix+t.ID
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)}
+	ops := []clientv3.Op{clientv3.OpPut(key, string(data))}
+	if reuse {
+		ops = append(ops, clientv3.OpDelete(retired))
+	} else {
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(retired), "=", 0))
+	}
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(key, clientv3.WithCountOnly())).Commit()
 	if err != nil {
 		return Tenant{}, fmt.Errorf("create tenant %s: %w", t.ID, err)
 	}
 	if !resp.Succeeded {
+		if resp.Responses[0].GetResponseRange().GetCount() == 0 {
+			return Tenant{}, fmt.Errorf("create tenant %s: %w", t.ID, ErrTenantRetired)
+		}
 		return Tenant{}, fmt.Errorf("create tenant %s: %w", t.ID, ErrTenantExists)
 	}
 	s.forget(t.ID) // Quota may have cached its absence
 	return t, nil
 }
 
-// EnsureTenant creates the tenant id if it does not exist (bootstrap).
+// EnsureTenant creates the tenant id if it does not exist (bootstrap),
+// deleted or not: the configuration names it, and its key with it.
 func (s *Store) EnsureTenant(ctx context.Context, id string) error {
-	_, err := s.CreateTenant(ctx, Tenant{ID: id})
+	_, err := s.createTenant(ctx, Tenant{ID: id}, true)
 	if errors.Is(err, ErrTenantExists) {
 		return nil
 	}
@@ -395,7 +416,8 @@ func (s *Store) DeleteTenant(ctx context.Context, id string) error {
 			return err
 		}
 	}
-	if _, err := s.cli.Delete(ctx, TenantPrefix+id); err != nil {
+	// Its id is retired with it: a new tenant under it would see its jobs.
+	if _, err := s.cli.Txn(ctx).Then(clientv3.OpDelete(TenantPrefix+id), clientv3.OpPut(RetiredPrefix+id, s.now().UTC().Format(time.RFC3339))).Commit(); err != nil {
 		return fmt.Errorf("delete tenant %s: %w", id, err)
 	}
 	s.forget(id)

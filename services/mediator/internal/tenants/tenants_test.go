@@ -54,6 +54,23 @@ func TestQuotaCache(t *testing.T) {
 	if _, err := s.Quota(ctx, "acme"); !errors.Is(err, ErrTenantNotFound) {
 		t.Fatalf("quota of a tenant just deleted: %v", err)
 	}
+	// Its jobs and usage stay under its id: no new tenant takes it, but
+	// the bootstrap tenant, which the configuration names, comes back.
+	if _, err := s.CreateTenant(ctx, Tenant{ID: "acme"}); !errors.Is(err, ErrTenantRetired) {
+		t.Fatalf("a new tenant under a deleted one's id: %v, want ErrTenantRetired", err)
+	}
+	if _, err := s.CreateTenant(ctx, Tenant{ID: "acme-2"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateTenant(ctx, Tenant{ID: "acme-2"}); !errors.Is(err, ErrTenantExists) {
+		t.Fatalf("a tenant created twice: %v, want ErrTenantExists", err)
+	}
+	if err := s.EnsureTenant(ctx, "acme"); err != nil {
+		t.Fatalf("bootstrap of a deleted tenant: %v", err)
+	}
+	if _, err := s.Tenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // A rotation and quota changes made at the same time (two admins, two
