@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
 	"strings"
 	"sync"
@@ -38,7 +39,7 @@ type dispatcher struct {
 	bound time.Duration
 
 	mu     sync.Mutex
-	queues map[string]*queue // by subject (job), while it holds messages
+	queues map[string]*queue // by job, while it holds messages
 	held   int               // messages in queues and not yet being settled, at most max
 	max    int
 	limits map[string]*limit // per tenant and per tenant's endpoint host, while in use
@@ -58,6 +59,14 @@ type item struct {
 	msg jetstream.Msg
 	job *jobsv1.Job
 	seq uint64 // stream sequence: a redelivered copy has the same
+	// attempt is the POST this is of the change: 1 for a notification
+	// (however often it was delivered: a hand-back posted nothing), that
+	// of its retry header for a retry.
+	attempt int
+	// eventID is the change's Medius-Event-Id, the same on every attempt;
+	// origin the stream sequence of its notification, naming its retries.
+	eventID string
+	origin  uint64
 }
 
 // limit is a counting semaphore that lives while a goroutine waits for or
@@ -73,7 +82,7 @@ func newDispatcher(ctx context.Context, n *Notifier, stop <-chan struct{}) *disp
 		base:   context.WithoutCancel(ctx),
 		bound:  n.cfg.Timeout + 10*time.Second, // the secret's lookup, then the POST
 		queues: map[string]*queue{},
-		max:    n.cfg.MaxPending,
+		max:    n.cfg.MaxPending + n.cfg.MaxPendingRetries,
 		limits: map[string]*limit{},
 		global: make(chan struct{}, n.cfg.Concurrency),
 	}
@@ -81,30 +90,61 @@ func newDispatcher(ctx context.Context, n *Notifier, stop <-chan struct{}) *disp
 	return d
 }
 
-// accept is the consumer's handler: it holds msg behind its job's earlier
-// messages and returns at once.
+// accept is the notifications consumer's handler: it holds msg, a change's
+// first attempt, behind its job's earlier messages and returns at once.
 func (d *dispatcher) accept(_ context.Context, msg jetstream.Msg) error {
 	job := &jobsv1.Job{}
 	if err := bus.Decode(msg.Data(), job); err != nil {
 		return err
 	}
-	var seq uint64
-	redelivered := false
-	if md, err := msg.Metadata(); err == nil {
-		seq, redelivered = md.Sequence.Stream, md.NumDelivered > 1
+	return d.hold(item{msg: msg, job: job, attempt: 1, eventID: msg.Headers().Get(jetstream.MsgIDHeader)})
+}
+
+// acceptRetry is the retries consumer's handler: a retry that comes before
+// its time (as it does once at once, when published) is handed back until
+// then; one that is due is held as accept holds a notification, behind its
+// job's messages held here.
+func (d *dispatcher) acceptRetry(_ context.Context, msg jetstream.Msg) error {
+	job := &jobsv1.Job{}
+	if err := bus.Decode(msg.Data(), job); err != nil {
+		return err
 	}
-	key := msg.Subject()
+	r, err := parseRetry(msg.Headers())
+	if err != nil {
+		return bus.Permanent(fmt.Errorf("notification retry of job %s: %w", job.GetId(), err))
+	}
+	if wait := r.notBefore.Sub(d.n.now()); wait > 0 {
+		return bus.RetryAfter(wait, errNotDue)
+	}
+	return d.hold(item{msg: msg, job: job, attempt: r.attempt, eventID: r.eventID, origin: r.origin})
+}
+
+var errNotDue = errors.New("notification retry not due yet")
+
+// hold queues it behind its job's held messages, starting the job's
+// goroutine if it has none.
+func (d *dispatcher) hold(it item) error {
+	redelivered := false
+	if md, err := it.msg.Metadata(); err == nil {
+		it.seq, redelivered = md.Sequence.Stream, md.NumDelivered > 1
+	}
+	if it.origin == 0 {
+		it.origin = it.seq
+	}
+	// A job's notifications and retries share its queue: one POST at a
+	// time per job.
+	key := it.job.GetId()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	q, ok := d.queues[key]
-	if ok && redelivered && q.redelivery(seq, msg) {
+	if ok && redelivered && q.redelivery(it.seq, it.msg) {
 		return bus.ErrKept
 	}
 	if d.held >= d.max {
-		// MaxAckPending is max, and held never exceeds what the server
-		// counts as unsettled, so only a message redelivered after this
-		// mediator settled it, or to another one that settled it (its
-		// keep-alive lost), gets here.
+		// max is the sum of both consumers' MaxAckPending, and held never
+		// exceeds what the server counts as unsettled, so only a message
+		// redelivered after this mediator settled it, or to another one
+		// that settled it (its keep-alive lost), gets here.
 		return bus.RetryAfter(time.Second, errors.New("too many notifications held"))
 	}
 	d.held++
@@ -113,7 +153,7 @@ func (d *dispatcher) accept(_ context.Context, msg jetstream.Msg) error {
 		d.queues[key] = q
 		d.wg.Go(func() { d.run(key, q) })
 	}
-	q.items = append(q.items, item{msg: msg, job: job, seq: seq})
+	q.items = append(q.items, it)
 	return bus.ErrKept
 }
 
@@ -177,7 +217,7 @@ func (d *dispatcher) post(q *queue, it item) {
 	_ = it.msg.InProgress()
 	ctx, cancel := context.WithTimeout(bus.ContextFromHeader(d.base, it.msg.Headers()), d.bound)
 	defer cancel()
-	settle := d.n.handle(ctx, it.msg, it.job)
+	settle := d.n.handle(ctx, it)
 	d.settling()
 	settle()
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/services/mediator/internal/testsupport"
 	"github.com/medius-platform/medius/services/mediator/internal/webhook"
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
@@ -32,6 +33,9 @@ type hooks struct {
 type hookPost struct {
 	endpoint string
 	job      *jobsv1.Job
+	eventID  string
+	signed   bool // with secret's key
+	at       time.Time
 	answered bool // the notifier was still waiting for the answer
 }
 
@@ -42,9 +46,9 @@ func newHooks(t *testing.T) *hooks {
 	return h
 }
 
-// endpoint starts an endpoint whose POSTs answer 200 once hold returns (nil:
-// at once) and returns its URL.
-func (h *hooks) endpoint(name string, hold func(*jobsv1.Job)) string {
+// endpoint starts an endpoint whose POSTs answer once answer returns (nil:
+// at once), with the status it returns (0: 200), and returns its URL.
+func (h *hooks) endpoint(name string, answer func(*jobsv1.Job) int) string {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		job := &jobsv1.Job{}
@@ -56,14 +60,16 @@ func (h *hooks) endpoint(name string, hold func(*jobsv1.Job)) string {
 		keys := []string{"endpoint " + name, "tenant " + job.GetTenant()}
 		h.mu.Lock()
 		i := len(h.posts)
-		h.posts = append(h.posts, hookPost{endpoint: name, job: job})
+		h.posts = append(h.posts, hookPost{endpoint: name, job: job, eventID: r.Header.Get(webhook.HeaderEventID), at: time.Now(),
+			signed: webhook.Verify("whsec", r.Header.Get(webhook.HeaderTimestamp), r.Header.Get(webhook.HeaderSignature), body)})
 		for _, k := range keys {
 			h.open[k]++
 			h.maxOpen[k] = max(h.maxOpen[k], h.open[k])
 		}
 		h.mu.Unlock()
-		if hold != nil {
-			hold(job)
+		status := 0
+		if answer != nil {
+			status = answer(job)
 		}
 		h.mu.Lock()
 		for _, k := range keys {
@@ -71,6 +77,9 @@ func (h *hooks) endpoint(name string, hold func(*jobsv1.Job)) string {
 		}
 		h.posts[i].answered = r.Context().Err() == nil
 		h.mu.Unlock()
+		if status != 0 {
+			w.WriteHeader(status)
+		}
 	}))
 	h.t.Cleanup(srv.Close)
 	return srv.URL + "/hook"
@@ -84,7 +93,7 @@ func (h *hooks) gated(name string) (url string, release func()) {
 	h.mu.Lock()
 	h.gates = append(h.gates, release)
 	h.mu.Unlock()
-	return h.endpoint(name, func(*jobsv1.Job) { <-gate }), release
+	return h.endpoint(name, func(*jobsv1.Job) int { <-gate; return 0 }), release
 }
 
 func (h *hooks) releaseAll() {
@@ -140,6 +149,19 @@ func (h *hooks) checkOrder(endpoint string, n int) {
 }
 
 func secret(context.Context, string) (string, error) { return "whsec", nil }
+
+// consumer returns the durable consumer name once a running notifier
+// created it.
+func consumer(t *testing.T, env *testsupport.Env, name string) jetstream.Consumer {
+	t.Helper()
+	var c jetstream.Consumer
+	testsupport.Eventually(t, 20*time.Second, "consumer "+name, func() bool {
+		var err error
+		c, err = env.JS.Consumer(context.Background(), bus.StreamEvents, name)
+		return err == nil
+	})
+	return c
+}
 
 // enqueue enqueues notifications of job at each progress, in that order.
 func enqueue(t *testing.T, n *webhook.Notifier, tenant, id, endpoint string, progress ...int32) {
@@ -253,9 +275,9 @@ func TestJobsNotificationsArriveInOrder(t *testing.T) {
 	var mu sync.Mutex
 	firsts := 0
 	allFirsts := make(chan struct{})
-	url := h.endpoint("ordered", func(job *jobsv1.Job) {
+	url := h.endpoint("ordered", func(job *jobsv1.Job) int {
 		if job.GetProgress() != 10 {
-			return
+			return 0
 		}
 		mu.Lock()
 		if firsts++; firsts == jobs {
@@ -267,6 +289,7 @@ func TestJobsNotificationsArriveInOrder(t *testing.T) {
 		case <-time.After(20 * time.Second):
 			t.Errorf("job %s: the other jobs' first notifications did not arrive while it was open", job.GetId())
 		}
+		return 0
 	})
 	n := webhook.New(env.JS, webhook.Config{AllowPrivate: true}, secret, nil)
 	for j := range jobs {
@@ -415,4 +438,154 @@ func TestRedeliveredWhileHeldIsPostedOnce(t *testing.T) {
 	if want := []string{"job-x@10", "job-x@20", "job-x@30"}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("posts %v, want %v", got, want)
 	}
+}
+
+// A tenant whose endpoint fails every notification holds back no one's
+// first attempts, however many of its own wait for their retry: acme's
+// notification arrives while twice MaxPending of deadbeat's wait a minute
+// for theirs. (Waiting on the notifications consumer, they took all of its
+// MaxAckPending, shared by every tenant: acme's waited for all of
+// deadbeat's retries.)
+func TestFailingNotificationsDoNotHoldBackOthers(t *testing.T) {
+	env := testsupport.Start(t)
+	ctx := context.Background()
+	h := newHooks(t)
+	dead := h.endpoint("dead", func(*jobsv1.Job) int { return http.StatusServiceUnavailable })
+	fast := h.endpoint("fast", nil)
+	cfg := webhook.Config{AllowPrivate: true, MaxPending: 4, BaseDelay: time.Minute}
+	n := webhook.New(env.JS, cfg, secret, nil)
+	failing := 2 * cfg.MaxPending
+	for i := range failing {
+		enqueue(t, n, "deadbeat", fmt.Sprintf("dead-%d", i), dead, 10)
+	}
+	enqueue(t, n, "acme", "acme-fast", fast, 10)
+	start(t, n, h)
+
+	testsupport.Eventually(t, 20*time.Second, "acme's notification, and each of deadbeat's tried once", func() bool {
+		return len(h.arrived("fast")) == 1 && len(h.arrived("dead")) == failing
+	})
+	retries := consumer(t, env, webhook.DurableRetries)
+	testsupport.Eventually(t, 20*time.Second, "deadbeat's retries waiting for their time", func() bool {
+		info, err := retries.Info(ctx)
+		return err == nil && info.NumAckPending == failing
+	})
+	if got := len(h.arrived("dead")); got != failing {
+		t.Fatalf("deadbeat's endpoint got %d POSTs, want %d (none retried before its time)", got, failing)
+	}
+}
+
+// A failed notification is tried again after its backoff (BaseDelay,
+// doubling, at most MaxDelay) until the endpoint takes it or MaxAttempts
+// POSTs failed, every attempt signed and under the change's event id.
+func TestRetriesFollowTheBackoffUpToMaxAttempts(t *testing.T) {
+	env := testsupport.Start(t)
+	ctx := context.Background()
+	h := newHooks(t)
+	var mu sync.Mutex
+	tries := map[string]int{}
+	url := h.endpoint("flaky", func(job *jobsv1.Job) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if tries[job.GetId()]++; job.GetId() == "never" || tries[job.GetId()] <= 2 {
+			return http.StatusInternalServerError
+		}
+		return 0
+	})
+	cfg := webhook.Config{AllowPrivate: true, MaxAttempts: 4, BaseDelay: 100 * time.Millisecond, MaxDelay: 250 * time.Millisecond}
+	n := webhook.New(env.JS, cfg, secret, nil)
+	enqueue(t, n, "acme", "never", url, 10)
+	enqueue(t, n, "acme", "recovers", url, 10)
+	start(t, n, h)
+
+	consumers := []jetstream.Consumer{consumer(t, env, webhook.Durable), consumer(t, env, webhook.DurableRetries)}
+	testsupport.Eventually(t, 20*time.Second, "every attempt made and settled", func() bool {
+		for _, c := range consumers {
+			info, err := c.Info(ctx)
+			if err != nil || info.NumAckPending != 0 || info.NumPending != 0 {
+				return false
+			}
+		}
+		return len(h.arrived("flaky")) >= 7
+	})
+	posts := map[string][]hookPost{}
+	for _, p := range h.arrived("flaky") {
+		posts[p.job.GetId()] = append(posts[p.job.GetId()], p)
+	}
+	delays := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 250 * time.Millisecond}
+	for id, want := range map[string]int{"never": cfg.MaxAttempts, "recovers": 3} {
+		got := posts[id]
+		if len(got) != want {
+			t.Fatalf("%s: %d POSTs, want %d", id, len(got), want)
+		}
+		for i, p := range got {
+			if p.eventID == "" || p.eventID != got[0].eventID || !p.signed {
+				t.Fatalf("%s: attempt %d has event id %q (first %q), signed %v", id, i+1, p.eventID, got[0].eventID, p.signed)
+			}
+			if i > 0 && p.at.Sub(got[i-1].at) < delays[i-1] {
+				t.Fatalf("%s: attempt %d came %v after the one before, before its backoff %v", id, i+1, p.at.Sub(got[i-1].at), delays[i-1])
+			}
+		}
+	}
+}
+
+// A notification handed back on shutdown spends none of its attempts: with
+// MaxAttempts 2, the one another mediator takes over is still retried
+// after its first POST failed. (The hand-back counted as a delivery, and
+// deliveries as attempts: it was abandoned after one POST.)
+func TestHandedBackNotificationKeepsItsAttempts(t *testing.T) {
+	env := testsupport.Start(t)
+	h := newHooks(t)
+	gate := make(chan struct{})
+	release := sync.OnceFunc(func() { close(gate) })
+	h.mu.Lock()
+	h.gates = append(h.gates, release)
+	h.mu.Unlock()
+	failed := false
+	url := h.endpoint("slow", func(job *jobsv1.Job) int {
+		if job.GetId() == "job-a" {
+			<-gate
+			return 0
+		}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if !failed {
+			failed = true
+			return http.StatusServiceUnavailable
+		}
+		return 0
+	})
+	cfg := webhook.Config{AllowPrivate: true, Timeout: time.Minute, PerEndpoint: 1, MaxAttempts: 2, BaseDelay: 50 * time.Millisecond}
+	first := webhook.New(env.JS, cfg, secret, nil)
+	enqueue(t, first, "acme", "job-a", url, 10)
+	stopFirst := start(t, first, h)
+	testsupport.Eventually(t, 20*time.Second, "job-a's notification open", func() bool {
+		return h.openNow("endpoint slow") == 1
+	})
+	// It waits in the first mediator for the endpoint's one slot.
+	enqueue(t, first, "acme", "job-b", url, 10)
+	cons, err := env.JS.Consumer(context.Background(), bus.StreamEvents, webhook.Durable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testsupport.Eventually(t, 20*time.Second, "both notifications handed to the first mediator", func() bool {
+		info, err := cons.Info(context.Background())
+		return err == nil && info.NumAckPending == 2 && info.NumPending == 0
+	})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		stopFirst()
+	}()
+	start(t, webhook.New(env.JS, cfg, secret, nil), h)
+	testsupport.Eventually(t, 20*time.Second, "job-b posted twice by the other mediator", func() bool {
+		n := 0
+		for _, p := range h.arrived("slow") {
+			if p.job.GetId() == "job-b" {
+				n++
+			}
+		}
+		return n == 2
+	})
+	release()
+	<-stopped
 }

@@ -5,12 +5,22 @@
 // A change is first published on the events stream (subject
 // medius.events.webhook.<job>, msg id per state (see msgID), so a repeated
 // change is de-duplicated); the durable consumer "mediator-webhooks" delivers
-// it and acks only after the endpoint answered 2xx, so a mediator crash or an
-// endpoint outage only delays the POST.
+// it and acks it once the endpoint answered 2xx, or once its retry is
+// stored: a POST that failed and may be tried again is published anew, same
+// body and trace context, on medius.events.webhook-retry.<job> (same
+// stream), its headers naming the attempt it is and the time before which
+// it must not be tried, and the durable consumer "mediator-webhook-retries"
+// delivers it, handing it back until that time. So a mediator crash or an
+// endpoint outage only delays the POST, and retries waiting for their time
+// take no slot of the first consumer: no one's first attempts wait behind
+// anybody's retries. Attempts are counted in the retries' headers: a
+// notification handed back on shutdown, or redelivered, spends none (one
+// redelivered after its POST, its mediator dead before settling it, is
+// posted again as the same attempt).
 //
 // Each POST carries the job as JSON and these headers:
 //
-//	Medius-Event-Id:   unique per change (receivers de-duplicate on it)
+//	Medius-Event-Id:   unique per change, the same on its retries (receivers de-duplicate on it)
 //	Medius-Timestamp:  Unix seconds when this attempt was signed
 //	Medius-Signature:  v1=<hex HMAC-SHA256(tenant webhook secret, "<timestamp>.<body>")>
 //
@@ -21,8 +31,9 @@
 // changes (by one mediator: replicas sharing the consumer each post what
 // they were handed); a change whose POST failed waits for its retry
 // without holding the job's later changes back, so those may arrive before
-// it. Different jobs' notifications are posted in parallel: at most
-// Config.Concurrency at once per mediator, of which at most
+// it (a due retry takes its turn with the job's notifications held by the
+// mediator it came to). Different jobs' notifications are posted in
+// parallel: at most Config.Concurrency at once per mediator, of which at most
 // Config.PerTenant for one tenant and Config.PerEndpoint for one tenant's
 // endpoint host. An endpoint that answers slowly or not at all (each POST
 // may take Config.Timeout, each change is tried up to Config.MaxAttempts
@@ -30,10 +41,14 @@
 // endpoints only once that tenant's slow endpoints take all its PerTenant
 // slots; another tenant's only once Concurrency/PerTenant tenants are that
 // slow at once. Beyond those, Config.MaxPending bounds the notifications
-// delivered and not yet settled (waiting for their turn or for their
-// retry) across the mediators: a tenant with that many slow or failing
-// notifications queued ahead of others' still delays theirs until its
-// backlog falls below it.
+// delivered and not yet settled (waiting for their turn or being posted)
+// across the mediators: a tenant with that many slow notifications queued
+// ahead of others' still delays theirs until its backlog falls below it
+// (failing ones leave it at once for their retry). Config.MaxPendingRetries
+// bounds the retries so, waiting for their time included, and every
+// tenant's retries share it: a tenant with that many failing notifications
+// delays other tenants' retries (not their first attempts) until its own
+// are delivered or abandoned.
 package webhook
 
 import (
@@ -52,6 +67,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
@@ -60,6 +76,7 @@ import (
 	"github.com/medius-platform/medius/pkg/locator"
 	"github.com/medius-platform/medius/pkg/metrics"
 	"github.com/medius-platform/medius/pkg/problem"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/encoding/protojson"
 )
@@ -71,10 +88,26 @@ const (
 	HeaderSignature = "Medius-Signature"
 )
 
-// Durable is the delivery consumer; subjectPrefix its subjects.
+// Durable is the delivery consumer of notifications (subjectPrefix),
+// DurableRetries that of their retries (retryPrefix).
 const (
-	Durable       = "mediator-webhooks"
-	subjectPrefix = "medius.events.webhook."
+	Durable        = "mediator-webhooks"
+	DurableRetries = "mediator-webhook-retries"
+	subjectPrefix  = "medius.events.webhook."
+	retryPrefix    = "medius.events.webhook-retry."
+)
+
+// Headers of a retry, besides HeaderEventID (the change's, as every
+// attempt's) and those of its notification (type, trace context).
+const (
+	// headerAttempt is the number of the attempt the retry is (2 or more).
+	headerAttempt = "Medius-Webhook-Attempt"
+	// headerNotBefore is when it may be posted (RFC 3339, UTC).
+	headerNotBefore = "Medius-Webhook-Not-Before"
+	// headerOrigin is the stream sequence of its notification: its
+	// retries' msg ids name it, so they are told apart from another
+	// enqueue of the same change.
+	headerOrigin = "Medius-Webhook-Origin"
 )
 
 // Config tunes delivery.
@@ -96,10 +129,15 @@ type Config struct {
 	// the longer a tenant's own burst waits.
 	Concurrency, PerTenant, PerEndpoint int
 	// MaxPending bounds the notifications delivered and not yet settled,
-	// across the mediators (the consumer's MaxAckPending, default 1024):
-	// those waiting for their turn (held in memory, one goroutine per job)
-	// and those waiting for their retry (on the server only).
+	// across the mediators (the notifications consumer's MaxAckPending,
+	// default 1024): those waiting for their turn (held in memory, one
+	// goroutine per job) or being posted. A failed one leaves it for the
+	// retries consumer.
 	MaxPending int
+	// MaxPendingRetries bounds the same of retries (the retries consumer's
+	// MaxAckPending, default 1024), counting also those waiting for their
+	// time (on the server only). Every tenant's retries share it.
+	MaxPendingRetries int
 }
 
 func (c *Config) defaults() {
@@ -126,6 +164,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxPending <= 0 {
 		c.MaxPending = 1024
+	}
+	if c.MaxPendingRetries <= 0 {
+		c.MaxPendingRetries = 1024
 	}
 }
 
@@ -237,22 +278,57 @@ func msgID(job *jobsv1.Job) string {
 }
 
 // Run delivers until ctx ends, then lets the POSTs in flight finish and
-// hands the notifications still waiting back to the stream.
+// hands the notifications and retries still waiting back to the stream.
 func (n *Notifier) Run(ctx context.Context) error {
-	// The dispatcher stops once the consumer did: what it hands back then
-	// goes to the other mediators, not to this one's draining consumer
+	// The dispatcher stops once the consumers did: what it hands back then
+	// goes to the other mediators, not to this one's draining consumers
 	// (which would hand it back again, out of its job's order).
 	stop := make(chan struct{})
 	d := newDispatcher(ctx, n, stop)
-	err := bus.Consume(ctx, n.js, bus.ConsumerConfig{
-		Stream: bus.StreamEvents, Durable: Durable, Filter: []string{subjectPrefix + "*"},
-		AckWait: n.ackWait(),
-		// Every message delivered and unsettled is held by a dispatcher
-		// (or waits on the server for its retry): this bounds their memory.
-		MaxAckPending: n.cfg.MaxPending,
-	}, d.accept)
+	consumers := []struct {
+		cfg    bus.ConsumerConfig
+		handle bus.Handler
+	}{{
+		bus.ConsumerConfig{
+			Stream: bus.StreamEvents, Durable: Durable, Filter: []string{subjectPrefix + "*"},
+			AckWait: n.ackWait(),
+			// Every message delivered and unsettled is held by a
+			// dispatcher: this bounds their memory. A failed one is
+			// settled once its retry is published, so retries never hold
+			// back anybody's first attempts.
+			MaxAckPending: n.cfg.MaxPending,
+		},
+		d.accept,
+	}, {
+		bus.ConsumerConfig{
+			Stream: bus.StreamEvents, Durable: DurableRetries, Filter: []string{retryPrefix + "*"},
+			AckWait: n.ackWait(),
+			// Held by a dispatcher, or waiting on the server for their
+			// time: every tenant's retries share these.
+			MaxAckPending: n.cfg.MaxPendingRetries,
+		},
+		d.acceptRetry,
+	}}
+	// One consumer that cannot run stops the other: Run returns.
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make([]error, len(consumers))
+	var wg sync.WaitGroup
+	for i, c := range consumers {
+		wg.Go(func() {
+			if errs[i] = bus.Consume(cctx, n.js, c.cfg, c.handle); errs[i] != nil {
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
 	close(stop)
 	d.wait()
+	err := errors.Join(errs...)
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		// Stopped while setting a consumer up: asked to, not a failure.
+		return nil
+	}
 	return err
 }
 
@@ -260,26 +336,22 @@ func (n *Notifier) Run(ctx context.Context) error {
 // redelivery; messages waiting for their turn are kept alive meanwhile.
 func (n *Notifier) ackWait() time.Duration { return n.cfg.Timeout + 20*time.Second }
 
-// handle posts the notification msg carries (job) and returns how to
-// settle msg: ack once the endpoint took it, hand it back to be retried
-// after its backoff, terminate it when it can never be posted or its
-// attempts are spent. The caller settles it once it stopped counting it as
-// held: the settlement frees its slot on the server, which may deliver the
-// next message at once.
-func (n *Notifier) handle(ctx context.Context, msg jetstream.Msg, job *jobsv1.Job) (settle func()) {
-	attempt := uint64(1)
-	if md, err := msg.Metadata(); err == nil {
-		attempt = md.NumDelivered
-	}
-	eventID := msg.Headers().Get(jetstream.MsgIDHeader)
-	err := n.Deliver(ctx, job, eventID)
+// handle posts the notification it carries and returns how to settle it:
+// ack once the endpoint took it; when it failed and may be tried again,
+// publish its retry, due after its backoff, then ack it; terminate it when
+// it can never be posted or its attempts are spent. The caller settles it
+// once it stopped counting it as held: the settlement frees its slot on the
+// server, which may deliver the next message at once.
+func (n *Notifier) handle(ctx context.Context, it item) (settle func()) {
+	msg, job, attempt := it.msg, it.job, it.attempt
+	err := n.Deliver(ctx, job, it.eventID)
 	var do func() error
 	switch {
 	case err == nil:
 		n.metrics.Delivered(ctx, job.GetTenant())
 		slog.DebugContext(ctx, "notification delivered", "job", job.GetId(), "attempt", attempt)
 		do = msg.Ack
-	case bus.IsPermanent(err) || attempt >= uint64(n.cfg.MaxAttempts):
+	case bus.IsPermanent(err) || attempt >= n.cfg.MaxAttempts:
 		n.metrics.Failed(ctx, job.GetTenant(), "abandoned")
 		slog.WarnContext(ctx, "notification abandoned", "job", job.GetId(), "endpoint", locator.Redact(job.GetNotificationEndpoint()),
 			"attempts", attempt, "err", err)
@@ -291,7 +363,7 @@ func (n *Notifier) handle(ctx context.Context, msg jetstream.Msg, job *jobsv1.Jo
 		}
 		n.metrics.Failed(ctx, job.GetTenant(), "retrying")
 		slog.InfoContext(ctx, "notification will be retried", "job", job.GetId(), "attempt", attempt, "after", delay, "err", err)
-		do = func() error { return msg.NakWithDelay(delay) }
+		do = func() error { return n.retry(ctx, it, delay) }
 	}
 	return func() {
 		if err := do(); err != nil {
@@ -299,6 +371,62 @@ func (n *Notifier) handle(ctx context.Context, msg jetstream.Msg, job *jobsv1.Jo
 			slog.WarnContext(ctx, "settle notification", "job", job.GetId(), "err", err)
 		}
 	}
+}
+
+// retry publishes it again as its next attempt, due after delay, on the
+// retries' subject, then acks it. The retry's msg id names the change's
+// notification and the attempt, so a retry published again (it was not
+// acked, the mediator died in between, and it was posted again) is stored
+// once within the stream's duplicate window (10 minutes; a redelivery
+// comes after AckWait). A retry that cannot be published is handed back
+// to its own consumer instead, to be posted again as the same attempt
+// after delay.
+func (n *Notifier) retry(ctx context.Context, it item, delay time.Duration) error {
+	next := it.attempt + 1
+	h := nats.Header{}
+	for k, v := range it.msg.Headers() {
+		// Its type and trace context, not the server's headers (msg id).
+		if !strings.HasPrefix(k, "Nats-") {
+			h[k] = v
+		}
+	}
+	h.Set(HeaderEventID, it.eventID)
+	h.Set(headerAttempt, strconv.Itoa(next))
+	h.Set(headerNotBefore, n.now().Add(delay).UTC().Format(time.RFC3339Nano))
+	h.Set(headerOrigin, strconv.FormatUint(it.origin, 10))
+	id := fmt.Sprintf("%s-retry-%d-%d", it.eventID, it.origin, next)
+	retry := &nats.Msg{Subject: retryPrefix + it.job.GetId(), Data: it.msg.Data(), Header: h}
+	if _, err := n.js.PublishMsg(ctx, retry, jetstream.WithMsgID(id)); err != nil {
+		slog.WarnContext(ctx, "publish notification retry: handed back", "job", it.job.GetId(), "attempt", it.attempt, "err", err)
+		return it.msg.NakWithDelay(delay)
+	}
+	return it.msg.Ack()
+}
+
+// retryHeader is what a retry's headers say.
+type retryHeader struct {
+	attempt   int
+	notBefore time.Time
+	eventID   string
+	origin    uint64
+}
+
+func parseRetry(h nats.Header) (retryHeader, error) {
+	var r retryHeader
+	var err error
+	if r.attempt, err = strconv.Atoi(h.Get(headerAttempt)); err != nil || r.attempt < 2 {
+		return r, fmt.Errorf("bad %s %q", headerAttempt, h.Get(headerAttempt))
+	}
+	if r.notBefore, err = time.Parse(time.RFC3339Nano, h.Get(headerNotBefore)); err != nil {
+		return r, fmt.Errorf("bad %s: %w", headerNotBefore, err)
+	}
+	if r.origin, err = strconv.ParseUint(h.Get(headerOrigin), 10, 64); err != nil {
+		return r, fmt.Errorf("bad %s: %w", headerOrigin, err)
+	}
+	if r.eventID = h.Get(HeaderEventID); r.eventID == "" {
+		return r, fmt.Errorf("no %s", HeaderEventID)
+	}
+	return r, nil
 }
 
 // Sign returns the Medius-Signature value of body signed at ts.
