@@ -589,3 +589,40 @@ func TestHandedBackNotificationKeepsItsAttempts(t *testing.T) {
 	release()
 	<-stopped
 }
+
+// A failing notification whose retry the stream cannot store (here: it
+// refuses new messages, as when its storage is full) is handed back and
+// posted again, its deliveries counting its attempts: it is abandoned
+// after MaxAttempts POSTs, not posted again and again.
+func TestRetryNotStoredStillEndsAfterMaxAttempts(t *testing.T) {
+	env := testsupport.Start(t)
+	ctx := context.Background()
+	h := newHooks(t)
+	url := h.endpoint("down", func(*jobsv1.Job) int { return http.StatusServiceUnavailable })
+	cfg := webhook.Config{AllowPrivate: true, MaxAttempts: 3, BaseDelay: 50 * time.Millisecond, MaxDelay: 100 * time.Millisecond}
+	n := webhook.New(env.JS, cfg, secret, nil)
+	enqueue(t, n, "acme", "job-1", url, 10)
+	stream, err := env.JS.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := info.Config
+	full.MaxMsgs, full.Discard = int64(info.State.Msgs), jetstream.DiscardNew
+	if _, err := env.JS.UpdateStream(ctx, full); err != nil {
+		t.Fatal(err)
+	}
+	start(t, n, h)
+	main := consumer(t, env, webhook.Durable)
+	testsupport.Eventually(t, 20*time.Second, "the notification settled", func() bool {
+		ci, err := main.Info(ctx)
+		return err == nil && ci.NumAckPending == 0 && ci.NumPending == 0 && len(h.arrived("down")) > 0
+	})
+	time.Sleep(10 * cfg.MaxDelay) // room for POSTs that should not come
+	if got := len(h.arrived("down")); got != cfg.MaxAttempts {
+		t.Fatalf("%d POSTs, want %d (MaxAttempts)", got, cfg.MaxAttempts)
+	}
+}

@@ -43,12 +43,18 @@
 // slow at once. Beyond those, Config.MaxPending bounds the notifications
 // delivered and not yet settled (waiting for their turn or being posted)
 // across the mediators: a tenant with that many slow notifications queued
-// ahead of others' still delays theirs until its backlog falls below it
-// (failing ones leave it at once for their retry). Config.MaxPendingRetries
-// bounds the retries so, waiting for their time included, and every
-// tenant's retries share it: a tenant with that many failing notifications
-// delays other tenants' retries (not their first attempts) until its own
-// are delivered or abandoned.
+// ahead of others' still delays theirs until its backlog falls below it. A
+// failing one leaves for its retry once its POST has failed: at once for an
+// endpoint that refuses, but only after its turn and a whole Timeout for
+// one that never answers, so such an endpoint drains PerEndpoint
+// notifications per Timeout (with the defaults, 1,024 of them held ahead of
+// others take about 43 minutes per mediator; a tenant that keeps that many
+// queued delays the others for as long). Config.MaxPendingRetries bounds
+// the retries so, waiting for their time included, and every tenant's
+// retries share it: a tenant with that many failing notifications delays
+// other tenants' retries (not their first attempts) until its own are
+// delivered or abandoned, which for an endpoint that never answers takes
+// as long again. Fair shares per tenant would need a consumer per tenant.
 package webhook
 
 import (
@@ -357,10 +363,7 @@ func (n *Notifier) handle(ctx context.Context, it item) (settle func()) {
 			"attempts", attempt, "err", err)
 		do = msg.Term
 	default:
-		delay := n.cfg.BaseDelay << min(attempt-1, 30)
-		if delay <= 0 || delay > n.cfg.MaxDelay {
-			delay = n.cfg.MaxDelay
-		}
+		delay := n.backoff(attempt)
 		n.metrics.Failed(ctx, job.GetTenant(), "retrying")
 		slog.InfoContext(ctx, "notification will be retried", "job", job.GetId(), "attempt", attempt, "after", delay, "err", err)
 		do = func() error { return n.retry(ctx, it, delay) }
@@ -373,14 +376,26 @@ func (n *Notifier) handle(ctx context.Context, it item) (settle func()) {
 	}
 }
 
+// backoff is how long the retry after attempt waits: BaseDelay, doubling
+// with each attempt, up to MaxDelay.
+func (n *Notifier) backoff(attempt int) time.Duration {
+	delay := n.cfg.BaseDelay << min(attempt-1, 30)
+	if delay <= 0 || delay > n.cfg.MaxDelay {
+		delay = n.cfg.MaxDelay
+	}
+	return delay
+}
+
 // retry publishes it again as its next attempt, due after delay, on the
 // retries' subject, then acks it. The retry's msg id names the change's
 // notification and the attempt, so a retry published again (it was not
 // acked, the mediator died in between, and it was posted again) is stored
 // once within the stream's duplicate window (10 minutes; a redelivery
-// comes after AckWait). A retry that cannot be published is handed back
-// to its own consumer instead, to be posted again as the same attempt
-// after delay.
+// comes after AckWait). A retry that cannot be published (the stream
+// refusing writes) is handed back to its own consumer instead, to be
+// posted again as the same attempt: its deliveries count its attempts
+// then, so it is abandoned, its delay doubling meanwhile, as it would have
+// been through its retries.
 func (n *Notifier) retry(ctx context.Context, it item, delay time.Duration) error {
 	next := it.attempt + 1
 	h := nats.Header{}
@@ -397,8 +412,18 @@ func (n *Notifier) retry(ctx context.Context, it item, delay time.Duration) erro
 	id := fmt.Sprintf("%s-retry-%d-%d", it.eventID, it.origin, next)
 	retry := &nats.Msg{Subject: retryPrefix + it.job.GetId(), Data: it.msg.Data(), Header: h}
 	if _, err := n.js.PublishMsg(ctx, retry, jetstream.WithMsgID(id)); err != nil {
-		slog.WarnContext(ctx, "publish notification retry: handed back", "job", it.job.GetId(), "attempt", it.attempt, "err", err)
-		return it.msg.NakWithDelay(delay)
+		tries := it.attempt
+		if md, mdErr := it.msg.Metadata(); mdErr == nil {
+			tries += int(md.NumDelivered) - 1
+		}
+		if tries >= n.cfg.MaxAttempts {
+			n.metrics.Failed(ctx, it.job.GetTenant(), "abandoned")
+			slog.WarnContext(ctx, "notification abandoned: its retry could not be stored", "job", it.job.GetId(),
+				"endpoint", locator.Redact(it.job.GetNotificationEndpoint()), "attempts", tries, "err", err)
+			return it.msg.Term()
+		}
+		slog.WarnContext(ctx, "publish notification retry: handed back", "job", it.job.GetId(), "attempt", tries, "err", err)
+		return it.msg.NakWithDelay(max(delay, n.backoff(tries)))
 	}
 	return it.msg.Ack()
 }
