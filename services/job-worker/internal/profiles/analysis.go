@@ -69,8 +69,8 @@ func LoudnessProfile(res *locator.Resolver) workersdk.Profile {
 			}
 			// framelog=verbose keeps the per-100ms lines out of the info log
 			// we parse; the summary is printed at info.
-			stderr, err := runFFmpeg(ctx, m.duration, progress, "-i", m.path, "-map", "0:a:0", "-vn",
-				"-af", "ebur128=peak=true:framelog=verbose", "-f", "null", "-")
+			stderr, err := runFFmpeg(ctx, m.duration, progress, append(m.input.args(), "-map", "0:a:0", "-vn",
+				"-af", "ebur128=peak=true:framelog=verbose", "-f", "null", "-")...)
 			if err != nil {
 				return nil, 0, err
 			}
@@ -162,8 +162,8 @@ func ShotsProfile(res *locator.Resolver) workersdk.Profile {
 			if err != nil {
 				return nil, 0, err
 			}
-			stderr, err := runFFmpeg(ctx, m.duration, progress, "-i", m.path, "-map", "0:v:0", "-an",
-				"-vf", fmt.Sprintf("select='gt(scene,%g)',showinfo", threshold), "-f", "null", "-")
+			stderr, err := runFFmpeg(ctx, m.duration, progress, append(m.input.args(), "-map", "0:v:0", "-an",
+				"-vf", fmt.Sprintf("select='gt(scene,%g)',showinfo", threshold), "-f", "null", "-")...)
 			if err != nil {
 				return nil, 0, err
 			}

@@ -67,7 +67,7 @@ func FacesProfile(res *locator.Resolver, eng FaceEngine) workersdk.Profile {
 			// aspect), grey, and no taller than needed for the smallest
 			// face asked for to fill the cascade's window.
 			scale := fmt.Sprintf("scale=w='trunc(oh*dar/2)*2':h='min(ih,%d)',setsar=1,format=gray", int(math.Ceil(faceWindow/minFace)))
-			args := []string{"-i", pic.path, "-map", "0:v:0", "-an", "-sn", "-dn"}
+			args := append(pic.input.args(), "-map", "0:v:0", "-an", "-sn", "-dn")
 			expected := 1
 			if pic.isImage {
 				args = append(args, "-frames:v", "1", "-vf", scale)

@@ -290,7 +290,7 @@ func (e FaceEngine) detect(ctx context.Context, ffArgs []string, minNeighbors in
 	case readErr != nil:
 		return run, workersdk.ToolError("face detector", readErr, pyErr.Bytes())
 	case ffWaitErr != nil && !ffBroke:
-		return run, workersdk.ToolError("ffmpeg", ffWaitErr, ffErr.Bytes())
+		return run, ffmpegError(ffWaitErr, ffErr.Bytes())
 	case pyWaitErr != nil:
 		return run, workersdk.ToolError("face detector", pyWaitErr, pyErr.Bytes())
 	}

@@ -33,9 +33,9 @@ const ParamOutputLocation = "outputLocation"
 // FFmpeg is the ffmpeg binary run.
 var FFmpeg = "ffmpeg"
 
-// media is an opened input: its local path and probed properties.
+// media is an opened input: how the tools open it and its probed properties.
 type media struct {
-	path     string
+	input    mediaInput
 	duration float64
 	width    int
 	height   int
@@ -58,7 +58,7 @@ func openInput(ctx context.Context, res *locator.Resolver, item *workersdk.WorkI
 	if err != nil {
 		return nil, cleanup, workersdk.InputError(ParamInputFile, url, err)
 	}
-	meta, dur, err := Probe(ctx, path)
+	meta, dur, in, err := probe(ctx, path)
 	if err != nil {
 		var pe *problem.Error
 		if errors.As(err, &pe) && pe.Type == workersdk.TypeToolFailed {
@@ -67,7 +67,7 @@ func openInput(ctx context.Context, res *locator.Resolver, item *workersdk.WorkI
 		return nil, cleanup, err
 	}
 	format := meta.GetFields()["format"].GetStructValue().GetFields()["formatName"].GetStringValue()
-	m := &media{path: path, duration: dur, isImage: strings.HasSuffix(format, "_pipe") || format == "image2"}
+	m := &media{input: in, duration: dur, isImage: strings.HasSuffix(format, "_pipe") || format == "image2"}
 	for _, s := range meta.GetFields()["streams"].GetListValue().GetValues() {
 		f := s.GetStructValue().GetFields()
 		switch f["codecType"].GetStringValue() {
@@ -207,10 +207,11 @@ func (o *outputs) put(ctx context.Context, src, name string, single bool) (*jobs
 	return &jobsv1.Locator{Url: u}, nil
 }
 
-// runFFmpeg runs ffmpeg with args (input and output included), reporting
-// progress 0..99 from its -progress stream against duration seconds. The
-// process is killed when ctx ends. It returns ffmpeg's stderr (the tail kept
-// for errors, all of it for filters that report there, bounded).
+// runFFmpeg runs ffmpeg with args (the input, opened with mediaInput.args,
+// and the output included), reporting progress 0..99 from its -progress
+// stream against duration seconds. The process is killed when ctx ends. It
+// returns ffmpeg's stderr (the tail kept for errors, all of it for filters
+// that report there, bounded).
 func runFFmpeg(ctx context.Context, duration float64, progress func(int), args ...string) (_ []byte, err error) {
 	ctx, end := toolSpan(ctx, FFmpeg)
 	defer func() { end(err) }()
@@ -231,7 +232,7 @@ func runFFmpeg(ctx context.Context, duration float64, progress func(int), args .
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("ffmpeg: %w", context.Cause(ctx))
 		}
-		return nil, workersdk.ToolError("ffmpeg", err, stderr.Bytes())
+		return nil, ffmpegError(err, stderr.Bytes())
 	}
 	return stderr.Bytes(), nil
 }

@@ -69,7 +69,7 @@ func OCRProfile(res *locator.Resolver) workersdk.Profile {
 			if err != nil {
 				return nil, 0, err
 			}
-			path, duration, isImage := m.path, m.duration, m.isImage
+			duration, isImage := m.duration, m.isImage
 			dir, rm, err := workDir()
 			defer rm()
 			if err != nil {
@@ -79,7 +79,7 @@ func OCRProfile(res *locator.Resolver) workersdk.Profile {
 			// input ffmpeg can decode.
 			var times []float64
 			if isImage {
-				if _, err := runFFmpeg(ctx, 0, func(int) {}, "-i", path, "-frames:v", "1", filepath.Join(dir, fmt.Sprintf(ocrFrameFormat, 1))); err != nil {
+				if _, err := runFFmpeg(ctx, 0, func(int) {}, append(m.input.args(), "-frames:v", "1", filepath.Join(dir, fmt.Sprintf(ocrFrameFormat, 1)))...); err != nil {
 					return nil, 0, err
 				}
 				times = []float64{0}
@@ -88,8 +88,8 @@ func OCRProfile(res *locator.Resolver) workersdk.Profile {
 					interval = duration / maxOCRFrames
 				}
 				sel := fmt.Sprintf("select='isnan(prev_selected_t)+gte(t-prev_selected_t\\,%g)'", interval-0.001)
-				if _, err := runFFmpeg(ctx, duration, func(p int) { progress(p / 4) }, "-i", path, "-map", "0:v:0", "-an",
-					"-vf", sel, "-fps_mode", "vfr", filepath.Join(dir, ocrFrameFormat)); err != nil {
+				if _, err := runFFmpeg(ctx, duration, func(p int) { progress(p / 4) }, append(m.input.args(), "-map", "0:v:0", "-an",
+					"-vf", sel, "-fps_mode", "vfr", filepath.Join(dir, ocrFrameFormat))...); err != nil {
 					return nil, 0, err
 				}
 				for t := 0.0; t < duration && len(times) < maxOCRFrames; t += interval {

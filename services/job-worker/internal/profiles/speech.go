@@ -126,8 +126,8 @@ func SpeechProfile(res *locator.Resolver) workersdk.Profile {
 			}
 			// The model is 16 kHz mono.
 			wav := filepath.Join(dir, "speech.wav")
-			if _, err := runFFmpeg(ctx, m.duration, func(p int) { progress(p / 5) }, "-i", m.path, "-map", "0:a:0", "-vn",
-				"-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", wav); err != nil {
+			if _, err := runFFmpeg(ctx, m.duration, func(p int) { progress(p / 5) }, append(m.input.args(), "-map", "0:a:0", "-vn",
+				"-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", wav)...); err != nil {
 				return nil, 0, err
 			}
 			words, err := recognise(ctx, wav)

@@ -96,12 +96,34 @@ var FFprobe = "ffprobe"
 
 // Probe runs ffprobe on path and returns the technical metadata
 // ({"format": {...}, "streams": [...]}, absent fields omitted) and the
-// duration in seconds. The process is killed when ctx ends.
+// duration in seconds. The process is killed when ctx ends. An input of a
+// format not in inputFormats is refused (invalid-input) before anything it
+// names is opened.
 func Probe(ctx context.Context, path string) (*structpb.Struct, float64, error) {
-	// path is absolute (pkg/locator returns no other), so ffprobe cannot
-	// take it for an option or a protocol URL.
+	meta, duration, _, err := probe(ctx, path)
+	return meta, duration, err
+}
+
+// probe is Probe, also returning how ffmpeg is to open the input.
+func probe(ctx context.Context, path string) (*structpb.Struct, float64, mediaInput, error) {
+	in := mediaInput{path: path}
+	out, refused, err := runFFprobe(ctx, in)
+	if imageRetry(refused, path) {
+		in.image = true
+		out, _, err = runFFprobe(ctx, in)
+	}
+	if err != nil {
+		return nil, 0, in, err
+	}
+	meta, duration, err := technicalMetadata(out)
+	return meta, duration, in, err
+}
+
+// runFFprobe runs ffprobe on the input. When -format_whitelist refused
+// it, refused names the format (and err is the problem).
+func runFFprobe(ctx context.Context, in mediaInput) (_ *ffprobeOutput, refused string, _ error) {
 	ctx, end := toolSpan(ctx, FFprobe)
-	cmd := exec.CommandContext(ctx, FFprobe, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", "-i", path)
+	cmd := exec.CommandContext(ctx, FFprobe, append([]string{"-v", "error", "-print_format", "json", "-show_format", "-show_streams"}, in.args()...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	// Don't wait forever for pipes held by a killed process's children.
@@ -110,15 +132,22 @@ func Probe(ctx context.Context, path string) (*structpb.Struct, float64, error) 
 	end(err)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, 0, fmt.Errorf("ffprobe: %w", context.Cause(ctx))
+			return nil, "", fmt.Errorf("ffprobe: %w", context.Cause(ctx))
 		}
-		return nil, 0, workersdk.ToolError("ffprobe", err, stderr.Bytes())
+		if name := refusedFormat(stderr.Bytes()); name != "" {
+			return nil, name, unsupportedFormat(name)
+		}
+		return nil, "", workersdk.ToolError("ffprobe", err, stderr.Bytes())
 	}
 	var out ffprobeOutput
 	if err := json.Unmarshal(stdout.Bytes(), &out); err != nil {
-		return nil, 0, workersdk.ToolError("ffprobe", fmt.Errorf("parse output: %w", err), stderr.Bytes())
+		return nil, "", workersdk.ToolError("ffprobe", fmt.Errorf("parse output: %w", err), stderr.Bytes())
 	}
+	return &out, "", nil
+}
 
+// technicalMetadata is ffprobe's output as reported, and the duration.
+func technicalMetadata(out *ffprobeOutput) (*structpb.Struct, float64, error) {
 	format := map[string]any{}
 	putString(format, "formatName", out.Format.FormatName)
 	duration, hasDuration := putNumber(format, "duration", out.Format.Duration)

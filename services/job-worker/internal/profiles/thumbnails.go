@@ -102,9 +102,9 @@ func ThumbnailsProfile(res *locator.Resolver) workersdk.Profile {
 				// One decoding pass picks a frame every interval: seeking once
 				// per image would decode each GOP again.
 				sel := fmt.Sprintf("select='isnan(prev_selected_t)+gte(t-prev_selected_t\\,%g)',%s", interval-0.001, scale)
-				if _, err := runFFmpeg(ctx, m.duration, func(p int) { progress(p * 9 / 10) }, "-i", m.path, "-map", "0:v:0", "-an",
+				if _, err := runFFmpeg(ctx, m.duration, func(p int) { progress(p * 9 / 10) }, append(m.input.args(), "-map", "0:v:0", "-an",
 					"-vf", sel, "-fps_mode", "vfr", "-frames:v", strconv.Itoa(len(times)), "-q:v", "3",
-					filepath.Join(dir, "thumbnail-%04d."+format)); err != nil {
+					filepath.Join(dir, "thumbnail-%04d."+format))...); err != nil {
 					return nil, 0, err
 				}
 				done = 90
@@ -119,8 +119,8 @@ func ThumbnailsProfile(res *locator.Resolver) workersdk.Profile {
 					// the previous keyframe. Near the end, take the last frame
 					// instead of none.
 					ss := min(t, max(m.duration-0.1, 0))
-					if _, err := runFFmpeg(ctx, 0, func(int) {}, "-ss", fmt.Sprintf("%.3f", ss), "-i", m.path, "-map", "0:v:0",
-						"-frames:v", "1", "-vf", scale, "-q:v", "3", dst); err != nil {
+					if _, err := runFFmpeg(ctx, 0, func(int) {}, append(append([]string{"-ss", fmt.Sprintf("%.3f", ss)}, m.input.args()...), "-map", "0:v:0",
+						"-frames:v", "1", "-vf", scale, "-q:v", "3", dst)...); err != nil {
 						return nil, 0, err
 					}
 				}

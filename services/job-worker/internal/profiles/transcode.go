@@ -85,10 +85,10 @@ func TranscodeProfile(res *locator.Resolver, name string) workersdk.Profile {
 			}
 			scale := fmt.Sprintf("scale=%s:%d,setsar=1", w, int(height)&^1)
 			dst := filepath.Join(dir, file)
-			args := []string{"-i", m.path, "-map", "0:v:0", "-map", "0:a:0?", "-vf", scale,
+			args := append(m.input.args(), "-map", "0:v:0", "-map", "0:a:0?", "-vf", scale,
 				"-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
 				"-b:v", fmt.Sprintf("%dk", int(vkbps)), "-maxrate", fmt.Sprintf("%dk", int(vkbps*1.5)), "-bufsize", fmt.Sprintf("%dk", int(vkbps*2)),
-				"-c:a", "aac", "-b:a", fmt.Sprintf("%dk", int(akbps)), "-movflags", "+faststart", dst}
+				"-c:a", "aac", "-b:a", fmt.Sprintf("%dk", int(akbps)), "-movflags", "+faststart", dst)
 			if _, err := runFFmpeg(ctx, m.duration, progress, args...); err != nil {
 				return nil, 0, err
 			}
