@@ -4,7 +4,9 @@ import (
 	"context"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -77,24 +79,30 @@ func sleepJob(seconds float64) *jobsv1.Job {
 		Fields: map[string]*structpb.Value{"seconds": structpb.NewNumberValue(seconds)}}}}
 }
 
-// hangingProbe returns a job whose ffprobe never ends: its input is a
-// concat list naming a FIFO nobody writes, so ffprobe blocks opening it.
-// The list's path identifies the ffprobe process.
-func (l *lab) hangingProbe(t testing.TB, name string) (*jobsv1.Job, string) {
+// longTool returns a job whose tool runs far longer than any subtest:
+// MeasureLoudness of 10 hours of silence, which keeps ffmpeg's ebur128
+// busy for over a minute of CPU. (The built-in profiles open nothing but
+// their input, a regular file, so a tool cannot be made to hang on a file
+// the input names.) The input's path identifies the ffmpeg process.
+func (l *lab) longTool(t testing.TB, name string) (*jobsv1.Job, string) {
 	t.Helper()
+	silence := filepath.Join(l.dir, "silence.flac") // made once per lab: 5 s
+	if _, err := os.Stat(silence); err != nil {
+		if b, err := exec.Command("ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono",
+			"-t", "36000", "-c:a", "flac", silence).CombinedOutput(); err != nil {
+			t.Fatalf("ffmpeg silence: %v: %s", err, b)
+		}
+	}
 	dir := filepath.Join(l.media, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Mkfifo(filepath.Join(dir, "pipe"), 0o644); err != nil {
+	in := filepath.Join(dir, "long.flac")
+	if err := os.Link(silence, in); err != nil {
 		t.Fatal(err)
 	}
-	list := filepath.Join(dir, "list.ffconcat")
-	if err := os.WriteFile(list, []byte("ffconcat version 1.0\nfile pipe\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return &jobsv1.Job{Profile: "ExtractTechnicalMetadata",
-		Input: &jobsv1.JobInput{Locators: map[string]*jobsv1.Locator{"inputFile": {Url: "file://" + list}}}}, list
+	return &jobsv1.Job{Profile: "MeasureLoudness",
+		Input: &jobsv1.JobInput{Locators: map[string]*jobsv1.Locator{"inputFile": {Url: "file://" + in}}}}, in
 }
 
 // toolRunning reports whether a process has arg on its command line.
@@ -107,6 +115,24 @@ func tools(arg string) int {
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
 		if err == nil && strings.Contains(string(b), arg) {
+			n++
+		}
+	}
+	return n
+}
+
+// ffmpegs counts the ffmpeg processes with arg on their command line (not
+// the ffprobe run before them).
+func ffmpegs(arg string) int {
+	n := 0
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if filepath.Base(args[0]) == "ffmpeg" && slices.Contains(args, arg) {
 			n++
 		}
 	}
@@ -204,17 +230,17 @@ func TestJobLifecycle(t *testing.T) {
 	})
 
 	t.Run("cancel while running kills the tool", func(t *testing.T) {
-		in, list := l.hangingProbe(t, "cancel")
+		in, long := l.longTool(t, "cancel")
 		job := l.create(t, in)
 		l.waitJob(t, job.GetId(), "RUNNING", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_RUNNING))
-		waitFor(t, "ffprobe started", func() bool { return toolRunning(list) })
+		waitFor(t, "ffmpeg started", func() bool { return ffmpegs(long) == 1 })
 		start := time.Now()
 		if _, err := l.jobs.CancelJob(ctx, &jobsv1.CancelJobRequest{Id: job.GetId()}); err != nil {
 			t.Fatal(err)
 		}
-		gone := waitGone(t, list, 10*time.Second)
+		gone := waitGone(t, long, 10*time.Second)
 		l.waitJob(t, job.GetId(), "CANCELED", 10*time.Second, is(jobsv1.JobStatus_JOB_STATUS_CANCELED))
-		t.Logf("cancel: ffprobe gone %s after the request, job CANCELED after %s", gone.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+		t.Logf("cancel: ffmpeg gone %s after the request, job CANCELED after %s", gone.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 		_, err := l.jobs.CancelJob(ctx, &jobsv1.CancelJobRequest{Id: job.GetId()})
 		if status.Code(err) != codes.FailedPrecondition {
 			t.Fatalf("cancel of a canceled job: %v, want FailedPrecondition", err)
@@ -222,25 +248,25 @@ func TestJobLifecycle(t *testing.T) {
 	})
 
 	t.Run("timeout stops the tool and fails the job", func(t *testing.T) {
-		in, list := l.hangingProbe(t, "timeout")
+		in, long := l.longTool(t, "timeout")
 		in.Timeout = durationpb.New(1500 * time.Millisecond)
 		job := l.create(t, in)
 		done := l.waitJob(t, job.GetId(), "FAILED", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_FAILED))
 		if done.GetError().GetType() != problem.TypePrefix+"job-timeout-passed" {
 			t.Fatalf("problem = %v", done.GetError())
 		}
-		waitGone(t, list, 10*time.Second)
+		waitGone(t, long, 10*time.Second)
 	})
 
 	t.Run("deadline stops the tool and fails the job", func(t *testing.T) {
-		in, list := l.hangingProbe(t, "deadline")
+		in, long := l.longTool(t, "deadline")
 		in.Deadline = timestamppb.New(time.Now().Add(2 * time.Second))
 		job := l.create(t, in)
 		done := l.waitJob(t, job.GetId(), "FAILED", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_FAILED))
 		if done.GetError().GetType() != problem.TypePrefix+"job-deadline-passed" {
 			t.Fatalf("problem = %v", done.GetError())
 		}
-		waitGone(t, list, 10*time.Second)
+		waitGone(t, long, 10*time.Second)
 	})
 
 	t.Run("restart of a canceled job runs a new execution (REST)", func(t *testing.T) {
@@ -340,10 +366,10 @@ func TestJobLifecycle(t *testing.T) {
 	// it wakes, its run of the lost attempt is stopped, tool and all, and
 	// the retry goes on: never two runs of the job at once for long.
 	t.Run("a frozen worker's lost attempt is stopped when it wakes", func(t *testing.T) {
-		in, list := l.hangingProbe(t, "frozen")
+		in, long := l.longTool(t, "frozen")
 		job := l.create(t, in)
 		l.waitJob(t, job.GetId(), "RUNNING", 30*time.Second, is(jobsv1.JobStatus_JOB_STATUS_RUNNING))
-		waitFor(t, "ffprobe started", func() bool { return tools(list) == 1 })
+		waitFor(t, "ffmpeg started", func() bool { return ffmpegs(long) == 1 })
 		first := l.executions(t, job.GetId())[0]
 		frozen := l.workerOf(t, first.GetInstanceId())
 		if err := frozen.Signal(syscall.SIGSTOP); err != nil {
@@ -351,12 +377,12 @@ func TestJobLifecycle(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = frozen.Signal(syscall.SIGCONT) })
 		l.waitJob(t, job.GetId(), "RUNNING as attempt 2", 30*time.Second, runningAs(2))
-		waitFor(t, "attempt 2's ffprobe started beside the frozen one", func() bool { return tools(list) == 2 })
+		waitFor(t, "attempt 2's ffmpeg started beside the frozen one", func() bool { return ffmpegs(long) == 2 })
 		woke := time.Now()
 		if err := frozen.Signal(syscall.SIGCONT); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the woken worker's ffprobe stopped", func() bool { return tools(list) == 1 })
+		waitFor(t, "the woken worker's ffmpeg stopped", func() bool { return ffmpegs(long) == 1 })
 		t.Logf("worker %s woke: its lost attempt's tool gone %s later", first.GetInstanceId(), time.Since(woke).Round(time.Millisecond))
 		if j, err := l.jobs.GetJob(ctx, &jobsv1.GetJobRequest{Id: job.GetId()}); err != nil || j.GetStatus() != jobsv1.JobStatus_JOB_STATUS_RUNNING {
 			t.Fatalf("job after the stop = %v (%v), want attempt 2 still RUNNING", j, err)
@@ -367,7 +393,7 @@ func TestJobLifecycle(t *testing.T) {
 		if _, err := l.jobs.CancelJob(ctx, &jobsv1.CancelJobRequest{Id: job.GetId()}); err != nil {
 			t.Fatal(err)
 		}
-		waitGone(t, list, 10*time.Second)
+		waitGone(t, long, 10*time.Second)
 		l.waitJob(t, job.GetId(), "CANCELED", 10*time.Second, is(jobsv1.JobStatus_JOB_STATUS_CANCELED))
 	})
 }
