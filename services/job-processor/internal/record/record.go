@@ -307,17 +307,35 @@ func TakeStart(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate) Outcome {
 }
 
 // StartTakenFrom reports whether u may be the report that gave rec's
-// current execution, ended, its start by TakeStart: a report of that
-// attempt carrying the start the execution has, which is not the report
-// that ended it (a worker's end gives the execution its own time as its
-// end).
+// current execution, ended by the processor, its start by TakeStart: a
+// report of that attempt carrying the start the execution has, which is
+// not the report that ended it (a worker's end gives the execution its own
+// time as its end). An execution its worker ended (COMPLETED, or FAILED
+// with the worker's own problem) got its start with its end: a late
+// report of it (a RUNNING redelivered after the end) gave it nothing.
 func StartTakenFrom(rec *jobsv1.Job, u *eventsv1.ExecutionUpdate) bool {
 	cur := jobstate.Current(rec)
-	if cur == nil || u.GetAttempt() != cur.GetAttempt() || !jobstate.IsTerminal(cur.GetStatus()) ||
+	if cur == nil || u.GetAttempt() != cur.GetAttempt() || !endedByProcessor(cur) ||
 		!u.GetStartTime().IsValid() || !proto.Equal(cur.GetStartTime(), u.GetStartTime()) {
 		return false
 	}
 	return u.GetStatus() != cur.GetStatus() || !proto.Equal(cur.GetEndTime(), u.GetTime())
+}
+
+// endedByProcessor reports whether ex was ended by the processor rather
+// than by its worker's report: canceled, or failed past its timeout or
+// deadline, its worker lost, or its service gone.
+func endedByProcessor(ex *jobsv1.Execution) bool {
+	switch ex.GetStatus() {
+	case jobsv1.JobStatus_JOB_STATUS_CANCELED:
+		return true
+	case jobsv1.JobStatus_JOB_STATUS_FAILED:
+		switch ex.GetError().GetType() {
+		case ProblemTimeout, ProblemDeadline, ProblemWorkerLost, ProblemServiceGone:
+			return true
+		}
+	}
+	return false
 }
 
 // StatusAttempt is the attempt a status of rec belongs to: the attempt it is

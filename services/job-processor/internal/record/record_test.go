@@ -8,6 +8,7 @@ import (
 
 	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
+	"github.com/medius-platform/medius/pkg/problem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -285,6 +286,13 @@ func TestStartTakenFrom(t *testing.T) {
 		Apply(r, report(2, completed, now), now)
 		return r
 	}
+	failedByWorker := func() *jobsv1.Job { // its worker's FAILED ended it
+		r := recordIn(scheduled, 0)
+		u := report(2, jobsv1.JobStatus_JOB_STATUS_FAILED, now)
+		u.Error = &jobsv1.Problem{Type: problem.TypePrefix + "tool-failed"}
+		Apply(r, u, now)
+		return r
+	}
 	otherStart := report(2, canceled, now.Add(time.Second))
 	otherStart.StartTime = timestamppb.New(start.Add(time.Millisecond))
 	notEnded := recordIn(scheduled, 0)
@@ -297,6 +305,8 @@ func TestStartTakenFrom(t *testing.T) {
 		"the report that gave the start": {canceledEarly(), report(2, canceled, now.Add(time.Second)), true},
 		"a COMPLETED after the cancel":   {canceledEarly(), report(2, completed, now.Add(time.Second)), true},
 		"the report that ended it":       {completedAlone(), report(2, completed, now), false},
+		"a RUNNING after its COMPLETED":  {completedAlone(), report(2, running, start), false},
+		"a RUNNING after its own FAILED": {failedByWorker(), report(2, running, start), false},
 		"another start":                  {canceledEarly(), otherStart, false},
 		"an earlier attempt":             {canceledEarly(), report(1, canceled, now.Add(time.Second)), false},
 		"not ended":                      {notEnded, report(2, running, now), false},
