@@ -47,9 +47,10 @@ func (w *watchCounts) take(tenant string) (done func(), err error) {
 	}, nil
 }
 
-// Watch calls send with the caller's job id as it is now, then after every
-// change, in order, and returns after a terminal state was sent (or when ctx
-// ends, or send fails). Another tenant's job is NotFound. A tenant has at
+// Watch calls send with the caller's job id as it is now, then after its
+// changes, in order, and returns after a terminal state was sent (or when
+// ctx ends, or send fails). The record's bucket keeps its latest state
+// only: states written faster than they are read may come as the latest. Another tenant's job is NotFound. A tenant has at
 // most MaxWatchesPerTenant open at once (ResourceExhausted).
 func (s *Server) Watch(ctx context.Context, id string, send func(*jobsv1.Job) error) error {
 	tenant, err := auth.TenantFrom(ctx)

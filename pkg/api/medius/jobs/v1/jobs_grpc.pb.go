@@ -64,7 +64,9 @@ type JobServiceClient interface {
 	// RestartJob runs a FAILED or CANCELED job again as a new execution.
 	RestartJob(ctx context.Context, in *RestartJobRequest, opts ...grpc.CallOption) (*Job, error)
 	// WatchJob streams the job as it changes: its current state first, then
-	// every change, in order, ending after a terminal state. REST clients use
+	// its changes, in order, ending after a terminal state. States that
+	// follow each other faster than the stream is read may come as the
+	// latest of them (the terminal state always comes). REST clients use
 	// Server-Sent Events at GET /v1/jobs/{id}:watch instead. A tenant has at
 	// most 64 watches open on one mediator at once; one more is refused
 	// (ResourceExhausted / 429, too-many-watches).
@@ -215,7 +217,9 @@ type JobServiceServer interface {
 	// RestartJob runs a FAILED or CANCELED job again as a new execution.
 	RestartJob(context.Context, *RestartJobRequest) (*Job, error)
 	// WatchJob streams the job as it changes: its current state first, then
-	// every change, in order, ending after a terminal state. REST clients use
+	// its changes, in order, ending after a terminal state. States that
+	// follow each other faster than the stream is read may come as the
+	// latest of them (the terminal state always comes). REST clients use
 	// Server-Sent Events at GET /v1/jobs/{id}:watch instead. A tenant has at
 	// most 64 watches open on one mediator at once; one more is refused
 	// (ResourceExhausted / 429, too-many-watches).
