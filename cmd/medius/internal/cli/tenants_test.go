@@ -19,15 +19,7 @@ func TestTenantsRotateWebhookSecret(t *testing.T) {
 	stack := devstack.StartForTest(t, devstack.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	run := func(key string, args ...string) (string, error) {
-		var out bytes.Buffer
-		cmd := New()
-		cmd.SetArgs(append(args, "--rest-url", "http://"+stack.RESTAddr, "--admin-key", key))
-		cmd.SetOut(&out)
-		cmd.SetErr(&out)
-		err := cmd.ExecuteContext(ctx)
-		return out.String(), err
-	}
+	run := adminRun(ctx, stack)
 	secretLine := regexp.MustCompile(`(?m)^webhook secret: (whsec_[0-9a-f]+)$`)
 	// shown returns the secret a table output shows under the tenant's row.
 	shown := func(what, out string) string {
@@ -92,15 +84,7 @@ func TestTenantsLocatorRoots(t *testing.T) {
 	stack := devstack.StartForTest(t, devstack.Config{FileRoots: []string{media}})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	run := func(key string, args ...string) (string, error) {
-		var out bytes.Buffer
-		cmd := New()
-		cmd.SetArgs(append(args, "--rest-url", "http://"+stack.RESTAddr, "--admin-key", key))
-		cmd.SetOut(&out)
-		cmd.SetErr(&out)
-		err := cmd.ExecuteContext(ctx)
-		return out.String(), err
-	}
+	run := adminRun(ctx, stack)
 	roots := func(id string) []string {
 		t.Helper()
 		out, err := run(stack.AdminKey, "tenants", "get", id, "-o", "json")
@@ -145,5 +129,19 @@ func TestTenantsLocatorRoots(t *testing.T) {
 	}
 	if _, err := run(stack.AdminKey, "tenants", "set-locator-roots"); err == nil {
 		t.Fatal("set-locator-roots without a tenant succeeded")
+	}
+}
+
+// adminRun runs the CLI against stack's REST API with the given admin key
+// and returns what it printed, stdout and stderr together.
+func adminRun(ctx context.Context, stack *devstack.Stack) func(key string, args ...string) (string, error) {
+	return func(key string, args ...string) (string, error) {
+		var out bytes.Buffer
+		cmd := New()
+		cmd.SetArgs(append(args, "--rest-url", "http://"+stack.RESTAddr, "--admin-key", key))
+		cmd.SetOut(&out)
+		cmd.SetErr(&out)
+		err := cmd.ExecuteContext(ctx)
+		return out.String(), err
 	}
 }
