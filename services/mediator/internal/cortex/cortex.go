@@ -31,7 +31,6 @@ import (
 	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/medius-platform/medius/services/mediator/internal/auth"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -608,9 +607,8 @@ func writeProblem(w http.ResponseWriter, code int, typ, title, detail, field str
 // writeError answers err as problem JSON with the Cortex status codes: the
 // spec answers a quota violation with 502.
 func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error) {
-	st, _ := status.FromError(problem.ToStatus(r.Context(), err))
-	p := problem.FromStatus(st)
-	if st.Code() == codes.ResourceExhausted {
+	p := problem.FromError(r.Context(), err)
+	if p.Status == int32(problem.HTTPStatus(codes.ResourceExhausted)) {
 		p.Status = http.StatusBadGateway
 	}
 	var pe *problem.Error

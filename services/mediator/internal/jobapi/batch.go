@@ -9,7 +9,6 @@ import (
 	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/medius-platform/medius/services/mediator/internal/auth"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -82,7 +81,7 @@ func (s *Server) BatchCreateJobs(ctx context.Context, req *jobsv1.BatchCreateJob
 			job, err := s.createInBatch(ctx, tenant, c)
 			if err != nil {
 				results[i] = &jobsv1.BatchCreateJobsResult{Result: &jobsv1.BatchCreateJobsResult_Error{
-					Error: problem.FromStatus(status.Convert(problem.ToStatus(ctx, fmt.Errorf("create job of requests[%d]: %w", i, err))))}}
+					Error: problem.FromError(ctx, fmt.Errorf("create job of requests[%d]: %w", i, err))}}
 				return nil
 			}
 			results[i] = &jobsv1.BatchCreateJobsResult{Result: &jobsv1.BatchCreateJobsResult_Job{Job: job}}
