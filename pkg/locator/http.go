@@ -15,32 +15,6 @@ import (
 	"time"
 )
 
-// sharedAddressSpace is 100.64.0.0/10 (carrier-grade NAT), which clouds use
-// for internal endpoints; it is not covered by netip's IsPrivate.
-var sharedAddressSpace = netip.MustParsePrefix("100.64.0.0/10")
-
-// addrPolicy explains why ip may not be dialled, or returns "" if it may.
-func addrPolicy(ip netip.Addr) string {
-	ip = ip.Unmap() // ::ffff:127.0.0.1 is 127.0.0.1
-	switch {
-	case ip.IsLoopback():
-		return "loopback"
-	case ip.IsUnspecified():
-		return "unspecified"
-	case ip.IsPrivate():
-		return "private"
-	case ip.IsLinkLocalUnicast(), ip.IsLinkLocalMulticast():
-		return "link-local"
-	case ip.IsMulticast(), ip.IsInterfaceLocalMulticast():
-		return "multicast"
-	case ip.Is4() && ip.As4()[0] == 0:
-		return "\"this network\" (0.0.0.0/8)"
-	case sharedAddressSpace.Contains(ip):
-		return "shared (100.64.0.0/10)"
-	}
-	return ""
-}
-
 func forbiddenAddr(ip netip.Addr) error {
 	if why := addrPolicy(ip); why != "" {
 		return fmt.Errorf("%w: %s is a %s address (internal addresses are not allowed on this worker)", ErrForbidden, ip, why)

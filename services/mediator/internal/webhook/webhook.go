@@ -214,9 +214,10 @@ func New(js jetstream.JetStream, cfg Config, secrets Secrets, body Body) *Notifi
 }
 
 // CheckEndpoint refuses an endpoint that is not an absolute http(s) URL or,
-// unless private endpoints are allowed, names a loopback or private address
-// (literally, or as localhost). Host names resolving to such addresses are
-// refused again at connection time.
+// unless private endpoints are allowed, names an internal address
+// (locator.InternalAddr: loopback, private, special-purpose, or a NAT64 or
+// 6to4 form of one) literally, or localhost. Host names resolving to such
+// addresses are refused at connection time.
 func CheckEndpoint(raw string, allowPrivate bool) error {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -230,10 +231,10 @@ func CheckEndpoint(raw string, allowPrivate bool) error {
 		return problem.InvalidArgument("job.notification_endpoint", "notification endpoint %s is a loopback address, which this deployment refuses", host)
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
-		ip = ip.Unmap()
-		if ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsUnspecified() || ip.IsMulticast() ||
-			netip.MustParsePrefix("100.64.0.0/10").Contains(ip) {
-			return problem.InvalidArgument("job.notification_endpoint", "notification endpoint %s is a loopback or private address, which this deployment refuses", ip)
+		// The same policy as the dial-time check, so an endpoint is
+		// refused here exactly when its POST would be.
+		if why := locator.InternalAddr(ip); why != "" {
+			return problem.InvalidArgument("job.notification_endpoint", "notification endpoint %s is a %s address, which this deployment refuses", ip, why)
 		}
 	}
 	return nil
