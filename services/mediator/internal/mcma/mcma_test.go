@@ -65,8 +65,9 @@ func registryBinary(t *testing.T) string {
 
 // setup runs the real registry on real etcd and NATS, the mediator's
 // registry proxy behind its auth interceptors, and the MCMA routes over it:
-// everything the mediator wires, on test ports.
-func setup(t *testing.T) (baseURL string, proxy registryv1.RegistryServiceClient) {
+// everything the mediator wires, on test ports. registry is the registry's
+// own client, as workers reach it.
+func setup(t *testing.T) (baseURL string, proxy, registry registryv1.RegistryServiceClient) {
 	t.Helper()
 	env := devenv.Start(t)
 	regAddr, err := devenv.FreeAddr()
@@ -132,7 +133,7 @@ func setup(t *testing.T) (baseURL string, proxy registryv1.RegistryServiceClient
 	(&API{Registry: registryv1.NewRegistryServiceClient(self)}).Mount(mux)
 	hs := httptest.NewServer(mux)
 	t.Cleanup(hs.Close)
-	return hs.URL, registryv1.NewRegistryServiceClient(self)
+	return hs.URL, registryv1.NewRegistryServiceClient(self), registryv1.NewRegistryServiceClient(regConn)
 }
 
 type response struct {
@@ -198,7 +199,7 @@ func sameDocument(t *testing.T, what string, got []byte, want []byte) map[string
 
 func TestMCMAResources(t *testing.T) {
 	t.Parallel()
-	root, _ := setup(t)
+	root, _, _ := setup(t)
 	base := root + Prefix
 
 	// Create a profile and a service from MCMA documents (admin).
@@ -317,7 +318,7 @@ func TestMCMAResources(t *testing.T) {
 
 func TestMCMAAuthAndErrors(t *testing.T) {
 	t.Parallel()
-	root, proxy := setup(t)
+	root, proxy, _ := setup(t)
 	base := root + Prefix
 	profile := []byte(`{"@type":"JobProfile","name":"P","jobType":"AIJob"}`)
 	for _, tc := range []struct {

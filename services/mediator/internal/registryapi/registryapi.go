@@ -1,9 +1,9 @@
 // Package registryapi serves the service registry's API on the mediator, so
 // users and operators reach services, job profiles and live instances through
 // the one public endpoint (and credentials) they already use: any
-// authenticated caller may read; only the admin credential may write. Worker
-// registration is not proxied: workers talk to the registry directly on the
-// internal network.
+// authenticated caller may read (instances' addresses only the admin); only
+// the admin credential may write. Worker registration is not proxied: workers
+// talk to the registry directly on the internal network.
 package registryapi
 
 import (
@@ -79,9 +79,32 @@ func (p *Proxy) DeregisterInstance(context.Context, *registryv1.DeregisterInstan
 	return nil, notProxied()
 }
 
-// ListInstances lists live instances.
+// ListInstances lists live instances, their addresses to the admin only.
 func (p *Proxy) ListInstances(ctx context.Context, req *registryv1.ListInstancesRequest) (*registryv1.ListInstancesResponse, error) {
-	return forward(ctx, canRead, p.client.ListInstances, req)
+	resp, err := forward(ctx, canRead, p.client.ListInstances, req)
+	if err == nil && !isAdmin(ctx) {
+		for _, in := range resp.GetInstances() {
+			hideAddress(in)
+		}
+	}
+	return resp, err
+}
+
+// isAdmin reports whether the caller holds the admin credential.
+func isAdmin(ctx context.Context) bool {
+	p, ok := auth.AnyPrincipalFrom(ctx)
+	return ok && p.Admin
+}
+
+// hideAddress blanks an instance's address for a tenant: it is where the
+// registry and operators reach the worker's admin endpoint (health, metrics,
+// profiling), the internal network's layout, which no tenant needs to use
+// the platform. Capacity, load, regions and profiles stay: they tell a
+// tenant what can run its jobs.
+func hideAddress(in *registryv1.ServiceInstance) {
+	if in != nil {
+		in.Address = ""
+	}
 }
 
 // GetService returns a service definition.
@@ -144,12 +167,14 @@ func (p *Proxy) DeleteJobProfile(ctx context.Context, req *registryv1.DeleteJobP
 	return forward(ctx, canWrite, p.client.DeleteJobProfile, req)
 }
 
-// Watch relays the registry's change stream (read access).
+// Watch relays the registry's change stream (read access), instances'
+// addresses to the admin only.
 func (p *Proxy) Watch(req *registryv1.WatchRequest, stream grpc.ServerStreamingServer[registryv1.WatchResponse]) error {
 	ctx := stream.Context()
 	if err := canRead(ctx); err != nil {
 		return err
 	}
+	admin := isAdmin(ctx)
 	up, err := p.client.Watch(ctx, req)
 	if err != nil {
 		return err
@@ -161,6 +186,11 @@ func (p *Proxy) Watch(req *registryv1.WatchRequest, stream grpc.ServerStreamingS
 		}
 		if err != nil {
 			return err
+		}
+		if !admin {
+			for _, c := range resp.GetChanges() {
+				hideAddress(c.GetInstance())
+			}
 		}
 		if err := stream.Send(resp); err != nil {
 			return err
