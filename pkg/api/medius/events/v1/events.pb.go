@@ -215,8 +215,13 @@ type WorkItem struct {
 	JobType string                 `protobuf:"bytes,5,opt,name=job_type,json=jobType,proto3" json:"job_type,omitempty"`
 	Input   *v1.JobInput           `protobuf:"bytes,6,opt,name=input,proto3" json:"input,omitempty"`
 	// Time the worker may spend; 0 means no limit beyond the processor's.
-	Timeout       *durationpb.Duration `protobuf:"bytes,7,opt,name=timeout,proto3" json:"timeout,omitempty"`
-	Service       string               `protobuf:"bytes,8,opt,name=service,proto3" json:"service,omitempty"`
+	Timeout *durationpb.Duration `protobuf:"bytes,7,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Service string               `protobuf:"bytes,8,opt,name=service,proto3" json:"service,omitempty"`
+	// The job's locator roots (medius.jobs.v1.Job.locator_roots): the worker
+	// resolves a file:// or s3:// locator of the job only under one of them,
+	// besides its own roots; an empty set allows none. Unset (an item from a
+	// processor or for a job older than the field): the worker's roots only.
+	LocatorRoots  *v1.LocatorRoots `protobuf:"bytes,9,opt,name=locator_roots,json=locatorRoots,proto3" json:"locator_roots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -305,6 +310,13 @@ func (x *WorkItem) GetService() string {
 		return x.Service
 	}
 	return ""
+}
+
+func (x *WorkItem) GetLocatorRoots() *v1.LocatorRoots {
+	if x != nil {
+		return x.LocatorRoots
+	}
+	return nil
 }
 
 // ExecutionUpdate: worker -> processor, for one attempt.
@@ -636,7 +648,11 @@ type JobRestartRequested struct {
 	// nothing. It does not tell requests apart on its own: the msg id,
 	// restart-<job_id>-<attempts>-rev<revision>, adds the revision of the
 	// mediator's job record the restart was applied on.
-	Attempts      int32 `protobuf:"varint,3,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	Attempts int32 `protobuf:"varint,3,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// The tenant's locator roots the restart was checked against, which the
+	// restarted run's work items carry (WorkItem.locator_roots). Unset (from
+	// an older mediator): the job keeps the roots it had.
+	LocatorRoots  *v1.LocatorRoots `protobuf:"bytes,4,opt,name=locator_roots,json=locatorRoots,proto3" json:"locator_roots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -690,6 +706,13 @@ func (x *JobRestartRequested) GetAttempts() int32 {
 		return x.Attempts
 	}
 	return 0
+}
+
+func (x *JobRestartRequested) GetLocatorRoots() *v1.LocatorRoots {
+	if x != nil {
+		return x.LocatorRoots
+	}
+	return nil
 }
 
 // ExecutionTimer: processor -> processor, one per attempt. It is redelivered
@@ -760,7 +783,7 @@ const file_medius_events_v1_events_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x1a\n" +
 	"\battempts\x18\x03 \x01(\x05R\battempts\x12%\n" +
-	"\x0eattempts_known\x18\x04 \x01(\bR\rattemptsKnown\"\x87\x02\n" +
+	"\x0eattempts_known\x18\x04 \x01(\bR\rattemptsKnown\"\xca\x02\n" +
 	"\bWorkItem\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x18\n" +
@@ -769,7 +792,8 @@ const file_medius_events_v1_events_proto_rawDesc = "" +
 	"\bjob_type\x18\x05 \x01(\tR\ajobType\x12.\n" +
 	"\x05input\x18\x06 \x01(\v2\x18.medius.jobs.v1.JobInputR\x05input\x123\n" +
 	"\atimeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x18\n" +
-	"\aservice\x18\b \x01(\tR\aservice\"\xe0\x03\n" +
+	"\aservice\x18\b \x01(\tR\aservice\x12A\n" +
+	"\rlocator_roots\x18\t \x01(\v2\x1c.medius.jobs.v1.LocatorRootsR\flocatorRoots\"\xe0\x03\n" +
 	"\x0fExecutionUpdate\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x18\n" +
@@ -805,11 +829,12 @@ const file_medius_events_v1_events_proto_rawDesc = "" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aKIND_UP\x10\x01\x12\r\n" +
 	"\tKIND_DOWN\x10\x02\x12\x10\n" +
-	"\fKIND_UPDATED\x10\x03\"`\n" +
+	"\fKIND_UPDATED\x10\x03\"\xa3\x01\n" +
 	"\x13JobRestartRequested\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x1a\n" +
-	"\battempts\x18\x03 \x01(\x05R\battempts\"A\n" +
+	"\battempts\x18\x03 \x01(\x05R\battempts\x12A\n" +
+	"\rlocator_roots\x18\x04 \x01(\v2\x1c.medius.jobs.v1.LocatorRootsR\flocatorRoots\"A\n" +
 	"\x0eExecutionTimer\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattemptBEZCgithub.com/medius-platform/medius/pkg/api/medius/events/v1;eventsv1b\x06proto3"
@@ -841,35 +866,38 @@ var file_medius_events_v1_events_proto_goTypes = []any{
 	(*v1.Job)(nil),                   // 9: medius.jobs.v1.Job
 	(*v1.JobInput)(nil),              // 10: medius.jobs.v1.JobInput
 	(*durationpb.Duration)(nil),      // 11: google.protobuf.Duration
-	(v1.JobStatus)(0),                // 12: medius.jobs.v1.JobStatus
-	(*v1.JobOutput)(nil),             // 13: medius.jobs.v1.JobOutput
-	(*v1.Problem)(nil),               // 14: medius.jobs.v1.Problem
-	(*timestamppb.Timestamp)(nil),    // 15: google.protobuf.Timestamp
-	(*v1.Execution)(nil),             // 16: medius.jobs.v1.Execution
-	(*v11.ServiceInstance)(nil),      // 17: medius.registry.v1.ServiceInstance
+	(*v1.LocatorRoots)(nil),          // 12: medius.jobs.v1.LocatorRoots
+	(v1.JobStatus)(0),                // 13: medius.jobs.v1.JobStatus
+	(*v1.JobOutput)(nil),             // 14: medius.jobs.v1.JobOutput
+	(*v1.Problem)(nil),               // 15: medius.jobs.v1.Problem
+	(*timestamppb.Timestamp)(nil),    // 16: google.protobuf.Timestamp
+	(*v1.Execution)(nil),             // 17: medius.jobs.v1.Execution
+	(*v11.ServiceInstance)(nil),      // 18: medius.registry.v1.ServiceInstance
 }
 var file_medius_events_v1_events_proto_depIdxs = []int32{
 	9,  // 0: medius.events.v1.JobCreated.job:type_name -> medius.jobs.v1.Job
 	10, // 1: medius.events.v1.WorkItem.input:type_name -> medius.jobs.v1.JobInput
 	11, // 2: medius.events.v1.WorkItem.timeout:type_name -> google.protobuf.Duration
-	12, // 3: medius.events.v1.ExecutionUpdate.status:type_name -> medius.jobs.v1.JobStatus
-	13, // 4: medius.events.v1.ExecutionUpdate.output:type_name -> medius.jobs.v1.JobOutput
-	14, // 5: medius.events.v1.ExecutionUpdate.error:type_name -> medius.jobs.v1.Problem
-	15, // 6: medius.events.v1.ExecutionUpdate.time:type_name -> google.protobuf.Timestamp
-	15, // 7: medius.events.v1.ExecutionUpdate.start_time:type_name -> google.protobuf.Timestamp
-	12, // 8: medius.events.v1.JobStatusChanged.status:type_name -> medius.jobs.v1.JobStatus
-	13, // 9: medius.events.v1.JobStatusChanged.output:type_name -> medius.jobs.v1.JobOutput
-	14, // 10: medius.events.v1.JobStatusChanged.error:type_name -> medius.jobs.v1.Problem
-	16, // 11: medius.events.v1.JobStatusChanged.execution:type_name -> medius.jobs.v1.Execution
-	15, // 12: medius.events.v1.JobStatusChanged.time:type_name -> google.protobuf.Timestamp
-	16, // 13: medius.events.v1.JobStatusChanged.previous_execution:type_name -> medius.jobs.v1.Execution
-	0,  // 14: medius.events.v1.ServiceInstanceChanged.kind:type_name -> medius.events.v1.ServiceInstanceChanged.Kind
-	17, // 15: medius.events.v1.ServiceInstanceChanged.instance:type_name -> medius.registry.v1.ServiceInstance
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	12, // 3: medius.events.v1.WorkItem.locator_roots:type_name -> medius.jobs.v1.LocatorRoots
+	13, // 4: medius.events.v1.ExecutionUpdate.status:type_name -> medius.jobs.v1.JobStatus
+	14, // 5: medius.events.v1.ExecutionUpdate.output:type_name -> medius.jobs.v1.JobOutput
+	15, // 6: medius.events.v1.ExecutionUpdate.error:type_name -> medius.jobs.v1.Problem
+	16, // 7: medius.events.v1.ExecutionUpdate.time:type_name -> google.protobuf.Timestamp
+	16, // 8: medius.events.v1.ExecutionUpdate.start_time:type_name -> google.protobuf.Timestamp
+	13, // 9: medius.events.v1.JobStatusChanged.status:type_name -> medius.jobs.v1.JobStatus
+	14, // 10: medius.events.v1.JobStatusChanged.output:type_name -> medius.jobs.v1.JobOutput
+	15, // 11: medius.events.v1.JobStatusChanged.error:type_name -> medius.jobs.v1.Problem
+	17, // 12: medius.events.v1.JobStatusChanged.execution:type_name -> medius.jobs.v1.Execution
+	16, // 13: medius.events.v1.JobStatusChanged.time:type_name -> google.protobuf.Timestamp
+	17, // 14: medius.events.v1.JobStatusChanged.previous_execution:type_name -> medius.jobs.v1.Execution
+	0,  // 15: medius.events.v1.ServiceInstanceChanged.kind:type_name -> medius.events.v1.ServiceInstanceChanged.Kind
+	18, // 16: medius.events.v1.ServiceInstanceChanged.instance:type_name -> medius.registry.v1.ServiceInstance
+	12, // 17: medius.events.v1.JobRestartRequested.locator_roots:type_name -> medius.jobs.v1.LocatorRoots
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_medius_events_v1_events_proto_init() }

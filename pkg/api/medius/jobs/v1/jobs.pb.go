@@ -172,8 +172,9 @@ func (x *Problem) GetField() string {
 	return ""
 }
 
-// Locator names media: file:///path (confined to the worker's roots),
-// http(s)://host/path, s3://bucket/key.
+// Locator names media: file:///path, http(s)://host/path, s3://bucket/key.
+// file:// and s3:// locators lie under the tenant's locator roots
+// (Job.locator_roots); a worker also confines file:// to its own roots.
 type Locator struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Url           string                 `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
@@ -483,7 +484,14 @@ type Job struct {
 	VerifiedQuantity float64 `protobuf:"fixed64,22,opt,name=verified_quantity,json=verifiedQuantity,proto3" json:"verified_quantity,omitempty"`
 	// How long the job is kept after it ends; unset means the mediator's
 	// retention period (90 days by default).
-	Ttl           *durationpb.Duration `protobuf:"bytes,23,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Ttl *durationpb.Duration `protobuf:"bytes,23,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// The tenant's locator roots the job's locators were checked against,
+	// set by the mediator when it creates the job and again, from the
+	// tenant's roots then, when it restarts it (a value given on create is
+	// ignored). Workers enforce them on every file:// and s3:// locator the
+	// job resolves, parameters included. Unset on jobs created by a mediator
+	// older than this field: their workers apply their own roots only.
+	LocatorRoots  *LocatorRoots `protobuf:"bytes,24,opt,name=locator_roots,json=locatorRoots,proto3" json:"locator_roots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -679,6 +687,61 @@ func (x *Job) GetTtl() *durationpb.Duration {
 	return nil
 }
 
+func (x *Job) GetLocatorRoots() *LocatorRoots {
+	if x != nil {
+		return x.LocatorRoots
+	}
+	return nil
+}
+
+// LocatorRoots is a set of locator roots: URL prefixes, normalised
+// (file:///dir/, s3://bucket/ or s3://bucket/prefix/), that file:// and
+// s3:// locators must lie under. A message rather than a bare list, so that
+// "no roots" (nothing allowed) differs from "not told" (unset).
+type LocatorRoots struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Roots         []string               `protobuf:"bytes,1,rep,name=roots,proto3" json:"roots,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocatorRoots) Reset() {
+	*x = LocatorRoots{}
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocatorRoots) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocatorRoots) ProtoMessage() {}
+
+func (x *LocatorRoots) ProtoReflect() protoreflect.Message {
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocatorRoots.ProtoReflect.Descriptor instead.
+func (*LocatorRoots) Descriptor() ([]byte, []int) {
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *LocatorRoots) GetRoots() []string {
+	if x != nil {
+		return x.Roots
+	}
+	return nil
+}
+
 type CreateJobRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most 256 KiB encoded: a job refers to its media by locators, and a
@@ -693,7 +756,7 @@ type CreateJobRequest struct {
 
 func (x *CreateJobRequest) Reset() {
 	*x = CreateJobRequest{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[6]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +768,7 @@ func (x *CreateJobRequest) String() string {
 func (*CreateJobRequest) ProtoMessage() {}
 
 func (x *CreateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[6]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +781,7 @@ func (x *CreateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJobRequest.ProtoReflect.Descriptor instead.
 func (*CreateJobRequest) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{6}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateJobRequest) GetJob() *Job {
@@ -745,7 +808,7 @@ type BatchCreateJobsRequest struct {
 
 func (x *BatchCreateJobsRequest) Reset() {
 	*x = BatchCreateJobsRequest{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[7]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -757,7 +820,7 @@ func (x *BatchCreateJobsRequest) String() string {
 func (*BatchCreateJobsRequest) ProtoMessage() {}
 
 func (x *BatchCreateJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[7]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -770,7 +833,7 @@ func (x *BatchCreateJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateJobsRequest.ProtoReflect.Descriptor instead.
 func (*BatchCreateJobsRequest) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{7}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *BatchCreateJobsRequest) GetRequests() []*CreateJobRequest {
@@ -790,7 +853,7 @@ type BatchCreateJobsResponse struct {
 
 func (x *BatchCreateJobsResponse) Reset() {
 	*x = BatchCreateJobsResponse{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[8]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -802,7 +865,7 @@ func (x *BatchCreateJobsResponse) String() string {
 func (*BatchCreateJobsResponse) ProtoMessage() {}
 
 func (x *BatchCreateJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[8]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -815,7 +878,7 @@ func (x *BatchCreateJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateJobsResponse.ProtoReflect.Descriptor instead.
 func (*BatchCreateJobsResponse) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{8}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *BatchCreateJobsResponse) GetResults() []*BatchCreateJobsResult {
@@ -839,7 +902,7 @@ type BatchCreateJobsResult struct {
 
 func (x *BatchCreateJobsResult) Reset() {
 	*x = BatchCreateJobsResult{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[9]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +914,7 @@ func (x *BatchCreateJobsResult) String() string {
 func (*BatchCreateJobsResult) ProtoMessage() {}
 
 func (x *BatchCreateJobsResult) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[9]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +927,7 @@ func (x *BatchCreateJobsResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateJobsResult.ProtoReflect.Descriptor instead.
 func (*BatchCreateJobsResult) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{9}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *BatchCreateJobsResult) GetResult() isBatchCreateJobsResult_Result {
@@ -920,7 +983,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[10]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -932,7 +995,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[10]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -945,7 +1008,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{10}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetJobRequest) GetId() string {
@@ -974,7 +1037,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[11]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +1049,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[11]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,7 +1062,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{11}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListJobsRequest) GetPageSize() int32 {
@@ -1065,7 +1128,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[12]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1077,7 +1140,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[12]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1090,7 +1153,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{12}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -1116,7 +1179,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[13]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1128,7 +1191,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[13]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1141,7 +1204,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{13}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CancelJobRequest) GetId() string {
@@ -1160,7 +1223,7 @@ type ListJobExecutionsRequest struct {
 
 func (x *ListJobExecutionsRequest) Reset() {
 	*x = ListJobExecutionsRequest{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[14]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1235,7 @@ func (x *ListJobExecutionsRequest) String() string {
 func (*ListJobExecutionsRequest) ProtoMessage() {}
 
 func (x *ListJobExecutionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[14]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1248,7 @@ func (x *ListJobExecutionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobExecutionsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobExecutionsRequest) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{14}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListJobExecutionsRequest) GetId() string {
@@ -1204,7 +1267,7 @@ type ListJobExecutionsResponse struct {
 
 func (x *ListJobExecutionsResponse) Reset() {
 	*x = ListJobExecutionsResponse{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[15]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1279,7 @@ func (x *ListJobExecutionsResponse) String() string {
 func (*ListJobExecutionsResponse) ProtoMessage() {}
 
 func (x *ListJobExecutionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[15]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1292,7 @@ func (x *ListJobExecutionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobExecutionsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobExecutionsResponse) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{15}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListJobExecutionsResponse) GetExecutions() []*Execution {
@@ -1248,7 +1311,7 @@ type RestartJobRequest struct {
 
 func (x *RestartJobRequest) Reset() {
 	*x = RestartJobRequest{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[16]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1323,7 @@ func (x *RestartJobRequest) String() string {
 func (*RestartJobRequest) ProtoMessage() {}
 
 func (x *RestartJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[16]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1336,7 @@ func (x *RestartJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartJobRequest.ProtoReflect.Descriptor instead.
 func (*RestartJobRequest) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{16}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RestartJobRequest) GetId() string {
@@ -1292,7 +1355,7 @@ type WatchJobRequest struct {
 
 func (x *WatchJobRequest) Reset() {
 	*x = WatchJobRequest{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[17]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1367,7 @@ func (x *WatchJobRequest) String() string {
 func (*WatchJobRequest) ProtoMessage() {}
 
 func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[17]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1380,7 @@ func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
 func (*WatchJobRequest) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{17}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchJobRequest) GetId() string {
@@ -1336,7 +1399,7 @@ type DeleteJobRequest struct {
 
 func (x *DeleteJobRequest) Reset() {
 	*x = DeleteJobRequest{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[18]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1348,7 +1411,7 @@ func (x *DeleteJobRequest) String() string {
 func (*DeleteJobRequest) ProtoMessage() {}
 
 func (x *DeleteJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[18]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1361,7 +1424,7 @@ func (x *DeleteJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteJobRequest.ProtoReflect.Descriptor instead.
 func (*DeleteJobRequest) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{18}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeleteJobRequest) GetId() string {
@@ -1379,7 +1442,7 @@ type DeleteJobResponse struct {
 
 func (x *DeleteJobResponse) Reset() {
 	*x = DeleteJobResponse{}
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[19]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1391,7 +1454,7 @@ func (x *DeleteJobResponse) String() string {
 func (*DeleteJobResponse) ProtoMessage() {}
 
 func (x *DeleteJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[19]
+	mi := &file_medius_jobs_v1_jobs_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1404,7 +1467,7 @@ func (x *DeleteJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteJobResponse.ProtoReflect.Descriptor instead.
 func (*DeleteJobResponse) Descriptor() ([]byte, []int) {
-	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{19}
+	return file_medius_jobs_v1_jobs_proto_rawDescGZIP(), []int{20}
 }
 
 var File_medius_jobs_v1_jobs_proto protoreflect.FileDescriptor
@@ -1447,7 +1510,7 @@ const file_medius_jobs_v1_jobs_proto_rawDesc = "" +
 	"\bend_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12-\n" +
 	"\x05error\x18\t \x01(\v2\x17.medius.jobs.v1.ProblemR\x05error\x12\x1c\n" +
 	"\trestarted\x18\n" +
-	" \x01(\bR\trestarted\"\xa9\b\n" +
+	" \x01(\bR\trestarted\"\xec\b\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x19\n" +
@@ -1477,10 +1540,13 @@ const file_medius_jobs_v1_jobs_proto_rawDesc = "" +
 	"executions\x18\x15 \x03(\v2\x19.medius.jobs.v1.ExecutionR\n" +
 	"executions\x12+\n" +
 	"\x11verified_quantity\x18\x16 \x01(\x01R\x10verifiedQuantity\x12+\n" +
-	"\x03ttl\x18\x17 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x1a7\n" +
+	"\x03ttl\x18\x17 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12A\n" +
+	"\rlocator_roots\x18\x18 \x01(\v2\x1c.medius.jobs.v1.LocatorRootsR\flocatorRoots\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"X\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"$\n" +
+	"\fLocatorRoots\x12\x14\n" +
+	"\x05roots\x18\x01 \x03(\tR\x05roots\"X\n" +
 	"\x10CreateJobRequest\x12%\n" +
 	"\x03job\x18\x01 \x01(\v2\x13.medius.jobs.v1.JobR\x03job\x12\x1d\n" +
 	"\n" +
@@ -1558,7 +1624,7 @@ func file_medius_jobs_v1_jobs_proto_rawDescGZIP() []byte {
 }
 
 var file_medius_jobs_v1_jobs_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_medius_jobs_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_medius_jobs_v1_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_medius_jobs_v1_jobs_proto_goTypes = []any{
 	(JobStatus)(0),                    // 0: medius.jobs.v1.JobStatus
 	(*Problem)(nil),                   // 1: medius.jobs.v1.Problem
@@ -1567,86 +1633,88 @@ var file_medius_jobs_v1_jobs_proto_goTypes = []any{
 	(*JobOutput)(nil),                 // 4: medius.jobs.v1.JobOutput
 	(*Execution)(nil),                 // 5: medius.jobs.v1.Execution
 	(*Job)(nil),                       // 6: medius.jobs.v1.Job
-	(*CreateJobRequest)(nil),          // 7: medius.jobs.v1.CreateJobRequest
-	(*BatchCreateJobsRequest)(nil),    // 8: medius.jobs.v1.BatchCreateJobsRequest
-	(*BatchCreateJobsResponse)(nil),   // 9: medius.jobs.v1.BatchCreateJobsResponse
-	(*BatchCreateJobsResult)(nil),     // 10: medius.jobs.v1.BatchCreateJobsResult
-	(*GetJobRequest)(nil),             // 11: medius.jobs.v1.GetJobRequest
-	(*ListJobsRequest)(nil),           // 12: medius.jobs.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),          // 13: medius.jobs.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),          // 14: medius.jobs.v1.CancelJobRequest
-	(*ListJobExecutionsRequest)(nil),  // 15: medius.jobs.v1.ListJobExecutionsRequest
-	(*ListJobExecutionsResponse)(nil), // 16: medius.jobs.v1.ListJobExecutionsResponse
-	(*RestartJobRequest)(nil),         // 17: medius.jobs.v1.RestartJobRequest
-	(*WatchJobRequest)(nil),           // 18: medius.jobs.v1.WatchJobRequest
-	(*DeleteJobRequest)(nil),          // 19: medius.jobs.v1.DeleteJobRequest
-	(*DeleteJobResponse)(nil),         // 20: medius.jobs.v1.DeleteJobResponse
-	nil,                               // 21: medius.jobs.v1.JobInput.LocatorsEntry
-	nil,                               // 22: medius.jobs.v1.JobOutput.LocatorsEntry
-	nil,                               // 23: medius.jobs.v1.Job.TagsEntry
-	(*structpb.Struct)(nil),           // 24: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil),     // 25: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 26: google.protobuf.Duration
-	(*structpb.Value)(nil),            // 27: google.protobuf.Value
+	(*LocatorRoots)(nil),              // 7: medius.jobs.v1.LocatorRoots
+	(*CreateJobRequest)(nil),          // 8: medius.jobs.v1.CreateJobRequest
+	(*BatchCreateJobsRequest)(nil),    // 9: medius.jobs.v1.BatchCreateJobsRequest
+	(*BatchCreateJobsResponse)(nil),   // 10: medius.jobs.v1.BatchCreateJobsResponse
+	(*BatchCreateJobsResult)(nil),     // 11: medius.jobs.v1.BatchCreateJobsResult
+	(*GetJobRequest)(nil),             // 12: medius.jobs.v1.GetJobRequest
+	(*ListJobsRequest)(nil),           // 13: medius.jobs.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),          // 14: medius.jobs.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),          // 15: medius.jobs.v1.CancelJobRequest
+	(*ListJobExecutionsRequest)(nil),  // 16: medius.jobs.v1.ListJobExecutionsRequest
+	(*ListJobExecutionsResponse)(nil), // 17: medius.jobs.v1.ListJobExecutionsResponse
+	(*RestartJobRequest)(nil),         // 18: medius.jobs.v1.RestartJobRequest
+	(*WatchJobRequest)(nil),           // 19: medius.jobs.v1.WatchJobRequest
+	(*DeleteJobRequest)(nil),          // 20: medius.jobs.v1.DeleteJobRequest
+	(*DeleteJobResponse)(nil),         // 21: medius.jobs.v1.DeleteJobResponse
+	nil,                               // 22: medius.jobs.v1.JobInput.LocatorsEntry
+	nil,                               // 23: medius.jobs.v1.JobOutput.LocatorsEntry
+	nil,                               // 24: medius.jobs.v1.Job.TagsEntry
+	(*structpb.Struct)(nil),           // 25: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),     // 26: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 27: google.protobuf.Duration
+	(*structpb.Value)(nil),            // 28: google.protobuf.Value
 }
 var file_medius_jobs_v1_jobs_proto_depIdxs = []int32{
-	21, // 0: medius.jobs.v1.JobInput.locators:type_name -> medius.jobs.v1.JobInput.LocatorsEntry
-	24, // 1: medius.jobs.v1.JobInput.parameters:type_name -> google.protobuf.Struct
-	22, // 2: medius.jobs.v1.JobOutput.locators:type_name -> medius.jobs.v1.JobOutput.LocatorsEntry
-	24, // 3: medius.jobs.v1.JobOutput.data:type_name -> google.protobuf.Struct
+	22, // 0: medius.jobs.v1.JobInput.locators:type_name -> medius.jobs.v1.JobInput.LocatorsEntry
+	25, // 1: medius.jobs.v1.JobInput.parameters:type_name -> google.protobuf.Struct
+	23, // 2: medius.jobs.v1.JobOutput.locators:type_name -> medius.jobs.v1.JobOutput.LocatorsEntry
+	25, // 3: medius.jobs.v1.JobOutput.data:type_name -> google.protobuf.Struct
 	0,  // 4: medius.jobs.v1.Execution.status:type_name -> medius.jobs.v1.JobStatus
-	25, // 5: medius.jobs.v1.Execution.dispatch_time:type_name -> google.protobuf.Timestamp
-	25, // 6: medius.jobs.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
-	25, // 7: medius.jobs.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
+	26, // 5: medius.jobs.v1.Execution.dispatch_time:type_name -> google.protobuf.Timestamp
+	26, // 6: medius.jobs.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
+	26, // 7: medius.jobs.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
 	1,  // 8: medius.jobs.v1.Execution.error:type_name -> medius.jobs.v1.Problem
 	3,  // 9: medius.jobs.v1.Job.input:type_name -> medius.jobs.v1.JobInput
 	4,  // 10: medius.jobs.v1.Job.output:type_name -> medius.jobs.v1.JobOutput
 	0,  // 11: medius.jobs.v1.Job.status:type_name -> medius.jobs.v1.JobStatus
 	1,  // 12: medius.jobs.v1.Job.error:type_name -> medius.jobs.v1.Problem
-	26, // 13: medius.jobs.v1.Job.timeout:type_name -> google.protobuf.Duration
-	25, // 14: medius.jobs.v1.Job.deadline:type_name -> google.protobuf.Timestamp
-	23, // 15: medius.jobs.v1.Job.tags:type_name -> medius.jobs.v1.Job.TagsEntry
-	27, // 16: medius.jobs.v1.Job.tracking:type_name -> google.protobuf.Value
-	25, // 17: medius.jobs.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	25, // 18: medius.jobs.v1.Job.update_time:type_name -> google.protobuf.Timestamp
-	25, // 19: medius.jobs.v1.Job.end_time:type_name -> google.protobuf.Timestamp
+	27, // 13: medius.jobs.v1.Job.timeout:type_name -> google.protobuf.Duration
+	26, // 14: medius.jobs.v1.Job.deadline:type_name -> google.protobuf.Timestamp
+	24, // 15: medius.jobs.v1.Job.tags:type_name -> medius.jobs.v1.Job.TagsEntry
+	28, // 16: medius.jobs.v1.Job.tracking:type_name -> google.protobuf.Value
+	26, // 17: medius.jobs.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	26, // 18: medius.jobs.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	26, // 19: medius.jobs.v1.Job.end_time:type_name -> google.protobuf.Timestamp
 	5,  // 20: medius.jobs.v1.Job.executions:type_name -> medius.jobs.v1.Execution
-	26, // 21: medius.jobs.v1.Job.ttl:type_name -> google.protobuf.Duration
-	6,  // 22: medius.jobs.v1.CreateJobRequest.job:type_name -> medius.jobs.v1.Job
-	7,  // 23: medius.jobs.v1.BatchCreateJobsRequest.requests:type_name -> medius.jobs.v1.CreateJobRequest
-	10, // 24: medius.jobs.v1.BatchCreateJobsResponse.results:type_name -> medius.jobs.v1.BatchCreateJobsResult
-	6,  // 25: medius.jobs.v1.BatchCreateJobsResult.job:type_name -> medius.jobs.v1.Job
-	1,  // 26: medius.jobs.v1.BatchCreateJobsResult.error:type_name -> medius.jobs.v1.Problem
-	0,  // 27: medius.jobs.v1.ListJobsRequest.status:type_name -> medius.jobs.v1.JobStatus
-	25, // 28: medius.jobs.v1.ListJobsRequest.create_time_after:type_name -> google.protobuf.Timestamp
-	25, // 29: medius.jobs.v1.ListJobsRequest.create_time_before:type_name -> google.protobuf.Timestamp
-	6,  // 30: medius.jobs.v1.ListJobsResponse.jobs:type_name -> medius.jobs.v1.Job
-	5,  // 31: medius.jobs.v1.ListJobExecutionsResponse.executions:type_name -> medius.jobs.v1.Execution
-	2,  // 32: medius.jobs.v1.JobInput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
-	2,  // 33: medius.jobs.v1.JobOutput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
-	7,  // 34: medius.jobs.v1.JobService.CreateJob:input_type -> medius.jobs.v1.CreateJobRequest
-	8,  // 35: medius.jobs.v1.JobService.BatchCreateJobs:input_type -> medius.jobs.v1.BatchCreateJobsRequest
-	11, // 36: medius.jobs.v1.JobService.GetJob:input_type -> medius.jobs.v1.GetJobRequest
-	12, // 37: medius.jobs.v1.JobService.ListJobs:input_type -> medius.jobs.v1.ListJobsRequest
-	14, // 38: medius.jobs.v1.JobService.CancelJob:input_type -> medius.jobs.v1.CancelJobRequest
-	15, // 39: medius.jobs.v1.JobService.ListJobExecutions:input_type -> medius.jobs.v1.ListJobExecutionsRequest
-	17, // 40: medius.jobs.v1.JobService.RestartJob:input_type -> medius.jobs.v1.RestartJobRequest
-	18, // 41: medius.jobs.v1.JobService.WatchJob:input_type -> medius.jobs.v1.WatchJobRequest
-	19, // 42: medius.jobs.v1.JobService.DeleteJob:input_type -> medius.jobs.v1.DeleteJobRequest
-	6,  // 43: medius.jobs.v1.JobService.CreateJob:output_type -> medius.jobs.v1.Job
-	9,  // 44: medius.jobs.v1.JobService.BatchCreateJobs:output_type -> medius.jobs.v1.BatchCreateJobsResponse
-	6,  // 45: medius.jobs.v1.JobService.GetJob:output_type -> medius.jobs.v1.Job
-	13, // 46: medius.jobs.v1.JobService.ListJobs:output_type -> medius.jobs.v1.ListJobsResponse
-	6,  // 47: medius.jobs.v1.JobService.CancelJob:output_type -> medius.jobs.v1.Job
-	16, // 48: medius.jobs.v1.JobService.ListJobExecutions:output_type -> medius.jobs.v1.ListJobExecutionsResponse
-	6,  // 49: medius.jobs.v1.JobService.RestartJob:output_type -> medius.jobs.v1.Job
-	6,  // 50: medius.jobs.v1.JobService.WatchJob:output_type -> medius.jobs.v1.Job
-	20, // 51: medius.jobs.v1.JobService.DeleteJob:output_type -> medius.jobs.v1.DeleteJobResponse
-	43, // [43:52] is the sub-list for method output_type
-	34, // [34:43] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	27, // 21: medius.jobs.v1.Job.ttl:type_name -> google.protobuf.Duration
+	7,  // 22: medius.jobs.v1.Job.locator_roots:type_name -> medius.jobs.v1.LocatorRoots
+	6,  // 23: medius.jobs.v1.CreateJobRequest.job:type_name -> medius.jobs.v1.Job
+	8,  // 24: medius.jobs.v1.BatchCreateJobsRequest.requests:type_name -> medius.jobs.v1.CreateJobRequest
+	11, // 25: medius.jobs.v1.BatchCreateJobsResponse.results:type_name -> medius.jobs.v1.BatchCreateJobsResult
+	6,  // 26: medius.jobs.v1.BatchCreateJobsResult.job:type_name -> medius.jobs.v1.Job
+	1,  // 27: medius.jobs.v1.BatchCreateJobsResult.error:type_name -> medius.jobs.v1.Problem
+	0,  // 28: medius.jobs.v1.ListJobsRequest.status:type_name -> medius.jobs.v1.JobStatus
+	26, // 29: medius.jobs.v1.ListJobsRequest.create_time_after:type_name -> google.protobuf.Timestamp
+	26, // 30: medius.jobs.v1.ListJobsRequest.create_time_before:type_name -> google.protobuf.Timestamp
+	6,  // 31: medius.jobs.v1.ListJobsResponse.jobs:type_name -> medius.jobs.v1.Job
+	5,  // 32: medius.jobs.v1.ListJobExecutionsResponse.executions:type_name -> medius.jobs.v1.Execution
+	2,  // 33: medius.jobs.v1.JobInput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
+	2,  // 34: medius.jobs.v1.JobOutput.LocatorsEntry.value:type_name -> medius.jobs.v1.Locator
+	8,  // 35: medius.jobs.v1.JobService.CreateJob:input_type -> medius.jobs.v1.CreateJobRequest
+	9,  // 36: medius.jobs.v1.JobService.BatchCreateJobs:input_type -> medius.jobs.v1.BatchCreateJobsRequest
+	12, // 37: medius.jobs.v1.JobService.GetJob:input_type -> medius.jobs.v1.GetJobRequest
+	13, // 38: medius.jobs.v1.JobService.ListJobs:input_type -> medius.jobs.v1.ListJobsRequest
+	15, // 39: medius.jobs.v1.JobService.CancelJob:input_type -> medius.jobs.v1.CancelJobRequest
+	16, // 40: medius.jobs.v1.JobService.ListJobExecutions:input_type -> medius.jobs.v1.ListJobExecutionsRequest
+	18, // 41: medius.jobs.v1.JobService.RestartJob:input_type -> medius.jobs.v1.RestartJobRequest
+	19, // 42: medius.jobs.v1.JobService.WatchJob:input_type -> medius.jobs.v1.WatchJobRequest
+	20, // 43: medius.jobs.v1.JobService.DeleteJob:input_type -> medius.jobs.v1.DeleteJobRequest
+	6,  // 44: medius.jobs.v1.JobService.CreateJob:output_type -> medius.jobs.v1.Job
+	10, // 45: medius.jobs.v1.JobService.BatchCreateJobs:output_type -> medius.jobs.v1.BatchCreateJobsResponse
+	6,  // 46: medius.jobs.v1.JobService.GetJob:output_type -> medius.jobs.v1.Job
+	14, // 47: medius.jobs.v1.JobService.ListJobs:output_type -> medius.jobs.v1.ListJobsResponse
+	6,  // 48: medius.jobs.v1.JobService.CancelJob:output_type -> medius.jobs.v1.Job
+	17, // 49: medius.jobs.v1.JobService.ListJobExecutions:output_type -> medius.jobs.v1.ListJobExecutionsResponse
+	6,  // 50: medius.jobs.v1.JobService.RestartJob:output_type -> medius.jobs.v1.Job
+	6,  // 51: medius.jobs.v1.JobService.WatchJob:output_type -> medius.jobs.v1.Job
+	21, // 52: medius.jobs.v1.JobService.DeleteJob:output_type -> medius.jobs.v1.DeleteJobResponse
+	44, // [44:53] is the sub-list for method output_type
+	35, // [35:44] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_medius_jobs_v1_jobs_proto_init() }
@@ -1654,7 +1722,7 @@ func file_medius_jobs_v1_jobs_proto_init() {
 	if File_medius_jobs_v1_jobs_proto != nil {
 		return
 	}
-	file_medius_jobs_v1_jobs_proto_msgTypes[9].OneofWrappers = []any{
+	file_medius_jobs_v1_jobs_proto_msgTypes[10].OneofWrappers = []any{
 		(*BatchCreateJobsResult_Job)(nil),
 		(*BatchCreateJobsResult_Error)(nil),
 	}
@@ -1664,7 +1732,7 @@ func file_medius_jobs_v1_jobs_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_medius_jobs_v1_jobs_proto_rawDesc), len(file_medius_jobs_v1_jobs_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
