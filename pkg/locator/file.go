@@ -79,11 +79,13 @@ func confine(roots []root, p string) (string, error) {
 	return clean, nil
 }
 
-// openFile resolves a file locator for reading: the path must exist, be a
-// regular file and, symlinks followed, still be under a root. It returns the
-// resolved path so the tool opens exactly the file that was checked (a
-// symlink swapped in between check and use remains a known, narrow race).
-func (r *Resolver) openFile(p string) (string, error) {
+// openFile resolves a file locator (raw, of path p) for reading: the path
+// must exist, be a regular file and, symlinks followed, still be under a
+// root, and under one of the tenant's file roots when there are any
+// (tenantCheck). It returns the resolved path so the tool opens exactly the
+// file that was checked (a symlink swapped in between check and use remains
+// a known, narrow race).
+func (r *Resolver) openFile(p, raw string, tenant []root) (string, error) {
 	roots, err := r.fileRoots()
 	if err != nil {
 		return "", err
@@ -104,6 +106,11 @@ func (r *Resolver) openFile(p string) (string, error) {
 	}
 	if !inRoots(roots, resolved, true) {
 		return "", fmt.Errorf("%w: file %q is a symlink resolving to %q, outside the allowed roots", ErrForbidden, clean, resolved)
+	}
+	// A symlink in one tenant's directory may lead into another's, both
+	// under the worker's roots.
+	if tenant != nil && !inRoots(tenant, resolved, true) {
+		return "", outsideTenant(raw, reasonSymlink)
 	}
 	fi, err := os.Stat(resolved)
 	if err != nil {
@@ -126,11 +133,13 @@ func (r *Resolver) openFile(p string) (string, error) {
 	return resolved, nil
 }
 
-// writeFile stores src at the file locator p: the parent directories are
-// created under the root, and the file is written to a temporary name in the
-// same directory and renamed, so a reader never sees half an output and a
-// symlink at the target is replaced rather than followed.
-func (r *Resolver) writeFile(p string, src io.Reader) (err error) {
+// writeFile stores src at the file locator raw, of path p: the parent
+// directories are created under the root (and under one of the tenant's
+// file roots when there are any, see tenantCheck), and the file is written
+// to a temporary name in the same directory and renamed, so a reader never
+// sees half an output and a symlink at the target is replaced rather than
+// followed.
+func (r *Resolver) writeFile(p, raw string, tenant []root, src io.Reader) (err error) {
 	roots, err := r.fileRoots()
 	if err != nil {
 		return err
@@ -160,11 +169,21 @@ func (r *Resolver) writeFile(p string, src io.Reader) (err error) {
 	if !inRoots(roots, res, true) {
 		return fmt.Errorf("%w: output directory %q resolves to %q, outside the allowed roots", ErrForbidden, anc, res)
 	}
+	// What MkdirAll creates below anc are plain directories: the output
+	// directory will lead where anc leads, joined with the rest.
+	if tenant != nil {
+		rel, err := filepath.Rel(anc, dir)
+		if err != nil || !inRoots(tenant, filepath.Join(res, rel), true) {
+			return outsideTenant(raw, reasonSymlinkDir)
+		}
+	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return fmt.Errorf("%w: create %q: %w", ErrUnavailable, dir, err)
 	}
 	if res, err := filepath.EvalSymlinks(dir); err != nil || !inRoots(roots, res, true) {
 		return fmt.Errorf("%w: output directory %q leaves the allowed roots", ErrForbidden, dir)
+	} else if tenant != nil && !inRoots(tenant, res, true) {
+		return outsideTenant(raw, reasonSymlinkDir)
 	}
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(clean)+".tmp-*")
 	if err != nil {

@@ -14,6 +14,12 @@
 //     configured S3-compatible store (Resolver.S3); without one it is
 //     refused with ErrUnsupportedScheme.
 //
+// A job's file:// and s3:// locators must also lie under its tenant's
+// locator roots (TenantRoots), which the worker SDK puts on each job's ctx
+// (WithTenantRoots): by name, as the mediator checks them, and for a file
+// where it leads once symlinks are followed, so that a symlink in one
+// tenant's directory cannot lead into another's under the same worker root.
+//
 // Every error wraps one of the Err* sentinels so callers can map it with
 // errors.Is (for example to an RFC 7807 problem type).
 package locator

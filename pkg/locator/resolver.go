@@ -95,15 +95,21 @@ func (r *Resolver) httpClient() *http.Client {
 // and a cleanup func to call when done with it (never nil, also on error).
 // A file:// locator yields the checked file itself (cleanup does nothing); an
 // http(s) locator is downloaded into a temporary file that cleanup removes.
+// A file:// or s3:// locator must also lie under the tenant roots ctx
+// carries, if any (WithTenantRoots).
 func (r *Resolver) Open(ctx context.Context, raw string) (localPath string, cleanup func(), err error) {
 	noop := func() {}
 	u, err := Parse(raw)
 	if err != nil {
 		return "", noop, err
 	}
+	tenant, err := tenantCheck(ctx, u, raw)
+	if err != nil {
+		return "", noop, err
+	}
 	switch u.Scheme {
 	case SchemeFile:
-		p, err := r.openFile(u.Path)
+		p, err := r.openFile(u.Path, raw, tenant)
 		if err != nil {
 			return "", noop, err
 		}
@@ -126,9 +132,15 @@ func (r *Resolver) Open(ctx context.Context, raw string) (localPath string, clea
 }
 
 // Put stores the contents of the local file src at the output locator raw:
-// written atomically under a file root, or PUT to an http(s) URL.
+// written atomically under a file root, or PUT to an http(s) URL. A
+// file:// or s3:// locator must also lie under the tenant roots ctx
+// carries, if any (WithTenantRoots).
 func (r *Resolver) Put(ctx context.Context, raw, src string) error {
 	u, err := Parse(raw)
+	if err != nil {
+		return err
+	}
+	tenant, err := tenantCheck(ctx, u, raw)
 	if err != nil {
 		return err
 	}
@@ -149,7 +161,7 @@ func (r *Resolver) Put(ctx context.Context, raw, src string) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		return r.writeFile(u.Path, f)
+		return r.writeFile(u.Path, raw, tenant, f)
 	case SchemeHTTP, SchemeHTTPS:
 		return r.upload(ctx, u, f, fi.Size())
 	case SchemeS3:
@@ -160,11 +172,24 @@ func (r *Resolver) Put(ctx context.Context, raw, src string) error {
 }
 
 // Check applies the policy to raw without transferring anything: the scheme
-// is supported, a file:// path is under a root (and, if it exists, resolves
-// under one), an http(s) host given as an IP literal is allowed. Host names
-// are only checked when dialled.
+// is supported, a file:// path is under a root, an http(s) host given as an
+// IP literal is allowed. Host names are only checked when dialled. It
+// applies no tenant roots: a job's profile uses CheckContext.
 func (r *Resolver) Check(raw string) error {
+	return r.CheckContext(context.Background(), raw)
+}
+
+// CheckContext is Check, also applying the tenant roots ctx carries, if any
+// (WithTenantRoots): a file:// or s3:// locator must lie under one of them,
+// and a file:// path, as far as it exists, must lead under one once
+// symlinks are followed (an output directory that is a symlink out of them
+// is refused before any work is spent).
+func (r *Resolver) CheckContext(ctx context.Context, raw string) error {
 	u, err := Parse(raw)
+	if err != nil {
+		return err
+	}
+	tenant, err := tenantCheck(ctx, u, raw)
 	if err != nil {
 		return err
 	}
@@ -174,8 +199,18 @@ func (r *Resolver) Check(raw string) error {
 		if err != nil {
 			return err
 		}
-		_, err = confine(roots, u.Path)
-		return err
+		clean, err := confine(roots, u.Path)
+		if err != nil || tenant == nil {
+			return err
+		}
+		res, err := resolveExisting(clean)
+		if err != nil {
+			return fmt.Errorf("%w: resolve %q: %w", ErrUnavailable, clean, err)
+		}
+		if !inRoots(tenant, res, true) {
+			return outsideTenant(raw, reasonSymlink)
+		}
+		return nil
 	case SchemeHTTP, SchemeHTTPS:
 		return r.checkHost(u.Hostname())
 	case SchemeS3:
