@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/medius-platform/medius/pkg/locator"
 	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/medius-platform/medius/services/mediator/internal/auth"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -296,7 +297,7 @@ func (s *Store) cached(ctx context.Context, id string) (cachedRecord, error) {
 		return cachedRecord{}, err
 	}
 	// Expiry counts from before the read: never serve longer than QuotaTTL.
-	e = cachedRecord{q: t.Quota, roots: ParseRoots(t.LocatorRoots), found: err == nil, expires: now.Add(QuotaTTL)}
+	e = cachedRecord{q: t.Quota, roots: locator.ParseTenantRoots(t.LocatorRoots), found: err == nil, expires: now.Add(QuotaTTL)}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.gen == gen {
