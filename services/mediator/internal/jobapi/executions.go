@@ -124,8 +124,10 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 	}
 	// The new run reads and writes the job's locators now: they must lie
 	// under the tenant's locator roots as they are now (the job may predate
-	// them, or its roots have been withdrawn since).
-	if err := s.checkLocatorRoots(ctx, job.GetTenant(), job.GetInput(), nil); err != nil {
+	// them, or its roots have been withdrawn since), and its workers hold
+	// it to those.
+	roots, err := s.checkLocatorRoots(ctx, job.GetTenant(), job.GetInput(), nil)
+	if err != nil {
 		return nil, err
 	}
 	ex, ok, err := s.executions(ctx, job.GetId())
@@ -146,7 +148,7 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 			return nil, admitError(ctx, job.GetId(), err)
 		}
 	}
-	ev := &eventsv1.JobRestartRequested{JobId: job.GetId(), Tenant: job.GetTenant(), Attempts: attempts}
+	ev := &eventsv1.JobRestartRequested{JobId: job.GetId(), Tenant: job.GetTenant(), Attempts: attempts, LocatorRoots: roots}
 	if err := s.publishRestartCheck(ctx, ev, rev); err != nil {
 		// Nothing moved: the slot taken is not used.
 		if took {
@@ -161,6 +163,9 @@ func (s *Server) RestartJob(ctx context.Context, req *jobsv1.RestartJobRequest) 
 	job.Output = nil
 	job.EndTime = nil
 	job.VerifiedQuantity = 0
+	if roots != nil {
+		job.LocatorRoots = roots
+	}
 	job.UpdateTime = timestamppb.New(s.now())
 	addRestartExecution(job, run)
 	if _, err := s.store.Update(ctx, job, rev); err != nil {

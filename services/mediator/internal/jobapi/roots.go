@@ -25,9 +25,11 @@ type LocatorRoots interface {
 }
 
 // SetLocatorRoots checks every file:// and s3:// locator of a new job
-// against its tenant's roots from r (nil: not checked, for tests of other
-// things; the mediator always sets it). Workers read and write those with
-// rights shared by every tenant, so this check is what keeps a tenant off
+// against its tenant's roots from r, and gives the job those roots, which
+// its workers enforce on every locator it resolves (nil: neither, for tests
+// of other things; the mediator always sets it). Workers read and write
+// those with rights shared by every tenant, so this check, and the
+// workers' own with the roots the job carries, is what keeps a tenant off
 // another's media.
 func (s *Server) SetLocatorRoots(r LocatorRoots) { s.roots = r }
 
@@ -39,28 +41,32 @@ const shownRoots = 4
 // roots, the outputs' locations included. moved names the locators given
 // as string parameters (moveToLocators), whose field is the parameter's.
 // Locators are checked in name order, so a refusal is the same each time.
-func (s *Server) checkLocatorRoots(ctx context.Context, tenant string, in *jobsv1.JobInput, moved map[string]bool) error {
+//
+// It returns the roots the job's run is to carry (Job.locator_roots): also
+// for a job naming no such locator, since its profile may resolve one from
+// a parameter the mediator does not type as a locator, which only the
+// workers see. They come from the tenants' cache that admission reads too,
+// so that costs no etcd read of its own. Nil when no roots are set
+// (SetLocatorRoots): the job's workers then apply their own roots only.
+func (s *Server) checkLocatorRoots(ctx context.Context, tenant string, in *jobsv1.JobInput, moved map[string]bool) (*jobsv1.LocatorRoots, error) {
 	if s.roots == nil {
-		return nil
+		return nil, nil
 	}
-	var names []string
-	for name, loc := range in.GetLocators() {
-		if tenants.Scoped(loc.GetUrl()) {
-			names = append(names, name)
-		}
-	}
-	if len(names) == 0 {
-		return nil // no lookup for jobs without file or s3 locators
-	}
-	slices.Sort(names)
 	roots, err := s.roots.LocatorRoots(ctx, tenant)
 	if err != nil && !errors.Is(err, tenants.ErrTenantNotFound) {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			return err
+			return nil, err
 		}
-		return problem.Unavailable("tenant store unavailable", fmt.Errorf("locator roots of %s: %w", tenant, err))
+		return nil, problem.Unavailable("tenant store unavailable", fmt.Errorf("locator roots of %s: %w", tenant, err))
 	}
 	// A tenant without a record has no roots (its keys went with it).
+	var names []string
+	for name, loc := range in.GetLocators() {
+		if locator.Rooted(loc.GetUrl()) {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
 	for _, name := range names {
 		raw := in.GetLocators()[name].GetUrl()
 		field := fmt.Sprintf("job.input.locators[%s]", name)
@@ -69,13 +75,13 @@ func (s *Server) checkLocatorRoots(ctx context.Context, tenant string, in *jobsv
 		}
 		ok, why, err := roots.Within(raw)
 		if err != nil {
-			return problem.InvalidArgument(field, "locator %q: %v", name, err)
+			return nil, problem.InvalidArgument(field, "locator %q: %v", name, err)
 		}
 		if !ok {
-			return notAllowed(tenant, name, field, raw, why, roots)
+			return nil, notAllowed(tenant, name, field, raw, why, roots)
 		}
 	}
-	return nil
+	return &jobsv1.LocatorRoots{Roots: roots.Strings()}, nil
 }
 
 // notAllowed is the refusal of locator name (at field, url raw) of a job

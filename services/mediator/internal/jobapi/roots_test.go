@@ -2,6 +2,7 @@ package jobapi
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -181,10 +182,72 @@ func TestLocatorRootsScopeRestarts(t *testing.T) {
 	}
 	_, err = f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: job.GetId()})
 	wantNotAllowed(t, "restart after the roots were withdrawn", err, "acme", "job.input.locators[inputFile]")
-	if _, err := ts.SetLocatorRoots(ctx, "acme", []string{"file:///srv/media/acme/"}); err != nil {
+	// Restarted, the job carries the roots it was checked against now,
+	// to the processor (the restart's announcement) and in its record.
+	if _, err := ts.SetLocatorRoots(ctx, "acme", []string{"file:///srv/media/acme/", "s3://shared/acme"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: job.GetId()}); err != nil {
+	restarts := f.env.WatchEvents(t, bus.SubjectJobRestart)
+	restarted, err := f.srv.RestartJob(as("acme"), &jobsv1.RestartJobRequest{Id: job.GetId()})
+	if err != nil {
 		t.Fatalf("restart under the roots again: %v", err)
+	}
+	want := []string{"file:///srv/media/acme/", "s3://shared/acme/"}
+	if got := restarted.GetLocatorRoots().GetRoots(); !slices.Equal(got, want) {
+		t.Fatalf("restarted job carries roots %q, want the tenant's now, %q", got, want)
+	}
+	var ev eventsv1.JobRestartRequested
+	restarts.Next(&ev)
+	if got := ev.GetLocatorRoots().GetRoots(); !slices.Equal(got, want) {
+		t.Fatalf("restart announced with roots %q, want %q", got, want)
+	}
+	if rec, _, err := f.store.Get(ctx, job.GetId()); err != nil || !slices.Equal(rec.GetLocatorRoots().GetRoots(), want) {
+		t.Fatalf("restarted record's roots: %q, %v; want %q", rec.GetLocatorRoots().GetRoots(), err, want)
+	}
+}
+
+// Every job carries its tenant's roots to its workers, which hold every
+// locator it resolves to them: a job naming no file:// or s3:// locator
+// too (its profile may resolve one from a parameter only the worker
+// reads), and a tenant with none carries an empty set, which allows
+// nothing (not an absent one, which leaves the workers' roots alone). A
+// client cannot choose them.
+func TestLocatorRootsCarriedByJobs(t *testing.T) {
+	f, ts := rootsFixture(t)
+	ctx := context.Background()
+	if _, err := ts.CreateTenant(ctx, tenants.Tenant{ID: "acme", LocatorRoots: []string{"file:///srv/media/acme", "s3://shared/acme/"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.EnsureTenant(ctx, "plain"); err != nil {
+		t.Fatal(err)
+	}
+	created := f.env.WatchEvents(t, bus.SubjectJobCreated)
+	want := []string{"file:///srv/media/acme/", "s3://shared/acme/"}
+	for _, tc := range []struct {
+		tenant string
+		job    *jobsv1.Job
+		want   []string
+	}{
+		{"acme", proxyJob("file:///srv/media/acme/clip.mp4", "file:///srv/media/acme/out/"), want},
+		{"acme", proxyJob("https://media.example.com/in.mp4", "https://media.example.com/put"), want},
+		{"plain", proxyJob("https://media.example.com/in.mp4", "https://media.example.com/put"), []string{}},
+	} {
+		// Whatever the client sends is replaced.
+		tc.job.LocatorRoots = &jobsv1.LocatorRoots{Roots: []string{"file:///"}}
+		job, err := f.srv.CreateJob(as(tc.tenant), &jobsv1.CreateJobRequest{Job: tc.job})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if job.GetLocatorRoots() == nil || !slices.Equal(job.GetLocatorRoots().GetRoots(), tc.want) {
+			t.Fatalf("%s's job carries %v, want roots %q", tc.tenant, job.GetLocatorRoots(), tc.want)
+		}
+		var ev eventsv1.JobCreated
+		created.Next(&ev)
+		if lr := ev.GetJob().GetLocatorRoots(); lr == nil || !slices.Equal(lr.GetRoots(), tc.want) {
+			t.Fatalf("%s's job announced with %v, want roots %q", tc.tenant, lr, tc.want)
+		}
+		if rec, _, err := f.store.Get(ctx, job.GetId()); err != nil || rec.GetLocatorRoots() == nil || !slices.Equal(rec.GetLocatorRoots().GetRoots(), tc.want) {
+			t.Fatalf("%s's job stored with %v (%v), want roots %q", tc.tenant, rec.GetLocatorRoots(), err, tc.want)
+		}
 	}
 }

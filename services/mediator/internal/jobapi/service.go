@@ -177,6 +177,9 @@ type checked struct {
 	in        *jobsv1.Job
 	requestID string
 	profile   *registryv1.JobProfile
+	// roots are the tenant's locator roots its locators were checked
+	// against, which the job carries to its workers.
+	roots *jobsv1.LocatorRoots
 }
 
 // checkCreate refuses a request of tenant CreateJob would refuse as invalid
@@ -217,10 +220,11 @@ func (s *Server) checkCreate(ctx context.Context, tenant string, req *jobsv1.Cre
 	}
 	// After the profile check, which turns URL string parameters into
 	// locators: those are read and written by the worker as any other.
-	if err := s.checkLocatorRoots(ctx, tenant, in.GetInput(), movedLocators(in.GetInput(), before)); err != nil {
+	roots, err := s.checkLocatorRoots(ctx, tenant, in.GetInput(), movedLocators(in.GetInput(), before))
+	if err != nil {
 		return checked{}, err
 	}
-	return checked{in: in, requestID: requestID, profile: profile}, nil
+	return checked{in: in, requestID: requestID, profile: profile, roots: roots}, nil
 }
 
 // create creates the job of a checked request for tenant: admitted by the
@@ -270,6 +274,7 @@ func (s *Server) create(ctx context.Context, tenant string, c checked) (*jobsv1.
 		Region:               in.GetRegion(),
 		Tracking:             in.GetTracking(),
 		Ttl:                  in.GetTtl(),
+		LocatorRoots:         c.roots,
 		CreateTime:           now,
 		UpdateTime:           now,
 	}
