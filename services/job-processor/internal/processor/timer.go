@@ -530,7 +530,14 @@ func (p *Processor) HandleRestart(ctx context.Context, msg jetstream.Msg) error 
 		if rec.GetTenant() != ev.GetTenant() {
 			return rec, record.Ignored, bus.Permanent(fmt.Errorf("tenant %q does not own it", ev.GetTenant()))
 		}
-		return rec, record.Restart(rec, ev.GetAttempts(), p.cfg.Now()), nil
+		out := record.Restart(rec, ev.GetAttempts(), p.cfg.Now())
+		if out == record.Applied && ev.GetLocatorRoots() != nil {
+			// The restart was checked against the tenant's roots as they
+			// are now: its run is held to those. A restart from an older
+			// mediator, which sends none, keeps the job's.
+			rec.LocatorRoots = ev.GetLocatorRoots()
+		}
+		return rec, out, nil
 	})
 	if err != nil {
 		return fmt.Errorf("restart job %s: %w", id, err)

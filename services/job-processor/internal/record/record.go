@@ -389,18 +389,22 @@ func StartMsgID(rec *jobsv1.Job) string {
 	return StatusMsgID(rec) + "-started"
 }
 
-// WorkItem is what the worker of rec's current execution is handed.
+// WorkItem is what the worker of rec's current execution is handed. It
+// carries the job's locator roots as the record has them, absent included
+// (a job from an older mediator): the worker holds the locators it
+// resolves to them, and to its own roots only when they are absent.
 func WorkItem(rec *jobsv1.Job) *eventsv1.WorkItem {
 	cur := jobstate.Current(rec)
 	return &eventsv1.WorkItem{
-		JobId:   rec.GetId(),
-		Tenant:  rec.GetTenant(),
-		Attempt: cur.GetAttempt(),
-		Profile: rec.GetProfile(),
-		JobType: rec.GetJobType(),
-		Input:   rec.GetInput(),
-		Timeout: rec.GetTimeout(),
-		Service: cur.GetService(),
+		JobId:        rec.GetId(),
+		Tenant:       rec.GetTenant(),
+		Attempt:      cur.GetAttempt(),
+		Profile:      rec.GetProfile(),
+		JobType:      rec.GetJobType(),
+		Input:        rec.GetInput(),
+		Timeout:      rec.GetTimeout(),
+		Service:      cur.GetService(),
+		LocatorRoots: rec.GetLocatorRoots(),
 	}
 }
 
