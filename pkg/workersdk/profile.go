@@ -27,6 +27,14 @@ type WorkItem = eventsv1.WorkItem
 // when ctx ends (cancel, timeout, shutdown). A *problem.Error return becomes
 // the execution's problem detail as is (see InputError, ToolError); any other
 // error is reported as "execution-failed".
+//
+// ctx carries the job's locator roots (WorkItem.locator_roots, see
+// locator.WithTenantRoots): resolve every locator through a
+// locator.Resolver with ctx, or a ctx derived from it, and a file:// or
+// s3:// locator outside the tenant's roots is refused (locator.ErrForbidden,
+// which InputError reports as "locator-forbidden"), whether it came as a
+// locator or in a parameter. A resolver used with a ctx of its own
+// (context.Background) applies the worker's roots only.
 type Handler func(ctx context.Context, item *WorkItem, progress func(int)) (*jobsv1.JobOutput, float64, error)
 
 // Profile is a job profile this worker offers: its definition, registered

@@ -16,6 +16,7 @@ import (
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
 	"github.com/medius-platform/medius/pkg/jobstate"
+	"github.com/medius-platform/medius/pkg/locator"
 	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -472,7 +473,7 @@ func (r *Runner) execute(ctx context.Context, log *slog.Logger, item *eventsv1.W
 	}
 	runs <- j
 
-	out, qty, herr := r.runHandler(jobCtx, handler, item, func(p int) { progress.Store(int32(min(max(p, 0), 100))) })
+	out, qty, herr := r.runHandler(handlerContext(jobCtx, item), handler, item, func(p int) { progress.Store(int32(min(max(p, 0), 100))) })
 	close(j.ended)
 	aerr := <-j.announced
 	stopHB()
@@ -578,6 +579,20 @@ func (r *Runner) stopRuns(id string, match func(attempt int32) bool) {
 	for _, stop := range stops {
 		stop()
 	}
+}
+
+// handlerContext is the ctx item's handler runs under: jobCtx, carrying the
+// job's locator roots when the item has them (locator.WithTenantRoots), so
+// that every file:// and s3:// locator the handler resolves through a
+// locator.Resolver with it lies under them, whichever field of the job it
+// came from. An item without them (from a processor older than them) leaves
+// the resolver's own roots alone. A job resolving nothing pays for the ctx
+// value only.
+func handlerContext(jobCtx context.Context, item *eventsv1.WorkItem) context.Context {
+	if lr := item.GetLocatorRoots(); lr != nil {
+		return locator.WithTenantRoots(jobCtx, lr.GetRoots())
+	}
+	return jobCtx
 }
 
 // runHandler calls h, turning a panic into an error: one bad input must not
