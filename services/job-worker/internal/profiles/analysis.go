@@ -153,7 +153,7 @@ func ShotsProfile(res *locator.Resolver) workersdk.Profile {
 			if err != nil {
 				return nil, 0, err
 			}
-			outs, err := newNamedOutputs(res, item, []string{ParamOutputFile}, false)
+			outs, err := newNamedOutputs(ctx, res, item, []string{ParamOutputFile}, false)
 			if err != nil {
 				return nil, 0, err
 			}

@@ -160,7 +160,9 @@ type outputs struct {
 	base string
 }
 
-func newOutputs(res *locator.Resolver, item *workersdk.WorkItem) (*outputs, error) {
+// newOutputs checks the job's outputLocation, under the job's locator roots
+// that ctx carries (the handler's), before any work is spent.
+func newOutputs(ctx context.Context, res *locator.Resolver, item *workersdk.WorkItem) (*outputs, error) {
 	base := item.GetInput().GetLocators()[ParamOutputLocation].GetUrl()
 	if base == "" {
 		return nil, &problem.Error{Code: codes.InvalidArgument, Type: workersdk.TypeInvalidInput, Title: "Missing output location",
@@ -168,7 +170,7 @@ func newOutputs(res *locator.Resolver, item *workersdk.WorkItem) (*outputs, erro
 			Field:  workersdk.LocatorField(ParamOutputLocation)}
 	}
 	// Refuse a forbidden output before spending minutes on the work.
-	if err := res.Check(base); err != nil {
+	if err := res.CheckContext(ctx, base); err != nil {
 		return nil, workersdk.InputError(ParamOutputLocation, base, err)
 	}
 	return &outputs{res: res, item: item, base: base}, nil

@@ -107,7 +107,7 @@ func SpeechProfile(res *locator.Resolver) workersdk.Profile {
 			MaxAttempts:             3,
 		},
 		Handler: func(ctx context.Context, item *workersdk.WorkItem, progress func(int)) (*jobsv1.JobOutput, float64, error) {
-			outs, err := newNamedOutputs(res, item, transcriptParams(), true)
+			outs, err := newNamedOutputs(ctx, res, item, transcriptParams(), true)
 			if err != nil {
 				return nil, 0, err
 			}

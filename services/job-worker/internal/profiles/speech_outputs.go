@@ -27,17 +27,18 @@ type namedOutputs struct {
 }
 
 // newNamedOutputs reads the job's output locators for the outputs names,
-// checking every one against the policy before any work is spent.
+// checking every one against the policy, and the job's locator roots ctx
+// carries (the handler's), before any work is spent.
 // several says the folder receives more than one file, which an http(s)
 // outputLocation (one signed URL) cannot take.
-func newNamedOutputs(res *locator.Resolver, item *workersdk.WorkItem, names []string, several bool) (*namedOutputs, error) {
+func newNamedOutputs(ctx context.Context, res *locator.Resolver, item *workersdk.WorkItem, names []string, several bool) (*namedOutputs, error) {
 	o := &namedOutputs{res: res, own: map[string]string{}}
 	for _, name := range names {
 		u := item.GetInput().GetLocators()[name].GetUrl()
 		if u == "" {
 			continue
 		}
-		if err := res.Check(u); err != nil {
+		if err := res.CheckContext(ctx, u); err != nil {
 			return nil, workersdk.InputError(name, u, err)
 		}
 		o.own[name] = u
@@ -45,7 +46,7 @@ func newNamedOutputs(res *locator.Resolver, item *workersdk.WorkItem, names []st
 	if item.GetInput().GetLocators()[ParamOutputLocation].GetUrl() == "" {
 		return o, nil
 	}
-	folder, err := newOutputs(res, item)
+	folder, err := newOutputs(ctx, res, item)
 	if err != nil {
 		return nil, err
 	}

@@ -68,7 +68,7 @@ func ThumbnailsProfile(res *locator.Resolver) workersdk.Profile {
 					times = append(times, n.NumberValue)
 				}
 			}
-			outs, err := newOutputs(res, item)
+			outs, err := newOutputs(ctx, res, item)
 			if err != nil {
 				return nil, 0, err
 			}

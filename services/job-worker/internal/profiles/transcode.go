@@ -64,7 +64,7 @@ func TranscodeProfile(res *locator.Resolver, name string) workersdk.Profile {
 			if err != nil {
 				return nil, 0, err
 			}
-			outs, err := newOutputs(res, item)
+			outs, err := newOutputs(ctx, res, item)
 			if err != nil {
 				return nil, 0, err
 			}
