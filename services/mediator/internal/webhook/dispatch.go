@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/locator"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -44,6 +46,10 @@ type dispatcher struct {
 	max    int
 	limits map[string]*limit // per tenant and per tenant's endpoint host, while in use
 	global chan struct{}
+	// breakers fail at once the notifications of a tenant's endpoint host
+	// whose POSTs keep timing out, instead of letting each hold its slots
+	// and the consumer's for a whole Timeout.
+	breakers *breakers
 
 	wg sync.WaitGroup
 }
@@ -79,12 +85,13 @@ type limit struct {
 func newDispatcher(ctx context.Context, n *Notifier, stop <-chan struct{}) *dispatcher {
 	d := &dispatcher{
 		n: n, stop: stop,
-		base:   context.WithoutCancel(ctx),
-		bound:  n.cfg.Timeout + 10*time.Second, // the secret's lookup, then the POST
-		queues: map[string]*queue{},
-		max:    n.cfg.MaxPending + n.cfg.MaxPendingRetries,
-		limits: map[string]*limit{},
-		global: make(chan struct{}, n.cfg.Concurrency),
+		base:     context.WithoutCancel(ctx),
+		bound:    n.cfg.Timeout + 10*time.Second, // the secret's lookup, then the POST
+		queues:   map[string]*queue{},
+		max:      n.cfg.MaxPending + n.cfg.MaxPendingRetries,
+		limits:   map[string]*limit{},
+		global:   make(chan struct{}, n.cfg.Concurrency),
+		breakers: newBreakers(n.cfg, n.now),
 	}
 	d.wg.Go(func() { d.keepAlive(n.ackWait() / 3) })
 	return d
@@ -201,8 +208,16 @@ func (d *dispatcher) run(key string, q *queue) {
 }
 
 // post waits for a slot for it, posts it and settles it; once stopped it
-// hands it back for another mediator (or this one restarted) to post.
+// hands it back for another mediator (or this one restarted) to post. One
+// whose endpoint host's breaker is open is not posted: it is settled at
+// once as a failed attempt, so a host that never answers does not hold a
+// slot (its own, and the consumer's) for a whole Timeout per notification.
 func (d *dispatcher) post(q *queue, it item) {
+	key := breakerKey{it.job.GetTenant(), endpointHost(it.job.GetNotificationEndpoint())}
+	if err := d.breakers.check(key); err != nil {
+		d.fail(q, it, err)
+		return
+	}
 	release, ok := d.acquire(it.job)
 	if !ok {
 		d.settling()
@@ -210,16 +225,64 @@ func (d *dispatcher) post(q *queue, it item) {
 		return
 	}
 	defer release()
+	// Checked again: it may have opened while this one waited for the
+	// slots, those ahead of it timing out.
+	probe, err := d.breakers.admit(key)
+	if err != nil {
+		d.fail(q, it, err)
+		return
+	}
 	d.mu.Lock()
 	q.posting = true
 	d.mu.Unlock()
 	// Its AckWait starts again: the POST ends before it does.
 	_ = it.msg.InProgress()
-	ctx, cancel := context.WithTimeout(bus.ContextFromHeader(d.base, it.msg.Headers()), d.bound)
+	ctx, cancel := d.context(it)
 	defer cancel()
-	settle := d.n.handle(ctx, it)
+	err = d.n.Deliver(ctx, it.job, it.eventID)
+	if tr, until := d.breakers.record(key, probe, err); tr != unchanged {
+		logTransition(ctx, it.job, key, tr, until, d.n.cfg.BreakAfter)
+	}
+	d.finish(ctx, it, err)
+}
+
+// fail settles it, not posted, as an attempt that failed with err.
+func (d *dispatcher) fail(q *queue, it item, err error) {
+	d.mu.Lock()
+	q.posting = true
+	d.mu.Unlock()
+	ctx, cancel := d.context(it)
+	defer cancel()
+	d.finish(ctx, it, err)
+}
+
+// context is that of its POST and settlement: its trace context, bound.
+func (d *dispatcher) context(it item) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(bus.ContextFromHeader(d.base, it.msg.Headers()), d.bound)
+}
+
+// finish settles it, whose attempt ended with err.
+func (d *dispatcher) finish(ctx context.Context, it item, err error) {
+	settle := d.n.outcome(ctx, it, err)
 	d.settling()
 	settle()
+}
+
+// logTransition logs a breaker's transition tr, once: the POST whose
+// outcome made it logs it.
+func logTransition(ctx context.Context, job *jobsv1.Job, key breakerKey, tr transition, until time.Time, after int) {
+	endpoint := locator.Redact(job.GetNotificationEndpoint())
+	switch tr {
+	case opened:
+		slog.WarnContext(ctx, "webhook endpoint host keeps timing out: its notifications fail without a POST until its cool-down ends",
+			"tenant", key.tenant, "endpoint", endpoint, "timeouts", after, "until", until)
+	case reopened:
+		slog.WarnContext(ctx, "webhook endpoint host still times out: its notifications fail without a POST for longer",
+			"tenant", key.tenant, "endpoint", endpoint, "until", until)
+	case closed:
+		slog.InfoContext(ctx, "webhook endpoint host answers again: its notifications are posted",
+			"tenant", key.tenant, "endpoint", endpoint)
+	}
 }
 
 // settling counts one held message fewer, before it is settled: settling
@@ -302,7 +365,8 @@ func endpointHost(endpoint string) string {
 }
 
 // keepAlive tells the server, every period, that the messages waiting for
-// their turn are in progress, until stopped.
+// their turn are in progress, and forgets the breakers that no longer
+// matter, until stopped.
 func (d *dispatcher) keepAlive(every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -313,6 +377,7 @@ func (d *dispatcher) keepAlive(every time.Duration) {
 			return
 		case <-t.C:
 		}
+		d.breakers.prune()
 		waiting = waiting[:0]
 		d.mu.Lock()
 		for _, q := range d.queues {

@@ -6,7 +6,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -49,6 +51,15 @@ func newHooks(t *testing.T) *hooks {
 // endpoint starts an endpoint whose POSTs answer once answer returns (nil:
 // at once), with the status it returns (0: 200), and returns its URL.
 func (h *hooks) endpoint(name string, answer func(*jobsv1.Job) int) string {
+	if answer == nil {
+		return h.endpointCtx(name, nil)
+	}
+	return h.endpointCtx(name, func(_ context.Context, job *jobsv1.Job) int { return answer(job) })
+}
+
+// endpointCtx is endpoint, its answer given the POST's context (done once
+// the notifier gave up on it).
+func (h *hooks) endpointCtx(name string, answer func(context.Context, *jobsv1.Job) int) string {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		job := &jobsv1.Job{}
@@ -69,7 +80,7 @@ func (h *hooks) endpoint(name string, answer func(*jobsv1.Job) int) string {
 		h.mu.Unlock()
 		status := 0
 		if answer != nil {
-			status = answer(job)
+			status = answer(r.Context(), job)
 		}
 		h.mu.Lock()
 		for _, k := range keys {
@@ -94,6 +105,20 @@ func (h *hooks) gated(name string) (url string, release func()) {
 	h.gates = append(h.gates, release)
 	h.mu.Unlock()
 	return h.endpoint(name, func(*jobsv1.Job) int { <-gate; return 0 }), release
+}
+
+// hanging starts an endpoint that never answers (each POST stays open
+// until the notifier gives up on it) until heal is called, and answers at
+// once from then on.
+func (h *hooks) hanging(name string) (url string, heal func()) {
+	var healed atomic.Bool
+	url = h.endpointCtx(name, func(ctx context.Context, _ *jobsv1.Job) int {
+		if !healed.Load() {
+			<-ctx.Done()
+		}
+		return 0
+	})
+	return url, func() { healed.Store(true) }
 }
 
 func (h *hooks) releaseAll() {
@@ -128,6 +153,26 @@ func (h *hooks) mostOpen(key string) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.maxOpen[key]
+}
+
+// resetMostOpen makes mostOpen count from now on.
+func (h *hooks) resetMostOpen(key string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.maxOpen[key] = h.open[key]
+}
+
+// delivered returns, by event id, how many POSTs to endpoint the notifier
+// waited for the answer of (it took them as delivered: the endpoints
+// answer 200 unless told otherwise).
+func (h *hooks) delivered(endpoint string) map[string]int {
+	got := map[string]int{}
+	for _, p := range h.arrived(endpoint) {
+		if p.answered {
+			got[p.eventID]++
+		}
+	}
+	return got
 }
 
 // checkOrder fails t unless every job's notifications to endpoint arrived
@@ -624,5 +669,171 @@ func TestRetryNotStoredStillEndsAfterMaxAttempts(t *testing.T) {
 	time.Sleep(10 * cfg.MaxDelay) // room for POSTs that should not come
 	if got := len(h.arrived("down")); got != cfg.MaxAttempts {
 		t.Fatalf("%d POSTs, want %d (MaxAttempts)", got, cfg.MaxAttempts)
+	}
+}
+
+// settled reports whether both consumers have nothing left to deliver or
+// settle.
+func settled(consumers ...jetstream.Consumer) bool {
+	for _, c := range consumers {
+		info, err := c.Info(context.Background())
+		if err != nil || info.NumAckPending != 0 || info.NumPending != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// checkDeliveredOnce fails t unless each of want's event ids (one per
+// change) was delivered to endpoint exactly once, and nothing else was.
+func checkDeliveredOnce(t *testing.T, h *hooks, endpoint string, want int) {
+	t.Helper()
+	got := h.delivered(endpoint)
+	if len(got) != want {
+		t.Fatalf("%d changes delivered to %s, want %d", len(got), endpoint, want)
+	}
+	for id, n := range got {
+		if n != 1 {
+			t.Fatalf("%s delivered %d times", id, n)
+		}
+	}
+}
+
+// An endpoint that never answers holds another tenant's notifications back
+// only for its first few POSTs: once BreakAfter of them timed out in a row,
+// its notifications are failed without a POST, each going to its retry at
+// once, and leave the notifications consumer's MaxPending slots to the
+// others. Acme's notification, enqueued behind 40 of hangs', arrives while
+// hangs' endpoint has had fewer than 10 POSTs. (Each of hangs' held its
+// slot through its turn and a whole Timeout: with 16 held, acme's was
+// handed over only once 25 of them had timed out.) Once the endpoint
+// answers again, each of hangs' notifications is delivered once: none lost
+// while its attempts are not spent.
+func TestHangingEndpointDoesNotHoldBackOthers(t *testing.T) {
+	env := testsupport.Start(t)
+	h := newHooks(t)
+	hang, heal := h.hanging("hang")
+	hangsBeforeAcme := atomic.Int64{}
+	hangsBeforeAcme.Store(-1)
+	fast := h.endpoint("fast", func(*jobsv1.Job) int {
+		hangsBeforeAcme.CompareAndSwap(-1, int64(len(h.arrived("hang"))))
+		return 0
+	})
+	cfg := webhook.Config{AllowPrivate: true, Timeout: 500 * time.Millisecond, MaxPending: 16,
+		BaseDelay: 50 * time.Millisecond, MaxDelay: time.Second, MaxAttempts: 100}
+	n := webhook.New(env.JS, cfg, secret, nil)
+	const hung = 40
+	for i := range hung {
+		enqueue(t, n, "hangs", fmt.Sprintf("hang-%d", i), hang, 10)
+	}
+	enqueue(t, n, "acme", "acme-fast", fast, 10)
+	start(t, n, h)
+
+	testsupport.Eventually(t, 60*time.Second, "acme's notification", func() bool {
+		return len(h.arrived("fast")) > 0
+	})
+	t.Logf("acme's notification came after %d POSTs to the endpoint that never answers", hangsBeforeAcme.Load())
+	if got := hangsBeforeAcme.Load(); got >= 10 {
+		t.Fatalf("acme's notification came after %d POSTs to the endpoint that never answers, want fewer than 10", got)
+	}
+
+	heal()
+	consumers := []jetstream.Consumer{consumer(t, env, webhook.Durable), consumer(t, env, webhook.DurableRetries)}
+	testsupport.Eventually(t, 60*time.Second, "each of hangs' notifications delivered, and nothing left to settle", func() bool {
+		return len(h.delivered("hang")) == hung && settled(consumers...)
+	})
+	checkDeliveredOnce(t, h, "hang", hung)
+	checkDeliveredOnce(t, h, "fast", 1)
+}
+
+// While an endpoint host's breaker is open it gets one POST at a time, a
+// probe once each cool-down has passed, however many of its notifications
+// come due meanwhile; the probe that is answered closes it: the
+// notifications after it are posted on their first attempt, none needing a
+// retry.
+func TestOpenBreakerProbesOneAtATimeAndClosesOnSuccess(t *testing.T) {
+	env := testsupport.Start(t)
+	ctx := context.Background()
+	h := newHooks(t)
+	hang, heal := h.hanging("hang")
+	cfg := webhook.Config{AllowPrivate: true, Timeout: 200 * time.Millisecond, PerEndpoint: 4,
+		BaseDelay: 20 * time.Millisecond, MaxDelay: 800 * time.Millisecond, MaxAttempts: 1000}
+	n := webhook.New(env.JS, cfg, secret, nil)
+	const hung = 20
+	for i := range hung {
+		enqueue(t, n, "hangs", fmt.Sprintf("hang-%d", i), hang, 10)
+	}
+	start(t, n, h)
+	notifications := consumer(t, env, webhook.Durable)
+	// Every first attempt settled, and at most one POST open (one that
+	// started before the breaker opened, timing out).
+	testsupport.Eventually(t, 20*time.Second, "every first attempt settled", func() bool {
+		return settled(notifications) && h.openNow("endpoint hang") <= 1
+	})
+	h.resetMostOpen("endpoint hang")
+	probed := len(h.arrived("hang"))
+	testsupport.Eventually(t, 20*time.Second, "three probes", func() bool {
+		return len(h.arrived("hang")) >= probed+3
+	})
+	if got := h.mostOpen("endpoint hang"); got != 1 {
+		t.Fatalf("%d POSTs open at once at the endpoint while its breaker was open, want 1", got)
+	}
+
+	heal()
+	retries := consumer(t, env, webhook.DurableRetries)
+	testsupport.Eventually(t, 30*time.Second, "every notification delivered once the endpoint answers", func() bool {
+		return len(h.delivered("hang")) == hung && settled(notifications, retries)
+	})
+	const after = 10
+	for i := range after {
+		enqueue(t, n, "hangs", fmt.Sprintf("after-%d", i), hang, 10)
+	}
+	testsupport.Eventually(t, 20*time.Second, "the later notifications delivered", func() bool {
+		return len(h.delivered("hang")) == hung+after && settled(notifications, retries)
+	})
+	checkDeliveredOnce(t, h, "hang", hung+after)
+	stream, err := env.JS.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter("medius.events.webhook-retry.>"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for subject, msgs := range info.State.Subjects {
+		if strings.HasPrefix(subject, "medius.events.webhook-retry.after-") {
+			t.Fatalf("%d retries on %s, of a notification enqueued after the endpoint answered again: want none (breaker closed)", msgs, subject)
+		}
+	}
+}
+
+// Quick failures do not open a breaker: an endpoint that answers 503 at
+// once gets every attempt of every notification as a POST (none is failed
+// without one), however many fail in a row.
+func TestQuickFailuresDoNotOpenTheBreaker(t *testing.T) {
+	env := testsupport.Start(t)
+	h := newHooks(t)
+	dead := h.endpoint("dead", func(*jobsv1.Job) int { return http.StatusServiceUnavailable })
+	cfg := webhook.Config{AllowPrivate: true, MaxAttempts: 3, BaseDelay: 20 * time.Millisecond, MaxDelay: 50 * time.Millisecond}
+	n := webhook.New(env.JS, cfg, secret, nil)
+	const jobs = 10
+	for i := range jobs {
+		enqueue(t, n, "deadbeat", fmt.Sprintf("dead-%d", i), dead, 10)
+	}
+	start(t, n, h)
+	consumers := []jetstream.Consumer{consumer(t, env, webhook.Durable), consumer(t, env, webhook.DurableRetries)}
+	// Enqueued before the consumers were created: they have nothing left
+	// once every notification is abandoned.
+	testsupport.Eventually(t, 30*time.Second, "every notification abandoned", func() bool {
+		return settled(consumers...)
+	})
+	posts := map[string]int{}
+	for _, p := range h.arrived("dead") {
+		posts[p.job.GetId()]++
+	}
+	for i := range jobs {
+		if id := fmt.Sprintf("dead-%d", i); posts[id] != cfg.MaxAttempts {
+			t.Fatalf("%s: %d POSTs, want %d (MaxAttempts)", id, posts[id], cfg.MaxAttempts)
+		}
 	}
 }

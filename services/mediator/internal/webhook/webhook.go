@@ -35,26 +35,39 @@
 // mediator it came to). Different jobs' notifications are posted in
 // parallel: at most Config.Concurrency at once per mediator, of which at most
 // Config.PerTenant for one tenant and Config.PerEndpoint for one tenant's
-// endpoint host. An endpoint that answers slowly or not at all (each POST
-// may take Config.Timeout, each change is tried up to Config.MaxAttempts
-// times) so delays the notifications waiting for it; its tenant's other
-// endpoints only once that tenant's slow endpoints take all its PerTenant
-// slots; another tenant's only once Concurrency/PerTenant tenants are that
-// slow at once. Beyond those, Config.MaxPending bounds the notifications
-// delivered and not yet settled (waiting for their turn or being posted)
-// across the mediators: a tenant with that many slow notifications queued
-// ahead of others' still delays theirs until its backlog falls below it. A
-// failing one leaves for its retry once its POST has failed: at once for an
-// endpoint that refuses, but only after its turn and a whole Timeout for
-// one that never answers, so such an endpoint drains PerEndpoint
-// notifications per Timeout (with the defaults, 1,024 of them held ahead of
-// others take about 43 minutes per mediator; a tenant that keeps that many
-// queued delays the others for as long). Config.MaxPendingRetries bounds
-// the retries so, waiting for their time included, and every tenant's
-// retries share it: a tenant with that many failing notifications delays
-// other tenants' retries (not their first attempts) until its own are
-// delivered or abandoned, which for an endpoint that never answers takes
-// as long again. Fair shares per tenant would need a consumer per tenant.
+// endpoint host. An endpoint that answers slowly (each POST may take
+// Config.Timeout, each change is tried up to Config.MaxAttempts times) so
+// delays the notifications waiting for it; its tenant's other endpoints
+// only once that tenant's slow endpoints take all its PerTenant slots;
+// another tenant's only once Concurrency/PerTenant tenants are that slow at
+// once. Beyond those, Config.MaxPending bounds the notifications delivered
+// and not yet settled (waiting for their turn or being posted) across the
+// mediators: a tenant with that many slow notifications queued ahead of
+// others' still delays theirs until its backlog falls below it. A failing
+// one leaves for its retry once its POST has failed: at once for an
+// endpoint that refuses. One that never answers would make each of its
+// notifications hold its slot through its turn and a whole Timeout (with
+// the defaults, 1,024 held ahead of others took about 43 minutes per
+// mediator to drain); a circuit breaker per tenant's endpoint host, in
+// each mediator, keeps that short: after Config.BreakAfter (3) of its
+// POSTs in a row timed out (quick failures do not count, a success resets
+// the count), its notifications whose turn comes are failed at once
+// without a POST, each going to its retry as any failed attempt, for a
+// cool-down of 3 × Timeout, doubling after each probe that times out too,
+// up to MaxDelay. Once the cool-down has passed one POST probes it, the
+// others still failing at once; its success closes the breaker. So such
+// an endpoint holds others back for about one Timeout per mediator (the
+// POSTs that open its breaker), then its backlog leaves for the retries
+// within milliseconds, each probe holding one slot for at most a Timeout.
+// Its notifications spend their attempts meanwhile: one whose endpoint
+// hangs for longer than its retries last (with the defaults, about 8.5
+// minutes of backoff) is abandoned, as when each of those attempts was a
+// POST timing out. An endpoint that answers slowly but within Timeout is
+// not cut off. Config.MaxPendingRetries bounds the retries so, waiting for
+// their time included, and every tenant's retries share it: a tenant with
+// that many failing notifications delays other tenants' retries (not their
+// first attempts) until its own are delivered or abandoned, its breaker
+// open or not. Fair shares per tenant would need a consumer per tenant.
 package webhook
 
 import (
@@ -138,12 +151,22 @@ type Config struct {
 	// across the mediators (the notifications consumer's MaxAckPending,
 	// default 1024): those waiting for their turn (held in memory, one
 	// goroutine per job) or being posted. A failed one leaves it for the
-	// retries consumer.
+	// retries consumer, as does one failed without a POST because its
+	// endpoint host's breaker is open (see BreakAfter).
 	MaxPending int
 	// MaxPendingRetries bounds the same of retries (the retries consumer's
 	// MaxAckPending, default 1024), counting also those waiting for their
 	// time (on the server only). Every tenant's retries share it.
 	MaxPendingRetries int
+	// BreakAfter is how many POSTs in a row to one tenant's endpoint host
+	// (the PerEndpoint key) must time out for its circuit breaker to open
+	// (default 3): for a cool-down of 3 × Timeout, doubling after each
+	// probe that times out too, up to MaxDelay, its notifications are
+	// failed without a POST, each going to its retry at once instead of
+	// holding its slots, and its consumer's, for a whole Timeout. Then one
+	// POST probes it; its success closes the breaker. Only time-outs
+	// count: an endpoint that fails quickly holds nothing back.
+	BreakAfter int
 }
 
 func (c *Config) defaults() {
@@ -173,6 +196,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxPendingRetries <= 0 {
 		c.MaxPendingRetries = 1024
+	}
+	if c.BreakAfter <= 0 {
+		c.BreakAfter = 3
 	}
 }
 
@@ -343,15 +369,16 @@ func (n *Notifier) Run(ctx context.Context) error {
 // redelivery; messages waiting for their turn are kept alive meanwhile.
 func (n *Notifier) ackWait() time.Duration { return n.cfg.Timeout + 20*time.Second }
 
-// handle posts the notification it carries and returns how to settle it:
-// ack once the endpoint took it; when it failed and may be tried again,
-// publish its retry, due after its backoff, then ack it; terminate it when
-// it can never be posted or its attempts are spent. The caller settles it
-// once it stopped counting it as held: the settlement frees its slot on the
-// server, which may deliver the next message at once.
-func (n *Notifier) handle(ctx context.Context, it item) (settle func()) {
+// outcome returns how to settle it, whose attempt ended with err (nil: the
+// endpoint took it; an attempt failed without a POST, its endpoint host's
+// breaker open, is settled as one whose POST failed): ack it once
+// delivered; when it failed and may be tried again, publish its retry, due
+// after its backoff, then ack it; terminate it when it can never be posted
+// or its attempts are spent. The caller settles it once it stopped counting
+// it as held: the settlement frees its slot on the server, which may
+// deliver the next message at once.
+func (n *Notifier) outcome(ctx context.Context, it item, err error) (settle func()) {
 	msg, job, attempt := it.msg, it.job, it.attempt
-	err := n.Deliver(ctx, job, it.eventID)
 	var do func() error
 	switch {
 	case err == nil:
@@ -472,7 +499,8 @@ func Verify(secret, tsHeader, sigHeader string, body []byte) bool {
 	return hmac.Equal([]byte(Sign(secret, ts, body)), []byte(sigHeader))
 }
 
-// Deliver POSTs job to its endpoint once.
+// Deliver POSTs job to its endpoint once. A POST not answered within
+// Config.Timeout fails with an error wrapping errTimedOut.
 func (n *Notifier) Deliver(ctx context.Context, job *jobsv1.Job, eventID string) error {
 	secret, err := n.secrets(ctx, job.GetTenant())
 	if err != nil {
@@ -508,7 +536,7 @@ func (n *Notifier) Deliver(ctx context.Context, job *jobsv1.Job, eventID string)
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			return fmt.Errorf("post notification: timed out after %v", n.cfg.Timeout)
+			return fmt.Errorf("post notification: %w after %v", errTimedOut, n.cfg.Timeout)
 		}
 		return fmt.Errorf("post notification to %s: %w", locator.Redact(job.GetNotificationEndpoint()), err)
 	}
