@@ -15,9 +15,10 @@ import (
 	"time"
 )
 
+// forbiddenAddr refuses an IP-literal host a tenant named, saying why.
 func forbiddenAddr(ip netip.Addr) error {
-	if why := addrPolicy(ip); why != "" {
-		return fmt.Errorf("%w: %s is a %s address (internal addresses are not allowed on this worker)", ErrForbidden, ip, why)
+	if why := InternalAddr(ip); why != "" {
+		return fmt.Errorf("%w: %s is %s (internal addresses are not allowed on this worker)", ErrForbidden, ip, why)
 	}
 	return nil
 }
@@ -36,18 +37,38 @@ func NewTransport(allowPrivate bool) *http.Transport {
 			if err != nil {
 				return fmt.Errorf("%w: cannot check address %q: %w", ErrForbidden, address, err)
 			}
-			return forbiddenAddr(ap.Addr())
+			// The address a host name resolved to is the deployment's
+			// business, not the tenant's: the error names neither it nor
+			// what it reaches (the worker's own view of its network).
+			if InternalAddr(ap.Addr()) != "" {
+				return fmt.Errorf("%w: the host resolves to an internal address, which this worker does not connect to", ErrForbidden)
+			}
+			return nil
 		}
 	}
 	return &http.Transport{
 		Proxy:                 nil,
-		DialContext:           d.DialContext,
+		DialContext:           dialHidingRefused(d),
 		ForceAttemptHTTP2:     true,
 		MaxIdleConns:          32,
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: DefaultHeaderTimeout,
 		ExpectContinueTimeout: time.Second,
+	}
+}
+
+// dialHidingRefused dials with d, and drops the *net.OpError around a
+// refusal by d's Control hook: it names the resolved address, which the
+// refusal keeps from the tenant.
+func dialHidingRefused(d *net.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := d.DialContext(ctx, network, addr)
+		var oe *net.OpError
+		if err != nil && errors.As(err, &oe) && errors.Is(oe.Err, ErrForbidden) {
+			return nil, oe.Err
+		}
+		return conn, err
 	}
 }
 

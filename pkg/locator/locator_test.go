@@ -376,7 +376,7 @@ func TestAddrPolicy(t *testing.T) {
 		"93.184.216.34":    true,
 	}
 	for addr, allowed := range tests {
-		got := addrPolicy(netip.MustParseAddr(addr)) == ""
+		got := InternalAddr(netip.MustParseAddr(addr)) == ""
 		if got != allowed {
 			t.Errorf("%s allowed = %v, want %v", addr, got, allowed)
 		}

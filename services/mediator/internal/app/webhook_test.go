@@ -76,7 +76,7 @@ func TestWebhooks(t *testing.T) {
 
 func TestWebhookEndpointPolicy(t *testing.T) {
 	m := startMediator(t, nil) // private endpoints refused by default
-	for _, ep := range []string{"http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.1.2.3/hook", "http://[::1]/x", "http://169.254.169.254/latest", "http://[64:ff9b::a9fe:a9fe]/latest", "http://198.18.0.1/hook", "ftp://example.com/x"} {
+	for _, ep := range []string{"http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.1.2.3/hook", "http://[::1]/x", "http://169.254.169.254/latest", "http://[64:ff9b::a9fe:a9fe]/latest", "http://[64:ff9b::a9fe:a9fe%25eth0]/latest", "http://[fd00::1%25eth0]/x", "http://198.18.0.1/hook", "ftp://example.com/x"} {
 		body := strings.Replace(jobBody, `"profile"`, `"notificationEndpoint":"`+ep+`","profile"`, 1)
 		code, b := m.do("POST", "/v1/jobs", apiKey, body, nil)
 		if code != 400 || !strings.Contains(string(b), "job.notification_endpoint") {

@@ -257,10 +257,10 @@ func CheckEndpoint(raw string, allowPrivate bool) error {
 		return problem.InvalidArgument("job.notification_endpoint", "notification endpoint %s is a loopback address, which this deployment refuses", host)
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
-		// The same policy as the dial-time check, so an endpoint is
-		// refused here exactly when its POST would be.
+		// The policy the POST's dial-time check applies, so a literal
+		// address refused there is refused here, before the job exists.
 		if why := locator.InternalAddr(ip); why != "" {
-			return problem.InvalidArgument("job.notification_endpoint", "notification endpoint %s is a %s address, which this deployment refuses", ip, why)
+			return problem.InvalidArgument("job.notification_endpoint", "notification endpoint %s is %s, which this deployment refuses", ip, why)
 		}
 	}
 	return nil
