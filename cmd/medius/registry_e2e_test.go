@@ -47,6 +47,21 @@ func TestRegistryThroughTheMediator(t *testing.T) {
 	if instances[0]["service"] == "" || instances[0]["capacity"] == nil {
 		t.Errorf("instance JSON lacks fields: %v", instances[0])
 	}
+	// A tenant's table has no address; an operator holding only the admin
+	// key (MEDIUS_ADMIN_API_KEY, no --api-key) sees where workers run.
+	if out, err := run(apiKey, "instances", "list"); err != nil || strings.Contains(out, "ADDRESS") {
+		t.Errorf("tenant's instances table: %v\n%s", err, out)
+	}
+	t.Setenv("MEDIUS_API_KEY", "")
+	t.Setenv("MEDIUS_ADMIN_API_KEY", p.stack.AdminKey)
+	var adminOut bytes.Buffer
+	cmd := cli.New()
+	cmd.SetArgs([]string{"instances", "list", "--server", p.stack.GRPCAddr})
+	cmd.SetOut(&adminOut)
+	cmd.SetErr(io.Discard)
+	if err := cmd.ExecuteContext(context.Background()); err != nil || !strings.Contains(adminOut.String(), "ADDRESS") {
+		t.Errorf("admin's instances table: %v\n%s", err, adminOut.String())
+	}
 	out, err := run(apiKey, "services", "list")
 	if err != nil || !strings.Contains(out, "NAME") || !strings.Contains(out, "ExtractTechnicalMetadata") {
 		t.Errorf("services list table: %v\n%s", err, out)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -35,14 +36,25 @@ func newInstancesCmd() *cobra.Command {
 			if c.output == "json" {
 				return printJSONList(cmd.OutOrStdout(), all)
 			}
+			// Addresses reach the admin only; a tenant's table has no
+			// column of dashes for them.
+			withAddr := slices.ContainsFunc(all, func(in *registryv1.ServiceInstance) bool { return in.GetAddress() != "" })
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSERVICE\tVERSION\tLOAD\tREGIONS\tSTARTED\tLAST HEARTBEAT")
+			head := "ID\tSERVICE\tVERSION\tLOAD\tREGIONS\tSTARTED\tLAST HEARTBEAT"
+			if withAddr {
+				head += "\tADDRESS"
+			}
+			fmt.Fprintln(tw, head)
 			now := time.Now()
 			for _, in := range all {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%s ago\n", in.GetId(), in.GetService(), orDash(in.GetVersion()),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%s ago", in.GetId(), in.GetService(), orDash(in.GetVersion()),
 					in.GetInFlight(), in.GetCapacity(), joinOr(in.GetRegions()),
 					in.GetStartTime().AsTime().Local().Format(time.DateTime),
 					now.Sub(in.GetLastHeartbeatTime().AsTime()).Round(time.Second))
+				if withAddr {
+					fmt.Fprintf(tw, "\t%s", orDash(in.GetAddress()))
+				}
+				fmt.Fprintln(tw)
 			}
 			return tw.Flush()
 		},

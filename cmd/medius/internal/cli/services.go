@@ -26,7 +26,12 @@ func (c *clientFlags) dialRegistry(ctx context.Context) (registryv1.RegistryServ
 		c.apiKey = os.Getenv("MEDIUS_API_KEY")
 	}
 	if c.apiKey == "" {
-		return nil, nil, nil, errors.New("no API key: pass --api-key or set MEDIUS_API_KEY")
+		// An operator holding only the admin credential reads with it
+		// (and sees what only the admin may, such as addresses).
+		c.apiKey = os.Getenv("MEDIUS_ADMIN_API_KEY")
+	}
+	if c.apiKey == "" {
+		return nil, nil, nil, errors.New("no API key: pass --api-key or set MEDIUS_API_KEY (or MEDIUS_ADMIN_API_KEY)")
 	}
 	cc, err := grpcx.Dial(c.server)
 	if err != nil {
