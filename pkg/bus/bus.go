@@ -92,12 +92,20 @@ func SubjectStopAttempt(jobID string) string { return subjectStopControl + jobID
 
 // Connect dials NATS and keeps reconnecting forever: a NATS restart must never
 // take a service down with it.
+//
+// While it reconnects, a publish fails at once instead of waiting in the
+// client's reconnect buffer: a buffered write is sent whenever the connection
+// comes back, long after its caller gave up on it and told its own client so
+// (a job created minutes after its CreateJob failed, billed and run). Every
+// publisher already retries, or is redelivered, on an error; Provision, the
+// first thing each service does, retries until NATS is there.
 func Connect(url, name string) (*nats.Conn, jetstream.JetStream, error) {
 	nc, err := nats.Connect(url,
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.RetryOnFailedConnect(true),
+		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				slog.Warn("nats disconnected", "err", err)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
@@ -21,7 +22,12 @@ import (
 
 func setup(t *testing.T) (context.Context, jetstream.JetStream) {
 	t.Helper()
-	env := devenv.Start(t)
+	ctx, _, js := setupOn(t, devenv.Start(t))
+	return ctx, js
+}
+
+func setupOn(t *testing.T, env *devenv.Env) (context.Context, *nats.Conn, jetstream.JetStream) {
+	t.Helper()
 	nc, js, err := Connect(env.NATS.URL, "test")
 	if err != nil {
 		t.Fatal(err)
@@ -36,7 +42,7 @@ func setup(t *testing.T) (context.Context, jetstream.JetStream) {
 	if err := Provision(ctx, js); err != nil {
 		t.Fatalf("second provision: %v", err)
 	}
-	return ctx, js
+	return ctx, nc, js
 }
 
 func TestPublishDeduplicatesByMessageID(t *testing.T) {
@@ -560,5 +566,54 @@ func TestConsumeKeptMessages(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("a batch handler's kept message was not handed back and delivered again")
 		}
+	}
+}
+
+// A publish that failed while NATS was away must not be stored once it
+// is back: its caller has given up and said so.
+func TestPublishFailedDuringOutageDoesNotLandLater(t *testing.T) {
+	env := devenv.Start(t)
+	ctx, nc, js := setupOn(t, env)
+
+	env.NATS.Shutdown()
+	for nc.IsConnected() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	pctx, pcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	err := Publish(pctx, js, SubjectJobCancel, "cancel-outage", &eventsv1.JobCancelRequested{JobId: "outage", Tenant: "t"})
+	pcancel()
+	if err == nil {
+		t.Fatal("publish while NATS is down succeeded")
+	}
+
+	if err := env.NATS.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	for !nc.IsConnected() {
+		if ctx.Err() != nil {
+			t.Fatal("no reconnect")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// A later publish travels after anything the client held back, so
+	// once it is stored, the failed one would be too.
+	if err := retry(ctx, func() error {
+		return Publish(ctx, js, SubjectJobCancel, "cancel-after", &eventsv1.JobCancelRequested{JobId: "after", Tenant: "t"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := s.GetLastMsgForSubject(ctx, SubjectJobCancel); err != nil || m.Header.Get(jetstream.MsgIDHeader) != "cancel-after" {
+		t.Fatalf("last cancel: %v %v, want cancel-after", m, err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(SubjectJobCancel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := info.State.Subjects[SubjectJobCancel]; n != 1 {
+		t.Fatalf("%d cancel events stored, want 1 (the failed publish landed after reconnect)", n)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,11 +14,14 @@ import (
 	eventsv1 "github.com/medius-platform/medius/pkg/api/medius/events/v1"
 	jobsv1 "github.com/medius-platform/medius/pkg/api/medius/jobs/v1"
 	"github.com/medius-platform/medius/pkg/bus"
+	"github.com/medius-platform/medius/pkg/problem"
 	"github.com/medius-platform/medius/services/mediator/internal/jobindex"
 	"github.com/medius-platform/medius/services/mediator/internal/jobstore"
 	"github.com/medius-platform/medius/services/mediator/internal/quota"
 	"github.com/medius-platform/medius/services/mediator/internal/tenants"
+	"github.com/medius-platform/medius/services/mediator/internal/testsupport"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -296,5 +300,51 @@ func TestCreateJobUnansweredKeepsItsAdmission(t *testing.T) {
 	}
 	if active, err := adm.Active(ctx, "acme"); err != nil || active != 1 {
 		t.Fatalf("active = %d, %v; want the stored job's slot kept", active, err)
+	}
+}
+
+// A job created while NATS is away is refused as unavailable, and does not
+// appear once NATS is back: the client was told it does not exist.
+func TestCreateJobDuringNATSOutageNeverAppears(t *testing.T) {
+	f := setup(t)
+	f.env.NATS.Shutdown()
+	for f.env.NC.IsConnected() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(as("acme"), 5*time.Second)
+	_, err := f.srv.CreateJob(ctx, &jobsv1.CreateJobRequest{Job: ameJob()})
+	cancel()
+	if code := status.Code(problem.ToStatus(ctx, err)); code != codes.Unavailable {
+		t.Fatalf("CreateJob during the outage: %v (%v), want Unavailable", err, code)
+	}
+
+	if err := f.env.NATS.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	testsupport.Eventually(t, 10*time.Second, "reconnect", f.env.NC.IsConnected)
+	// Anything the client held back travels before a later job.
+	var later *jobsv1.Job
+	testsupport.Eventually(t, 10*time.Second, "a job after the outage", func() bool {
+		later, err = f.srv.CreateJob(as("acme"), &jobsv1.CreateJobRequest{Job: ameJob()})
+		return err == nil
+	})
+	created := f.env.WatchEvents(t, bus.SubjectJobCreated)
+	ev := &eventsv1.JobCreated{}
+	if id := created.Next(ev); id != "created-"+later.GetId() {
+		t.Fatalf("first JobCreated %q, want the later job's: the failed create landed", id)
+	}
+	created.None(300 * time.Millisecond)
+	keys, err := f.env.Jobs.ListKeys(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for k := range keys.Keys() {
+		if !strings.HasPrefix(k, "req.") {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d job records, want 1 (the later job's)", n)
 	}
 }
