@@ -403,8 +403,10 @@ func (r *Runner) process(jobsCtx context.Context, msg jetstream.Msg, runs chan<-
 		span.SetStatus(codes.Error, final.GetError().GetDetail())
 	}
 	// The terminal update must outlive a drain timeout: publishing it is what
-	// makes the work done.
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	// makes the work done. It also waits out a NATS restart (publishes are
+	// not buffered while the client reconnects), which is cheaper than
+	// running the job again once the item returns.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminalPublishWait)
 	defer cancel()
 	if err := r.publish(pctx, final, ""); err != nil {
 		log.ErrorContext(ctx, "cannot report the result; handing the item back", "status", jobstate.Name(final.GetStatus()), "err", err)
@@ -416,7 +418,7 @@ func (r *Runner) process(jobsCtx context.Context, msg jetstream.Msg, runs chan<-
 	// item after its ack wait; it is run again and its duplicate result
 	// ignored by the processor, confirmed or not) and would cost the slot a
 	// round trip and the server a reply per job. It fails only when the
-	// connection cannot take it (closed, reconnect buffer full).
+	// connection cannot take it (closed, or lost again since the publish).
 	if err := msg.Ack(); err != nil {
 		log.WarnContext(ctx, "ack failed; the item returns after its ack wait and its result is ignored", "err", err)
 	}
@@ -719,6 +721,9 @@ func (r *Runner) update(item *eventsv1.WorkItem, status jobsv1.JobStatus) *event
 func MsgID(u *eventsv1.ExecutionUpdate, suffix string) string {
 	return fmt.Sprintf("exec-%s-%d-%s-%s%s", u.GetJobId(), u.GetAttempt(), u.GetInstanceId(), jobstate.Name(u.GetStatus()), suffix)
 }
+
+// terminalPublishWait bounds the retries of a terminal update.
+const terminalPublishWait = 2 * time.Minute
 
 // publish sends u, retrying while NATS is unavailable (e.g. reconnecting)
 // until ctx ends; the msg id makes retries safe.
