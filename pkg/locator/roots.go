@@ -63,7 +63,15 @@ func NormalizeRoot(raw string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return r.String(), nil
+	// The bound holds the root as stored, percent-encoded (a space or a
+	// non-ASCII letter takes three times its room): ParseTenantRoots, which
+	// the mediator and the workers read stored roots with, leaves out one
+	// over it, so accepted longer it would allow nothing.
+	s := r.String()
+	if len(s) > MaxRootLen {
+		return "", fmt.Errorf("longer than %d bytes once normalised (%d, percent-encoded)", MaxRootLen, len(s))
+	}
+	return s, nil
 }
 
 func parseTenantRoot(raw string) (tenantRoot, error) {
