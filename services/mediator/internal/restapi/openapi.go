@@ -63,7 +63,7 @@ func Document(generated []byte, version string) ([]byte, error) {
 	paths["/v1/tenants/{tenant}/quota"] = map[string]any{"put": op("Replace a tenant's quota (admin)",
 		[]map[string]any{tenant, bodyParam("{maxConcurrentJobs, maxJobsPerPeriod, maxQuantityPerPeriod, period: day|month}")}, "200", "the tenant")}
 	paths["/v1/tenants/{tenant}/locator-roots"] = map[string]any{"put": op("Replace a tenant's locator roots (admin): the URL prefixes "+
-		"its jobs' file:// and s3:// locators must lie under (file:///dir/, s3://bucket/ or s3://bucket/prefix/; at most 64, stored normalised); "+
+		"its jobs' file:// and s3:// locators must lie under (file:///dir/, s3://bucket/ or s3://bucket/prefix/; at most 64 of 2 KiB each and 16 KiB in all, stored normalised); "+
 		"an empty list clears them, and a tenant without roots may name no file:// or s3:// locator (403 locator-not-allowed)",
 		[]map[string]any{tenant, bodyParam("{roots: [...]}")}, "200", "the tenant")}
 	paths["/v1/tenants/{tenant}/webhook-secret:rotate"] = map[string]any{"post": op("Give a tenant a new random webhook secret (admin); "+
