@@ -83,55 +83,106 @@ func confine(roots []root, p string) (string, error) {
 // must exist, be a regular file and, symlinks followed, still be under a
 // root, and under one of the tenant's file roots when there are any
 // (tenantCheck). It returns the resolved path so the tool opens exactly the
-// file that was checked (a symlink swapped in between check and use remains
-// a known, narrow race).
-func (r *Resolver) openFile(p, raw string, tenant []root) (string, error) {
+// file that was checked, and a cleanup func (never nil). Under tenant roots
+// the path is a link to the file as opened (pinFile), since there a tenant
+// may swap a directory of its own for a symlink into another's between
+// the check and the tool's runs; without them a symlink swapped in between
+// check and use remains a known, narrow race.
+func (r *Resolver) openFile(p, raw string, tenant []root) (string, func(), error) {
 	roots, err := r.fileRoots()
 	if err != nil {
-		return "", err
+		return "", noop, err
 	}
 	clean, err := confine(roots, p)
 	if err != nil {
-		return "", err
+		return "", noop, err
 	}
 	resolved, err := filepath.EvalSymlinks(clean)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return "", fmt.Errorf("%w: file %q does not exist", ErrNotFound, clean)
+			return "", noop, fmt.Errorf("%w: file %q does not exist", ErrNotFound, clean)
 		}
 		if errors.Is(err, fs.ErrPermission) {
-			return "", fmt.Errorf("%w: file %q: %w", ErrForbidden, clean, err)
+			return "", noop, fmt.Errorf("%w: file %q: %w", ErrForbidden, clean, err)
 		}
-		return "", fmt.Errorf("%w: resolve %q: %w", ErrUnavailable, clean, err)
+		return "", noop, fmt.Errorf("%w: resolve %q: %w", ErrUnavailable, clean, err)
 	}
 	if !inRoots(roots, resolved, true) {
-		return "", fmt.Errorf("%w: file %q is a symlink resolving to %q, outside the allowed roots", ErrForbidden, clean, resolved)
+		return "", noop, fmt.Errorf("%w: file %q is a symlink resolving to %q, outside the allowed roots", ErrForbidden, clean, resolved)
 	}
 	// A symlink in one tenant's directory may lead into another's, both
 	// under the worker's roots.
 	if tenant != nil && !inRoots(tenant, resolved, true) {
-		return "", outsideTenant(raw, reasonSymlink)
+		return "", noop, outsideTenant(raw, reasonSymlink)
 	}
 	fi, err := os.Stat(resolved)
 	if err != nil {
-		return "", fmt.Errorf("%w: stat %q: %w", ErrUnavailable, resolved, err)
+		return "", noop, fmt.Errorf("%w: stat %q: %w", ErrUnavailable, resolved, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("%w: %q is not a regular file", ErrInvalid, clean)
+		return "", noop, fmt.Errorf("%w: %q is not a regular file", ErrInvalid, clean)
 	}
 	if limit := r.maxBytes(); fi.Size() > limit {
-		return "", fmt.Errorf("%w: file %q is %d bytes, limit %d", ErrTooLarge, clean, fi.Size(), limit)
+		return "", noop, fmt.Errorf("%w: file %q is %d bytes, limit %d", ErrTooLarge, clean, fi.Size(), limit)
 	}
 	f, err := os.Open(resolved)
 	if err != nil {
 		if errors.Is(err, fs.ErrPermission) {
-			return "", fmt.Errorf("%w: file %q: %w", ErrForbidden, clean, err)
+			return "", noop, fmt.Errorf("%w: file %q: %w", ErrForbidden, clean, err)
 		}
-		return "", fmt.Errorf("%w: open %q: %w", ErrUnavailable, clean, err)
+		return "", noop, fmt.Errorf("%w: open %q: %w", ErrUnavailable, clean, err)
 	}
-	_ = f.Close()
-	return resolved, nil
+	if tenant == nil {
+		_ = f.Close()
+		return resolved, noop, nil
+	}
+	return r.pinFile(f, roots, tenant, resolved, raw)
 }
+
+// pinFile returns a path that leads to the file f, opened under a job's
+// tenant roots, for as long as the job holds it (until cleanup): a symlink
+// in a directory of the worker's own to /proc/<pid>/fd/<n>, which the
+// kernel resolves to the open file, not by its name. A profile runs its
+// tools on the path several times (ffprobe, then ffmpeg, once per
+// thumbnail); by name, a tenant swapping a directory of its own for a
+// symlink into another tenant's between the check and those runs would
+// have them read the other's file. The link keeps the file's extension,
+// which the tools read. Where the open file's path lies once opened is
+// checked again, closing the window between the check and the open. The
+// path is the file's name where there is no /proc (not Linux).
+func (r *Resolver) pinFile(f *os.File, roots, tenant []root, resolved, raw string) (string, func(), error) {
+	fail := func(err error) (string, func(), error) {
+		_ = f.Close()
+		return "", noop, err
+	}
+	fd := f.Fd()
+	opened, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		_ = f.Close()
+		return resolved, noop, nil // no /proc: the checked name, as before
+	}
+	if !inRoots(roots, opened, true) || !inRoots(tenant, opened, true) {
+		return fail(outsideTenant(raw, reasonSymlink))
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return fail(fmt.Errorf("%w: %q is not a regular file", ErrInvalid, Redact(raw)))
+	}
+	dir, err := os.MkdirTemp(r.TempDir, "medius-input-")
+	if err != nil {
+		return fail(fmt.Errorf("%w: pin %s: %w", ErrUnavailable, Redact(raw), err))
+	}
+	link := filepath.Join(dir, "input"+filepath.Ext(resolved))
+	if err := os.Symlink(fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), fd), link); err != nil {
+		_ = os.RemoveAll(dir)
+		return fail(fmt.Errorf("%w: pin %s: %w", ErrUnavailable, Redact(raw), err))
+	}
+	return link, func() {
+		_ = os.RemoveAll(dir)
+		_ = f.Close()
+	}, nil
+}
+
+func noop() {}
 
 // writeFile stores src at the file locator raw, of path p: the parent
 // directories are created under the root (and under one of the tenant's

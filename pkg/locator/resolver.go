@@ -93,8 +93,10 @@ func (r *Resolver) httpClient() *http.Client {
 
 // Open makes the input at raw available as a local file and returns its path
 // and a cleanup func to call when done with it (never nil, also on error).
-// A file:// locator yields the checked file itself (cleanup does nothing); an
-// http(s) locator is downloaded into a temporary file that cleanup removes.
+// A file:// locator yields the checked file itself (cleanup does nothing),
+// or, under tenant roots, a link that leads to it as opened until cleanup
+// (see pinFile); an http(s) or s3 locator is downloaded into a temporary
+// file that cleanup removes.
 // A file:// or s3:// locator must also lie under the tenant roots ctx
 // carries, if any (WithTenantRoots).
 func (r *Resolver) Open(ctx context.Context, raw string) (localPath string, cleanup func(), err error) {
@@ -109,11 +111,7 @@ func (r *Resolver) Open(ctx context.Context, raw string) (localPath string, clea
 	}
 	switch u.Scheme {
 	case SchemeFile:
-		p, err := r.openFile(u.Path, raw, tenant)
-		if err != nil {
-			return "", noop, err
-		}
-		return p, noop, nil
+		return r.openFile(u.Path, raw, tenant)
 	case SchemeHTTP, SchemeHTTPS:
 		p, err := r.download(ctx, u)
 		if err != nil {
