@@ -215,7 +215,16 @@ func (d *dispatcher) run(key string, q *queue) {
 func (d *dispatcher) post(q *queue, it item) {
 	key := breakerKey{it.job.GetTenant(), endpointHost(it.job.GetNotificationEndpoint())}
 	if err := d.breakers.check(key); err != nil {
-		d.fail(q, it, err)
+		// Once stopped it is handed back whatever this mediator's breaker
+		// says, as acquire would: failed, it would spend an attempt that
+		// another mediator (its breaker closed) might have posted.
+		select {
+		case <-d.stop:
+			d.settling()
+			_ = it.msg.Nak()
+		default:
+			d.fail(q, it, err)
+		}
 		return
 	}
 	release, ok := d.acquire(it.job)

@@ -837,3 +837,47 @@ func TestQuickFailuresDoNotOpenTheBreaker(t *testing.T) {
 		}
 	}
 }
+
+// A notification whose turn comes once its mediator is stopping is handed
+// back, spending no attempt, even when its endpoint host's breaker is
+// open: another mediator, whose breaker for that host may be closed, or
+// this one restarted, posts it as the same attempt. Job-a's second
+// notification waits behind its first, whose POST (the endpoint's third
+// in a row to time out, in flight when the mediator is told to stop)
+// opens the breaker. (It was failed without a POST as its breaker was
+// open, publishing a retry as its second attempt.)
+func TestStopHandsBackNotificationsOfAnOpenBreaker(t *testing.T) {
+	env := testsupport.Start(t)
+	ctx := context.Background()
+	h := newHooks(t)
+	hang, _ := h.hanging("hang")
+	cfg := webhook.Config{AllowPrivate: true, Timeout: time.Second, MaxAttempts: 100}
+	n := webhook.New(env.JS, cfg, secret, nil)
+	stop := start(t, n, h)
+	enqueue(t, n, "hangs", "job-x", hang, 10)
+	enqueue(t, n, "hangs", "job-y", hang, 10)
+	testsupport.Eventually(t, 20*time.Second, "two POSTs open", func() bool {
+		return h.openNow("endpoint hang") == 2
+	})
+	// Its first POST times out last: its time-out opens the breaker.
+	enqueue(t, n, "hangs", "job-a", hang, 10, 20)
+	testsupport.Eventually(t, 20*time.Second, "job-a's first POST open", func() bool {
+		return h.openNow("endpoint hang") == 3
+	})
+	stop()
+	if got := len(h.arrived("hang")); got != 3 {
+		t.Fatalf("%d POSTs, want 3 (job-a's second notification was not to be posted)", got)
+	}
+	stream, err := env.JS.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter("medius.events.webhook-retry.job-a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The retry of its first notification, whose POST timed out.
+	if got := info.State.Subjects["medius.events.webhook-retry.job-a"]; got != 1 {
+		t.Fatalf("%d retries of job-a's notifications, want 1: the one waiting on stop is handed back, not retried", got)
+	}
+}
