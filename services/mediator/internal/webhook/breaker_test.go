@@ -92,3 +92,31 @@ func TestBreakerStatesAndMemory(t *testing.T) {
 		t.Fatalf("%d hosts remembered after making room, want the new one only", len(b.m))
 	}
 }
+
+// A breaker, as PerEndpoint, guards one host and port: a tenant's
+// endpoint on the same host but another port (https's 443, not http's 80)
+// has one of its own, so that a hanging one does not fail the other's
+// notifications without a POST; the same host and port, however spelled
+// (the default port named or not, the host's case, user info), shares one.
+// (http://h and https://h shared one; http://h and http://h:80 did not.)
+func TestEndpointHostIsHostAndPort(t *testing.T) {
+	same := [][]string{
+		{"http://hooks.example.com/a", "http://hooks.example.com:80/b", "HTTP://Hooks.Example.COM/c", "http://user:pw@hooks.example.com/d"},
+		{"https://hooks.example.com/a", "https://hooks.example.com:443/b"},
+		{"http://hooks.example.com:8080/a", "https://hooks.example.com:8080/b"},
+		{"http://[2001:DB8::1]/a", "http://[2001:db8::1]:80/b"},
+	}
+	seen := map[string]int{}
+	for i, group := range same {
+		for _, endpoint := range group {
+			host := endpointHost(endpoint)
+			if j, ok := seen[host]; ok && j != i {
+				t.Fatalf("%s guarded as %s, as the endpoints of %v", endpoint, host, same[j])
+			}
+			seen[host] = i
+			if want := endpointHost(group[0]); host != want {
+				t.Fatalf("%s guarded as %s, %s as %s: want one host and port", endpoint, host, group[0], want)
+			}
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -363,14 +364,24 @@ func (d *dispatcher) unuse(key string) {
 	}
 }
 
-// endpointHost is what PerEndpoint counts by: host and port, so one
-// receiver is not sent more than PerEndpoint POSTs at once by one tenant.
+// endpointHost is what PerEndpoint counts by, and a breaker guards: host
+// and port, so one receiver is not sent more than PerEndpoint POSTs at once
+// by one tenant. The port is the scheme's when the URL names none: the
+// same receiver whether named or not, and http's and https's on one host
+// are two (one hanging does not fail the other's notifications).
 func endpointHost(endpoint string) string {
 	u, err := url.Parse(endpoint)
 	if err != nil {
 		return endpoint
 	}
-	return strings.ToLower(u.Host)
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+	}
+	return net.JoinHostPort(strings.ToLower(u.Hostname()), port)
 }
 
 // keepAlive tells the server, every period, that the messages waiting for
