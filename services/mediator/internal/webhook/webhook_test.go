@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -144,6 +145,27 @@ func TestDeliverRefusesAnEmptySecret(t *testing.T) {
 	defer recv.mu.Unlock()
 	if len(recv.posts) != 0 {
 		t.Fatalf("%d notifications posted unsigned", len(recv.posts))
+	}
+}
+
+// A failed POST's error, which the mediator logs, names the endpoint
+// without its user info and query: endpoints often carry a token there.
+// (The HTTP client's error repeated the whole URL, query included.)
+func TestDeliverErrorHidesTheEndpointsCredentials(t *testing.T) {
+	env := testsupport.Start(t)
+	refused := httptest.NewServer(http.NotFoundHandler())
+	refused.Close() // nothing listens at its address any more
+	n := webhook.New(env.JS, webhook.Config{AllowPrivate: true}, secret, nil)
+	endpoint := strings.Replace(refused.URL, "http://", "http://hookuser:hookpass@", 1) + "/hook?token=hooktoken"
+	job := &jobsv1.Job{Id: "j", Tenant: "acme", NotificationEndpoint: endpoint}
+	err := n.Deliver(context.Background(), job, "ev")
+	if err == nil {
+		t.Fatal("delivered to a closed port")
+	}
+	for _, cred := range []string{"hookuser", "hookpass", "hooktoken"} {
+		if strings.Contains(err.Error(), cred) {
+			t.Fatalf("error %q names %s", err, cred)
+		}
 	}
 }
 
