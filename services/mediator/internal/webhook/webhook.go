@@ -499,6 +499,9 @@ func Verify(secret, tsHeader, sigHeader string, body []byte) bool {
 	return hmac.Equal([]byte(Sign(secret, ts, body)), []byte(sigHeader))
 }
 
+// bodyDrainWait bounds the read of an answer's body, after its status.
+const bodyDrainWait = time.Second
+
 // Deliver POSTs job to its endpoint once. A POST not answered within
 // Config.Timeout fails with an error wrapping errTimedOut.
 func (n *Notifier) Deliver(ctx context.Context, job *jobsv1.Job, eventID string) error {
@@ -547,7 +550,13 @@ func (n *Notifier) Deliver(ctx context.Context, job *jobsv1.Job, eventID string)
 		return fmt.Errorf("post notification to %s: %w", locator.Redact(job.GetNotificationEndpoint()), err)
 	}
 	defer resp.Body.Close()
+	// The status is the answer. The body is read (a little of it) only so
+	// the connection can be used again, and not for long: an endpoint that
+	// sends its headers, then holds the body open, would otherwise keep the
+	// slot for the whole Timeout and still count as a quick success.
+	drain := time.AfterFunc(bodyDrainWait, cancel)
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	drain.Stop()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return fmt.Errorf("notification endpoint answered %s", resp.Status)
 	}

@@ -308,3 +308,34 @@ func TestEnqueueNotifiesEveryStateOnce(t *testing.T) {
 		t.Fatalf("%d notifications stored for %d states", got, len(want))
 	}
 }
+
+// An endpoint that answers 200, then holds its body open, is delivered to
+// on its status: the notification does not wait the Timeout for the body.
+func TestDeliverDoesNotWaitForAStalledBody(t *testing.T) {
+	env := testsupport.Start(t)
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("ok"))
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
+	n := webhook.New(env.JS, webhook.Config{AllowPrivate: true, Timeout: time.Hour}, secret, nil)
+	done := make(chan error, 1)
+	go func() {
+		done <- n.Deliver(context.Background(), &jobsv1.Job{Id: "j", Tenant: "acme", NotificationEndpoint: srv.URL + "/hook"}, "ev")
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("deliver: %v, want delivered on its 200", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("deliver still waiting for the body of a 200 after 30s (its Timeout is an hour)")
+	}
+}
