@@ -41,7 +41,7 @@ func NewTransport(allowPrivate bool) *http.Transport {
 			// business, not the tenant's: the error names neither it nor
 			// what it reaches (the worker's own view of its network).
 			if InternalAddr(ap.Addr()) != "" {
-				return fmt.Errorf("%w: the host resolves to an internal address, which this worker does not connect to", ErrForbidden)
+				return fmt.Errorf("%w: the host resolves to an internal address, which Medius does not connect to on a tenant's behalf", ErrForbidden)
 			}
 			return nil
 		}
