@@ -105,38 +105,45 @@ func (l *lab) longTool(t testing.TB, name string) (*jobsv1.Job, string) {
 		Input: &jobsv1.JobInput{Locators: map[string]*jobsv1.Locator{"inputFile": {Url: "file://" + in}}}}, in
 }
 
-// toolRunning reports whether a process has arg on its command line.
-func toolRunning(arg string) bool { return tools(arg) > 0 }
+// toolRunning reports whether an ffmpeg or ffprobe process reads file.
+func toolRunning(file string) bool { return readers(file, "ffmpeg", "ffprobe") > 0 }
 
-// tools counts the processes with arg on their command line.
-func tools(arg string) int {
+// ffmpegs counts the ffmpeg processes reading file (not the ffprobe run
+// before them).
+func ffmpegs(file string) int { return readers(file, "ffmpeg") }
+
+// readers counts the processes of the named tools that read file: naming it
+// on their command line, or holding it open. A worker runs its tools under
+// a job's tenant roots on a link to the file as it opened it, so the path
+// on their command line is the link's.
+func readers(file string, tools ...string) int {
 	n := 0
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	procs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err == nil && strings.Contains(string(b), arg) {
+		b, err := os.ReadFile(filepath.Join(p, "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if !slices.Contains(tools, filepath.Base(args[0])) {
+			continue
+		}
+		if slices.Contains(args, file) || holds(p, file) {
 			n++
 		}
 	}
 	return n
 }
 
-// ffmpegs counts the ffmpeg processes with arg on their command line (not
-// the ffprobe run before them).
-func ffmpegs(arg string) int {
-	n := 0
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if filepath.Base(args[0]) == "ffmpeg" && slices.Contains(args, arg) {
-			n++
+// holds reports whether the process at /proc/<pid> has file open.
+func holds(proc, file string) bool {
+	fds, _ := filepath.Glob(filepath.Join(proc, "fd", "*"))
+	for _, fd := range fds {
+		if target, err := os.Readlink(fd); err == nil && target == file {
+			return true
 		}
 	}
-	return n
+	return false
 }
 
 // waitJob polls job id until cond holds (at most within).
