@@ -215,17 +215,11 @@ func (d *dispatcher) run(key string, q *queue) {
 // slot (its own, and the consumer's) for a whole Timeout per notification.
 func (d *dispatcher) post(q *queue, it item) {
 	key := breakerKey{it.job.GetTenant(), endpointHost(it.job.GetNotificationEndpoint())}
-	if err := d.breakers.check(key); err != nil {
-		// Once stopped it is handed back whatever this mediator's breaker
-		// says, as acquire would: failed, it would spend an attempt that
-		// another mediator (its breaker closed) might have posted.
-		select {
-		case <-d.stop:
-			d.settling()
-			_ = it.msg.Nak()
-		default:
-			d.fail(q, it, err)
-		}
+	// Once stopped it goes on to acquire, which hands it back whatever this
+	// mediator's breaker says: failed, it would spend an attempt that
+	// another mediator (its breaker closed) might have posted.
+	if err := d.breakers.check(key); err != nil && !d.stopping() {
+		d.fail(q, it, err)
 		return
 	}
 	release, ok := d.acquire(it.job)
@@ -311,10 +305,8 @@ func (d *dispatcher) settling() {
 // endpoint does not take its tenant's slots from its tenant's other
 // endpoints. It fails once stopped.
 func (d *dispatcher) acquire(job *jobsv1.Job) (release func(), ok bool) {
-	select {
-	case <-d.stop:
+	if d.stopping() {
 		return nil, false
-	default:
 	}
 	tenant := job.GetTenant()
 	keys := []string{"endpoint\x00" + tenant + "\x00" + endpointHost(job.GetNotificationEndpoint()), "tenant\x00" + tenant}
@@ -342,6 +334,16 @@ func (d *dispatcher) acquire(job *jobsv1.Job) (release func(), ok bool) {
 		}
 	}
 	return release, true
+}
+
+// stopping reports whether the dispatcher has been told to stop.
+func (d *dispatcher) stopping() bool {
+	select {
+	case <-d.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 // use returns the slots of key (n of them), counting one more user. d.mu held.
