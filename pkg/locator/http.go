@@ -86,13 +86,20 @@ func (r *Resolver) checkHost(host string) error {
 
 var errStalled = errors.New("transfer stalled")
 
-// transferErr classifies a failed request or body transfer.
-func transferErr(ctx context.Context, op string, u *url.URL, err error) error {
-	// *url.Error repeats the full URL, query (signatures) included.
+// WithoutURL drops the *url.Error around an HTTP client's err: it repeats
+// the whole URL, user info and query (signatures, tokens) included, where
+// the caller names it redacted (Redact).
+func WithoutURL(err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		err = ue.Err
+		return ue.Err
 	}
+	return err
+}
+
+// transferErr classifies a failed request or body transfer.
+func transferErr(ctx context.Context, op string, u *url.URL, err error) error {
+	err = WithoutURL(err)
 	target := Redact(u.String())
 	switch {
 	case errors.Is(context.Cause(ctx), errStalled):

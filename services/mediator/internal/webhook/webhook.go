@@ -541,13 +541,7 @@ func (n *Notifier) Deliver(ctx context.Context, job *jobsv1.Job, eventID string)
 		if errors.As(err, &ne) && ne.Timeout() {
 			return fmt.Errorf("post notification: %w after %v", errTimedOut, n.cfg.Timeout)
 		}
-		// *url.Error repeats the whole URL, its query (a token) included:
-		// the endpoint is named redacted instead.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return fmt.Errorf("post notification to %s: %w", locator.Redact(job.GetNotificationEndpoint()), err)
+		return fmt.Errorf("post notification to %s: %w", locator.Redact(job.GetNotificationEndpoint()), locator.WithoutURL(err))
 	}
 	defer resp.Body.Close()
 	// The status is the answer. The body is read (a little of it) only so
